@@ -1,0 +1,272 @@
+//! The one place that reads flags, environment and the TOML file.
+//!
+//! Precedence is flag > env (`STREAMCAP_<FLAG>`) > file (`--config`) >
+//! default. clap handles the first two; the file fills what they left
+//! empty. Every value is validated here, and every error is one line that
+//! names the offending flag or key, so `main` can print it and exit.
+
+use std::net::ToSocketAddrs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::http::Limits;
+use crate::limiter::{Limit, Ttl};
+use crate::store::{self, StoreConfig, StoreKind};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "./streamcap-data";
+pub const DEFAULT_LIMIT: u32 = 3;
+pub const DEFAULT_LEASE_TTL: u32 = 60;
+
+/// A fully validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: String,
+    pub store: StoreConfig,
+    pub limits: Limits,
+}
+
+/// A configuration error, as one line for an operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// What the command line asked for.
+pub enum Invocation {
+    Serve(Box<Config>),
+    /// `--help` or `--version`: already printed, exit 0.
+    Printed,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "streamcap", version, about = "Concurrent-stream limits for video platforms")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// With no command, `streamcap [FLAGS]` is `streamcap serve [FLAGS]`.
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the HTTP service (the default when no command is given).
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug, Default)]
+struct ServeArgs {
+    /// TOML file with any of the keys below (flags and env win over it).
+    #[arg(long, env = "STREAMCAP_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on, HOST:PORT [default: 127.0.0.1:8080]
+    #[arg(long, env = "STREAMCAP_LISTEN", value_name = "ADDR")]
+    listen: Option<String>,
+    /// Lease store: memory or sqlite [default: sqlite]
+    #[arg(long, env = "STREAMCAP_STORE", value_name = "STORE")]
+    store: Option<String>,
+    /// Directory for the sqlite store [default: ./streamcap-data]
+    #[arg(long, env = "STREAMCAP_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Live streams per user, 1..=1000 [default: 3]
+    #[arg(long, env = "STREAMCAP_DEFAULT_LIMIT", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(Limit::MAX)))]
+    default_limit: Option<u32>,
+    /// Seconds a lease lives without a heartbeat, 1..=86400 [default: 60]
+    #[arg(long, env = "STREAMCAP_LEASE_TTL", value_name = "SECONDS",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(Ttl::MAX_SECONDS)))]
+    lease_ttl: Option<u32>,
+}
+
+/// The keys of the `--config` file. Unknown keys are an error.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    store: Option<String>,
+    data_dir: Option<PathBuf>,
+    default_limit: Option<u32>,
+    lease_ttl: Option<u32>,
+}
+
+/// Parses `args` (including the program name) and the environment.
+pub fn from_args<I, T>(args: I) -> Result<Invocation, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return Ok(Invocation::Printed);
+        }
+        Err(e) => {
+            // clap's first line names the flag and the problem; the rest is
+            // usage advice that would break the one-line contract.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            return Err(ConfigError(first.trim_start_matches("error: ").to_owned()));
+        }
+    };
+    let args = match cli.command {
+        Some(Command::Serve(a)) => a,
+        None => cli.serve,
+    };
+    build(args).map(|c| Invocation::Serve(Box::new(c)))
+}
+
+fn build(args: ServeArgs) -> Result<Config, ConfigError> {
+    let file = match &args.config {
+        Some(path) => read_file(path)?,
+        None => FileConfig::default(),
+    };
+    let in_file = |key: &str| match &args.config {
+        Some(p) => format!("{key} in {}", p.display()),
+        None => key.to_owned(),
+    };
+
+    let listen = args.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    match listen.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err(ConfigError(format!("--listen {listen:?} resolves to no address"))),
+        Err(e) => return Err(ConfigError(format!("--listen {listen:?} is not a HOST:PORT address: {e}"))),
+    }
+
+    let store_name = args.store.or(file.store).unwrap_or_else(|| "sqlite".to_owned());
+    let kind = StoreKind::parse(&store_name).ok_or_else(|| {
+        ConfigError(format!("--store {store_name:?} is not a known store (memory, sqlite, redis, dynamodb)"))
+    })?;
+    if !store::built_in().contains(&kind.name()) {
+        return Err(ConfigError(format!(
+            "--store {} is not built into this binary (available: {})",
+            kind.name(),
+            store::built_in().join(", ")
+        )));
+    }
+
+    let limit = match args.default_limit {
+        Some(n) => n,
+        None => ranged(file.default_limit, DEFAULT_LIMIT, 1, Limit::MAX, &in_file("default_limit"))?,
+    };
+    let ttl = match args.lease_ttl {
+        Some(n) => n,
+        None => ranged(file.lease_ttl, DEFAULT_LEASE_TTL, 1, Ttl::MAX_SECONDS, &in_file("lease_ttl"))?,
+    };
+    let default_limit =
+        Limit::new(limit).ok_or_else(|| ConfigError(format!("default_limit {limit} is out of range")))?;
+    let lease_ttl = Ttl::from_secs(ttl).ok_or_else(|| ConfigError(format!("lease_ttl {ttl} is out of range")))?;
+
+    Ok(Config {
+        listen,
+        store: StoreConfig {
+            kind,
+            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            // Often enough that the file stays small, rarely enough to cost nothing.
+            sweep_interval: Duration::from_secs(u64::from(ttl / 2).clamp(1, 30)),
+            op_timeout: Duration::from_secs(5),
+        },
+        limits: Limits { default_limit, lease_ttl },
+    })
+}
+
+fn ranged(v: Option<u32>, default: u32, min: u32, max: u32, name: &str) -> Result<u32, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ConfigError(format!("{name} = {n} is out of range {min}..={max}"))),
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+        ConfigError(format!("config file {}{at}: {}", path.display(), e.message().trim()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        match from_args(std::iter::once("streamcap").chain(args.iter().copied()))? {
+            Invocation::Serve(c) => Ok(*c),
+            Invocation::Printed => panic!("printed help"),
+        }
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    // These tests avoid the process environment (which tests share) and
+    // cover flag > file > default; env precedence is tested end to end
+    // against the binary in tests/cli.rs.
+
+    #[test]
+    fn defaults() {
+        let c = parse(&["serve"]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.store.kind, StoreKind::Sqlite);
+        assert_eq!(c.store.data_dir, PathBuf::from("./streamcap-data"));
+        assert_eq!(c.limits.default_limit.get(), 3);
+        assert_eq!(c.limits.lease_ttl.as_secs(), 60);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let f = file("default_limit = 7\nlease_ttl = 30\nstore = \"memory\"\n");
+        let p = f.path().to_str().unwrap();
+        let c = parse(&["serve", "--config", p, "--default-limit", "2"]).unwrap();
+        assert_eq!(c.limits.default_limit.get(), 2);
+        assert_eq!(c.limits.lease_ttl.as_secs(), 30);
+        assert_eq!(c.store.kind, StoreKind::Memory);
+    }
+
+    #[test]
+    fn errors_are_one_line_and_name_the_culprit() {
+        let cases: Vec<(Vec<String>, &str)> = vec![
+            (vec!["serve".into(), "--default-limit".into(), "0".into()], "--default-limit"),
+            (vec!["serve".into(), "--default-limit".into(), "1001".into()], "--default-limit"),
+            (vec!["serve".into(), "--lease-ttl".into(), "86401".into()], "--lease-ttl"),
+            (vec!["serve".into(), "--lease-ttl".into(), "abc".into()], "--lease-ttl"),
+            (vec!["serve".into(), "--store".into(), "mongo".into()], "--store"),
+            (vec!["serve".into(), "--store".into(), "dynamodb".into()], "not built into this binary"),
+            (vec!["serve".into(), "--listen".into(), "nowhere".into()], "--listen"),
+            (vec!["serve".into(), "--bogus".into()], "--bogus"),
+        ];
+        for (args, needle) in cases {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let e = parse(&args).expect_err(&format!("{args:?} must fail")).0;
+            assert!(e.contains(needle), "{args:?}: {e}");
+            assert!(!e.contains('\n'), "{args:?}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn file_errors_name_the_key() {
+        for (text, needle) in [
+            ("default_limit = 0\n", "default_limit"),
+            ("lease_ttl = 0\n", "lease_ttl"),
+            ("colour = \"red\"\n", "colour"),
+            ("default_limit = \"three\"\n", "line 1"),
+            ("store = \"redis\"\n", "not built into this binary"),
+        ] {
+            let f = file(text);
+            let e = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap_err().0;
+            assert!(e.contains(needle), "{text}: {e}");
+            assert!(!e.contains('\n'), "{e:?}");
+        }
+    }
+}

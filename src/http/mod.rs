@@ -1,0 +1,156 @@
+//! The HTTP API, v1. The only module that knows about HTTP and JSON.
+//!
+//! [`app`] builds the router shared by `main` and the tests; [`serve`] runs
+//! it on a listener until a shutdown future resolves. Handlers validate
+//! input into limiter types, resolve the limit and TTL, call the store and
+//! turn its answer into JSON. They never decide anything themselves.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::limiter::{Acquire, Decision, Label, Limit, Ttl};
+use crate::store::Store;
+
+pub mod dto;
+mod extract;
+pub mod problem;
+
+use dto::{AcquireBody, LeaseBody, ListBody, StreamView};
+use extract::{OptionalJson, StreamPath, UserPath};
+use problem::{ApiError, Problem};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// What every handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub limits: Limits,
+}
+
+/// The limit and TTL that apply to every user (policies come later).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub default_limit: Limit,
+    pub lease_ttl: Ttl,
+}
+
+/// The whole API as one router.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/users/{user_id}/streams/{stream_id}", put(acquire).delete(release))
+        .route("/v1/users/{user_id}/streams", get(list))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(state)
+        // Layers run outermost-last in this list, so the request meets them
+        // bottom-up: trace (with the matched route in the span), then the
+        // problem rewriter (so even a caught panic leaves as problem+json),
+        // then the panic catcher, then the body limit around the handlers.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::new())
+        .layer(axum::middleware::map_response(problem::ensure_problem))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let route = req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
+            tracing::info_span!("request", method = %req.method(), route)
+        }))
+}
+
+/// Serves `app(state)` on `listener` until `shutdown` resolves, then lets
+/// in-flight requests finish. The caller closes the store afterwards.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+}
+
+async fn acquire(
+    State(state): State<AppState>,
+    StreamPath(user, stream): StreamPath,
+    OptionalJson(body): OptionalJson<AcquireBody>,
+) -> Result<Response, ApiError> {
+    let label = |field: &str, v: Option<String>| {
+        v.map(|s| Label::new(&s).map_err(|e| ApiError::BadRequest(format!("{field} {e}")))).transpose()
+    };
+    let req = Acquire {
+        stream_id: stream,
+        device_id: label("device_id", body.device_id)?,
+        content_id: label("content_id", body.content_id)?,
+        limit: state.limits.default_limit,
+        ttl: state.limits.lease_ttl,
+    };
+    let ttl = req.ttl.as_secs();
+    match state.store.acquire(&user, req).await? {
+        Decision::Granted(g) => {
+            let location = format!("/v1/users/{user}/streams/{}", g.lease.stream_id);
+            let mut res = (StatusCode::CREATED, axum::Json(LeaseBody::new(&user, &g, ttl))).into_response();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                res.headers_mut().insert(header::LOCATION, v);
+            }
+            Ok(res)
+        }
+        Decision::Renewed(g) => Ok((StatusCode::OK, axum::Json(LeaseBody::new(&user, &g, ttl))).into_response()),
+        Decision::Denied(d) => {
+            let live: Vec<StreamView<'_>> = d.live.iter().map(StreamView::from).collect();
+            let problem = Problem::new(
+                StatusCode::CONFLICT,
+                "stream-limit-reached",
+                "Stream limit reached",
+                format!(
+                    "user {user} already has {} of {} streams active; stop one to start another",
+                    live.len(),
+                    d.limit.get()
+                ),
+            )
+            .with("limit", json!(d.limit.get()))
+            .with("active_streams", json!(live));
+            Err(ApiError::Problem(problem))
+        }
+    }
+}
+
+async fn release(State(state): State<AppState>, StreamPath(user, stream): StreamPath) -> Result<StatusCode, ApiError> {
+    state.store.release(&user, stream).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list(State(state): State<AppState>, UserPath(user): UserPath) -> Result<Response, ApiError> {
+    let (limit, live) = state.store.list(&user, state.limits.default_limit).await?;
+    let body = ListBody {
+        user_id: user.as_str(),
+        limit: limit.get(),
+        active_streams: live.iter().map(StreamView::from).collect(),
+    };
+    Ok(axum::Json(body).into_response())
+}
+
+async fn livez() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    // Readiness must answer quickly even when the store hangs.
+    match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
+        Ok(Ok(())) => Ok(axum::Json(json!({"status": "ready"}))),
+        Ok(Err(e)) => Err(ApiError::Store(e)),
+        Err(_) => Err(ApiError::Store(crate::store::StoreError::Unavailable("ping timed out".into()))),
+    }
+}
+
+async fn not_found() -> Problem {
+    Problem::for_status(StatusCode::NOT_FOUND)
+}

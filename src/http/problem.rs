@@ -1,0 +1,143 @@
+//! RFC 9457 problem details: the one shape of every error streamcap sends.
+//!
+//! Handlers return [`ApiError`]; anything else that produces an error status
+//! (axum's own 405, a panic caught by the panic layer) is rewritten into a
+//! problem by [`ensure_problem`]. Internal detail is logged, never sent.
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use crate::store::StoreError;
+
+pub const CONTENT_TYPE: &str = "application/problem+json";
+
+/// Every problem `type` is this base followed by a slug.
+pub const TYPE_BASE: &str = "https://streamcap.dev/problems/";
+
+/// A problem document ready to send.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub slug: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    pub extensions: Map<String, Value>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+        Self { status, slug, title, detail: detail.into(), extensions: Map::new() }
+    }
+
+    pub fn with(mut self, key: &str, value: Value) -> Self {
+        self.extensions.insert(key.to_owned(), value);
+        self
+    }
+
+    /// The generic problem for a status that no handler described.
+    pub fn for_status(status: StatusCode) -> Self {
+        let (slug, title, detail) = match status {
+            StatusCode::NOT_FOUND => ("not-found", "Not found", "no such route"),
+            StatusCode::METHOD_NOT_ALLOWED => {
+                ("method-not-allowed", "Method not allowed", "this route does not accept that method")
+            }
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ("payload-too-large", "Payload too large", "the request body is larger than 16 KiB")
+            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                ("unsupported-media-type", "Unsupported media type", "send the body as application/json")
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                ("service-unavailable", "Service unavailable", "the service cannot answer now; retry later")
+            }
+            s if s.is_client_error() => ("bad-request", "Bad request", "the request was not understood"),
+            _ => ("internal-error", "Internal error", "the server failed; the error has been logged"),
+        };
+        Self::new(status, slug, title, detail)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut body = Map::new();
+        body.insert("type".into(), json!(format!("{TYPE_BASE}{}", self.slug)));
+        body.insert("title".into(), json!(self.title));
+        body.insert("status".into(), json!(self.status.as_u16()));
+        body.insert("detail".into(), json!(self.detail));
+        body.extend(self.extensions);
+        let mut res = (self.status, Value::Object(body).to_string()).into_response();
+        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        res
+    }
+}
+
+/// The errors handlers return. Each maps to exactly one problem.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: a path id, query or body field is malformed.
+    BadRequest(String),
+    /// 413: the body is over the limit.
+    PayloadTooLarge,
+    /// 415: a body that is not JSON.
+    UnsupportedMediaType(String),
+    /// 409 and friends: a fully built problem from a handler.
+    Problem(Problem),
+    /// 503: the store did not answer. Detail is logged only.
+    Store(StoreError),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::BadRequest(detail) => {
+                Problem::new(StatusCode::BAD_REQUEST, "invalid-request", "Invalid request", detail).into_response()
+            }
+            Self::PayloadTooLarge => Problem::for_status(StatusCode::PAYLOAD_TOO_LARGE).into_response(),
+            Self::UnsupportedMediaType(detail) => {
+                let p = Problem::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+                Problem { detail, ..p }.into_response()
+            }
+            Self::Problem(p) => p.into_response(),
+            Self::Store(e) => {
+                tracing::error!(error = %e, "store unavailable");
+                let mut res = Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store-unavailable",
+                    "Store unavailable",
+                    "the lease store did not answer; nothing was changed that you were told about, retry shortly",
+                )
+                .into_response();
+                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                res
+            }
+        }
+    }
+}
+
+/// Rewrites any error response that is not already a problem (axum's 405,
+/// a caught panic, a rejection we did not map) into one, keeping headers
+/// such as `Allow`.
+pub async fn ensure_problem(res: Response) -> Response {
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let is_problem = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == CONTENT_TYPE.as_bytes());
+    if is_problem {
+        return res;
+    }
+    let (mut parts, _) = res.into_parts();
+    let problem = Problem::for_status(status).into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    let (_, body) = problem.into_parts();
+    Response::from_parts(parts, Body::new(body))
+}

@@ -1,0 +1,28 @@
+//! streamcap enforces concurrent-stream limits for video platforms.
+//!
+//! A playback stream holds a *lease*: acquired when playback starts, renewed
+//! by heartbeats, released when playback stops, and expired by itself when
+//! heartbeats stop. At most `limit` leases per user are live at any instant,
+//! however many requests race.
+//!
+//! # Layout
+//!
+//! Dependencies point one way: `http → store → limiter`, with `config`
+//! building the pieces and `main.rs` wiring them.
+//!
+//! - [`limiter`]: the decision rules as pure functions of (state, op, now).
+//!   No I/O.
+//! - [`clock`]: where "now" comes from; a manual clock for tests.
+//! - [`store`]: the [`store::Store`] handle and its backends (memory,
+//!   sqlite), each running the rules atomically per user.
+//! - [`http`]: the only module that knows HTTP and JSON: routes, bodies,
+//!   problem+json errors.
+//! - [`config`]: flags, environment and TOML file, merged and validated once.
+//! - [`shutdown`]: the SIGTERM/SIGINT future that starts a graceful stop.
+
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod limiter;
+pub mod shutdown;
+pub mod store;

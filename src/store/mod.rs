@@ -1,0 +1,219 @@
+//! Where leases live. Callers see one concrete handle, [`Store`]; each
+//! backend implements the crate-private `Backend` trait in its own file.
+//!
+//! A backend's one job is to run [`limiter::apply`] atomically per user and
+//! keep what it returns. Backends never make decisions of their own and never
+//! read policy: limits and TTLs arrive already resolved inside each [`Op`].
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::limiter::{Acquire, Decision, Lease, Limit, Op, Reply, StreamId, UserId};
+
+mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+#[cfg(test)]
+mod conformance;
+
+/// Every backend streamcap knows of, whether or not this binary includes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    Sqlite,
+    Redis,
+    Dynamodb,
+}
+
+impl StoreKind {
+    pub const ALL: [StoreKind; 4] = [Self::Memory, Self::Sqlite, Self::Redis, Self::Dynamodb];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Sqlite => "sqlite",
+            Self::Redis => "redis",
+            Self::Dynamodb => "dynamodb",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// What [`Store::open`] needs. Built by `config`.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    /// Directory for the sqlite file and its lock (sqlite only).
+    pub data_dir: PathBuf,
+    /// How often expired leases are removed in the background.
+    pub sweep_interval: Duration,
+    /// How long one operation may take before it answers "unavailable".
+    pub op_timeout: Duration,
+}
+
+/// The store could not be opened. The message is meant for an operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct OpenError(pub String);
+
+/// The store could not answer. Never a denial: denials are [`Decision`]s.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend is down, overloaded, shutting down or failed to persist.
+    /// The request may be retried. The string is for logs, not for clients.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A cheap-to-clone handle to the configured backend.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Box<dyn Backend>,
+    op_timeout: Duration,
+    stop_sweeper: watch::Sender<bool>,
+}
+
+impl Store {
+    /// Opens the configured backend and starts its background sweeper.
+    /// Must be called inside a tokio runtime.
+    pub async fn open(config: &StoreConfig, clock: Arc<dyn Clock>) -> Result<Store, OpenError> {
+        let backend: Box<dyn Backend> = match config.kind {
+            StoreKind::Memory => Box::new(memory::MemoryBackend::new(clock)),
+            #[cfg(feature = "sqlite")]
+            StoreKind::Sqlite => Box::new(sqlite::SqliteBackend::open(&config.data_dir, clock)?),
+            #[allow(unreachable_patterns)]
+            kind => {
+                return Err(OpenError(format!(
+                    "store `{}` is not built into this binary (built with: {})",
+                    kind.name(),
+                    built_in().join(", ")
+                )));
+            }
+        };
+        let (stop_sweeper, stop) = watch::channel(false);
+        let store = Store { inner: Arc::new(Inner { backend, op_timeout: config.op_timeout, stop_sweeper }) };
+        tokio::spawn(sweeper(store.clone(), config.sweep_interval, stop));
+        Ok(store)
+    }
+
+    /// Acquires or renews `req.stream_id` for `user`, atomically.
+    pub async fn acquire(&self, user: &UserId, req: Acquire) -> Result<Decision, StoreError> {
+        match self.execute(user, Op::Acquire(req)).await? {
+            Reply::Decision(d) => Ok(d),
+            other => Err(mismatch(&other)),
+        }
+    }
+
+    /// Releases the stream's lease. Succeeds whether or not it existed.
+    pub async fn release(&self, user: &UserId, stream: StreamId) -> Result<(), StoreError> {
+        match self.execute(user, Op::Release(stream)).await? {
+            Reply::Released => Ok(()),
+            other => Err(mismatch(&other)),
+        }
+    }
+
+    /// The user's live leases, oldest first, and the limit that applies.
+    pub async fn list(&self, user: &UserId, limit: Limit) -> Result<(Limit, Vec<Lease>), StoreError> {
+        match self.execute(user, Op::List { limit }).await? {
+            Reply::Leases { limit, live } => Ok((limit, live)),
+            other => Err(mismatch(&other)),
+        }
+    }
+
+    /// Answers when the backend can serve requests.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.timed(self.inner.backend.ping()).await
+    }
+
+    /// Stops the sweeper and flushes the backend. Later calls fail.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.inner.stop_sweeper.send_replace(true);
+        self.inner.backend.close().await
+    }
+
+    async fn execute(&self, user: &UserId, op: Op) -> Result<Reply, StoreError> {
+        self.timed(self.inner.backend.execute(user, op)).await
+    }
+
+    async fn timed<T>(&self, fut: BoxFuture<'_, Result<T, StoreError>>) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.inner.op_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(format!("no answer within {:?}", self.inner.op_timeout))),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    /// A store around `backend` with no sweeper, for backend tests.
+    fn for_test(backend: Box<dyn Backend>) -> Store {
+        let (stop_sweeper, _) = watch::channel(false);
+        Store { inner: Arc::new(Inner { backend, op_timeout: Duration::from_secs(30), stop_sweeper }) }
+    }
+}
+
+/// The backends compiled into this binary.
+pub fn built_in() -> Vec<&'static str> {
+    let mut v = vec!["memory"];
+    if cfg!(feature = "sqlite") {
+        v.push("sqlite");
+    }
+    v
+}
+
+fn mismatch(reply: &Reply) -> StoreError {
+    // A backend answered an op with the wrong kind of reply: a bug, but one
+    // that must not take the process down.
+    tracing::error!(?reply, "backend returned a reply of the wrong kind");
+    StoreError::Unavailable("backend returned a reply of the wrong kind".into())
+}
+
+async fn sweeper(store: Store, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match store.timed(store.inner.backend.sweep()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "swept expired leases"),
+            Err(e) => tracing::warn!(error = %e, "sweeping expired leases failed"),
+        }
+    }
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The contract every backend fulfils. Crate-private: callers use [`Store`].
+trait Backend: Send + Sync + 'static {
+    /// Runs `op` for `user` as one atomic step: load the user's state, read
+    /// the clock, call `limiter::apply`, persist its writes, answer. When
+    /// this returns `Ok`, the writes are durable as far as the backend
+    /// promises durability.
+    fn execute<'a>(&'a self, user: &'a UserId, op: Op) -> BoxFuture<'a, Result<Reply, StoreError>>;
+
+    /// Removes expired leases of all users; returns how many. No decision
+    /// depends on it having run.
+    fn sweep(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Flushes and releases resources. Idempotent.
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
