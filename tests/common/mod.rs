@@ -1,0 +1,229 @@
+//! The shared test harness: a streamcap server on a real socket, either
+//! in-process ([`Server`]) or as the real binary ([`Process`]).
+#![allow(dead_code)] // each test crate uses a different part of it
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use streamcap::clock::SystemClock;
+use streamcap::http::{AppState, Limits};
+use streamcap::limiter::{Limit, Ttl};
+use streamcap::store::{Store, StoreConfig, StoreKind};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// The stores every API test runs against.
+pub const STORES: [StoreKind; 2] = [StoreKind::Memory, StoreKind::Sqlite];
+
+/// An in-process server on 127.0.0.1:0, stopped on drop.
+pub struct Server {
+    pub base: String,
+    pub store: Store,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub async fn start(kind: StoreKind, limit: u32, ttl_secs: u32) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            kind,
+            data_dir: dir.path().join("data"),
+            sweep_interval: Duration::from_secs(1),
+            op_timeout: Duration::from_secs(5),
+        };
+        let store = Store::open(&config, Arc::new(SystemClock)).await.unwrap();
+        let limits = Limits { default_limit: Limit::new(limit).unwrap(), lease_ttl: Ttl::from_secs(ttl_secs).unwrap() };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let state = AppState { store: store.clone(), limits };
+        tokio::spawn(async move {
+            streamcap::http::serve(listener, state, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Server { base, store, client: reqwest::Client::new(), stop: Some(stop), _dir: dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn put(&self, path: &str, body: Option<Value>) -> Reply {
+        let mut req = self.client.put(self.url(path));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        Reply::from(req.send().await.unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        Reply::from(self.client.get(self.url(path)).send().await.unwrap()).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        Reply::from(self.client.delete(self.url(path)).send().await.unwrap()).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A response read to the end.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Reply {
+    pub async fn from(res: reqwest::Response) -> Reply {
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap();
+        Reply { status, headers, text }
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an RFC 9457 problem with `status` whose type ends in `slug`.
+    pub fn assert_problem(&self, status: u16, slug: &str) -> Value {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_eq!(self.header("content-type"), Some("application/problem+json"), "{self:?}");
+        let body = self.json();
+        let ty = body["type"].as_str().unwrap_or_else(|| panic!("no type: {body}"));
+        assert!(ty.starts_with("https://") && ty.ends_with(slug), "type {ty} should end in {slug}");
+        assert_eq!(body["status"], status, "{body}");
+        assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()), "{body}");
+        assert!(body["detail"].as_str().is_some_and(|t| !t.is_empty()), "{body}");
+        body
+    }
+}
+
+/// The real `streamcap` binary, run with its stderr captured.
+pub struct Process {
+    child: Child,
+    pub base: String,
+    log: Arc<Mutex<String>>,
+}
+
+pub fn binary() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamcap"));
+    // Only what a test sets explicitly may configure the process.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("STREAMCAP_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("RUST_LOG", "info");
+    cmd
+}
+
+impl Process {
+    /// Starts `streamcap serve --listen 127.0.0.1:0 ARGS` and waits until it
+    /// listens.
+    pub fn start(args: &[&str]) -> Process {
+        Self::start_cmd(binary().args(["serve", "--listen", "127.0.0.1:0"]).args(args))
+    }
+
+    pub fn start_cmd(cmd: &mut Command) -> Process {
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening")
+                    && let Some(addr) = line.split_whitespace().find_map(|w| w.strip_prefix("addr="))
+                {
+                    let _ = tx.send(addr.to_owned());
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => Process { child, base: format!("http://{addr}"), log },
+            Err(_) => {
+                let _ = child.kill();
+                panic!("streamcap did not start listening:\n{}", log.lock().unwrap());
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(mut self) -> (ExitStatus, String) {
+        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+        let status = wait_timeout(&mut self.child, Duration::from_secs(30));
+        (status, self.log())
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "process did not exit within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs the binary to completion (for start-up failures) and returns its
+/// exit status and stderr.
+pub fn run_to_exit(cmd: &mut Command) -> (ExitStatus, String) {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let status = wait_timeout(&mut child, Duration::from_secs(30));
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    (status, err)
+}
+
+pub fn data_dir_arg(dir: &Path) -> String {
+    dir.to_str().unwrap().to_owned()
+}
