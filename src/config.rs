@@ -212,7 +212,7 @@ mod tests {
 
     // These tests avoid the process environment (which tests share) and
     // cover flag > file > default; env precedence is tested end to end
-    // against the binary in tests/cli.rs.
+    // against the binary in tests/process.rs.
 
     #[test]
     fn defaults() {

@@ -38,7 +38,6 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("streamcap: {e}");
             ExitCode::FAILURE
         }
     }

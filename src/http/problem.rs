@@ -112,7 +112,7 @@ impl IntoResponse for ApiError {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store-unavailable",
                     "Store unavailable",
-                    "the lease store did not answer; nothing was changed that you were told about, retry shortly",
+                    "the lease store did not answer in time; retry shortly (PUT and DELETE are safe to repeat)",
                 )
                 .into_response();
                 res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
