@@ -18,8 +18,8 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        Timestamp::from_millis(i64::try_from(ms).unwrap_or(i64::MAX))
+        let us = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
+        Timestamp::from_micros(i64::try_from(us).unwrap_or(i64::MAX))
     }
 }
 
@@ -29,16 +29,16 @@ pub struct ManualClock(Arc<AtomicI64>);
 
 impl ManualClock {
     pub fn new(start: Timestamp) -> Self {
-        Self(Arc::new(AtomicI64::new(start.as_millis())))
+        Self(Arc::new(AtomicI64::new(start.as_micros())))
     }
 
     pub fn advance_ms(&self, ms: i64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
+        self.0.fetch_add(ms * 1000, Ordering::SeqCst);
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
-        Timestamp::from_millis(self.0.load(Ordering::SeqCst))
+        Timestamp::from_micros(self.0.load(Ordering::SeqCst))
     }
 }

@@ -5,6 +5,7 @@
 //! empty. Every value is validated here, and every error is one line that
 //! names the offending flag or key, so `main` can print it and exit.
 
+use std::collections::BTreeMap;
 use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,8 +13,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
-use crate::http::Limits;
-use crate::limiter::{Limit, Ttl};
+use crate::limiter::{Limit, OnLimit, Ttl, UserId};
+use crate::policy::{Plan, Policy};
 use crate::store::{self, StoreConfig, StoreKind};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -26,7 +27,7 @@ pub const DEFAULT_LEASE_TTL: u32 = 60;
 pub struct Config {
     pub listen: String,
     pub store: StoreConfig,
-    pub limits: Limits,
+    pub policy: Policy,
 }
 
 /// A configuration error, as one line for an operator.
@@ -80,6 +81,12 @@ struct ServeArgs {
     #[arg(long, env = "STREAMCAP_LEASE_TTL", value_name = "SECONDS",
           value_parser = clap::value_parser!(u32).range(1..=i64::from(Ttl::MAX_SECONDS)))]
     lease_ttl: Option<u32>,
+    /// On a full account: reject or evict_oldest [default: reject]
+    #[arg(long, env = "STREAMCAP_ON_LIMIT", value_name = "POLICY")]
+    on_limit: Option<String>,
+    /// false = shadow mode: never deny or evict, only report [default: true]
+    #[arg(long, env = "STREAMCAP_ENFORCE", value_name = "BOOL", action = clap::ArgAction::Set)]
+    enforce: Option<bool>,
 }
 
 /// The keys of the `--config` file. Unknown keys are an error.
@@ -89,8 +96,22 @@ struct FileConfig {
     listen: Option<String>,
     store: Option<String>,
     data_dir: Option<PathBuf>,
-    default_limit: Option<u32>,
     lease_ttl: Option<u32>,
+    #[serde(default)]
+    limits: FileLimits,
+}
+
+/// The `[limits]` table.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    default: Option<u32>,
+    #[serde(default)]
+    plans: BTreeMap<String, u32>,
+    on_limit: Option<String>,
+    enforce: Option<bool>,
+    #[serde(default)]
+    on_limit_by_plan: BTreeMap<String, String>,
 }
 
 /// Parses `args` (including the program name) and the environment.
@@ -150,9 +171,10 @@ fn build(args: ServeArgs) -> Result<Config, ConfigError> {
         )));
     }
 
+    let limits = file.limits;
     let limit = match args.default_limit {
         Some(n) => n,
-        None => ranged(file.default_limit, DEFAULT_LIMIT, 1, Limit::MAX, &in_file("default_limit"))?,
+        None => ranged(limits.default, DEFAULT_LIMIT, 1, Limit::MAX, &in_file("limits.default"))?,
     };
     let ttl = match args.lease_ttl {
         Some(n) => n,
@@ -161,6 +183,30 @@ fn build(args: ServeArgs) -> Result<Config, ConfigError> {
     let default_limit =
         Limit::new(limit).ok_or_else(|| ConfigError(format!("default_limit {limit} is out of range")))?;
     let lease_ttl = Ttl::from_secs(ttl).ok_or_else(|| ConfigError(format!("lease_ttl {ttl} is out of range")))?;
+
+    let on_limit = match (args.on_limit, limits.on_limit) {
+        (Some(flag), _) => parse_on_limit(&flag, "--on-limit")?,
+        (None, Some(key)) => parse_on_limit(&key, &in_file("limits.on_limit"))?,
+        (None, None) => OnLimit::Reject,
+    };
+    let mut plans = BTreeMap::new();
+    for (name, n) in limits.plans {
+        let key = in_file(&format!("limits.plans.{name}"));
+        if UserId::new(&name).is_err() {
+            return Err(ConfigError(format!("{key}: a plan name is 1-128 characters of [A-Za-z0-9._~:@-]")));
+        }
+        let limit =
+            Limit::new(n).ok_or_else(|| ConfigError(format!("{key} = {n} is out of range 0..={}", Limit::MAX)))?;
+        plans.insert(name, Plan { limit, on_limit });
+    }
+    for (name, policy) in limits.on_limit_by_plan {
+        let key = in_file(&format!("limits.on_limit_by_plan.{name}"));
+        let policy = parse_on_limit(&policy, &key)?;
+        match plans.get_mut(&name) {
+            Some(plan) => plan.on_limit = policy,
+            None => return Err(ConfigError(format!("{key}: no plan {name:?} in limits.plans"))),
+        }
+    }
 
     Ok(Config {
         listen,
@@ -171,8 +217,19 @@ fn build(args: ServeArgs) -> Result<Config, ConfigError> {
             sweep_interval: Duration::from_secs(u64::from(ttl / 2).clamp(1, 30)),
             op_timeout: Duration::from_secs(5),
         },
-        limits: Limits { default_limit, lease_ttl },
+        policy: Policy {
+            default_limit,
+            on_limit,
+            plans,
+            enforce: args.enforce.or(limits.enforce).unwrap_or(true),
+            lease_ttl,
+        },
     })
+}
+
+fn parse_on_limit(value: &str, name: &str) -> Result<OnLimit, ConfigError> {
+    OnLimit::parse(value)
+        .ok_or_else(|| ConfigError(format!("{name} {value:?} is not a known policy ({})", OnLimit::NAMES)))
 }
 
 fn ranged(v: Option<u32>, default: u32, min: u32, max: u32, name: &str) -> Result<u32, ConfigError> {
@@ -220,18 +277,39 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:8080");
         assert_eq!(c.store.kind, StoreKind::Sqlite);
         assert_eq!(c.store.data_dir, PathBuf::from("./streamcap-data"));
-        assert_eq!(c.limits.default_limit.get(), 3);
-        assert_eq!(c.limits.lease_ttl.as_secs(), 60);
+        assert_eq!(c.policy.default_limit.get(), 3);
+        assert_eq!(c.policy.lease_ttl.as_secs(), 60);
+        assert_eq!(c.policy.on_limit, OnLimit::Reject);
+        assert!(c.policy.enforce);
+        assert!(c.policy.plans.is_empty());
     }
 
     #[test]
     fn flags_win_over_the_file() {
-        let f = file("default_limit = 7\nlease_ttl = 30\nstore = \"memory\"\n");
+        let f = file(
+            "lease_ttl = 30\nstore = \"memory\"\n[limits]\ndefault = 7\non_limit = \"evict_oldest\"\nenforce = false\n",
+        );
         let p = f.path().to_str().unwrap();
-        let c = parse(&["serve", "--config", p, "--default-limit", "2"]).unwrap();
-        assert_eq!(c.limits.default_limit.get(), 2);
-        assert_eq!(c.limits.lease_ttl.as_secs(), 30);
+        let c = parse(&["serve", "--config", p, "--default-limit", "2", "--on-limit", "reject"]).unwrap();
+        assert_eq!(c.policy.default_limit.get(), 2);
+        assert_eq!(c.policy.lease_ttl.as_secs(), 30);
+        assert_eq!(c.policy.on_limit, OnLimit::Reject);
+        assert!(!c.policy.enforce);
         assert_eq!(c.store.kind, StoreKind::Memory);
+        assert!(parse(&["serve", "--config", p, "--enforce", "true"]).unwrap().policy.enforce);
+    }
+
+    #[test]
+    fn plans_take_the_global_policy_unless_they_override_it() {
+        let f = file(
+            "[limits]\nplans = { basic = 1, standard = 2, premium = 4, suspended = 0 }\non_limit = \"reject\"\n\
+             [limits.on_limit_by_plan]\nbasic = \"evict_oldest\"\n",
+        );
+        let c = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap();
+        let plan = |n: &str| c.policy.plans[n];
+        assert_eq!((plan("basic").limit.get(), plan("basic").on_limit), (1, OnLimit::EvictOldest));
+        assert_eq!((plan("premium").limit.get(), plan("premium").on_limit), (4, OnLimit::Reject));
+        assert_eq!(plan("suspended").limit.get(), 0);
     }
 
     #[test]
@@ -244,6 +322,8 @@ mod tests {
             (vec!["serve".into(), "--store".into(), "mongo".into()], "--store"),
             (vec!["serve".into(), "--store".into(), "dynamodb".into()], "not built into this binary"),
             (vec!["serve".into(), "--listen".into(), "nowhere".into()], "--listen"),
+            (vec!["serve".into(), "--on-limit".into(), "evict_newest".into()], "--on-limit"),
+            (vec!["serve".into(), "--enforce".into(), "maybe".into()], "--enforce"),
             (vec!["serve".into(), "--bogus".into()], "--bogus"),
         ];
         for (args, needle) in cases {
@@ -257,7 +337,17 @@ mod tests {
     #[test]
     fn file_errors_name_the_key() {
         for (text, needle) in [
-            ("default_limit = 0\n", "default_limit"),
+            ("[limits]\ndefault = 0\n", "limits.default"),
+            ("default_limit = 3\n", "default_limit"),
+            ("[limits]\nplans = { basic = 1001 }\n", "limits.plans.basic"),
+            ("[limits]\nplans = { \"b c\" = 1 }\n", "limits.plans.b c"),
+            ("[limits]\non_limit = \"evict_all\"\n", "limits.on_limit"),
+            ("[limits.on_limit_by_plan]\ngold = \"reject\"\n", "no plan \"gold\""),
+            (
+                "[limits]\nplans = { basic = 1 }\n[limits.on_limit_by_plan]\nbasic = \"nope\"\n",
+                "on_limit_by_plan.basic",
+            ),
+            ("[limits]\nenforce = \"yes\"\n", "line 2"),
             ("lease_ttl = 0\n", "lease_ttl"),
             ("colour = \"red\"\n", "colour"),
             ("default_limit = \"three\"\n", "line 1"),

@@ -12,6 +12,7 @@
 //!
 //! - [`limiter`]: the decision rules as pure functions of (state, op, now).
 //!   No I/O.
+//! - [`policy`]: plans, limits and on-limit behaviour, resolved per request.
 //! - [`clock`]: where "now" comes from; a manual clock for tests.
 //! - [`store`]: the [`store::Store`] handle and its backends (memory,
 //!   sqlite), each running the rules atomically per user.
@@ -24,5 +25,6 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod limiter;
+pub mod policy;
 pub mod shutdown;
 pub mod store;

@@ -51,11 +51,17 @@ async fn run(config: Config) -> Result<(), String> {
     tracing::info!(
         %addr,
         store = config.store.kind.name(),
-        default_limit = config.limits.default_limit.get(),
-        lease_ttl = config.limits.lease_ttl.as_secs(),
+        default_limit = config.policy.default_limit.get(),
+        lease_ttl = config.policy.lease_ttl.as_secs(),
+        on_limit = config.policy.on_limit.name(),
+        plans = config.policy.plans.len(),
+        enforce = config.policy.enforce,
         "listening"
     );
-    let state = AppState { store: store.clone(), limits: config.limits };
+    if !config.policy.enforce {
+        tracing::warn!("shadow mode: limits are reported (would_deny) but not enforced");
+    }
+    let state = AppState { store: store.clone(), policy: Arc::new(config.policy) };
     let served = http::serve(listener, state, shutdown::signal()).await;
     // Flush the store even if serving failed, then report.
     let closed = store.close().await;

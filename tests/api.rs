@@ -208,7 +208,8 @@ async fn unknown_routes_and_methods_are_problems() {
     let allow = r.header("allow").unwrap_or_default();
     assert!(allow.contains("PUT") && allow.contains("DELETE"), "Allow: {allow}");
     s.get(&stream("a")).await.assert_problem(405, "method-not-allowed");
-    s.delete(U).await.assert_problem(405, "method-not-allowed");
+    s.client.post(s.url(U)).send().await.map(|r| assert_eq!(r.status(), 405)).unwrap();
+    s.client.post(s.url("/v1/users/alice/limit")).send().await.map(|r| assert_eq!(r.status(), 405)).unwrap();
     s.put("/livez", None).await.assert_problem(405, "method-not-allowed");
 }
 

@@ -15,6 +15,10 @@ mod client {
     use serde_json::Value;
 
     pub fn call(method: &str, url: &str) -> (u16, Value) {
+        call_with(method, url, None)
+    }
+
+    pub fn call_with(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let client = ::reqwest::Client::new();
@@ -22,6 +26,10 @@ mod client {
                 "PUT" => client.put(url),
                 "DELETE" => client.delete(url),
                 _ => client.get(url),
+            };
+            let req = match body {
+                Some(b) => req.json(&b),
+                None => req,
             };
             let res = req.send().await.unwrap();
             let status = res.status().as_u16();
@@ -137,7 +145,7 @@ fn invalid_configuration_exits_with_one_line_naming_it() {
 fn flag_beats_env_beats_file_beats_default() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("streamcap.toml");
-    std::fs::write(&file, "store = \"memory\"\ndefault_limit = 4\nlease_ttl = 30\n").unwrap();
+    std::fs::write(&file, "store = \"memory\"\nlease_ttl = 30\n[limits]\ndefault = 4\n").unwrap();
     let limit_of = |p: &Process| {
         let (_, body) = client::call("GET", &p.url("/v1/users/u/streams"));
         body["limit"].as_u64().unwrap()
@@ -175,4 +183,23 @@ fn no_arguments_means_serve_with_defaults() {
     let (status, _) = p.terminate();
     assert!(status.success());
     assert!(dir.path().join("streamcap-data").join("streamcap.db").exists());
+}
+
+#[test]
+fn overrides_and_tombstones_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let p = Process::start(&["--data-dir", data]);
+    let (status, _) = client::call_with("PUT", &p.url("/v1/users/u/limit"), Some(serde_json::json!({"limit": 5})));
+    assert_eq!(status, 200);
+    assert_eq!(put(&p, "/v1/users/u/streams/a").0, 201);
+    let (status, body) = client::call("DELETE", &p.url("/v1/users/u/streams"));
+    assert_eq!((status, body), (200, serde_json::json!({"revoked": ["a"]})));
+    p.kill9();
+
+    let p = Process::start(&["--data-dir", data]);
+    let (_, limit) = client::call("GET", &p.url("/v1/users/u/limit"));
+    assert_eq!(limit, serde_json::json!({"user_id": "u", "limit": 5, "source": "override"}));
+    let (status, problem) = put(&p, "/v1/users/u/streams/a");
+    assert_eq!((status, problem["reason"].as_str()), (410, Some("revoked")));
 }

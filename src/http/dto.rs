@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
-use crate::limiter::{Grant, Label, Lease, Timestamp, UserId};
+use crate::limiter::{Grant, Label, Lease, LimitSource, StreamId, Timestamp, UserId};
 
 /// `PUT /v1/users/{user_id}/streams/{stream_id}` body. Every field is
 /// optional and an empty body is the same as `{}`.
@@ -13,6 +13,37 @@ use crate::limiter::{Grant, Label, Lease, Timestamp, UserId};
 pub struct AcquireBody {
     pub device_id: Option<String>,
     pub content_id: Option<String>,
+    /// The user's plan, which selects the limit and on-limit policy.
+    pub plan: Option<String>,
+    /// Take-over: stop these streams of the same user to make room.
+    pub evict: Option<Vec<String>>,
+}
+
+/// `PUT /v1/users/{user_id}/limit` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetLimitBody {
+    pub limit: Option<u32>,
+}
+
+/// The `?plan=` query of the read routes.
+#[derive(Debug, Default, Deserialize)]
+pub struct PlanQuery {
+    pub plan: Option<String>,
+}
+
+/// `GET|PUT /v1/users/{user_id}/limit`.
+#[derive(Debug, Serialize)]
+pub struct LimitBody<'a> {
+    pub user_id: &'a str,
+    pub limit: u32,
+    pub source: &'static str,
+}
+
+/// `DELETE /v1/users/{user_id}/streams`.
+#[derive(Debug, Serialize)]
+pub struct RevokedBody<'a> {
+    pub revoked: Vec<&'a str>,
 }
 
 /// One live lease as listed in `active_streams`.
@@ -48,17 +79,41 @@ pub struct LeaseBody<'a> {
     pub ttl_seconds: u32,
     pub active_streams: u32,
     pub limit: u32,
+    /// Leases revoked to make room for this one; absent when none were.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub evicted: Vec<StreamView<'a>>,
+    /// `false` in shadow mode.
+    pub enforced: bool,
+    /// Shadow mode only: enforcing would have refused this stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_deny: Option<bool>,
+    /// Shadow mode only: enforcing would have evicted these streams.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub would_evict: Vec<&'a str>,
 }
 
 impl<'a> LeaseBody<'a> {
-    pub fn new(user: &'a UserId, grant: &'a Grant, ttl_seconds: u32) -> Self {
+    pub fn new(user: &'a UserId, grant: &'a Grant, ttl_seconds: u32, enforced: bool) -> Self {
         Self {
             user_id: user.as_str(),
             lease: StreamView::from(&grant.lease),
             ttl_seconds,
             active_streams: grant.active_streams,
             limit: grant.limit.get(),
+            evicted: grant.evicted.iter().map(StreamView::from).collect(),
+            enforced,
+            would_deny: (!enforced).then_some(grant.would_deny),
+            would_evict: grant.would_evict.iter().map(StreamId::as_str).collect(),
         }
+    }
+}
+
+/// How a [`LimitSource`] is spelled on the wire.
+pub fn source_name(source: LimitSource) -> &'static str {
+    match source {
+        LimitSource::Override => "override",
+        LimitSource::Plan => "plan",
+        LimitSource::Default => "default",
     }
 }
 
@@ -70,14 +125,14 @@ pub struct ListBody<'a> {
     pub active_streams: Vec<StreamView<'a>>,
 }
 
-/// RFC 3339 in UTC with milliseconds, e.g. `2026-11-24T05:29:50.123Z`.
+/// RFC 3339 in UTC with microseconds, e.g. `2026-11-24T05:29:50.123456Z`.
 pub fn rfc3339(t: Timestamp) -> String {
-    let format = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_millis()) * 1_000_000)
+    let format = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_micros()) * 1_000)
         .ok()
         .and_then(|dt| dt.format(format).ok())
         // Only reachable for times past year 9999, which no clock produces.
-        .unwrap_or_else(|| "9999-12-31T23:59:59.999Z".to_owned())
+        .unwrap_or_else(|| "9999-12-31T23:59:59.999999Z".to_owned())
 }
 
 #[cfg(test)]
@@ -85,8 +140,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn formats_utc_with_milliseconds() {
-        assert_eq!(rfc3339(Timestamp::from_millis(0)), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(Timestamp::from_millis(1_795_498_190_123)), "2026-11-24T05:29:50.123Z");
+    fn formats_utc_with_microseconds() {
+        assert_eq!(rfc3339(Timestamp::from_millis(0)), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(Timestamp::from_micros(1_795_498_190_123_456)), "2026-11-24T05:29:50.123456Z");
     }
 }

@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
@@ -44,6 +44,20 @@ impl<S: Send + Sync> FromRequestParts<S> for StreamPath {
             .await
             .map_err(|e| ApiError::BadRequest(format!("invalid path: {}", e.body_text())))?;
         Ok(Self(user(&u)?, stream(&s)?))
+    }
+}
+
+/// A query string, with malformed ones answered by a 400 problem.
+pub struct PlanParam<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for PlanParam<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(q) = Query::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
+        Ok(Self(q))
     }
 }
 

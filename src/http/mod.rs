@@ -6,6 +6,7 @@
 //! turn its answer into JSON. They never decide anything themselves.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -18,15 +19,16 @@ use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::limiter::{Acquire, Decision, Label, Limit, Ttl};
-use crate::store::Store;
+use crate::limiter::{Acquire, Decision, Label, Limit, RevokeReason, StreamId};
+use crate::policy::{Policy, Resolved};
+use crate::store::{Store, StoreError};
 
 pub mod dto;
 mod extract;
 pub mod problem;
 
-use dto::{AcquireBody, LeaseBody, ListBody, StreamView};
-use extract::{OptionalJson, StreamPath, UserPath};
+use dto::{AcquireBody, LeaseBody, LimitBody, ListBody, PlanQuery, RevokedBody, SetLimitBody, StreamView};
+use extract::{OptionalJson, PlanParam, StreamPath, UserPath};
 use problem::{ApiError, Problem};
 
 /// Largest accepted request body.
@@ -36,21 +38,15 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
-    pub limits: Limits,
-}
-
-/// The limit and TTL that apply to every user (policies come later).
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub default_limit: Limit,
-    pub lease_ttl: Ttl,
+    pub policy: Arc<Policy>,
 }
 
 /// The whole API as one router.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/users/{user_id}/streams/{stream_id}", put(acquire).delete(release))
-        .route("/v1/users/{user_id}/streams", get(list))
+        .route("/v1/users/{user_id}/streams", get(list).delete(revoke_all))
+        .route("/v1/users/{user_id}/limit", get(get_limit).put(set_limit).delete(clear_limit))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -78,6 +74,10 @@ pub async fn serve(
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
 }
 
+fn resolve(policy: &Policy, plan: Option<&str>) -> Result<Resolved, ApiError> {
+    policy.resolve(plan).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
 async fn acquire(
     State(state): State<AppState>,
     StreamPath(user, stream): StreamPath,
@@ -86,24 +86,35 @@ async fn acquire(
     let label = |field: &str, v: Option<String>| {
         v.map(|s| Label::new(&s).map_err(|e| ApiError::BadRequest(format!("{field} {e}")))).transpose()
     };
+    let evict = body
+        .evict
+        .unwrap_or_default()
+        .iter()
+        .map(|s| StreamId::new(s).map_err(|e| ApiError::BadRequest(format!("evict: stream id {s:?} {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let policy = resolve(&state.policy, body.plan.as_deref())?;
     let req = Acquire {
         stream_id: stream,
         device_id: label("device_id", body.device_id)?,
         content_id: label("content_id", body.content_id)?,
-        limit: state.limits.default_limit,
-        ttl: state.limits.lease_ttl,
+        limit: policy.limit,
+        ttl: state.policy.lease_ttl,
+        on_limit: policy.on_limit,
+        evict,
+        enforce: state.policy.enforce,
     };
-    let ttl = req.ttl.as_secs();
+    let (ttl, enforced) = (req.ttl.as_secs(), req.enforce);
     match state.store.acquire(&user, req).await? {
         Decision::Granted(g) => {
             let location = format!("/v1/users/{user}/streams/{}", g.lease.stream_id);
-            let mut res = (StatusCode::CREATED, axum::Json(LeaseBody::new(&user, &g, ttl))).into_response();
+            let body = LeaseBody::new(&user, &g, ttl, enforced);
+            let mut res = (StatusCode::CREATED, axum::Json(body)).into_response();
             if let Ok(v) = HeaderValue::from_str(&location) {
                 res.headers_mut().insert(header::LOCATION, v);
             }
             Ok(res)
         }
-        Decision::Renewed(g) => Ok((StatusCode::OK, axum::Json(LeaseBody::new(&user, &g, ttl))).into_response()),
+        Decision::Renewed(g) => Ok(axum::Json(LeaseBody::new(&user, &g, ttl, enforced)).into_response()),
         Decision::Denied(d) => {
             let live: Vec<StreamView<'_>> = d.live.iter().map(StreamView::from).collect();
             let problem = Problem::new(
@@ -120,6 +131,21 @@ async fn acquire(
             .with("active_streams", json!(live));
             Err(ApiError::Problem(problem))
         }
+        Decision::Gone(t) => {
+            let (reason, detail) = match &t.reason {
+                RevokeReason::EvictedBy(by) => (
+                    "evicted_by_new_stream",
+                    format!("stream {} was stopped to make room for stream {by}", t.stream_id),
+                ),
+                RevokeReason::Revoked => ("revoked", format!("stream {} was revoked", t.stream_id)),
+            };
+            let mut problem = Problem::new(StatusCode::GONE, "stream-revoked", "Stream revoked", detail)
+                .with("reason", json!(reason));
+            if let RevokeReason::EvictedBy(by) = &t.reason {
+                problem = problem.with("by_stream_id", json!(by.as_str()));
+            }
+            Err(ApiError::Problem(problem))
+        }
     }
 }
 
@@ -128,14 +154,54 @@ async fn release(State(state): State<AppState>, StreamPath(user, stream): Stream
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list(State(state): State<AppState>, UserPath(user): UserPath) -> Result<Response, ApiError> {
-    let (limit, live) = state.store.list(&user, state.limits.default_limit).await?;
+async fn revoke_all(State(state): State<AppState>, UserPath(user): UserPath) -> Result<Response, ApiError> {
+    let revoked = state.store.revoke_all(&user, state.policy.lease_ttl).await?;
+    let body = RevokedBody { revoked: revoked.iter().map(StreamId::as_str).collect() };
+    Ok(axum::Json(body).into_response())
+}
+
+async fn list(
+    State(state): State<AppState>,
+    UserPath(user): UserPath,
+    PlanParam(query): PlanParam<PlanQuery>,
+) -> Result<Response, ApiError> {
+    let policy = resolve(&state.policy, query.plan.as_deref())?;
+    let (limit, live) = state.store.list(&user, policy.limit).await?;
     let body = ListBody {
         user_id: user.as_str(),
         limit: limit.get(),
         active_streams: live.iter().map(StreamView::from).collect(),
     };
     Ok(axum::Json(body).into_response())
+}
+
+async fn get_limit(
+    State(state): State<AppState>,
+    UserPath(user): UserPath,
+    PlanParam(query): PlanParam<PlanQuery>,
+) -> Result<Response, ApiError> {
+    let policy = resolve(&state.policy, query.plan.as_deref())?;
+    let (limit, source) = state.store.limit(&user, policy.limit, policy.source).await?;
+    let body = LimitBody { user_id: user.as_str(), limit: limit.get(), source: dto::source_name(source) };
+    Ok(axum::Json(body).into_response())
+}
+
+async fn set_limit(
+    State(state): State<AppState>,
+    UserPath(user): UserPath,
+    OptionalJson(body): OptionalJson<SetLimitBody>,
+) -> Result<Response, ApiError> {
+    let n = body.limit.ok_or_else(|| ApiError::BadRequest("limit is required, e.g. {\"limit\": 5}".into()))?;
+    let limit =
+        Limit::new(n).ok_or_else(|| ApiError::BadRequest(format!("limit {n} is out of range 0..={}", Limit::MAX)))?;
+    state.store.set_override(&user, Some(limit)).await?;
+    let body = LimitBody { user_id: user.as_str(), limit: limit.get(), source: "override" };
+    Ok(axum::Json(body).into_response())
+}
+
+async fn clear_limit(State(state): State<AppState>, UserPath(user): UserPath) -> Result<StatusCode, ApiError> {
+    state.store.set_override(&user, None).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn livez() -> impl IntoResponse {
@@ -147,7 +213,7 @@ async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
         Ok(Ok(())) => Ok(axum::Json(json!({"status": "ready"}))),
         Ok(Err(e)) => Err(ApiError::Store(e)),
-        Err(_) => Err(ApiError::Store(crate::store::StoreError::Unavailable("ping timed out".into()))),
+        Err(_) => Err(ApiError::Store(StoreError::Unavailable("ping timed out".into()))),
     }
 }
 

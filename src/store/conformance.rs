@@ -10,7 +10,10 @@ use tokio::task::JoinSet;
 
 use super::Store;
 use crate::clock::{Clock, ManualClock};
-use crate::limiter::{self, Acquire, Decision, Label, Limit, Op, StreamId, Timestamp, Ttl, UserId, UserState};
+use crate::limiter::{
+    self, Acquire, Decision, Label, Limit, LimitSource, OnLimit, Op, RevokeReason, StreamId, Timestamp, Ttl, UserId,
+    UserState,
+};
 
 fn user(s: &str) -> UserId {
     UserId::new(s).unwrap()
@@ -27,6 +30,9 @@ fn req(s: &str, limit: u32, ttl: u32) -> Acquire {
         content_id: None,
         limit: Limit::new(limit).unwrap(),
         ttl: Ttl::from_secs(ttl).unwrap(),
+        on_limit: OnLimit::Reject,
+        evict: Vec::new(),
+        enforce: true,
     }
 }
 
@@ -44,6 +50,12 @@ pub(crate) async fn suite(store: &Store, clock: &ManualClock) {
     users_are_independent(store).await;
     sweep_removes_only_expired(store, clock).await;
     concurrent_acquires_grant_exactly_the_limit(store).await;
+    evict_oldest_leaves_a_tombstone(store, clock).await;
+    take_over_is_all_or_nothing(store).await;
+    revoke_all_and_tombstone_expiry(store, clock).await;
+    overrides_are_kept_and_win(store).await;
+    shadow_mode_changes_no_one_else(store).await;
+    concurrent_evictions_keep_the_limit(store).await;
 }
 
 async fn grants_up_to_the_limit(store: &Store, clock: &ManualClock) {
@@ -144,7 +156,7 @@ async fn concurrent_acquires_grant_exactly_the_limit(store: &Store) {
         match d.unwrap() {
             Decision::Granted(_) => granted += 1,
             Decision::Denied(d) => assert_eq!(d.live.len(), 5),
-            Decision::Renewed(_) => panic!("distinct streams cannot renew"),
+            d @ (Decision::Renewed(_) | Decision::Gone(_)) => panic!("distinct new streams: {d:?}"),
         }
     }
     assert_eq!(granted, 5);
@@ -152,23 +164,212 @@ async fn concurrent_acquires_grant_exactly_the_limit(store: &Store) {
     assert_eq!(live.len(), 5);
 }
 
+async fn evict_oldest_leaves_a_tombstone(store: &Store, clock: &ManualClock) {
+    let u = user("evict-user");
+    for s in ["a", "b"] {
+        store.acquire(&u, req(s, 2, 60)).await.unwrap();
+        clock.advance_ms(1);
+    }
+    let evicting = Acquire { on_limit: OnLimit::EvictOldest, ..req("c", 2, 60) };
+    match store.acquire(&u, evicting).await.unwrap() {
+        Decision::Granted(g) => assert_eq!(names(&g.evicted), ["a"]),
+        d => panic!("{d:?}"),
+    }
+    match store.acquire(&u, req("a", 2, 60)).await.unwrap() {
+        Decision::Gone(t) => assert_eq!(t.reason, RevokeReason::EvictedBy(stream("c"))),
+        d => panic!("the evicted stream must learn it was stopped: {d:?}"),
+    }
+    let (_, live) = store.list(&u, Limit::new(2).unwrap()).await.unwrap();
+    assert_eq!(names(&live), ["b", "c"]);
+}
+
+async fn take_over_is_all_or_nothing(store: &Store) {
+    let u = user("takeover-user");
+    for s in ["a", "b"] {
+        store.acquire(&u, req(s, 2, 60)).await.unwrap();
+    }
+    let take = |evict: &[&str]| Acquire { evict: evict.iter().map(|s| stream(s)).collect(), ..req("c", 2, 60) };
+    assert!(matches!(store.acquire(&u, take(&["nope"])).await.unwrap(), Decision::Denied(_)));
+    let (_, live) = store.list(&u, Limit::new(2).unwrap()).await.unwrap();
+    assert_eq!(names(&live), ["a", "b"], "a failed take-over changes nothing");
+    match store.acquire(&u, take(&["b", "nope"])).await.unwrap() {
+        Decision::Granted(g) => assert_eq!(names(&g.evicted), ["b"]),
+        d => panic!("{d:?}"),
+    }
+    assert!(matches!(store.acquire(&u, req("b", 2, 60)).await.unwrap(), Decision::Gone(_)));
+}
+
+async fn revoke_all_and_tombstone_expiry(store: &Store, clock: &ManualClock) {
+    let u = user("revoke-user");
+    for s in ["a", "b"] {
+        store.acquire(&u, req(s, 5, 10)).await.unwrap();
+    }
+    let revoked = store.revoke_all(&u, Ttl::from_secs(10).unwrap()).await.unwrap();
+    assert_eq!(revoked, vec![stream("a"), stream("b")]);
+    assert!(store.revoke_all(&u, Ttl::from_secs(10).unwrap()).await.unwrap().is_empty());
+    // Released streams leave no tombstone; revoked ones do, for expiry + ttl.
+    store.acquire(&u, req("c", 5, 10)).await.unwrap();
+    store.release(&u, stream("c")).await.unwrap();
+    assert!(matches!(store.acquire(&u, req("c", 5, 10)).await.unwrap(), Decision::Renewed(_) | Decision::Granted(_)));
+    clock.advance_ms(19_999);
+    assert!(matches!(store.acquire(&u, req("a", 5, 10)).await.unwrap(), Decision::Gone(_)));
+    clock.advance_ms(1);
+    assert!(matches!(store.acquire(&u, req("a", 5, 10)).await.unwrap(), Decision::Granted(_)));
+}
+
+async fn overrides_are_kept_and_win(store: &Store) {
+    let u = user("override-user");
+    let three = Limit::new(3).unwrap();
+    assert_eq!(store.limit(&u, three, LimitSource::Plan).await.unwrap(), (three, LimitSource::Plan));
+    store.set_override(&u, Limit::new(1)).await.unwrap();
+    assert_eq!(
+        store.limit(&u, three, LimitSource::Default).await.unwrap(),
+        (Limit::new(1).unwrap(), LimitSource::Override)
+    );
+    assert!(matches!(store.acquire(&u, req("a", 3, 60)).await.unwrap(), Decision::Granted(_)));
+    match store.acquire(&u, req("b", 3, 60)).await.unwrap() {
+        Decision::Denied(d) => assert_eq!(d.limit.get(), 1),
+        d => panic!("{d:?}"),
+    }
+    store.set_override(&u, Limit::new(0)).await.unwrap();
+    let (limit, live) = store.list(&u, three).await.unwrap();
+    assert_eq!((limit.get(), live.len()), (0, 1), "lowering evicts nobody");
+    store.set_override(&u, None).await.unwrap();
+    assert_eq!(store.limit(&u, three, LimitSource::Default).await.unwrap(), (three, LimitSource::Default));
+    // An override alone, with no lease, is still kept.
+    let idle = user("override-idle");
+    store.set_override(&idle, Limit::new(7)).await.unwrap();
+    assert_eq!(store.limit(&idle, three, LimitSource::Default).await.unwrap().0.get(), 7);
+}
+
+async fn shadow_mode_changes_no_one_else(store: &Store) {
+    let u = user("shadow-user");
+    store.acquire(&u, req("a", 1, 60)).await.unwrap();
+    let shadow = |s: &str, on_limit| Acquire { enforce: false, on_limit, ..req(s, 1, 60) };
+    match store.acquire(&u, shadow("b", OnLimit::Reject)).await.unwrap() {
+        Decision::Granted(g) => assert!(g.would_deny && g.active_streams == 2),
+        d => panic!("{d:?}"),
+    }
+    store.release(&u, stream("b")).await.unwrap();
+    match store.acquire(&u, shadow("c", OnLimit::EvictOldest)).await.unwrap() {
+        Decision::Granted(g) => assert_eq!((g.evicted.len(), g.would_evict.clone()), (0, vec![stream("a")])),
+        d => panic!("{d:?}"),
+    }
+    let (_, live) = store.list(&u, Limit::new(1).unwrap()).await.unwrap();
+    assert_eq!(names(&live), ["a", "c"]);
+}
+
+async fn concurrent_evictions_keep_the_limit(store: &Store) {
+    let u = user("concurrent-evict-user");
+    let mut set = JoinSet::new();
+    for i in 0..64 {
+        let (store, u) = (store.clone(), u.clone());
+        set.spawn(async move {
+            let mut r = Acquire { on_limit: OnLimit::EvictOldest, ..req(&format!("s{i}"), 3, 60) };
+            if i % 2 == 1 {
+                // Odd requests take over the stream two before them.
+                r.evict = vec![stream(&format!("s{}", i - 1))];
+            }
+            store.acquire(&u, r).await.unwrap()
+        });
+    }
+    let (mut granted, mut evicted) = (0, 0);
+    while let Some(d) = set.join_next().await {
+        if let Decision::Granted(g) = d.unwrap() {
+            granted += 1;
+            evicted += g.evicted.len();
+        }
+    }
+    let (_, live) = store.list(&u, Limit::new(3).unwrap()).await.unwrap();
+    assert!(live.len() <= 3, "{} live", live.len());
+    // Every grant is accounted for: each is either still live or was evicted.
+    assert_eq!(granted, live.len() + evicted);
+}
+
 /// One step of a differential run.
 #[derive(Clone, Debug)]
 enum Step {
-    Acquire { user: u8, stream: u8, limit: u32, ttl: u32, device: bool },
-    Release { user: u8, stream: u8 },
-    List { user: u8, limit: u32 },
+    Acquire {
+        user: u8,
+        stream: u8,
+        limit: u32,
+        ttl: u32,
+        device: bool,
+        evict_oldest: bool,
+        evict: Vec<u8>,
+        enforce: bool,
+    },
+    Release {
+        user: u8,
+        stream: u8,
+    },
+    RevokeAll {
+        user: u8,
+        ttl: u32,
+    },
+    List {
+        user: u8,
+        limit: u32,
+    },
+    GetLimit {
+        user: u8,
+        limit: u32,
+    },
+    SetOverride {
+        user: u8,
+        limit: Option<u32>,
+    },
     Advance(u32),
 }
 
 fn step() -> impl Strategy<Value = Step> {
+    let acquire = (
+        (0u8..3, 0u8..6, 0u32..4, 1u32..20, any::<bool>()),
+        (
+            any::<bool>(),
+            prop_oneof![3 => Just(vec![]), 1 => prop::collection::vec(0u8..7, 1..3)],
+            prop::bool::weighted(0.85),
+        ),
+    )
+        .prop_map(|((user, stream, limit, ttl, device), (evict_oldest, evict, enforce))| Step::Acquire {
+            user,
+            stream,
+            limit,
+            ttl,
+            device,
+            evict_oldest,
+            evict,
+            enforce,
+        });
     prop_oneof![
-        6 => (0u8..3, 0u8..6, 0u32..4, 1u32..20, any::<bool>())
-            .prop_map(|(user, stream, limit, ttl, device)| Step::Acquire { user, stream, limit, ttl, device }),
+        8 => acquire,
         2 => (0u8..3, 0u8..6).prop_map(|(user, stream)| Step::Release { user, stream }),
+        1 => (0u8..3, 1u32..20).prop_map(|(user, ttl)| Step::RevokeAll { user, ttl }),
         1 => (0u8..3, 0u32..4).prop_map(|(user, limit)| Step::List { user, limit }),
-        2 => (0u32..15_000).prop_map(Step::Advance),
+        1 => (0u8..3, 0u32..4).prop_map(|(user, limit)| Step::GetLimit { user, limit }),
+        1 => (0u8..3, prop::option::of(0u32..4)).prop_map(|(user, limit)| Step::SetOverride { user, limit }),
+        3 => (0u32..25_000).prop_map(Step::Advance),
     ]
+}
+
+fn op_of(step: Step) -> Option<(u8, Op)> {
+    let lim = |n: u32| Limit::new(n).unwrap();
+    Some(match step {
+        Step::Advance(_) => return None,
+        Step::Acquire { user, stream: s, limit, ttl, device, evict_oldest, evict, enforce } => {
+            let mut r = req(&format!("s{s}"), limit, ttl);
+            r.device_id = device.then(|| Label::new(&format!("d{s}")).unwrap());
+            r.on_limit = if evict_oldest { OnLimit::EvictOldest } else { OnLimit::Reject };
+            r.evict = evict.iter().map(|e| stream(&format!("s{e}"))).collect();
+            r.enforce = enforce;
+            (user, Op::Acquire(r))
+        }
+        Step::Release { user, stream: s } => (user, Op::Release(stream(&format!("s{s}")))),
+        Step::RevokeAll { user, ttl } => (user, Op::RevokeAll { ttl: Ttl::from_secs(ttl).unwrap() }),
+        Step::List { user, limit } => (user, Op::List { limit: lim(limit) }),
+        Step::GetLimit { user, limit } => (user, Op::GetLimit { fallback: lim(limit), source: LimitSource::Plan }),
+        Step::SetOverride { user, limit } => (user, Op::SetOverride(limit.map(lim))),
+    })
 }
 
 /// Feeds random operation sequences to a fresh store from `open` and to the
@@ -188,19 +389,11 @@ where
                 let (store, _guard) = open(clock.clone()).await;
                 let mut model: HashMap<UserId, UserState> = HashMap::new();
                 for s in steps {
-                    let (u, op) = match s {
-                        Step::Advance(ms) => {
-                            clock.advance_ms(i64::from(ms));
-                            continue;
-                        }
-                        Step::Acquire { user: u, stream: s, limit, ttl, device } => {
-                            let mut r = req(&format!("s{s}"), limit, ttl);
-                            r.device_id = device.then(|| Label::new(&format!("d{s}")).unwrap());
-                            (u, Op::Acquire(r))
-                        }
-                        Step::Release { user: u, stream: s } => (u, Op::Release(stream(&format!("s{s}")))),
-                        Step::List { user: u, limit } => (u, Op::List { limit: Limit::new(limit).unwrap() }),
-                    };
+                    if let Step::Advance(ms) = s {
+                        clock.advance_ms(i64::from(ms));
+                        continue;
+                    }
+                    let Some((u, op)) = op_of(s) else { continue };
                     let u = user(&format!("u{u}"));
                     let expected = limiter::apply(model.entry(u.clone()).or_default(), op.clone(), clock.now());
                     let got = store.execute(&u, op).await.unwrap();

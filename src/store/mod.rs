@@ -3,7 +3,9 @@
 //!
 //! A backend's one job is to run [`limiter::apply`] atomically per user and
 //! keep what it returns. Backends never make decisions of their own and never
-//! read policy: limits and TTLs arrive already resolved inside each [`Op`].
+//! read policy: limits, TTLs and the on-limit behaviour arrive resolved inside
+//! each [`Op`]. The one policy fact a store keeps is a user's override, as
+//! data; the rules decide what it means.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -14,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::clock::Clock;
-use crate::limiter::{Acquire, Decision, Lease, Limit, Op, Reply, StreamId, UserId};
+use crate::limiter::{Acquire, Decision, Lease, Limit, LimitSource, Op, Reply, StreamId, Ttl, UserId};
 
 mod memory;
 #[cfg(feature = "sqlite")]
@@ -118,18 +120,50 @@ impl Store {
         }
     }
 
-    /// Releases the stream's lease. Succeeds whether or not it existed.
+    /// Releases the stream's lease, leaving no tombstone. Succeeds whether
+    /// or not it existed.
     pub async fn release(&self, user: &UserId, stream: StreamId) -> Result<(), StoreError> {
         match self.execute(user, Op::Release(stream)).await? {
-            Reply::Released => Ok(()),
+            Reply::Done => Ok(()),
             other => Err(mismatch(&other)),
         }
     }
 
-    /// The user's live leases, oldest first, and the limit that applies.
+    /// Revokes every live lease of `user`; returns their streams, oldest
+    /// first. Each leaves a tombstone until its expiry plus `ttl`.
+    pub async fn revoke_all(&self, user: &UserId, ttl: Ttl) -> Result<Vec<StreamId>, StoreError> {
+        match self.execute(user, Op::RevokeAll { ttl }).await? {
+            Reply::Revoked(streams) => Ok(streams),
+            other => Err(mismatch(&other)),
+        }
+    }
+
+    /// The user's live leases, oldest first, and the effective limit
+    /// (`limit` unless the user has an override).
     pub async fn list(&self, user: &UserId, limit: Limit) -> Result<(Limit, Vec<Lease>), StoreError> {
         match self.execute(user, Op::List { limit }).await? {
             Reply::Leases { limit, live } => Ok((limit, live)),
+            other => Err(mismatch(&other)),
+        }
+    }
+
+    /// The effective limit: the user's override, else `fallback` from `source`.
+    pub async fn limit(
+        &self,
+        user: &UserId,
+        fallback: Limit,
+        source: LimitSource,
+    ) -> Result<(Limit, LimitSource), StoreError> {
+        match self.execute(user, Op::GetLimit { fallback, source }).await? {
+            Reply::Limit { limit, source } => Ok((limit, source)),
+            other => Err(mismatch(&other)),
+        }
+    }
+
+    /// Sets (`Some`) or clears (`None`) the user's override. Evicts nobody.
+    pub async fn set_override(&self, user: &UserId, limit: Option<Limit>) -> Result<(), StoreError> {
+        match self.execute(user, Op::SetOverride(limit)).await? {
+            Reply::Limit { .. } | Reply::Done => Ok(()),
             other => Err(mismatch(&other)),
         }
     }

@@ -22,30 +22,48 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Backend, BoxFuture, OpenError, StoreError};
 use crate::clock::Clock;
-use crate::limiter::{self, Label, Lease, Op, Reply, StreamId, Timestamp, UserId, UserState, Write};
+use crate::limiter::{
+    self, InvalidId, Label, Lease, Limit, Op, Reply, RevokeReason, StreamId, Timestamp, Tombstone, UserId, UserState,
+    Write,
+};
 
 const DB_FILE: &str = "streamcap.db";
 const LOCK_FILE: &str = "streamcap.lock";
-const SCHEMA_VERSION: i64 = 1;
 /// The most jobs one transaction takes; bounds the latency of a batch.
 const MAX_BATCH: usize = 1024;
 /// How many queued jobs may wait for the writer before callers wait too.
 const QUEUE: usize = 8192;
-/// Rows one sweep job deletes, so sweeping never stalls the writer for long.
+/// Rows of each kind one sweep job deletes, so sweeping never stalls the
+/// writer for long.
 const SWEEP_BATCH: u64 = 5_000;
-
-const SCHEMA: &str = "
-CREATE TABLE leases (
-    user_id    TEXT    NOT NULL,
-    stream_id  TEXT    NOT NULL,
-    device_id  TEXT,
-    content_id TEXT,
-    started_at INTEGER NOT NULL, -- ms since the Unix epoch, UTC
-    expires_at INTEGER NOT NULL, -- ms since the Unix epoch, UTC
-    PRIMARY KEY (user_id, stream_id)
-) WITHOUT ROWID;
-CREATE INDEX leases_by_expiry ON leases (expires_at);
-";
+/// Schema changes in order; `PRAGMA user_version` counts how many ran.
+/// Never edit one that has shipped: add a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: leases.
+    "CREATE TABLE leases (
+        user_id    TEXT    NOT NULL,
+        stream_id  TEXT    NOT NULL,
+        device_id  TEXT,
+        content_id TEXT,
+        started_at INTEGER NOT NULL, -- µs since the Unix epoch, UTC
+        expires_at INTEGER NOT NULL, -- µs since the Unix epoch, UTC
+        PRIMARY KEY (user_id, stream_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX leases_by_expiry ON leases (expires_at);",
+    // 2: tombstones of evicted and revoked streams, per-user overrides.
+    "CREATE TABLE tombstones (
+        user_id      TEXT    NOT NULL,
+        stream_id    TEXT    NOT NULL,
+        evicted_by   TEXT,             -- NULL: revoked
+        until        INTEGER NOT NULL, -- µs since the Unix epoch, UTC
+        PRIMARY KEY (user_id, stream_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX tombstones_by_expiry ON tombstones (until);
+    CREATE TABLE overrides (
+        user_id      TEXT    NOT NULL PRIMARY KEY,
+        stream_limit INTEGER NOT NULL
+    ) WITHOUT ROWID;",
+];
 
 pub(super) struct SqliteBackend {
     jobs: mpsc::Sender<Job>,
@@ -152,18 +170,18 @@ fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     // FULL: a commit returns only after the WAL is fsynced, so an answer
     // survives a power cut, not only a process crash.
     conn.pragma_update(None, "synchronous", "FULL")?;
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    match version {
-        0 => {
-            conn.execute_batch(SCHEMA)?;
-            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        }
-        SCHEMA_VERSION => {}
-        v => {
-            return Err(rusqlite::Error::InvalidParameterName(format!(
-                "schema version {v} is newer than this binary understands ({SCHEMA_VERSION})"
-            )));
-        }
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > MIGRATIONS.len() {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "schema version {version} is newer than this binary understands ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(migration)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
     }
     Ok(())
 }
@@ -273,43 +291,66 @@ fn execute(tx: &mut Transaction<'_>, user: &UserId, op: Op, now: Timestamp) -> R
 }
 
 fn load(conn: &Connection, user: &UserId) -> Result<UserState, StoreError> {
+    let id = |column: &'static str, raw: String| StreamId::new(&raw).map_err(|e| corrupt(user, column, e));
+    let label = |column: &'static str, raw: Option<String>| {
+        raw.map(|r| Label::new(&r)).transpose().map_err(|e| corrupt(user, column, e))
+    };
+
     let mut stmt = conn
         .prepare_cached(
             "SELECT stream_id, device_id, content_id, started_at, expires_at FROM leases WHERE user_id = ?1",
         )
         .map_err(unavailable)?;
-    let rows = stmt
-        .query_map([user.as_str()], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<String>>(1)?,
-                r.get::<_, Option<String>>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
-            ))
-        })
-        .map_err(unavailable)?;
+    let mut rows = stmt.query([user.as_str()]).map_err(unavailable)?;
     let mut leases = Vec::new();
-    for row in rows {
-        let (stream, device, content, started, expires) = row.map_err(unavailable)?;
+    while let Some(r) = rows.next().map_err(unavailable)? {
         leases.push(Lease {
-            stream_id: StreamId::new(&stream).map_err(|e| corrupt(user, "stream_id", e))?,
-            device_id: device.map(|d| Label::new(&d)).transpose().map_err(|e| corrupt(user, "device_id", e))?,
-            content_id: content.map(|c| Label::new(&c)).transpose().map_err(|e| corrupt(user, "content_id", e))?,
-            started_at: Timestamp::from_millis(started),
-            expires_at: Timestamp::from_millis(expires),
+            stream_id: id("stream_id", r.get(0).map_err(unavailable)?)?,
+            device_id: label("device_id", r.get(1).map_err(unavailable)?)?,
+            content_id: label("content_id", r.get(2).map_err(unavailable)?)?,
+            started_at: Timestamp::from_micros(r.get(3).map_err(unavailable)?),
+            expires_at: Timestamp::from_micros(r.get(4).map_err(unavailable)?),
         });
     }
-    Ok(UserState::from_leases(leases))
+
+    let mut stmt = conn
+        .prepare_cached("SELECT stream_id, evicted_by, until FROM tombstones WHERE user_id = ?1")
+        .map_err(unavailable)?;
+    let mut rows = stmt.query([user.as_str()]).map_err(unavailable)?;
+    let mut tombstones = Vec::new();
+    while let Some(r) = rows.next().map_err(unavailable)? {
+        let by: Option<String> = r.get(1).map_err(unavailable)?;
+        tombstones.push(Tombstone {
+            stream_id: id("stream_id", r.get(0).map_err(unavailable)?)?,
+            reason: match by {
+                Some(by) => RevokeReason::EvictedBy(id("evicted_by", by)?),
+                None => RevokeReason::Revoked,
+            },
+            until: Timestamp::from_micros(r.get(2).map_err(unavailable)?),
+        });
+    }
+
+    let limit: Option<u32> = conn
+        .prepare_cached("SELECT stream_limit FROM overrides WHERE user_id = ?1")
+        .and_then(|mut s| s.query_row([user.as_str()], |r| r.get(0)).optional())
+        .map_err(unavailable)?;
+    let limit_override = match limit {
+        Some(n) => Some(Limit::new(n).ok_or_else(|| {
+            StoreError::Unavailable(format!("corrupt row for user {user}: stream_limit {n} out of range"))
+        })?),
+        None => None,
+    };
+    Ok(UserState::new(leases, tombstones, limit_override))
 }
 
-fn corrupt(user: &UserId, column: &str, e: limiter::InvalidId) -> StoreError {
+fn corrupt(user: &UserId, column: &str, e: InvalidId) -> StoreError {
     StoreError::Unavailable(format!("corrupt row for user {user}: {column} {e}"))
 }
 
 fn persist(conn: &Connection, user: &UserId, write: &Write) -> rusqlite::Result<()> {
+    let u = user.as_str();
     match write {
-        Write::Put(l) => {
+        Write::PutLease(l) => {
             conn.prepare_cached(
                 "INSERT INTO leases (user_id, stream_id, device_id, content_id, started_at, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -318,31 +359,65 @@ fn persist(conn: &Connection, user: &UserId, write: &Write) -> rusqlite::Result<
                     started_at = excluded.started_at, expires_at = excluded.expires_at",
             )?
             .execute(params![
-                user.as_str(),
+                u,
                 l.stream_id.as_str(),
                 l.device_id.as_ref().map(Label::as_str),
                 l.content_id.as_ref().map(Label::as_str),
-                l.started_at.as_millis(),
-                l.expires_at.as_millis(),
+                l.started_at.as_micros(),
+                l.expires_at.as_micros(),
             ])?;
         }
-        Write::Delete(stream) => {
+        Write::DeleteLease(stream) => {
             conn.prepare_cached("DELETE FROM leases WHERE user_id = ?1 AND stream_id = ?2")?
-                .execute([user.as_str(), stream.as_str()])?;
+                .execute([u, stream.as_str()])?;
+        }
+        Write::PutTombstone(t) => {
+            let by = match &t.reason {
+                RevokeReason::EvictedBy(s) => Some(s.as_str()),
+                RevokeReason::Revoked => None,
+            };
+            conn.prepare_cached(
+                "INSERT INTO tombstones (user_id, stream_id, evicted_by, until) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (user_id, stream_id) DO UPDATE SET
+                    evicted_by = excluded.evicted_by, until = excluded.until",
+            )?
+            .execute(params![u, t.stream_id.as_str(), by, t.until.as_micros()])?;
+        }
+        Write::DeleteTombstone(stream) => {
+            conn.prepare_cached("DELETE FROM tombstones WHERE user_id = ?1 AND stream_id = ?2")?
+                .execute([u, stream.as_str()])?;
+        }
+        Write::SetOverride(Some(limit)) => {
+            conn.prepare_cached(
+                "INSERT INTO overrides (user_id, stream_limit) VALUES (?1, ?2)
+                 ON CONFLICT (user_id) DO UPDATE SET stream_limit = excluded.stream_limit",
+            )?
+            .execute(params![u, limit.get()])?;
+        }
+        Write::SetOverride(None) => {
+            conn.prepare_cached("DELETE FROM overrides WHERE user_id = ?1")?.execute([u])?;
         }
     }
     Ok(())
 }
 
+/// Deletes up to [`SWEEP_BATCH`] expired leases and as many expired
+/// tombstones; returns how many rows went.
 fn sweep(conn: &Connection, now: Timestamp) -> Result<u64, StoreError> {
-    let n = conn
-        .prepare_cached(
-            "DELETE FROM leases WHERE (user_id, stream_id) IN
-                (SELECT user_id, stream_id FROM leases WHERE expires_at <= ?1 LIMIT ?2)",
-        )
-        .and_then(|mut s| s.execute(params![now.as_millis(), SWEEP_BATCH as i64]))
-        .map_err(unavailable)?;
-    Ok(n as u64)
+    let mut total = 0;
+    for sql in [
+        "DELETE FROM leases WHERE (user_id, stream_id) IN
+            (SELECT user_id, stream_id FROM leases WHERE expires_at <= ?1 LIMIT ?2)",
+        "DELETE FROM tombstones WHERE (user_id, stream_id) IN
+            (SELECT user_id, stream_id FROM tombstones WHERE until <= ?1 LIMIT ?2)",
+    ] {
+        let n = conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute(params![now.as_micros(), SWEEP_BATCH as i64]))
+            .map_err(unavailable)?;
+        total += n as u64;
+    }
+    Ok(total)
 }
 
 fn ping(conn: &Connection) -> Result<(), StoreError> {
@@ -387,7 +462,7 @@ impl Backend for SqliteBackend {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::limiter::{Acquire, Decision, Limit, Ttl};
+    use crate::limiter::{Acquire, Decision, Limit, OnLimit, Ttl};
     use crate::store::{Store, conformance};
 
     const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
@@ -403,6 +478,9 @@ mod tests {
             content_id: None,
             limit: Limit::new(3).unwrap(),
             ttl: Ttl::from_secs(60).unwrap(),
+            on_limit: OnLimit::Reject,
+            evict: Vec::new(),
+            enforce: true,
         }
     }
 
@@ -461,6 +539,37 @@ mod tests {
         let user = UserId::new("u").unwrap();
         assert!(matches!(store.acquire(&user, req("a")).await, Err(StoreError::Unavailable(_))));
         assert!(store.ping().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_older_schema_is_migrated_in_place_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO leases VALUES ('u', 'old', NULL, NULL, ?1, ?2)",
+                params![T0.as_micros(), T0.plus(Ttl::from_secs(60).unwrap()).as_micros()],
+            )
+            .unwrap();
+        }
+        let clock = ManualClock::new(T0);
+        let store = open(dir.path(), &clock);
+        let user = UserId::new("u").unwrap();
+        let (_, live) = store.list(&user, Limit::new(3).unwrap()).await.unwrap();
+        assert_eq!(live[0].stream_id.as_str(), "old");
+        store.set_override(&user, Limit::new(2)).await.unwrap();
+        store.close().await.unwrap();
+        drop(store);
+
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len());
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = SqliteBackend::open(dir.path(), Arc::new(clock)).err().expect("newer schema must be refused");
+        assert!(err.0.contains("newer than this binary"), "{err}");
     }
 
     /// Jobs that queue up while the writer is busy share one commit.

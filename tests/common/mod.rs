@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use streamcap::clock::SystemClock;
-use streamcap::http::{AppState, Limits};
+use streamcap::http::AppState;
 use streamcap::limiter::{Limit, Ttl};
+use streamcap::policy::Policy;
 use streamcap::store::{Store, StoreConfig, StoreKind};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -30,6 +31,10 @@ pub struct Server {
 
 impl Server {
     pub async fn start(kind: StoreKind, limit: u32, ttl_secs: u32) -> Server {
+        Self::with_policy(kind, Policy::uniform(Limit::new(limit).unwrap(), Ttl::from_secs(ttl_secs).unwrap())).await
+    }
+
+    pub async fn with_policy(kind: StoreKind, policy: Policy) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let config = StoreConfig {
             kind,
@@ -38,11 +43,10 @@ impl Server {
             op_timeout: Duration::from_secs(5),
         };
         let store = Store::open(&config, Arc::new(SystemClock)).await.unwrap();
-        let limits = Limits { default_limit: Limit::new(limit).unwrap(), lease_ttl: Ttl::from_secs(ttl_secs).unwrap() };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let state = AppState { store: store.clone(), limits };
+        let state = AppState { store: store.clone(), policy: Arc::new(policy) };
         tokio::spawn(async move {
             streamcap::http::serve(listener, state, async {
                 let _ = stopped.await;

@@ -1,0 +1,108 @@
+//! Which limit and which on-limit behaviour apply to a request.
+//!
+//! Policy is configuration, resolved per request before any store is
+//! called: plan → limit, plan → on-limit behaviour, enforce or shadow, TTL.
+//! The one input it cannot see is a per-user override, which lives with the
+//! user in the store and wins inside the rules. Nothing here does I/O.
+
+use std::collections::BTreeMap;
+
+use crate::limiter::{Limit, LimitSource, OnLimit, Ttl};
+
+/// The configured policy. Built and validated by `config`.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub default_limit: Limit,
+    /// What happens on a full account when the plan does not say.
+    pub on_limit: OnLimit,
+    /// Plan name → its limit and on-limit behaviour (already merged with
+    /// `on_limit` when the plan has no override of its own).
+    pub plans: BTreeMap<String, Plan>,
+    /// `false` is shadow mode: report, never deny or evict.
+    pub enforce: bool,
+    pub lease_ttl: Ttl,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub limit: Limit,
+    pub on_limit: OnLimit,
+}
+
+/// The policy that applies to one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    /// The plan's limit or the default; a per-user override may still win.
+    pub limit: Limit,
+    pub source: LimitSource,
+    pub on_limit: OnLimit,
+}
+
+/// A request named a plan the configuration does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown plan {name:?} (known plans: {known})")]
+pub struct UnknownPlan {
+    pub name: String,
+    pub known: String,
+}
+
+impl Policy {
+    /// A policy with one limit for everyone and no plans.
+    pub fn uniform(default_limit: Limit, lease_ttl: Ttl) -> Self {
+        Self { default_limit, on_limit: OnLimit::Reject, plans: BTreeMap::new(), enforce: true, lease_ttl }
+    }
+
+    pub fn resolve(&self, plan: Option<&str>) -> Result<Resolved, UnknownPlan> {
+        match plan {
+            None => Ok(Resolved { limit: self.default_limit, source: LimitSource::Default, on_limit: self.on_limit }),
+            Some(name) => match self.plans.get(name) {
+                Some(p) => Ok(Resolved { limit: p.limit, source: LimitSource::Plan, on_limit: p.on_limit }),
+                None => Err(UnknownPlan {
+                    name: name.to_owned(),
+                    known: if self.plans.is_empty() {
+                        "none configured".to_owned()
+                    } else {
+                        self.plans.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+                    },
+                }),
+            },
+        }
+    }
+}
+
+impl OnLimit {
+    pub const NAMES: &'static str = "reject, evict_oldest";
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "reject" => Some(Self::Reject),
+            "evict_oldest" => Some(Self::EvictOldest),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Reject => "reject",
+            Self::EvictOldest => "evict_oldest",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_resolve_and_unknown_plans_are_named() {
+        let mut p = Policy::uniform(Limit::new(3).unwrap(), Ttl::from_secs(60).unwrap());
+        p.plans.insert("basic".into(), Plan { limit: Limit::new(1).unwrap(), on_limit: OnLimit::EvictOldest });
+        p.plans.insert("premium".into(), Plan { limit: Limit::new(4).unwrap(), on_limit: OnLimit::Reject });
+        let r = p.resolve(None).unwrap();
+        assert_eq!((r.limit.get(), r.source, r.on_limit), (3, LimitSource::Default, OnLimit::Reject));
+        let r = p.resolve(Some("basic")).unwrap();
+        assert_eq!((r.limit.get(), r.source, r.on_limit), (1, LimitSource::Plan, OnLimit::EvictOldest));
+        let e = p.resolve(Some("gold")).unwrap_err();
+        assert_eq!(e.to_string(), "unknown plan \"gold\" (known plans: basic, premium)");
+    }
+}
