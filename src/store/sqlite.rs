@@ -39,23 +39,25 @@ const SWEEP_BATCH: u64 = 5_000;
 /// Schema changes in order; `PRAGMA user_version` counts how many ran.
 /// Never edit one that has shipped: add a new one.
 const MIGRATIONS: &[&str] = &[
-    // 1: leases.
+    // 1: leases, with times in ms since the Unix epoch (µs from 2 on).
     "CREATE TABLE leases (
         user_id    TEXT    NOT NULL,
         stream_id  TEXT    NOT NULL,
         device_id  TEXT,
         content_id TEXT,
-        started_at INTEGER NOT NULL, -- µs since the Unix epoch, UTC
-        expires_at INTEGER NOT NULL, -- µs since the Unix epoch, UTC
+        started_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
         PRIMARY KEY (user_id, stream_id)
     ) WITHOUT ROWID;
     CREATE INDEX leases_by_expiry ON leases (expires_at);",
-    // 2: tombstones of evicted and revoked streams, per-user overrides.
-    "CREATE TABLE tombstones (
+    // 2: times in µs since the Unix epoch, UTC; tombstones of evicted and
+    // revoked streams; per-user overrides.
+    "UPDATE leases SET started_at = started_at * 1000, expires_at = expires_at * 1000;
+    CREATE TABLE tombstones (
         user_id      TEXT    NOT NULL,
         stream_id    TEXT    NOT NULL,
         evicted_by   TEXT,             -- NULL: revoked
-        until        INTEGER NOT NULL, -- µs since the Unix epoch, UTC
+        until        INTEGER NOT NULL,
         PRIMARY KEY (user_id, stream_id)
     ) WITHOUT ROWID;
     CREATE INDEX tombstones_by_expiry ON tombstones (until);
@@ -492,7 +494,7 @@ mod tests {
     }
 
     #[test]
-    fn differential_against_the_rules() {
+    fn differential_against_the_memory_store() {
         conformance::differential(64, |clock| async move {
             let dir = tempfile::tempdir().unwrap();
             let store = open(dir.path(), &clock);
@@ -550,7 +552,8 @@ mod tests {
             conn.pragma_update(None, "user_version", 1).unwrap();
             conn.execute(
                 "INSERT INTO leases VALUES ('u', 'old', NULL, NULL, ?1, ?2)",
-                params![T0.as_micros(), T0.plus(Ttl::from_secs(60).unwrap()).as_micros()],
+                // Schema 1 kept milliseconds.
+                params![T0.as_millis(), T0.plus(Ttl::from_secs(60).unwrap()).as_millis()],
             )
             .unwrap();
         }
@@ -559,6 +562,7 @@ mod tests {
         let user = UserId::new("u").unwrap();
         let (_, live) = store.list(&user, Limit::new(3).unwrap()).await.unwrap();
         assert_eq!(live[0].stream_id.as_str(), "old");
+        assert_eq!(live[0].started_at, T0, "times were converted to µs");
         store.set_override(&user, Limit::new(2)).await.unwrap();
         store.close().await.unwrap();
         drop(store);
