@@ -14,12 +14,13 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::limiter::{Limit, OnLimit, Ttl, UserId};
-use crate::policy::{Plan, Policy};
-use crate::store::{self, StoreConfig, StoreKind};
+use crate::policy::{OnStoreError, Plan, Policy};
+use crate::store::{self, RedisMode, StoreConfig, StoreKind};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./streamcap-data";
 pub const DEFAULT_LIMIT: u32 = 3;
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_LEASE_TTL: u32 = 60;
 
 /// A fully validated configuration.
@@ -67,12 +68,21 @@ struct ServeArgs {
     /// Address to listen on, HOST:PORT [default: 127.0.0.1:8080]
     #[arg(long, env = "STREAMCAP_LISTEN", value_name = "ADDR")]
     listen: Option<String>,
-    /// Lease store: memory or sqlite [default: sqlite]
+    /// Lease store: memory, sqlite or redis [default: sqlite]
     #[arg(long, env = "STREAMCAP_STORE", value_name = "STORE")]
     store: Option<String>,
     /// Directory for the sqlite store [default: ./streamcap-data]
     #[arg(long, env = "STREAMCAP_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Redis URL, or comma-separated cluster seed URLs [default: redis://127.0.0.1:6379]
+    #[arg(long, env = "STREAMCAP_REDIS_URL", value_name = "URL[,URL...]")]
+    redis_url: Option<String>,
+    /// standalone or cluster [default: standalone]
+    #[arg(long, env = "STREAMCAP_REDIS_MODE", value_name = "MODE")]
+    redis_mode: Option<String>,
+    /// When the store cannot answer: deny (503) or allow (grant, "degraded": true) [default: deny]
+    #[arg(long, env = "STREAMCAP_ON_STORE_ERROR", value_name = "POLICY")]
+    on_store_error: Option<String>,
     /// Live streams per user, 1..=1000 [default: 3]
     #[arg(long, env = "STREAMCAP_DEFAULT_LIMIT", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=i64::from(Limit::MAX)))]
@@ -96,6 +106,9 @@ struct FileConfig {
     listen: Option<String>,
     store: Option<String>,
     data_dir: Option<PathBuf>,
+    redis_url: Option<String>,
+    redis_mode: Option<String>,
+    on_store_error: Option<String>,
     lease_ttl: Option<u32>,
     #[serde(default)]
     limits: FileLimits,
@@ -171,6 +184,32 @@ fn build(args: ServeArgs) -> Result<Config, ConfigError> {
         )));
     }
 
+    let redis_url = args.redis_url.or(file.redis_url).unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned());
+    let redis_urls: Vec<String> =
+        redis_url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
+    if redis_urls.is_empty() {
+        return Err(ConfigError("--redis-url is empty".into()));
+    }
+    for url in &redis_urls {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
+            return Err(ConfigError(format!(
+                "--redis-url {:?} is not a redis:// or rediss:// URL",
+                store::redact_url(url)
+            )));
+        }
+    }
+    let mode_name = args.redis_mode.or(file.redis_mode).unwrap_or_else(|| "standalone".to_owned());
+    let redis_mode = RedisMode::parse(&mode_name)
+        .ok_or_else(|| ConfigError(format!("--redis-mode {mode_name:?} is not standalone or cluster")))?;
+    if redis_mode == RedisMode::Standalone && redis_urls.len() > 1 {
+        return Err(ConfigError("--redis-url lists several nodes; that needs --redis-mode cluster".into()));
+    }
+    let on_store_error = match args.on_store_error.or(file.on_store_error).as_deref() {
+        None | Some("deny") => OnStoreError::Deny,
+        Some("allow") => OnStoreError::Allow,
+        Some(other) => return Err(ConfigError(format!("--on-store-error {other:?} is not deny or allow"))),
+    };
+
     let limits = file.limits;
     let limit = match args.default_limit {
         Some(n) => n,
@@ -196,7 +235,7 @@ fn build(args: ServeArgs) -> Result<Config, ConfigError> {
             return Err(ConfigError(format!("{key}: a plan name is 1-128 characters of [A-Za-z0-9._~:@-]")));
         }
         let limit =
-            Limit::new(n).ok_or_else(|| ConfigError(format!("{key} = {n} is out of range 0..={}", Limit::MAX)))?;
+            Limit::new(n).ok_or_else(|| ConfigError(format!("{key}: {n} is out of range 0..={}", Limit::MAX)))?;
         plans.insert(name, Plan { limit, on_limit });
     }
     for (name, policy) in limits.on_limit_by_plan {
@@ -213,6 +252,8 @@ fn build(args: ServeArgs) -> Result<Config, ConfigError> {
         store: StoreConfig {
             kind,
             data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            redis_urls,
+            redis_mode,
             // Often enough that the file stays small, rarely enough to cost nothing.
             sweep_interval: Duration::from_secs(u64::from(ttl / 2).clamp(1, 30)),
             op_timeout: Duration::from_secs(5),
@@ -223,6 +264,7 @@ fn build(args: ServeArgs) -> Result<Config, ConfigError> {
             plans,
             enforce: args.enforce.or(limits.enforce).unwrap_or(true),
             lease_ttl,
+            on_store_error,
         },
     })
 }
@@ -236,7 +278,7 @@ fn ranged(v: Option<u32>, default: u32, min: u32, max: u32, name: &str) -> Resul
     match v {
         None => Ok(default),
         Some(n) if (min..=max).contains(&n) => Ok(n),
-        Some(n) => Err(ConfigError(format!("{name} = {n} is out of range {min}..={max}"))),
+        Some(n) => Err(ConfigError(format!("{name}: {n} is out of range {min}..={max}"))),
     }
 }
 
@@ -321,6 +363,10 @@ mod tests {
             (vec!["serve".into(), "--lease-ttl".into(), "abc".into()], "--lease-ttl"),
             (vec!["serve".into(), "--store".into(), "mongo".into()], "--store"),
             (vec!["serve".into(), "--store".into(), "dynamodb".into()], "not built into this binary"),
+            (vec!["serve".into(), "--redis-mode".into(), "sentinel".into()], "--redis-mode"),
+            (vec!["serve".into(), "--redis-url".into(), "http://x".into()], "--redis-url"),
+            (vec!["serve".into(), "--redis-url".into(), "redis://a:1,redis://b:2".into()], "--redis-mode cluster"),
+            (vec!["serve".into(), "--on-store-error".into(), "maybe".into()], "--on-store-error"),
             (vec!["serve".into(), "--listen".into(), "nowhere".into()], "--listen"),
             (vec!["serve".into(), "--on-limit".into(), "evict_newest".into()], "--on-limit"),
             (vec!["serve".into(), "--enforce".into(), "maybe".into()], "--enforce"),
@@ -351,7 +397,8 @@ mod tests {
             ("lease_ttl = 0\n", "lease_ttl"),
             ("colour = \"red\"\n", "colour"),
             ("default_limit = \"three\"\n", "line 1"),
-            ("store = \"redis\"\n", "not built into this binary"),
+            ("store = \"dynamodb\"\n", "not built into this binary"),
+            ("redis_mode = \"ring\"\n", "--redis-mode"),
         ] {
             let f = file(text);
             let e = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap_err().0;

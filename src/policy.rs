@@ -21,6 +21,18 @@ pub struct Policy {
     /// `false` is shadow mode: report, never deny or evict.
     pub enforce: bool,
     pub lease_ttl: Ttl,
+    /// What an acquire answers when the store cannot.
+    pub on_store_error: OnStoreError,
+}
+
+/// Fail closed or open when the store is down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// 503: never grant what could not be checked.
+    Deny,
+    /// Grant without checking, marked `"degraded": true`: for platforms
+    /// that would rather over-admit than block playback.
+    Allow,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +61,14 @@ pub struct UnknownPlan {
 impl Policy {
     /// A policy with one limit for everyone and no plans.
     pub fn uniform(default_limit: Limit, lease_ttl: Ttl) -> Self {
-        Self { default_limit, on_limit: OnLimit::Reject, plans: BTreeMap::new(), enforce: true, lease_ttl }
+        Self {
+            default_limit,
+            on_limit: OnLimit::Reject,
+            plans: BTreeMap::new(),
+            enforce: true,
+            lease_ttl,
+            on_store_error: OnStoreError::Deny,
+        }
     }
 
     pub fn resolve(&self, plan: Option<&str>) -> Result<Resolved, UnknownPlan> {

@@ -77,7 +77,8 @@ pub struct LeaseBody<'a> {
     #[serde(flatten)]
     pub lease: StreamView<'a>,
     pub ttl_seconds: u32,
-    pub active_streams: u32,
+    /// `null` only when degraded: the store could not count.
+    pub active_streams: Option<u32>,
     pub limit: u32,
     /// Leases revoked to make room for this one; absent when none were.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -90,6 +91,10 @@ pub struct LeaseBody<'a> {
     /// Shadow mode only: enforcing would have evicted these streams.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub would_evict: Vec<&'a str>,
+    /// The store was down and `on_store_error = "allow"` granted this
+    /// stream unchecked. Present only then.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub degraded: bool,
 }
 
 impl<'a> LeaseBody<'a> {
@@ -98,12 +103,29 @@ impl<'a> LeaseBody<'a> {
             user_id: user.as_str(),
             lease: StreamView::from(&grant.lease),
             ttl_seconds,
-            active_streams: grant.active_streams,
+            active_streams: Some(grant.active_streams),
             limit: grant.limit.get(),
             evicted: grant.evicted.iter().map(StreamView::from).collect(),
             enforced,
             would_deny: (!enforced).then_some(grant.would_deny),
             would_evict: grant.would_evict.iter().map(StreamId::as_str).collect(),
+            degraded: false,
+        }
+    }
+
+    /// The answer when the store is down and policy says to admit anyway.
+    pub fn degraded(user: &'a UserId, lease: &'a Lease, ttl_seconds: u32, limit: u32, enforced: bool) -> Self {
+        Self {
+            user_id: user.as_str(),
+            lease: StreamView::from(lease),
+            ttl_seconds,
+            active_streams: None,
+            limit,
+            evicted: Vec::new(),
+            enforced,
+            would_deny: None,
+            would_evict: Vec::new(),
+            degraded: true,
         }
     }
 }

@@ -19,8 +19,9 @@ use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::limiter::{Acquire, Decision, Label, Limit, RevokeReason, StreamId};
-use crate::policy::{Policy, Resolved};
+use crate::clock::{Clock, SystemClock};
+use crate::limiter::{Acquire, Decision, Label, Lease, Limit, RevokeReason, StreamId};
+use crate::policy::{OnStoreError, Policy, Resolved};
 use crate::store::{Store, StoreError};
 
 pub mod dto;
@@ -104,7 +105,26 @@ async fn acquire(
         enforce: state.policy.enforce,
     };
     let (ttl, enforced) = (req.ttl.as_secs(), req.enforce);
-    match state.store.acquire(&user, req).await? {
+    let fallback = (state.policy.on_store_error == OnStoreError::Allow).then(|| req.clone());
+    let decision = match (state.store.acquire(&user, req).await, fallback) {
+        (Ok(d), _) => d,
+        (Err(e), None) => return Err(e.into()),
+        (Err(e), Some(req)) => {
+            // Fail open, as configured: admit unchecked, and say so.
+            tracing::warn!(error = %e, "store unavailable; granting degraded as on_store_error = allow");
+            let now = SystemClock.now();
+            let lease = Lease {
+                stream_id: req.stream_id,
+                device_id: req.device_id,
+                content_id: req.content_id,
+                started_at: now,
+                expires_at: now.plus(req.ttl),
+            };
+            let body = LeaseBody::degraded(&user, &lease, ttl, req.limit.get(), enforced);
+            return Ok((StatusCode::CREATED, axum::Json(body)).into_response());
+        }
+    };
+    match decision {
         Decision::Granted(g) => {
             let location = format!("/v1/users/{user}/streams/{}", g.lease.stream_id);
             let body = LeaseBody::new(&user, &g, ttl, enforced);

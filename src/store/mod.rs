@@ -19,6 +19,8 @@ use crate::clock::Clock;
 use crate::limiter::{Acquire, Decision, Lease, Limit, LimitSource, Op, Reply, StreamId, Ttl, UserId};
 
 mod memory;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -51,16 +53,68 @@ impl StoreKind {
     }
 }
 
-/// What [`Store::open`] needs. Built by `config`.
-#[derive(Clone, Debug)]
+/// How to reach Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisMode {
+    Standalone,
+    Cluster,
+}
+
+impl RedisMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "standalone" => Some(Self::Standalone),
+            "cluster" => Some(Self::Cluster),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Standalone => "standalone",
+            Self::Cluster => "cluster",
+        }
+    }
+}
+
+/// What [`Store::open`] needs. Built by `config`. Its `Debug` hides any
+/// password in the Redis URLs.
+#[derive(Clone)]
 pub struct StoreConfig {
     pub kind: StoreKind,
     /// Directory for the sqlite file and its lock (sqlite only).
     pub data_dir: PathBuf,
+    /// One URL, or a cluster's seed nodes (redis only).
+    pub redis_urls: Vec<String>,
+    pub redis_mode: RedisMode,
     /// How often expired leases are removed in the background.
     pub sweep_interval: Duration,
     /// How long one operation may take before it answers "unavailable".
     pub op_timeout: Duration,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("kind", &self.kind)
+            .field("data_dir", &self.data_dir)
+            .field("redis_urls", &self.redis_urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>())
+            .field("redis_mode", &self.redis_mode)
+            .field("sweep_interval", &self.sweep_interval)
+            .field("op_timeout", &self.op_timeout)
+            .finish()
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let user = url[scheme + 3..at].split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// The store could not be opened. The message is meant for an operator.
@@ -97,6 +151,9 @@ impl Store {
             StoreKind::Memory => Box::new(memory::MemoryBackend::new(clock)),
             #[cfg(feature = "sqlite")]
             StoreKind::Sqlite => Box::new(sqlite::SqliteBackend::open(&config.data_dir, clock)?),
+            // Redis reads its own clock (TIME), so that every instance agrees.
+            #[cfg(feature = "redis")]
+            StoreKind::Redis => Box::new(redis::RedisBackend::open(&config.redis_urls, config.redis_mode, None).await?),
             #[allow(unreachable_patterns)]
             kind => {
                 return Err(OpenError(format!(
@@ -107,8 +164,11 @@ impl Store {
             }
         };
         let (stop_sweeper, stop) = watch::channel(false);
+        let sweeps = !backend.expires_by_itself();
         let store = Store { inner: Arc::new(Inner { backend, op_timeout: config.op_timeout, stop_sweeper }) };
-        tokio::spawn(sweeper(store.clone(), config.sweep_interval, stop));
+        if sweeps {
+            tokio::spawn(sweeper(store.clone(), config.sweep_interval, stop));
+        }
         Ok(store)
     }
 
@@ -206,6 +266,9 @@ pub fn built_in() -> Vec<&'static str> {
     if cfg!(feature = "sqlite") {
         v.push("sqlite");
     }
+    if cfg!(feature = "redis") {
+        v.push("redis");
+    }
     v
 }
 
@@ -245,6 +308,12 @@ trait Backend: Send + Sync + 'static {
     /// Removes expired leases of all users; returns how many. No decision
     /// depends on it having run.
     fn sweep(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// True when the backend drops expired state by itself, so that
+    /// `sweep` has nothing to do.
+    fn expires_by_itself(&self) -> bool {
+        false
+    }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 

@@ -1,6 +1,10 @@
 //! The shared test harness: a streamcap server on a real socket, either
-//! in-process ([`Server`]) or as the real binary ([`Process`]).
+//! in-process ([`Server`]) or as the real binary ([`Process`]), and real
+//! Redis processes ([`redis`]).
 #![allow(dead_code)] // each test crate uses a different part of it
+
+#[path = "../../src/store/redis/harness.rs"]
+pub mod redis;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -13,12 +17,13 @@ use streamcap::clock::SystemClock;
 use streamcap::http::AppState;
 use streamcap::limiter::{Limit, Ttl};
 use streamcap::policy::Policy;
-use streamcap::store::{Store, StoreConfig, StoreKind};
+use streamcap::store::{RedisMode, Store, StoreConfig, StoreKind};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-/// The stores every API test runs against.
-pub const STORES: [StoreKind; 2] = [StoreKind::Memory, StoreKind::Sqlite];
+/// The stores every API test runs against. Redis runs standalone here; the
+/// cluster has tests of its own.
+pub const STORES: [StoreKind; 3] = [StoreKind::Memory, StoreKind::Sqlite, StoreKind::Redis];
 
 /// An in-process server on 127.0.0.1:0, stopped on drop.
 pub struct Server {
@@ -27,6 +32,7 @@ pub struct Server {
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
+    _redis: Option<redis::RedisServer>,
 }
 
 impl Server {
@@ -36,9 +42,12 @@ impl Server {
 
     pub async fn with_policy(kind: StoreKind, policy: Policy) -> Server {
         let dir = tempfile::tempdir().unwrap();
+        let redis = (kind == StoreKind::Redis).then(|| redis::RedisServer::start(&[]));
         let config = StoreConfig {
             kind,
             data_dir: dir.path().join("data"),
+            redis_urls: redis.iter().map(redis::RedisServer::url).collect(),
+            redis_mode: RedisMode::Standalone,
             sweep_interval: Duration::from_secs(1),
             op_timeout: Duration::from_secs(5),
         };
@@ -54,7 +63,7 @@ impl Server {
             .await
             .unwrap();
         });
-        Server { base, store, client: reqwest::Client::new(), stop: Some(stop), _dir: dir }
+        Server { base, store, client: reqwest::Client::new(), stop: Some(stop), _dir: dir, _redis: redis }
     }
 
     pub fn url(&self, path: &str) -> String {
