@@ -8,11 +8,14 @@
 use std::collections::BTreeMap;
 use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+use crate::auth::{self, ApiKey, AuthMode, Authenticator, JwtConfig, JwtVerifier, KeyScope, parse_sha256_hex};
+use crate::http::protect::Protection;
 use crate::limiter::{Limit, OnLimit, Ttl, UserId};
 use crate::policy::{OnStoreError, Plan, Policy};
 use crate::store::{self, RedisMode, StoreConfig, StoreKind};
@@ -29,6 +32,10 @@ pub struct Config {
     pub listen: String,
     pub store: StoreConfig,
     pub policy: Policy,
+    pub auth: Arc<Authenticator>,
+    /// Serving without authentication on a non-loopback address, on purpose.
+    pub insecure_no_auth: bool,
+    pub protection: Protection,
 }
 
 /// A configuration error, as one line for an operator.
@@ -97,6 +104,58 @@ struct ServeArgs {
     /// false = shadow mode: never deny or evict, only report [default: true]
     #[arg(long, env = "STREAMCAP_ENFORCE", value_name = "BOOL", action = clap::ArgAction::Set)]
     enforce: Option<bool>,
+
+    /// Player authentication: none or jwt [default: none]
+    #[arg(long, env = "STREAMCAP_AUTH_MODE", value_name = "MODE")]
+    auth_mode: Option<String>,
+    /// File holding the HS256 secret (or set STREAMCAP_JWT_SECRET)
+    #[arg(long, env = "STREAMCAP_JWT_SECRET_FILE", value_name = "PATH")]
+    jwt_secret_file: Option<PathBuf>,
+    /// PEM public key: RSA (RS256), EC P-256 (ES256) or Ed25519 (EdDSA)
+    #[arg(long, env = "STREAMCAP_JWT_PUBLIC_KEY_FILE", value_name = "PATH")]
+    jwt_public_key_file: Option<PathBuf>,
+    /// JWKS file with RS256, ES256 or EdDSA keys
+    #[arg(long, env = "STREAMCAP_JWKS_FILE", value_name = "PATH")]
+    jwks_file: Option<PathBuf>,
+    /// Comma-separated allowlist: HS256, RS256, ES256, EdDSA [default: what the keys allow]
+    #[arg(long, env = "STREAMCAP_JWT_ALGORITHMS", value_name = "LIST")]
+    jwt_algorithms: Option<String>,
+    /// Required `iss` claim
+    #[arg(long, env = "STREAMCAP_JWT_ISSUER", value_name = "ISS")]
+    jwt_issuer: Option<String>,
+    /// Required `aud` claim
+    #[arg(long, env = "STREAMCAP_JWT_AUDIENCE", value_name = "AUD")]
+    jwt_audience: Option<String>,
+    /// Claim holding the user id [default: sub]
+    #[arg(long, env = "STREAMCAP_JWT_USER_CLAIM", value_name = "CLAIM")]
+    jwt_user_claim: Option<String>,
+    /// Claim holding the plan [default: plan]
+    #[arg(long, env = "STREAMCAP_JWT_PLAN_CLAIM", value_name = "CLAIM")]
+    jwt_plan_claim: Option<String>,
+    /// Allow auth mode none on a non-loopback address (logs a loud warning)
+    #[arg(long, env = "STREAMCAP_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+
+    /// Requests per second per user, 0 = off [default: 20]
+    #[arg(long, env = "STREAMCAP_USER_RATE_LIMIT", value_name = "RPS")]
+    user_rate_limit: Option<u32>,
+    /// Burst per user above the rate [default: 40]
+    #[arg(long, env = "STREAMCAP_USER_RATE_BURST", value_name = "N")]
+    user_rate_burst: Option<u32>,
+    /// Requests per second per credential, 0 = off [default: 2000]
+    #[arg(long, env = "STREAMCAP_CREDENTIAL_RATE_LIMIT", value_name = "RPS")]
+    credential_rate_limit: Option<u32>,
+    /// Burst per credential above the rate [default: 4000]
+    #[arg(long, env = "STREAMCAP_CREDENTIAL_RATE_BURST", value_name = "N")]
+    credential_rate_burst: Option<u32>,
+    /// Seconds before a request is abandoned with 408, 1..=300 [default: 10]
+    #[arg(long, env = "STREAMCAP_REQUEST_TIMEOUT", value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    request_timeout: Option<u64>,
+    /// Requests in flight before new ones are shed with 503 [default: 1024]
+    #[arg(long, env = "STREAMCAP_MAX_CONCURRENT_REQUESTS", value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_concurrent_requests: Option<u64>,
 }
 
 /// The keys of the `--config` file. Unknown keys are an error.
@@ -112,6 +171,49 @@ struct FileConfig {
     lease_ttl: Option<u32>,
     #[serde(default)]
     limits: FileLimits,
+    #[serde(default)]
+    auth: FileAuth,
+    #[serde(default)]
+    protection: FileProtection,
+}
+
+/// The `[auth]` table.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    mode: Option<String>,
+    jwt_secret_file: Option<PathBuf>,
+    jwt_public_key_file: Option<PathBuf>,
+    jwks_file: Option<PathBuf>,
+    jwt_algorithms: Option<String>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    jwt_user_claim: Option<String>,
+    jwt_plan_claim: Option<String>,
+    insecure_no_auth: Option<bool>,
+    #[serde(default)]
+    api_keys: Vec<FileApiKey>,
+}
+
+/// One `[[auth.api_keys]]` entry: the SHA-256 of the key, never the key.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileApiKey {
+    name: String,
+    sha256: String,
+    scope: String,
+}
+
+/// The `[protection]` table.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileProtection {
+    user_rate_limit: Option<u32>,
+    user_rate_burst: Option<u32>,
+    credential_rate_limit: Option<u32>,
+    credential_rate_burst: Option<u32>,
+    request_timeout: Option<u64>,
+    max_concurrent_requests: Option<u64>,
 }
 
 /// The `[limits]` table.
@@ -159,6 +261,19 @@ fn build(args: ServeArgs) -> Result<Config, ConfigError> {
     let file = match &args.config {
         Some(path) => read_file(path)?,
         None => FileConfig::default(),
+    };
+    let file_insecure = file.auth.insecure_no_auth.unwrap_or(false);
+    let args_auth = AuthArgs {
+        mode: args.auth_mode.clone(),
+        secret_file: args.jwt_secret_file.clone(),
+        public_key_file: args.jwt_public_key_file.clone(),
+        jwks_file: args.jwks_file.clone(),
+        algorithms: args.jwt_algorithms.clone(),
+        issuer: args.jwt_issuer.clone(),
+        audience: args.jwt_audience.clone(),
+        user_claim: args.jwt_user_claim.clone(),
+        plan_claim: args.jwt_plan_claim.clone(),
+        insecure_no_auth: args.insecure_no_auth,
     };
     let in_file = |key: &str| match &args.config {
         Some(p) => format!("{key} in {}", p.display()),
@@ -247,6 +362,52 @@ fn build(args: ServeArgs) -> Result<Config, ConfigError> {
         }
     }
 
+    let auth = build_auth(&args_auth, file.auth, &in_file)?;
+    let insecure_no_auth = args_auth.insecure_no_auth || file_insecure;
+    if auth.is_open() {
+        let public: Vec<_> = listen
+            .to_socket_addrs()
+            .map_err(|e| ConfigError(format!("--listen {listen:?}: {e}")))?
+            .filter(|a| !a.ip().is_loopback())
+            .collect();
+        if let Some(addr) = public.first()
+            && !insecure_no_auth
+        {
+            return Err(ConfigError(format!(
+                "refusing to serve without authentication on non-loopback address {addr}; \
+                 configure --auth-mode jwt or [[auth.api_keys]], or pass --insecure-no-auth"
+            )));
+        }
+    }
+    let defaults = Protection::default();
+    let fp = file.protection;
+    let protection = Protection {
+        user_rate: args.user_rate_limit.or(fp.user_rate_limit).unwrap_or(defaults.user_rate),
+        user_burst: args.user_rate_burst.or(fp.user_rate_burst).unwrap_or(defaults.user_burst),
+        credential_rate: args.credential_rate_limit.or(fp.credential_rate_limit).unwrap_or(defaults.credential_rate),
+        credential_burst: args.credential_rate_burst.or(fp.credential_rate_burst).unwrap_or(defaults.credential_burst),
+        request_timeout: match args.request_timeout.or(fp.request_timeout) {
+            None => defaults.request_timeout,
+            Some(n @ 1..=300) => Duration::from_secs(n),
+            Some(n) => {
+                return Err(ConfigError(format!(
+                    "{}: {n} is out of range 1..=300",
+                    in_file("protection.request_timeout")
+                )));
+            }
+        },
+        max_concurrent_requests: match args.max_concurrent_requests.or(fp.max_concurrent_requests) {
+            None => defaults.max_concurrent_requests,
+            Some(n @ 1..=1_000_000) => n as usize,
+            Some(n) => {
+                return Err(ConfigError(format!(
+                    "{}: {n} is out of range 1..=1000000",
+                    in_file("protection.max_concurrent_requests")
+                )));
+            }
+        },
+    };
+
     Ok(Config {
         listen,
         store: StoreConfig {
@@ -266,7 +427,103 @@ fn build(args: ServeArgs) -> Result<Config, ConfigError> {
             lease_ttl,
             on_store_error,
         },
+        auth: Arc::new(auth),
+        insecure_no_auth,
+        protection,
     })
+}
+
+/// The `[auth]` settings that come as flags or env.
+struct AuthArgs {
+    mode: Option<String>,
+    secret_file: Option<PathBuf>,
+    public_key_file: Option<PathBuf>,
+    jwks_file: Option<PathBuf>,
+    algorithms: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    user_claim: Option<String>,
+    plan_claim: Option<String>,
+    insecure_no_auth: bool,
+}
+
+fn build_auth(args: &AuthArgs, file: FileAuth, in_file: &dyn Fn(&str) -> String) -> Result<Authenticator, ConfigError> {
+    let mode = match args.mode.clone().or(file.mode).as_deref() {
+        None | Some("none") => AuthMode::None,
+        Some("jwt") => AuthMode::Jwt,
+        Some(other) => return Err(ConfigError(format!("--auth-mode {other:?} is not none or jwt"))),
+    };
+    let mut api_keys = Vec::new();
+    for (i, k) in file.api_keys.into_iter().enumerate() {
+        let at = in_file(&format!("auth.api_keys[{i}]"));
+        let sha256 = parse_sha256_hex(&k.sha256)
+            .ok_or_else(|| ConfigError(format!("{at}: sha256 must be 64 hex digits (the SHA-256 of the key)")))?;
+        let scope = match k.scope.as_str() {
+            "service" => KeyScope::Service,
+            "admin" => KeyScope::Admin,
+            other => return Err(ConfigError(format!("{at}: scope {other:?} is not service or admin"))),
+        };
+        if k.name.is_empty() {
+            return Err(ConfigError(format!("{at}: name must not be empty")));
+        }
+        api_keys.push(ApiKey { name: k.name, sha256, scope });
+    }
+    let read = |flag: &str, path: &Option<PathBuf>| -> Result<Option<Vec<u8>>, ConfigError> {
+        path.as_ref()
+            .map(|p| std::fs::read(p).map_err(|e| ConfigError(format!("{flag}: cannot read {}: {e}", p.display()))))
+            .transpose()
+    };
+    let secret_file = args.secret_file.clone().or(file.jwt_secret_file);
+    let public_key_file = args.public_key_file.clone().or(file.jwt_public_key_file);
+    let jwks_file = args.jwks_file.clone().or(file.jwks_file);
+    let jwt = match mode {
+        AuthMode::None => None,
+        AuthMode::Jwt => {
+            // The secret's value may come from the environment; it is never a flag.
+            let secret = match read("--jwt-secret-file", &secret_file)? {
+                Some(bytes) => Some(trim_newline(bytes)),
+                None => std::env::var("STREAMCAP_JWT_SECRET").ok().map(String::into_bytes),
+            };
+            let jwks_json = read("--jwks-file", &jwks_file)?
+                .map(|b| String::from_utf8(b).map_err(|_| ConfigError("--jwks-file is not UTF-8 JSON".into())))
+                .transpose()?;
+            let algorithms = args
+                .algorithms
+                .clone()
+                .or(file.jwt_algorithms)
+                .map(|list| {
+                    list.split(',')
+                        .map(str::trim)
+                        .filter(|a| !a.is_empty())
+                        .map(|a| {
+                            auth::jwt_algorithm(a).ok_or_else(|| {
+                                ConfigError(format!("--jwt-algorithms: {a:?} is not one of HS256, RS256, ES256, EdDSA"))
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?;
+            let cfg = JwtConfig {
+                secret,
+                public_key_pem: read("--jwt-public-key-file", &public_key_file)?,
+                jwks_json,
+                algorithms,
+                issuer: args.issuer.clone().or(file.jwt_issuer),
+                audience: args.audience.clone().or(file.jwt_audience),
+                user_claim: args.user_claim.clone().or(file.jwt_user_claim).unwrap_or_else(|| "sub".into()),
+                plan_claim: args.plan_claim.clone().or(file.jwt_plan_claim).unwrap_or_else(|| "plan".into()),
+            };
+            Some(JwtVerifier::new(cfg).map_err(ConfigError)?)
+        }
+    };
+    Ok(Authenticator::new(mode, jwt, api_keys))
+}
+
+fn trim_newline(mut bytes: Vec<u8>) -> Vec<u8> {
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    bytes
 }
 
 fn parse_on_limit(value: &str, name: &str) -> Result<OnLimit, ConfigError> {

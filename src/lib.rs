@@ -18,9 +18,11 @@
 //!   sqlite), each running the rules atomically per user.
 //! - [`http`]: the only module that knows HTTP and JSON: routes, bodies,
 //!   problem+json errors.
+//! - [`auth`]: who is calling (JWT or API key) and what they may do.
 //! - [`config`]: flags, environment and TOML file, merged and validated once.
 //! - [`shutdown`]: the SIGTERM/SIGINT future that starts a graceful stop.
 
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod http;

@@ -61,7 +61,18 @@ async fn run(config: Config) -> Result<(), String> {
     if !config.policy.enforce {
         tracing::warn!("shadow mode: limits are reported (would_deny) but not enforced");
     }
-    let state = AppState { store: store.clone(), policy: Arc::new(config.policy) };
+    if config.auth.is_open() {
+        if config.insecure_no_auth {
+            tracing::warn!(
+                listen = %config.listen,
+                "!!! INSECURE: serving WITHOUT AUTHENTICATION on a non-loopback address (--insecure-no-auth). \
+                 Anyone who can reach this port can release or revoke any user's streams."
+            );
+        } else {
+            tracing::info!("auth mode none: open access, loopback only");
+        }
+    }
+    let state = AppState::new(store.clone(), config.policy, config.auth, config.protection);
     let served = http::serve(listener, state, shutdown::signal()).await;
     // Flush the store even if serving failed, then report.
     let closed = store.close().await;

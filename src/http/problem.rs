@@ -49,6 +49,9 @@ impl Problem {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
                 ("unsupported-media-type", "Unsupported media type", "send the body as application/json")
             }
+            StatusCode::REQUEST_TIMEOUT => {
+                ("request-timeout", "Request timeout", "the request took too long and was abandoned; retry")
+            }
             StatusCode::SERVICE_UNAVAILABLE => {
                 ("service-unavailable", "Service unavailable", "the service cannot answer now; retry later")
             }
@@ -86,6 +89,12 @@ pub enum ApiError {
     Problem(Problem),
     /// 503: the store did not answer. Detail is logged only.
     Store(StoreError),
+    /// 401: no credential, or one that does not verify.
+    Unauthorized(String),
+    /// 403: authenticated, but not allowed to do this.
+    Forbidden(String),
+    /// 429: out of tokens; retry after this long.
+    RateLimited(std::time::Duration),
 }
 
 impl From<StoreError> for ApiError {
@@ -106,6 +115,31 @@ impl IntoResponse for ApiError {
                 Problem { detail, ..p }.into_response()
             }
             Self::Problem(p) => p.into_response(),
+            Self::Unauthorized(detail) => {
+                let mut res =
+                    Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail).into_response();
+                let challenge = HeaderValue::from_static("Bearer realm=\"streamcap\"");
+                res.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+                res
+            }
+            Self::Forbidden(detail) => {
+                Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail).into_response()
+            }
+            Self::RateLimited(wait) => {
+                // Whole seconds, rounded up: never tell a client to retry too early.
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                let secs = secs.max(1);
+                let mut res = Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    "Too many requests",
+                    format!("slow down; retry in {secs} s"),
+                )
+                .with("retry_after_seconds", json!(secs))
+                .into_response();
+                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                res
+            }
             Self::Store(e) => {
                 tracing::error!(error = %e, "store unavailable");
                 let mut res = Problem::new(

@@ -13,8 +13,10 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use streamcap::auth::Authenticator;
 use streamcap::clock::SystemClock;
 use streamcap::http::AppState;
+use streamcap::http::protect::Protection;
 use streamcap::limiter::{Limit, Ttl};
 use streamcap::policy::Policy;
 use streamcap::store::{RedisMode, Store, StoreConfig, StoreKind};
@@ -41,6 +43,15 @@ impl Server {
     }
 
     pub async fn with_policy(kind: StoreKind, policy: Policy) -> Server {
+        Self::with_everything(kind, policy, Authenticator::none(), Protection::unlimited()).await
+    }
+
+    pub async fn with_everything(
+        kind: StoreKind,
+        policy: Policy,
+        auth: Authenticator,
+        protection: Protection,
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let redis = (kind == StoreKind::Redis).then(|| redis::RedisServer::start(&[]));
         let config = StoreConfig {
@@ -55,7 +66,7 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let state = AppState { store: store.clone(), policy: Arc::new(policy) };
+        let state = AppState::new(store.clone(), policy, Arc::new(auth), protection);
         tokio::spawn(async move {
             streamcap::http::serve(listener, state, async {
                 let _ = stopped.await;

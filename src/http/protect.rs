@@ -1,0 +1,151 @@
+//! Abuse resistance at the HTTP edge: token-bucket rate limits per user and
+//! per credential, and the limits on headers, time and concurrency that
+//! `app` layers around every route.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+
+use super::problem::Problem;
+
+/// Requests whose headers add up to more than this are refused with 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// The edge limits, as configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Protection {
+    /// Requests per second per user id (0 = off) and the burst above it.
+    pub user_rate: u32,
+    pub user_burst: u32,
+    /// Requests per second per credential (0 = off) and the burst above it.
+    pub credential_rate: u32,
+    pub credential_burst: u32,
+    /// A request that takes longer is answered 408.
+    pub request_timeout: Duration,
+    /// More requests in flight than this are shed with 503.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for Protection {
+    fn default() -> Self {
+        Self {
+            user_rate: 20,
+            user_burst: 40,
+            credential_rate: 2000,
+            credential_burst: 4000,
+            request_timeout: Duration::from_secs(10),
+            max_concurrent_requests: 1024,
+        }
+    }
+}
+
+impl Protection {
+    /// No rate limits: for benchmarks and tests that are not about them.
+    pub fn unlimited() -> Self {
+        Self { user_rate: 0, credential_rate: 0, ..Self::default() }
+    }
+}
+
+/// The per-user and per-credential buckets. Idle keys are dropped by
+/// [`RateLimits::tidy`], so memory follows the active callers only.
+pub struct RateLimits {
+    per_user: Option<DefaultKeyedRateLimiter<String>>,
+    per_credential: Option<DefaultKeyedRateLimiter<String>>,
+    clock: DefaultClock,
+}
+
+fn limiter(rate: u32, burst: u32) -> Option<DefaultKeyedRateLimiter<String>> {
+    let rate = NonZeroU32::new(rate)?;
+    let burst = NonZeroU32::new(burst.max(rate.get())).unwrap_or(rate);
+    Some(DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)))
+}
+
+impl RateLimits {
+    pub fn new(p: &Protection) -> Self {
+        Self {
+            per_user: limiter(p.user_rate, p.user_burst),
+            per_credential: limiter(p.credential_rate, p.credential_burst),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// `Err(wait)` when the credential has no token left.
+    pub fn check_credential(&self, key: &str) -> Result<(), Duration> {
+        self.check(self.per_credential.as_ref(), key)
+    }
+
+    /// `Err(wait)` when the user has no token left.
+    pub fn check_user(&self, user: &str) -> Result<(), Duration> {
+        self.check(self.per_user.as_ref(), user)
+    }
+
+    fn check(&self, limiter: Option<&DefaultKeyedRateLimiter<String>>, key: &str) -> Result<(), Duration> {
+        match limiter {
+            None => Ok(()),
+            Some(l) => l.check_key(&key.to_owned()).map_err(|not_until| not_until.wait_time_from(self.clock.now())),
+        }
+    }
+
+    /// Forgets keys whose buckets have refilled: an idle caller costs nothing.
+    pub fn tidy(&self) {
+        for l in [&self.per_user, &self.per_credential].into_iter().flatten() {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+
+    /// Keys currently tracked, for tests and metrics.
+    pub fn tracked(&self) -> usize {
+        [&self.per_user, &self.per_credential].into_iter().flatten().map(|l| l.len()).sum()
+    }
+}
+
+/// Refuses requests whose headers are too large, before any handler runs.
+pub async fn limit_headers(req: Request, next: Next) -> Response {
+    let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if size > MAX_HEADER_BYTES {
+        return Problem::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers-too-large",
+            "Request headers too large",
+            format!("request headers may total at most {MAX_HEADER_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// What load shedding answers when too many requests are in flight.
+pub async fn shed(_: tower::BoxError) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "Overloaded",
+        "too many requests are in flight; retry shortly",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_refuse_past_the_burst_and_tidy_forgets_idle_keys() {
+        let p = Protection { user_rate: 1, user_burst: 3, credential_rate: 0, ..Protection::default() };
+        let r = RateLimits::new(&p);
+        for _ in 0..3 {
+            assert!(r.check_user("u").is_ok());
+        }
+        let wait = r.check_user("u").unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(r.check_user("other").is_ok(), "buckets are per key");
+        assert!(r.check_credential("anything").is_ok(), "credential limits are off");
+        assert_eq!(r.tracked(), 2);
+    }
+}
