@@ -44,6 +44,17 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), String> {
+    if config.auth.is_open() {
+        if config.insecure_no_auth {
+            tracing::warn!(
+                listen = %config.listen,
+                "!!! INSECURE: serving WITHOUT AUTHENTICATION on a non-loopback address (--insecure-no-auth). \
+                 Anyone who can reach this port can release or revoke any user's streams."
+            );
+        } else {
+            tracing::info!("auth mode none: open access, loopback only");
+        }
+    }
     let store = Store::open(&config.store, Arc::new(SystemClock)).await.map_err(|e| e.to_string())?;
     let listener =
         TcpListener::bind(&config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -60,17 +71,6 @@ async fn run(config: Config) -> Result<(), String> {
     );
     if !config.policy.enforce {
         tracing::warn!("shadow mode: limits are reported (would_deny) but not enforced");
-    }
-    if config.auth.is_open() {
-        if config.insecure_no_auth {
-            tracing::warn!(
-                listen = %config.listen,
-                "!!! INSECURE: serving WITHOUT AUTHENTICATION on a non-loopback address (--insecure-no-auth). \
-                 Anyone who can reach this port can release or revoke any user's streams."
-            );
-        } else {
-            tracing::info!("auth mode none: open access, loopback only");
-        }
     }
     let state = AppState::new(store.clone(), config.policy, config.auth, config.protection);
     let served = http::serve(listener, state, shutdown::signal()).await;

@@ -147,14 +147,20 @@ impl JwtVerifier {
         let mut v = Validation::new(header.alg);
         v.leeway = LEEWAY_SECONDS;
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp"]);
+        // `exp` always; `iss` and `aud` must be present when they are checked.
+        let mut required = vec!["exp"];
         if let Some(iss) = &self.issuer {
             v.set_issuer(&[iss]);
+            required.push("iss");
         }
         match &self.audience {
-            Some(aud) => v.set_audience(&[aud]),
+            Some(aud) => {
+                v.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => v.validate_aud = false,
         }
+        v.set_required_spec_claims(&required);
         let claims = decode::<Map<String, Value>>(token, key, &v)
             .map_err(|e| {
                 AuthError::Invalid(
@@ -164,7 +170,7 @@ impl JwtVerifier {
                         ErrorKind::InvalidIssuer => "wrong issuer (iss)",
                         ErrorKind::InvalidAudience => "wrong audience (aud)",
                         ErrorKind::InvalidSignature => "bad signature",
-                        ErrorKind::MissingRequiredClaim(_) => "a required claim (exp) is missing",
+                        ErrorKind::MissingRequiredClaim(_) => "a required claim (exp, iss or aud) is missing",
                         ErrorKind::InvalidAlgorithm => "the algorithm does not match the key",
                         _ => "malformed token",
                     }
