@@ -30,12 +30,22 @@ pub const DEFAULT_LEASE_TTL: u32 = 60;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: String,
+    /// A separate address for `/metrics`, if any.
+    pub metrics_listen: Option<String>,
+    pub log_format: LogFormat,
     pub store: StoreConfig,
     pub policy: Policy,
     pub auth: Arc<Authenticator>,
     /// Serving without authentication on a non-loopback address, on purpose.
     pub insecure_no_auth: bool,
     pub protection: Protection,
+}
+
+/// How logs are written to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// A configuration error, as one line for an operator.
@@ -105,6 +115,13 @@ struct ServeArgs {
     #[arg(long, env = "STREAMCAP_ENFORCE", value_name = "BOOL", action = clap::ArgAction::Set)]
     enforce: Option<bool>,
 
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "STREAMCAP_LOG_FORMAT", value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Serve /metrics on this address only, instead of on --listen
+    #[arg(long, env = "STREAMCAP_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<String>,
+
     /// Player authentication: none or jwt [default: none]
     #[arg(long, env = "STREAMCAP_AUTH_MODE", value_name = "MODE")]
     auth_mode: Option<String>,
@@ -169,6 +186,8 @@ struct FileConfig {
     redis_mode: Option<String>,
     on_store_error: Option<String>,
     lease_ttl: Option<u32>,
+    log_format: Option<String>,
+    metrics_listen: Option<String>,
     #[serde(default)]
     limits: FileLimits,
     #[serde(default)]
@@ -408,8 +427,23 @@ fn build(args: ServeArgs) -> Result<Config, ConfigError> {
         },
     };
 
+    let log_format = match args.log_format.or(file.log_format).as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => return Err(ConfigError(format!("--log-format {other:?} is not text or json"))),
+    };
+    let metrics_listen = args.metrics_listen.or(file.metrics_listen);
+    if let Some(addr) = &metrics_listen {
+        match addr.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(_)) => {}
+            _ => return Err(ConfigError(format!("--metrics-listen {addr:?} is not a HOST:PORT address"))),
+        }
+    }
+
     Ok(Config {
         listen,
+        metrics_listen,
+        log_format,
         store: StoreConfig {
             kind,
             data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
@@ -624,6 +658,8 @@ mod tests {
             (vec!["serve".into(), "--redis-url".into(), "http://x".into()], "--redis-url"),
             (vec!["serve".into(), "--redis-url".into(), "redis://a:1,redis://b:2".into()], "--redis-mode cluster"),
             (vec!["serve".into(), "--on-store-error".into(), "maybe".into()], "--on-store-error"),
+            (vec!["serve".into(), "--log-format".into(), "xml".into()], "--log-format"),
+            (vec!["serve".into(), "--metrics-listen".into(), "nowhere".into()], "--metrics-listen"),
             (vec!["serve".into(), "--listen".into(), "nowhere".into()], "--listen"),
             (vec!["serve".into(), "--on-limit".into(), "evict_newest".into()], "--on-limit"),
             (vec!["serve".into(), "--enforce".into(), "maybe".into()], "--enforce"),

@@ -20,6 +20,7 @@
 //!   problem+json errors.
 //! - [`auth`]: who is calling (JWT or API key) and what they may do.
 //! - [`config`]: flags, environment and TOML file, merged and validated once.
+//! - [`metrics`]: Prometheus names and the recorder; labels never carry ids.
 //! - [`shutdown`]: the SIGTERM/SIGINT future that starts a graceful stop.
 
 pub mod auth;
@@ -27,6 +28,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod limiter;
+pub mod metrics;
 pub mod policy;
 pub mod shutdown;
 pub mod store;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use streamcap::clock::SystemClock;
-use streamcap::config::{self, Config, Invocation};
+use streamcap::config::{self, Config, Invocation, LogFormat};
 use streamcap::http::{self, AppState};
 use streamcap::shutdown;
 use streamcap::store::Store;
@@ -22,11 +22,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -72,8 +73,33 @@ async fn run(config: Config) -> Result<(), String> {
     if !config.policy.enforce {
         tracing::warn!("shadow mode: limits are reported (would_deny) but not enforced");
     }
-    let state = AppState::new(store.clone(), config.policy, config.auth, config.protection);
-    let served = http::serve(listener, state, shutdown::signal()).await;
+    // One signal stops every listener.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown::signal().await;
+        stop.send_replace(true);
+    });
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let mut state = AppState::new(store.clone(), config.policy, config.auth, config.protection);
+    let metrics_server = match &config.metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
+            let metrics_addr = l.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!(addr = %metrics_addr, "serving /metrics");
+            state.expose_metrics = false;
+            Some(tokio::spawn(http::serve_metrics(l, until_stopped())))
+        }
+        None => None,
+    };
+    let served = http::serve(listener, state, until_stopped()).await;
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
     // Flush the store even if serving failed, then report.
     let closed = store.close().await;
     served.map_err(|e| format!("server error: {e}"))?;

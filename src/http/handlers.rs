@@ -17,6 +17,7 @@ use super::problem::{ApiError, Problem};
 use crate::auth::{AuthError, Caller};
 use crate::clock::{Clock, SystemClock};
 use crate::limiter::{Acquire, Decision, Label, Lease, Limit, RevokeReason, StreamId, UserId};
+use crate::metrics;
 use crate::policy::{OnStoreError, Resolved};
 use crate::store::StoreError;
 
@@ -32,11 +33,17 @@ impl FromRequestParts<AppState> for Authed {
             None => None,
             Some(v) => Some(v.to_str().map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?),
         };
-        let caller = state.auth.authenticate(header).map_err(|e| match e {
-            AuthError::Missing | AuthError::Invalid(_) => ApiError::Unauthorized(e.to_string()),
+        let caller = state.auth.authenticate(header).map_err(|e| {
+            metrics::auth_failure();
+            match e {
+                AuthError::Missing | AuthError::Invalid(_) => ApiError::Unauthorized(e.to_string()),
+            }
         })?;
         if let Some(key) = caller.credential_key() {
-            state.rate.check_credential(&key).map_err(ApiError::RateLimited)?;
+            state.rate.check_credential(&key).map_err(|wait| {
+                metrics::rate_limited("credential");
+                ApiError::RateLimited(wait)
+            })?;
         }
         Ok(Self(caller))
     }
@@ -63,7 +70,10 @@ fn admit(state: &AppState, caller: &Caller, user: &UserId, need: Need) -> Result
             Need::Admin => "this needs an admin key or the streams:admin scope".to_owned(),
         }));
     }
-    state.rate.check_user(user.as_str()).map_err(ApiError::RateLimited)
+    state.rate.check_user(user.as_str()).map_err(|wait| {
+        metrics::rate_limited("user");
+        ApiError::RateLimited(wait)
+    })
 }
 
 /// The user behind a player token, for the `/v1/me` routes.
@@ -149,6 +159,7 @@ async fn acquire_for(
         (Err(e), Some(req)) => {
             // Fail open, as configured: admit unchecked, and say so.
             tracing::warn!(error = %e, "store unavailable; granting degraded as on_store_error = allow");
+            metrics::degraded_grant();
             let now = SystemClock.now();
             let lease = Lease {
                 stream_id: req.stream_id,

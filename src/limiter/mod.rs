@@ -290,4 +290,6 @@ pub enum Write {
 pub struct Outcome {
     pub reply: Reply,
     pub writes: Vec<Write>,
+    /// Leases this step found expired and removed (for metrics).
+    pub expired: usize,
 }

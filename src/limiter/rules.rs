@@ -8,22 +8,24 @@ use super::{
 /// Runs `op` against `state` at time `now`. `state` is updated in place and
 /// the same changes are returned as `writes`, for stores that persist them.
 pub fn apply(state: &mut UserState, op: Op, now: Timestamp) -> Outcome {
-    match op {
+    // Changes start by dropping what has expired; count those leases.
+    let changes = matches!(op, Op::Acquire(_) | Op::Release(_) | Op::RevokeAll { .. });
+    let expired = if changes { state.leases.iter().filter(|l| !l.is_live(now)).count() } else { 0 };
+    let (reply, writes) = match op {
         Op::List { limit } => {
             let limit = state.limit_override.unwrap_or(limit);
-            Outcome { reply: Reply::Leases { limit, live: state.live(now) }, writes: Vec::new() }
+            (Reply::Leases { limit, live: state.live(now) }, Vec::new())
         }
         Op::GetLimit { fallback, source } => {
             let (limit, source) = match state.limit_override {
                 Some(o) => (o, LimitSource::Override),
                 None => (fallback, source),
             };
-            Outcome { reply: Reply::Limit { limit, source }, writes: Vec::new() }
+            (Reply::Limit { limit, source }, Vec::new())
         }
         Op::Acquire(req) => {
             let mut writes = expire(state, now);
-            let reply = Reply::Decision(acquire(state, req, now, &mut writes));
-            Outcome { reply, writes }
+            (Reply::Decision(acquire(state, req, now, &mut writes)), writes)
         }
         Op::Release(stream) => {
             let mut writes = expire(state, now);
@@ -31,7 +33,7 @@ pub fn apply(state: &mut UserState, op: Op, now: Timestamp) -> Outcome {
                 state.leases.swap_remove(i);
                 writes.push(Write::DeleteLease(stream));
             }
-            Outcome { reply: Reply::Done, writes }
+            (Reply::Done, writes)
         }
         Op::RevokeAll { ttl } => {
             let mut writes = expire(state, now);
@@ -39,7 +41,7 @@ pub fn apply(state: &mut UserState, op: Op, now: Timestamp) -> Outcome {
             for lease in &victims {
                 revoke(state, lease, RevokeReason::Revoked, lease.expires_at.plus(ttl), &mut writes);
             }
-            Outcome { reply: Reply::Revoked(victims.into_iter().map(|l| l.stream_id).collect()), writes }
+            (Reply::Revoked(victims.into_iter().map(|l| l.stream_id).collect()), writes)
         }
         Op::SetOverride(limit) => {
             state.limit_override = limit;
@@ -47,9 +49,10 @@ pub fn apply(state: &mut UserState, op: Op, now: Timestamp) -> Outcome {
                 Some(limit) => Reply::Limit { limit, source: LimitSource::Override },
                 None => Reply::Done,
             };
-            Outcome { reply, writes: vec![Write::SetOverride(limit)] }
+            (reply, vec![Write::SetOverride(limit)])
         }
-    }
+    };
+    Outcome { reply, writes, expired }
 }
 
 /// Removes every lease and tombstone that is no longer live and returns
@@ -239,6 +242,7 @@ mod tests {
         apply(&mut s, acq("a", 1), T0);
         let o = apply(&mut s, acq("b", 1), at(60_000));
         assert!(o.writes.contains(&Write::DeleteLease(sid("a"))));
+        assert_eq!(o.expired, 1);
         assert!(matches!(decision(o), Decision::Granted(_)));
         match decision(apply(&mut s, acq("b", 1), at(120_000))) {
             Decision::Granted(g) => assert_eq!(g.lease.started_at, at(120_000)),
@@ -271,7 +275,8 @@ mod tests {
         let before = s.clone();
         let late = at(120_000);
         let o = apply(&mut s, Op::List { limit: Limit::new(3).unwrap() }, late);
-        assert_eq!(o, Outcome { reply: Reply::Leases { limit: Limit::new(2).unwrap(), live: vec![] }, writes: vec![] });
+        let expected = Reply::Leases { limit: Limit::new(2).unwrap(), live: vec![] };
+        assert_eq!(o, Outcome { reply: expected, writes: vec![], expired: 0 });
         let o = apply(&mut s, Op::GetLimit { fallback: Limit::new(3).unwrap(), source: LimitSource::Plan }, late);
         assert_eq!(o.reply, Reply::Limit { limit: Limit::new(2).unwrap(), source: LimitSource::Override });
         assert_eq!(s, before);

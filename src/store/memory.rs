@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{Backend, BoxFuture, StoreError};
 use crate::clock::Clock;
-use crate::limiter::{self, Op, Reply, UserId, UserState};
+use crate::limiter::{self, Op, Reply, UserId, UserState, Write};
+use crate::metrics;
 
 const SHARDS: usize = 64;
 
@@ -50,7 +51,7 @@ impl Backend for MemoryBackend {
                     if state.is_empty() {
                         shard.remove(user);
                     }
-                    outcome.reply
+                    outcome
                 }
                 None => {
                     let mut state = UserState::default();
@@ -58,10 +59,12 @@ impl Backend for MemoryBackend {
                     if !state.is_empty() {
                         shard.insert(user.clone(), state);
                     }
-                    outcome.reply
+                    outcome
                 }
             }
         };
+        metrics::decision("expired", reply.expired as u64);
+        let reply = reply.reply;
         Box::pin(async move { Ok(reply) })
     }
 
@@ -71,11 +74,24 @@ impl Backend for MemoryBackend {
             let mut shard = lock(shard);
             let now = self.clock.now();
             shard.retain(|_, state| {
-                removed += limiter::expire(state, now).len() as u64;
+                let gone = limiter::expire(state, now);
+                removed += gone.iter().filter(|w| matches!(w, Write::DeleteLease(_))).count() as u64;
                 !state.is_empty()
             });
         }
         Box::pin(async move { Ok(removed) })
+    }
+
+    fn live_leases(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        let now = self.clock.now();
+        let n = self
+            .shards
+            .iter()
+            .map(|shard| {
+                lock(shard).values().map(|s| s.leases().iter().filter(|l| l.is_live(now)).count() as u64).sum::<u64>()
+            })
+            .sum();
+        Box::pin(async move { Ok(Some(n)) })
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::limiter::{Acquire, Decision, Lease, Limit, LimitSource, Op, Reply, StreamId, Ttl, UserId};
+use crate::metrics;
 
 mod memory;
 #[cfg(feature = "redis")]
@@ -175,7 +176,19 @@ impl Store {
     /// Acquires or renews `req.stream_id` for `user`, atomically.
     pub async fn acquire(&self, user: &UserId, req: Acquire) -> Result<Decision, StoreError> {
         match self.execute(user, Op::Acquire(req)).await? {
-            Reply::Decision(d) => Ok(d),
+            Reply::Decision(d) => {
+                match &d {
+                    Decision::Granted(g) => {
+                        metrics::decision("granted", 1);
+                        metrics::decision("evicted", g.evicted.len() as u64);
+                        metrics::shadow(g.would_deny, g.would_evict.len());
+                    }
+                    Decision::Renewed(_) => metrics::decision("renewed", 1),
+                    Decision::Denied(_) => metrics::decision("denied", 1),
+                    Decision::Gone(_) => metrics::decision("gone", 1),
+                }
+                Ok(d)
+            }
             other => Err(mismatch(&other)),
         }
     }
@@ -184,7 +197,10 @@ impl Store {
     /// or not it existed.
     pub async fn release(&self, user: &UserId, stream: StreamId) -> Result<(), StoreError> {
         match self.execute(user, Op::Release(stream)).await? {
-            Reply::Done => Ok(()),
+            Reply::Done => {
+                metrics::decision("released", 1);
+                Ok(())
+            }
             other => Err(mismatch(&other)),
         }
     }
@@ -193,7 +209,10 @@ impl Store {
     /// first. Each leaves a tombstone until its expiry plus `ttl`.
     pub async fn revoke_all(&self, user: &UserId, ttl: Ttl) -> Result<Vec<StreamId>, StoreError> {
         match self.execute(user, Op::RevokeAll { ttl }).await? {
-            Reply::Revoked(streams) => Ok(streams),
+            Reply::Revoked(streams) => {
+                metrics::decision("revoked", streams.len() as u64);
+                Ok(streams)
+            }
             other => Err(mismatch(&other)),
         }
     }
@@ -240,7 +259,18 @@ impl Store {
     }
 
     async fn execute(&self, user: &UserId, op: Op) -> Result<Reply, StoreError> {
-        self.timed(self.inner.backend.execute(user, op)).await
+        let name = match &op {
+            Op::Acquire(_) => "acquire",
+            Op::Release(_) => "release",
+            Op::RevokeAll { .. } => "revoke_all",
+            Op::List { .. } => "list",
+            Op::GetLimit { .. } => "get_limit",
+            Op::SetOverride(_) => "set_override",
+        };
+        let started = std::time::Instant::now();
+        let result = self.timed(self.inner.backend.execute(user, op)).await;
+        metrics::store_operation(name, result.is_ok(), started.elapsed());
+        result
     }
 
     async fn timed<T>(&self, fut: BoxFuture<'_, Result<T, StoreError>>) -> Result<T, StoreError> {
@@ -289,8 +319,16 @@ async fn sweeper(store: Store, every: Duration, mut stop: watch::Receiver<bool>)
         }
         match store.timed(store.inner.backend.sweep()).await {
             Ok(0) => {}
-            Ok(n) => tracing::debug!(removed = n, "swept expired leases"),
+            Ok(n) => {
+                metrics::decision("expired", n);
+                tracing::debug!(removed = n, "swept expired leases");
+            }
             Err(e) => tracing::warn!(error = %e, "sweeping expired leases failed"),
+        }
+        match store.timed(store.inner.backend.live_leases()).await {
+            Ok(Some(n)) => metrics::live_leases(n),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "counting live leases failed"),
         }
     }
 }
@@ -305,9 +343,14 @@ trait Backend: Send + Sync + 'static {
     /// promises durability.
     fn execute<'a>(&'a self, user: &'a UserId, op: Op) -> BoxFuture<'a, Result<Reply, StoreError>>;
 
-    /// Removes expired leases of all users; returns how many. No decision
-    /// depends on it having run.
+    /// Removes expired leases (and tombstones) of all users; returns how
+    /// many leases went. No decision depends on it having run.
     fn sweep(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// The number of live leases, when the backend can count them cheaply.
+    fn live_leases(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
 
     /// True when the backend drops expired state by itself, so that
     /// `sweep` has nothing to do.

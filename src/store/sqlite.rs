@@ -26,6 +26,7 @@ use crate::limiter::{
     self, InvalidId, Label, Lease, Limit, Op, Reply, RevokeReason, StreamId, Timestamp, Tombstone, UserId, UserState,
     Write,
 };
+use crate::metrics;
 
 const DB_FILE: &str = "streamcap.db";
 const LOCK_FILE: &str = "streamcap.lock";
@@ -89,6 +90,9 @@ enum Job {
         reply: oneshot::Sender<Result<Reply, StoreError>>,
     },
     Sweep {
+        reply: oneshot::Sender<Result<(u64, u64), StoreError>>,
+    },
+    CountLive {
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
     Ping {
@@ -248,6 +252,7 @@ impl Writer {
                             pending.push(hold_back(reply, execute(&mut tx, &user, op, now)))
                         }
                         Job::Sweep { reply } => pending.push(hold_back(reply, sweep(&tx, now))),
+                        Job::CountLive { reply } => pending.push(hold_back(reply, count_live(&tx, now))),
                         Job::Ping { reply } => pending.push(hold_back(reply, ping(&tx))),
                         Job::Close { reply } => close.push(reply),
                         #[cfg(test)]
@@ -266,6 +271,7 @@ impl Writer {
         };
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats.jobs.fetch_add(pending.len() as u64, Ordering::Relaxed);
+        metrics::sqlite_commit(pending.len() as u64);
         if let Err(e) = &commit {
             tracing::error!(error = %e, jobs = pending.len(), "sqlite batch failed; answering unavailable");
         }
@@ -289,6 +295,7 @@ fn execute(tx: &mut Transaction<'_>, user: &UserId, op: Op, now: Timestamp) -> R
         persist(&sp, user, write).map_err(unavailable)?;
     }
     sp.commit().map_err(unavailable)?;
+    metrics::decision("expired", outcome.expired as u64);
     Ok(outcome.reply)
 }
 
@@ -404,22 +411,28 @@ fn persist(conn: &Connection, user: &UserId, write: &Write) -> rusqlite::Result<
 }
 
 /// Deletes up to [`SWEEP_BATCH`] expired leases and as many expired
-/// tombstones; returns how many rows went.
-fn sweep(conn: &Connection, now: Timestamp) -> Result<u64, StoreError> {
-    let mut total = 0;
-    for sql in [
+/// tombstones; returns how many of each went.
+fn sweep(conn: &Connection, now: Timestamp) -> Result<(u64, u64), StoreError> {
+    let mut deleted = [0u64; 2];
+    for (n, sql) in deleted.iter_mut().zip([
         "DELETE FROM leases WHERE (user_id, stream_id) IN
             (SELECT user_id, stream_id FROM leases WHERE expires_at <= ?1 LIMIT ?2)",
         "DELETE FROM tombstones WHERE (user_id, stream_id) IN
             (SELECT user_id, stream_id FROM tombstones WHERE until <= ?1 LIMIT ?2)",
-    ] {
-        let n = conn
+    ]) {
+        *n = conn
             .prepare_cached(sql)
             .and_then(|mut s| s.execute(params![now.as_micros(), SWEEP_BATCH as i64]))
-            .map_err(unavailable)?;
-        total += n as u64;
+            .map_err(unavailable)? as u64;
     }
-    Ok(total)
+    Ok((deleted[0], deleted[1]))
+}
+
+fn count_live(conn: &Connection, now: Timestamp) -> Result<u64, StoreError> {
+    conn.prepare_cached("SELECT count(*) FROM leases WHERE expires_at > ?1")
+        .and_then(|mut s| s.query_row([now.as_micros()], |r| r.get::<_, i64>(0)))
+        .map(|n| n as u64)
+        .map_err(unavailable)
 }
 
 fn ping(conn: &Connection) -> Result<(), StoreError> {
@@ -434,15 +447,19 @@ impl Backend for SqliteBackend {
 
     fn sweep(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
-            let mut total = 0;
+            let mut leases = 0;
             loop {
-                let n = self.call(|reply| Job::Sweep { reply }).await?;
-                total += n;
-                if n < SWEEP_BATCH {
-                    return Ok(total);
+                let (l, t) = self.call(|reply| Job::Sweep { reply }).await?;
+                leases += l;
+                if l < SWEEP_BATCH && t < SWEEP_BATCH {
+                    return Ok(leases);
                 }
             }
         })
+    }
+
+    fn live_leases(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        Box::pin(async move { self.call(|reply| Job::CountLive { reply }).await.map(Some) })
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -179,9 +179,9 @@ impl Process {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("listening")
-                    && let Some(addr) = line.split_whitespace().find_map(|w| w.strip_prefix("addr="))
+                    && let Some(addr) = listening_addr(&line)
                 {
-                    let _ = tx.send(addr.to_owned());
+                    let _ = tx.send(addr);
                 }
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
@@ -250,4 +250,13 @@ pub fn run_to_exit(cmd: &mut Command) -> (ExitStatus, String) {
 
 pub fn data_dir_arg(dir: &Path) -> String {
     dir.to_str().unwrap().to_owned()
+}
+
+/// The address in a `listening` log line, text or JSON format.
+fn listening_addr(line: &str) -> Option<String> {
+    if line.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        return v["fields"]["addr"].as_str().map(str::to_owned);
+    }
+    line.split_whitespace().find_map(|w| w.strip_prefix("addr=")).map(str::to_owned)
 }

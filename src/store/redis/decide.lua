@@ -64,11 +64,13 @@ local function put_tomb(stream, t)
 end
 
 -- Drop what is no longer live (limiter::expire).
+local expired = 0
 local function expire()
   for stream, l in pairs(leases) do
     if l.e <= now then
       leases[stream] = nil
       redis.call('HDEL', state_key, 'l:' .. stream)
+      expired = expired + 1
     end
   end
   for stream, t in pairs(tombs) do
@@ -229,4 +231,5 @@ else
   return redis.error_reply('streamcap: unknown operation ' .. tostring(op))
 end
 
+reply.expired = expired
 return cjson.encode(reply)

@@ -26,6 +26,7 @@ use crate::limiter::{
     Decision, Denial, Grant, Label, Lease, Limit, LimitSource, OnLimit, Op, Reply, RevokeReason, StreamId, Timestamp,
     Tombstone, UserId,
 };
+use crate::metrics;
 
 #[cfg(test)]
 pub(crate) mod harness;
@@ -94,6 +95,8 @@ impl RedisBackend {
             Conn::Standalone(mut c) => invoke(&invocation, &mut c).await?,
             Conn::Cluster(mut c) => invoke(&invocation, &mut c).await?,
         };
+        let meta: Meta = serde_json::from_str(&raw).unwrap_or_default();
+        metrics::decision("expired", meta.expired);
         serde_json::from_str(&raw).map_err(|e| StoreError::Unavailable(format!("unreadable script reply: {e}")))
     }
 }
@@ -118,6 +121,13 @@ fn source_name(s: LimitSource) -> &'static str {
         LimitSource::Plan => "plan",
         LimitSource::Default => "default",
     }
+}
+
+/// What every reply carries besides its kind.
+#[derive(Deserialize, Default)]
+struct Meta {
+    #[serde(default)]
+    expired: u64,
 }
 
 /// The script's replies.

@@ -1,0 +1,112 @@
+//! Prometheus metrics. Every name starts with `streamcap_`; labels are
+//! small closed sets (outcome, route template, method, status), never a
+//! user or stream id and never a credential.
+//!
+//! The recorder is process-global (the `metrics` facade is), installed once
+//! by [`handle`]; code anywhere records through the helpers below.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use ::metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Decision outcomes, as the `outcome` label of `streamcap_decisions_total`.
+pub const OUTCOMES: [&str; 8] = ["granted", "renewed", "denied", "evicted", "revoked", "released", "expired", "gone"];
+
+const HTTP_SECONDS: &str = "streamcap_http_request_duration_seconds";
+const STORE_SECONDS: &str = "streamcap_store_operation_duration_seconds";
+
+/// The recorder's handle, installing it on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        // From 25 µs to 10 s: decisions take microseconds, fsyncs milliseconds.
+        let buckets = [
+            0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+            1.0, 2.5, 10.0,
+        ];
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(HTTP_SECONDS.into()), &buckets)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STORE_SECONDS.into()), &buckets))
+            .expect("bucket list is not empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (an embedding program);
+        // then ours still renders, it just sees nothing global.
+        if ::metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics shows only its own view");
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("streamcap_decisions_total", "Lease decisions and lifecycle events by outcome.");
+    describe_histogram!(HTTP_SECONDS, Unit::Seconds, "HTTP request latency by matched route.");
+    describe_histogram!(STORE_SECONDS, Unit::Seconds, "Store operation latency, queueing included.");
+    describe_gauge!("streamcap_live_leases", "Live leases in the store, as of the last sweep (memory and sqlite).");
+    describe_counter!("streamcap_store_errors_total", "Store operations that failed or timed out (answered 503).");
+    describe_counter!("streamcap_shadow_would_deny_total", "Shadow mode: grants that enforcement would have refused.");
+    describe_counter!("streamcap_shadow_would_evict_total", "Shadow mode: evictions that enforcement would have made.");
+    describe_counter!("streamcap_degraded_grants_total", "Grants made unchecked because the store was down.");
+    describe_counter!("streamcap_auth_failures_total", "Requests refused with 401.");
+    describe_counter!("streamcap_rate_limited_total", "Requests refused with 429, by bucket.");
+    describe_counter!("streamcap_sqlite_commits_total", "SQLite group commits (one fsync each).");
+    describe_counter!("streamcap_sqlite_jobs_total", "Operations carried by SQLite group commits.");
+}
+
+/// The text exposition of every metric.
+pub fn render() -> String {
+    handle().render()
+}
+
+pub fn decision(outcome: &'static str, n: u64) {
+    if n > 0 {
+        counter!("streamcap_decisions_total", "outcome" => outcome).increment(n);
+    }
+}
+
+pub fn http_request(route: &str, method: &str, status: u16, took: Duration) {
+    histogram!(HTTP_SECONDS, "route" => route.to_owned(), "method" => method.to_owned(), "status" => status.to_string())
+        .record(took.as_secs_f64());
+}
+
+pub fn store_operation(op: &'static str, ok: bool, took: Duration) {
+    histogram!(STORE_SECONDS, "op" => op).record(took.as_secs_f64());
+    if !ok {
+        counter!("streamcap_store_errors_total", "op" => op).increment(1);
+    }
+}
+
+pub fn live_leases(n: u64) {
+    gauge!("streamcap_live_leases").set(n as f64);
+}
+
+pub fn shadow(would_deny: bool, would_evict: usize) {
+    if would_deny {
+        counter!("streamcap_shadow_would_deny_total").increment(1);
+    }
+    if would_evict > 0 {
+        counter!("streamcap_shadow_would_evict_total").increment(would_evict as u64);
+    }
+}
+
+pub fn degraded_grant() {
+    counter!("streamcap_degraded_grants_total").increment(1);
+}
+
+pub fn auth_failure() {
+    counter!("streamcap_auth_failures_total").increment(1);
+}
+
+pub fn rate_limited(bucket: &'static str) {
+    counter!("streamcap_rate_limited_total", "bucket" => bucket).increment(1);
+}
+
+pub fn sqlite_commit(jobs: u64) {
+    counter!("streamcap_sqlite_commits_total").increment(1);
+    counter!("streamcap_sqlite_jobs_total").increment(jobs);
+}
