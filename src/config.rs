@@ -56,6 +56,8 @@ pub struct ConfigError(pub String);
 /// What the command line asked for.
 pub enum Invocation {
     Serve(Box<Config>),
+    /// `streamcap openapi`.
+    PrintOpenapi,
     /// `--help` or `--version`: already printed, exit 0.
     Printed,
 }
@@ -74,7 +76,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the HTTP service (the default when no command is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Print the OpenAPI 3.1 document of the HTTP API and exit.
+    Openapi,
 }
 
 #[derive(Args, Debug, Default)]
@@ -270,7 +274,8 @@ where
         }
     };
     let args = match cli.command {
-        Some(Command::Serve(a)) => a,
+        Some(Command::Serve(a)) => *a,
+        Some(Command::Openapi) => return Ok(Invocation::PrintOpenapi),
         None => cli.serve,
     };
     build(args).map(|c| Invocation::Serve(Box::new(c)))
@@ -590,7 +595,7 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         match from_args(std::iter::once("streamcap").chain(args.iter().copied()))? {
             Invocation::Serve(c) => Ok(*c),
-            Invocation::Printed => panic!("printed help"),
+            Invocation::Printed | Invocation::PrintOpenapi => panic!("printed something"),
         }
     }
 

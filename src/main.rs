@@ -17,6 +17,18 @@ fn main() -> ExitCode {
     let config = match config::from_args(std::env::args_os()) {
         Ok(Invocation::Serve(c)) => c,
         Ok(Invocation::Printed) => return ExitCode::SUCCESS,
+        Ok(Invocation::PrintOpenapi) => {
+            return match http::openapi().to_pretty_json() {
+                Ok(doc) => {
+                    println!("{doc}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("streamcap: cannot render the OpenAPI document: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Err(e) => {
             eprintln!("streamcap: {e}");
             return ExitCode::from(2);

@@ -3,58 +3,78 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::macros::format_description;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::limiter::{Grant, Label, Lease, LimitSource, StreamId, Timestamp, UserId};
 
 /// `PUT /v1/users/{user_id}/streams/{stream_id}` body. Every field is
-/// optional and an empty body is the same as `{}`.
-#[derive(Debug, Default, Deserialize)]
+/// optional and an empty body is the same as `{}`. Unknown fields are a 400.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireBody {
+    /// Free text, at most 128 characters; kept with the lease.
+    #[schema(max_length = 128, example = "living-room-tv")]
     pub device_id: Option<String>,
+    /// Free text, at most 128 characters; kept with the lease.
+    #[schema(max_length = 128, example = "movie-42")]
     pub content_id: Option<String>,
-    /// The user's plan, which selects the limit and on-limit policy.
+    /// The user's plan, which selects the limit and on-limit policy. Only
+    /// service callers may set it; a token's plan claim always wins.
+    #[schema(example = "premium")]
     pub plan: Option<String>,
-    /// Take-over: stop these streams of the same user to make room.
+    /// Take-over: revoke these live streams of the same user to make room,
+    /// all or nothing. Ids that are not the user's live streams are ignored.
     pub evict: Option<Vec<String>>,
 }
 
 /// `PUT /v1/users/{user_id}/limit` body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetLimitBody {
+    /// The user's new limit, 0 to 1000. Required.
+    #[schema(required = true, minimum = 0, maximum = 1000, example = 5)]
     pub limit: Option<u32>,
 }
 
 /// The `?plan=` query of the read routes.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PlanQuery {
+    /// Report the limit as it applies under this plan (services only).
     pub plan: Option<String>,
 }
 
 /// `GET|PUT /v1/users/{user_id}/limit`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LimitBody<'a> {
     pub user_id: &'a str,
+    /// The effective limit.
     pub limit: u32,
+    /// Where the limit comes from: `override`, `plan` or `default`.
+    #[schema(value_type = String, example = "override")]
     pub source: &'static str,
 }
 
 /// `DELETE /v1/users/{user_id}/streams`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RevokedBody<'a> {
+    /// The streams that were live and are now revoked, oldest first.
     pub revoked: Vec<&'a str>,
 }
 
 /// One live lease as listed in `active_streams`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StreamView<'a> {
     pub stream_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content_id: Option<&'a str>,
+    /// RFC 3339, UTC, microseconds.
+    #[schema(example = "2026-11-24T05:29:50.123456Z")]
     pub started_at: String,
+    /// RFC 3339, UTC, microseconds. The lease is live until then.
+    #[schema(example = "2026-11-24T05:30:50.123456Z")]
     pub expires_at: String,
 }
 
@@ -71,13 +91,15 @@ impl<'a> From<&'a Lease> for StreamView<'a> {
 }
 
 /// The 200/201 answer to an acquire.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LeaseBody<'a> {
     pub user_id: &'a str,
     #[serde(flatten)]
     pub lease: StreamView<'a>,
     pub ttl_seconds: u32,
-    /// `null` only when degraded: the store could not count.
+    /// Live leases after this request, this one included; `null` only when
+    /// degraded, as the store could not count.
+    #[schema(required = true)]
     pub active_streams: Option<u32>,
     pub limit: u32,
     /// Leases revoked to make room for this one; absent when none were.
@@ -130,6 +152,38 @@ impl<'a> LeaseBody<'a> {
     }
 }
 
+/// RFC 9457 problem details, the body of every error
+/// (`application/problem+json`). Extension members appear with the problem
+/// types that use them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProblemBody {
+    /// `https://streamcap.dev/problems/<slug>`; the slugs are listed in the
+    /// API description.
+    #[serde(rename = "type")]
+    #[schema(example = "https://streamcap.dev/problems/stream-limit-reached")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// `stream-limit-reached`: the effective limit.
+    pub limit: Option<u32>,
+    /// `stream-limit-reached`: the user's live streams, oldest first.
+    pub active_streams: Option<Vec<StreamView<'static>>>,
+    /// `stream-revoked`: `evicted_by_new_stream` or `revoked`.
+    pub reason: Option<String>,
+    /// `stream-revoked` after an eviction: the stream that took the seat.
+    pub by_stream_id: Option<String>,
+    /// `rate-limited`: also sent as the `Retry-After` header.
+    pub retry_after_seconds: Option<u64>,
+}
+
+/// `GET /livez` and `GET /readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusBody {
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
 /// How a [`LimitSource`] is spelled on the wire.
 pub fn source_name(source: LimitSource) -> &'static str {
     match source {
@@ -140,7 +194,7 @@ pub fn source_name(source: LimitSource) -> &'static str {
 }
 
 /// `GET /v1/users/{user_id}/streams`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ListBody<'a> {
     pub user_id: &'a str,
     pub limit: u32,

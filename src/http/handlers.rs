@@ -11,7 +11,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
-use super::dto::{self, AcquireBody, LeaseBody, LimitBody, ListBody, PlanQuery, RevokedBody, SetLimitBody, StreamView};
+#[allow(unused_imports)] // some are named only in #[utoipa::path] attributes
+use super::dto::{
+    self, AcquireBody, LeaseBody, LimitBody, ListBody, PlanQuery, ProblemBody, RevokedBody, SetLimitBody, StatusBody,
+    StreamView,
+};
 use super::extract::{OptionalJson, PlanParam, StreamPath, UserPath};
 use super::problem::{ApiError, Problem};
 use crate::auth::{AuthError, Caller};
@@ -102,6 +106,28 @@ fn resolve(state: &AppState, plan: Option<&str>) -> Result<Resolved, ApiError> {
     state.policy.resolve(plan).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/users/{user_id}/streams/{stream_id}",
+    tag = "streams",
+    summary = "Acquire or renew a stream's lease",
+    params(("user_id" = String, Path, description = "1-128 of [A-Za-z0-9._~:@-]"), ("stream_id" = String, Path, description = "1-128 of [A-Za-z0-9._~:@-]")),
+    request_body(content = Option<AcquireBody>, content_type = "application/json", description = "Optional; an empty body is fine"),
+    responses(
+        (status = 201, description = "A new lease was granted (Location header set)", body = LeaseBody),
+        (status = 200, description = "The live lease was renewed", body = LeaseBody),
+        (status = 409, description = "The account is full (`stream-limit-reached`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 410, description = "The stream was evicted or revoked (`stream-revoked`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 16 KiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed id, body or plan", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed for this credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Store unavailable or overloaded", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security((), ("bearer_jwt" = []), ("api_key" = []))
+)]
 pub(super) async fn acquire(
     State(state): State<AppState>,
     Authed(caller): Authed,
@@ -112,6 +138,26 @@ pub(super) async fn acquire(
     acquire_for(&state, &caller, user, stream, body).await
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/me/streams/{stream_id}",
+    tag = "me",
+    summary = "Acquire or renew, for the user of the token",
+    params(("stream_id" = String, Path, description = "1-128 of [A-Za-z0-9._~:@-]")),
+    request_body(content = Option<AcquireBody>, content_type = "application/json", description = "Optional; an empty body is fine"),
+    responses(
+        (status = 201, description = "A new lease was granted", body = LeaseBody),
+        (status = 200, description = "The live lease was renewed", body = LeaseBody),
+        (status = 409, description = "The account is full", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 410, description = "The stream was evicted or revoked", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed id, body or plan", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed for this credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Store unavailable or overloaded", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer_jwt" = []))
+)]
 pub(super) async fn acquire_mine(
     State(state): State<AppState>,
     Authed(caller): Authed,
@@ -217,6 +263,22 @@ async fn acquire_for(
     }
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{user_id}/streams/{stream_id}",
+    tag = "streams",
+    summary = "Release a stream's lease (no tombstone)",
+    params(("user_id" = String, Path), ("stream_id" = String, Path)),
+    responses(
+        (status = 204, description = "Released, or there was nothing to release"),
+        (status = 400, description = "Malformed id, body or plan", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed for this credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Store unavailable or overloaded", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security((), ("bearer_jwt" = []), ("api_key" = []))
+)]
 pub(super) async fn release(
     State(state): State<AppState>,
     Authed(caller): Authed,
@@ -227,6 +289,22 @@ pub(super) async fn release(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/me/streams/{stream_id}",
+    tag = "me",
+    summary = "Release, for the user of the token",
+    params(("stream_id" = String, Path)),
+    responses(
+        (status = 204, description = "Released, or there was nothing to release"),
+        (status = 400, description = "Malformed id, body or plan", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed for this credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Store unavailable or overloaded", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer_jwt" = []))
+)]
 pub(super) async fn release_mine(
     State(state): State<AppState>,
     Authed(caller): Authed,
@@ -239,6 +317,23 @@ pub(super) async fn release_mine(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{user_id}/streams",
+    tag = "streams",
+    summary = "Revoke every live stream of a user (admin)",
+    description = "Each revoked stream leaves a tombstone until its former expiry plus one TTL; a PUT for it gets 410.",
+    params(("user_id" = String, Path)),
+    responses(
+        (status = 200, description = "The streams that were revoked", body = RevokedBody),
+        (status = 400, description = "Malformed id, body or plan", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed for this credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Store unavailable or overloaded", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security((), ("bearer_jwt" = []), ("api_key" = []))
+)]
 pub(super) async fn revoke_all(
     State(state): State<AppState>,
     Authed(caller): Authed,
@@ -250,6 +345,22 @@ pub(super) async fn revoke_all(
     Ok(axum::Json(body).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user_id}/streams",
+    tag = "streams",
+    summary = "List a user's live streams, oldest first",
+    params(("user_id" = String, Path), PlanQuery),
+    responses(
+        (status = 200, description = "Live leases and the effective limit", body = ListBody),
+        (status = 400, description = "Malformed id, body or plan", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed for this credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Store unavailable or overloaded", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security((), ("bearer_jwt" = []), ("api_key" = []))
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     Authed(caller): Authed,
@@ -260,6 +371,22 @@ pub(super) async fn list(
     list_for(&state, &caller, user, query).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/me/streams",
+    tag = "me",
+    summary = "List the token user's live streams",
+    params(PlanQuery),
+    responses(
+        (status = 200, description = "Live leases and the effective limit", body = ListBody),
+        (status = 400, description = "Malformed id, body or plan", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed for this credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Store unavailable or overloaded", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer_jwt" = []))
+)]
 pub(super) async fn list_mine(
     State(state): State<AppState>,
     Authed(caller): Authed,
@@ -281,6 +408,22 @@ async fn list_for(state: &AppState, caller: &Caller, user: UserId, query: PlanQu
     Ok(axum::Json(body).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user_id}/limit",
+    tag = "limits",
+    summary = "The effective limit and its source",
+    params(("user_id" = String, Path), PlanQuery),
+    responses(
+        (status = 200, description = "Override, else the plan's limit, else the default", body = LimitBody),
+        (status = 400, description = "Malformed id, body or plan", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed for this credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Store unavailable or overloaded", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security((), ("bearer_jwt" = []), ("api_key" = []))
+)]
 pub(super) async fn get_limit(
     State(state): State<AppState>,
     Authed(caller): Authed,
@@ -294,6 +437,24 @@ pub(super) async fn get_limit(
     Ok(axum::Json(body).into_response())
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/users/{user_id}/limit",
+    tag = "limits",
+    summary = "Set a per-user override (admin)",
+    description = "Durable. Lowering it below the live count evicts nobody; new acquires are refused until the count drops.",
+    params(("user_id" = String, Path)),
+    request_body(content = SetLimitBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The override now in force", body = LimitBody),
+        (status = 400, description = "Malformed id, body or plan", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed for this credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Store unavailable or overloaded", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security((), ("bearer_jwt" = []), ("api_key" = []))
+)]
 pub(super) async fn set_limit(
     State(state): State<AppState>,
     Authed(caller): Authed,
@@ -309,6 +470,22 @@ pub(super) async fn set_limit(
     Ok(axum::Json(body).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{user_id}/limit",
+    tag = "limits",
+    summary = "Remove a per-user override (admin)",
+    params(("user_id" = String, Path)),
+    responses(
+        (status = 204, description = "Removed, or there was none"),
+        (status = 400, description = "Malformed id, body or plan", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed for this credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Store unavailable or overloaded", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security((), ("bearer_jwt" = []), ("api_key" = []))
+)]
 pub(super) async fn clear_limit(
     State(state): State<AppState>,
     Authed(caller): Authed,
@@ -319,10 +496,27 @@ pub(super) async fn clear_limit(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/livez",
+    tag = "operations",
+    summary = "Liveness: 200 while the process serves",
+    responses((status = 200, description = "Alive", body = StatusBody))
+)]
 pub(super) async fn livez() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness: 200 when the store answers",
+    responses(
+        (status = 200, description = "Ready", body = StatusBody),
+        (status = 503, description = "The store does not answer", body = ProblemBody, content_type = "application/problem+json")
+    )
+)]
 pub(super) async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     // Readiness must answer quickly even when the store hangs.
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {

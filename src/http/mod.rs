@@ -13,12 +13,14 @@ use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::StatusCode;
-use axum::routing::{get, put};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::Authenticator;
 use crate::policy::Policy;
@@ -31,6 +33,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 pub mod dto;
 mod extract;
 mod handlers;
+mod openapi;
 pub mod problem;
 pub mod protect;
 
@@ -64,15 +67,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let protection = state.protection;
     crate::metrics::handle();
-    let router = Router::new()
-        .route("/v1/users/{user_id}/streams/{stream_id}", put(acquire).delete(release))
-        .route("/v1/users/{user_id}/streams", get(list).delete(revoke_all))
-        .route("/v1/users/{user_id}/limit", get(get_limit).put(set_limit).delete(clear_limit))
-        .route("/v1/me/streams/{stream_id}", put(acquire_mine).delete(release_mine))
-        .route("/v1/me/streams", get(list_mine))
-        .route("/livez", get(livez))
-        .route("/readyz", get(readyz));
-    let router = if state.expose_metrics { router.route("/metrics", get(metrics_text)) } else { router };
+    let (router, _) = api_router(state.expose_metrics).split_for_parts();
     router
         .fallback(not_found)
         .with_state(state)
@@ -124,6 +119,39 @@ pub async fn serve(
     served
 }
 
+/// Every route, with its documentation: the router and the OpenAPI
+/// document come from these same `routes!` calls.
+fn api_router(with_metrics: bool) -> OpenApiRouter<AppState> {
+    let router = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(acquire, release))
+        .routes(routes!(list, revoke_all))
+        .routes(routes!(get_limit, set_limit, clear_limit))
+        .routes(routes!(acquire_mine, release_mine))
+        .routes(routes!(list_mine))
+        .routes(routes!(livez))
+        .routes(routes!(readyz))
+        .routes(routes!(openapi_json));
+    if with_metrics { router.routes(routes!(metrics_text)) } else { router }
+}
+
+/// The OpenAPI 3.1 document of this API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router(true).split_for_parts().1
+}
+
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    summary = "This document (OpenAPI 3.1)",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json"))
+)]
+async fn openapi_json() -> impl axum::response::IntoResponse {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let doc = DOC.get_or_init(|| openapi().to_pretty_json().unwrap_or_default());
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], doc.as_str())
+}
+
 /// The header that carries the request id, in and out.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -138,6 +166,14 @@ async fn track(req: Request, next: Next) -> Response {
     res
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics (text exposition format)",
+    description = "Not on this port when `--metrics-listen` is set.",
+    responses((status = 200, description = "Metrics", content_type = "text/plain"))
+)]
 async fn metrics_text() -> impl axum::response::IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], crate::metrics::render())
 }
@@ -149,7 +185,7 @@ pub async fn serve_metrics(
 ) -> std::io::Result<()> {
     crate::metrics::handle();
     let router = Router::new()
-        .route("/metrics", get(metrics_text))
+        .route("/metrics", axum::routing::get(metrics_text))
         .fallback(not_found)
         .layer(axum::middleware::map_response(problem::ensure_problem));
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
