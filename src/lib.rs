@@ -21,6 +21,7 @@
 //! - [`auth`]: who is calling (JWT or API key) and what they may do.
 //! - [`config`]: flags, environment and TOML file, merged and validated once.
 //! - [`metrics`]: Prometheus names and the recorder; labels never carry ids.
+//! - [`telemetry`]: log format and optional OTLP trace export.
 //! - [`shutdown`]: the SIGTERM/SIGINT future that starts a graceful stop.
 
 pub mod auth;
@@ -32,3 +33,4 @@ pub mod metrics;
 pub mod policy;
 pub mod shutdown;
 pub mod store;
+pub mod telemetry;
