@@ -25,6 +25,28 @@ use crate::metrics;
 use crate::policy::{OnStoreError, Resolved};
 use crate::store::StoreError;
 
+/// The error answers every authenticated route shares, for the OpenAPI
+/// document. Each is an RFC 9457 problem.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // a documentation type: never built
+enum CommonErrors {
+    /// Malformed id, body or plan
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(ProblemBody),
+    /// Missing or invalid credential (with `WWW-Authenticate: Bearer`)
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(ProblemBody),
+    /// Not allowed for this credential
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(ProblemBody),
+    /// Rate limited (with `Retry-After`)
+    #[response(status = 429, content_type = "application/problem+json")]
+    RateLimited(ProblemBody),
+    /// Store unavailable or overloaded
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(ProblemBody),
+}
+
 /// The authenticated caller, already charged one token of its
 /// per-credential rate limit.
 pub(super) struct Authed(Caller);
@@ -120,11 +142,7 @@ fn resolve(state: &AppState, plan: Option<&str>) -> Result<Resolved, ApiError> {
         (status = 410, description = "The stream was evicted or revoked (`stream-revoked`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body over 16 KiB", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 400, description = "Malformed id, body or plan", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid credential", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed for this credential", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Store unavailable or overloaded", body = ProblemBody, content_type = "application/problem+json"),
+        CommonErrors,
     ),
     security((), ("bearer_jwt" = []), ("api_key" = []))
 )]
@@ -150,11 +168,7 @@ pub(super) async fn acquire(
         (status = 200, description = "The live lease was renewed", body = LeaseBody),
         (status = 409, description = "The account is full", body = ProblemBody, content_type = "application/problem+json"),
         (status = 410, description = "The stream was evicted or revoked", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 400, description = "Malformed id, body or plan", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid credential", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed for this credential", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Store unavailable or overloaded", body = ProblemBody, content_type = "application/problem+json"),
+        CommonErrors,
     ),
     security(("bearer_jwt" = []))
 )]
@@ -271,11 +285,7 @@ async fn acquire_for(
     params(("user_id" = String, Path), ("stream_id" = String, Path)),
     responses(
         (status = 204, description = "Released, or there was nothing to release"),
-        (status = 400, description = "Malformed id, body or plan", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid credential", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed for this credential", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Store unavailable or overloaded", body = ProblemBody, content_type = "application/problem+json"),
+        CommonErrors,
     ),
     security((), ("bearer_jwt" = []), ("api_key" = []))
 )]
@@ -297,11 +307,7 @@ pub(super) async fn release(
     params(("stream_id" = String, Path)),
     responses(
         (status = 204, description = "Released, or there was nothing to release"),
-        (status = 400, description = "Malformed id, body or plan", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid credential", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed for this credential", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Store unavailable or overloaded", body = ProblemBody, content_type = "application/problem+json"),
+        CommonErrors,
     ),
     security(("bearer_jwt" = []))
 )]
@@ -326,11 +332,7 @@ pub(super) async fn release_mine(
     params(("user_id" = String, Path)),
     responses(
         (status = 200, description = "The streams that were revoked", body = RevokedBody),
-        (status = 400, description = "Malformed id, body or plan", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid credential", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed for this credential", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Store unavailable or overloaded", body = ProblemBody, content_type = "application/problem+json"),
+        CommonErrors,
     ),
     security((), ("bearer_jwt" = []), ("api_key" = []))
 )]
@@ -353,11 +355,7 @@ pub(super) async fn revoke_all(
     params(("user_id" = String, Path), PlanQuery),
     responses(
         (status = 200, description = "Live leases and the effective limit", body = ListBody),
-        (status = 400, description = "Malformed id, body or plan", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid credential", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed for this credential", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Store unavailable or overloaded", body = ProblemBody, content_type = "application/problem+json"),
+        CommonErrors,
     ),
     security((), ("bearer_jwt" = []), ("api_key" = []))
 )]
@@ -379,11 +377,7 @@ pub(super) async fn list(
     params(PlanQuery),
     responses(
         (status = 200, description = "Live leases and the effective limit", body = ListBody),
-        (status = 400, description = "Malformed id, body or plan", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid credential", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed for this credential", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Store unavailable or overloaded", body = ProblemBody, content_type = "application/problem+json"),
+        CommonErrors,
     ),
     security(("bearer_jwt" = []))
 )]
@@ -416,11 +410,7 @@ async fn list_for(state: &AppState, caller: &Caller, user: UserId, query: PlanQu
     params(("user_id" = String, Path), PlanQuery),
     responses(
         (status = 200, description = "Override, else the plan's limit, else the default", body = LimitBody),
-        (status = 400, description = "Malformed id, body or plan", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid credential", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed for this credential", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Store unavailable or overloaded", body = ProblemBody, content_type = "application/problem+json"),
+        CommonErrors,
     ),
     security((), ("bearer_jwt" = []), ("api_key" = []))
 )]
@@ -447,11 +437,7 @@ pub(super) async fn get_limit(
     request_body(content = SetLimitBody, content_type = "application/json"),
     responses(
         (status = 200, description = "The override now in force", body = LimitBody),
-        (status = 400, description = "Malformed id, body or plan", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid credential", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed for this credential", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Store unavailable or overloaded", body = ProblemBody, content_type = "application/problem+json"),
+        CommonErrors,
     ),
     security((), ("bearer_jwt" = []), ("api_key" = []))
 )]
@@ -478,11 +464,7 @@ pub(super) async fn set_limit(
     params(("user_id" = String, Path)),
     responses(
         (status = 204, description = "Removed, or there was none"),
-        (status = 400, description = "Malformed id, body or plan", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid credential", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed for this credential", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Store unavailable or overloaded", body = ProblemBody, content_type = "application/problem+json"),
+        CommonErrors,
     ),
     security((), ("bearer_jwt" = []), ("api_key" = []))
 )]
