@@ -323,26 +323,21 @@ fn build(args: ServeArgs) -> Result<Config, ConfigError> {
         )));
     }
 
+    // Redis settings are checked only when Redis is the store.
     let redis_url = args.redis_url.or(file.redis_url).unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned());
     let redis_urls: Vec<String> =
         redis_url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
-    if redis_urls.is_empty() {
-        return Err(ConfigError("--redis-url is empty".into()));
-    }
-    for url in &redis_urls {
-        if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
-            return Err(ConfigError(format!(
-                "--redis-url {:?} is not a redis:// or rediss:// URL",
-                store::redact_url(url)
-            )));
-        }
-    }
     let mode_name = args.redis_mode.or(file.redis_mode).unwrap_or_else(|| "standalone".to_owned());
     let redis_mode = RedisMode::parse(&mode_name)
-        .ok_or_else(|| ConfigError(format!("--redis-mode {mode_name:?} is not standalone or cluster")))?;
-    if redis_mode == RedisMode::Standalone && redis_urls.len() > 1 {
-        return Err(ConfigError("--redis-url lists several nodes; that needs --redis-mode cluster".into()));
-    }
+        .ok_or_else(|| ConfigError(format!("--redis-mode {mode_name:?} is not standalone or cluster")));
+    let redis_mode = match kind {
+        StoreKind::Redis => {
+            let mode = redis_mode?;
+            check_redis_urls(&redis_urls, mode)?;
+            mode
+        }
+        _ => redis_mode.unwrap_or(RedisMode::Standalone),
+    };
     let on_store_error = match args.on_store_error.or(file.on_store_error).as_deref() {
         None | Some("deny") => OnStoreError::Deny,
         Some("allow") => OnStoreError::Allow,
@@ -565,6 +560,27 @@ fn trim_newline(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
+fn check_redis_urls(urls: &[String], mode: RedisMode) -> Result<(), ConfigError> {
+    if urls.is_empty() {
+        return Err(ConfigError("--redis-url is empty".into()));
+    }
+    for url in urls {
+        if url.starts_with("rediss://") {
+            return Err(ConfigError(format!(
+                "--redis-url {:?}: TLS (rediss://) is not built into this binary yet",
+                store::redact_url(url)
+            )));
+        }
+        if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+            return Err(ConfigError(format!("--redis-url {:?} is not a redis:// URL", store::redact_url(url))));
+        }
+    }
+    if mode == RedisMode::Standalone && urls.len() > 1 {
+        return Err(ConfigError("--redis-url lists several nodes; that needs --redis-mode cluster".into()));
+    }
+    Ok(())
+}
+
 fn parse_on_limit(value: &str, name: &str) -> Result<OnLimit, ConfigError> {
     OnLimit::parse(value)
         .ok_or_else(|| ConfigError(format!("{name} {value:?} is not a known policy ({})", OnLimit::NAMES)))
@@ -659,9 +675,28 @@ mod tests {
             (vec!["serve".into(), "--lease-ttl".into(), "abc".into()], "--lease-ttl"),
             (vec!["serve".into(), "--store".into(), "mongo".into()], "--store"),
             (vec!["serve".into(), "--store".into(), "dynamodb".into()], "not built into this binary"),
-            (vec!["serve".into(), "--redis-mode".into(), "sentinel".into()], "--redis-mode"),
-            (vec!["serve".into(), "--redis-url".into(), "http://x".into()], "--redis-url"),
-            (vec!["serve".into(), "--redis-url".into(), "redis://a:1,redis://b:2".into()], "--redis-mode cluster"),
+            (
+                vec!["serve".into(), "--store".into(), "redis".into(), "--redis-mode".into(), "sentinel".into()],
+                "--redis-mode",
+            ),
+            (
+                vec!["serve".into(), "--store".into(), "redis".into(), "--redis-url".into(), "http://x".into()],
+                "--redis-url",
+            ),
+            (
+                vec![
+                    "serve".into(),
+                    "--store".into(),
+                    "redis".into(),
+                    "--redis-url".into(),
+                    "redis://a:1,redis://b:2".into(),
+                ],
+                "--redis-mode cluster",
+            ),
+            (
+                vec!["serve".into(), "--store".into(), "redis".into(), "--redis-url".into(), "rediss://h:1".into()],
+                "TLS",
+            ),
             (vec!["serve".into(), "--on-store-error".into(), "maybe".into()], "--on-store-error"),
             (vec!["serve".into(), "--log-format".into(), "xml".into()], "--log-format"),
             (vec!["serve".into(), "--metrics-listen".into(), "nowhere".into()], "--metrics-listen"),
@@ -696,7 +731,7 @@ mod tests {
             ("colour = \"red\"\n", "colour"),
             ("default_limit = \"three\"\n", "line 1"),
             ("store = \"dynamodb\"\n", "not built into this binary"),
-            ("redis_mode = \"ring\"\n", "--redis-mode"),
+            ("store = \"redis\"\nredis_mode = \"ring\"\n", "--redis-mode"),
         ] {
             let f = file(text);
             let e = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap_err().0;

@@ -154,7 +154,7 @@ impl Store {
             StoreKind::Sqlite => Box::new(sqlite::SqliteBackend::open(&config.data_dir, clock)?),
             // Redis reads its own clock (TIME), so that every instance agrees.
             #[cfg(feature = "redis")]
-            StoreKind::Redis => Box::new(redis::RedisBackend::open(&config.redis_urls, config.redis_mode, None).await?),
+            StoreKind::Redis => Box::new(redis::RedisBackend::open(&config.redis_urls, config.redis_mode).await?),
             #[allow(unreachable_patterns)]
             kind => {
                 return Err(OpenError(format!(

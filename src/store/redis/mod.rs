@@ -48,12 +48,24 @@ enum Conn {
 }
 
 impl RedisBackend {
-    /// Connects to `urls` (one URL, or the seed nodes of a cluster).
-    pub(super) async fn open(
+    /// Connects to `urls` (one URL, or the seed nodes of a cluster). Every
+    /// decision reads Redis's own clock.
+    pub(super) async fn open(urls: &[String], mode: RedisMode) -> Result<Self, OpenError> {
+        Self::connect(urls, mode, None).await
+    }
+
+    /// Like `open`, but the script is handed this clock's time instead of
+    /// reading TIME: only tests can build such a backend.
+    #[cfg(test)]
+    pub(super) async fn open_with_clock(
         urls: &[String],
         mode: RedisMode,
-        test_clock: Option<Arc<dyn Clock>>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self, OpenError> {
+        Self::connect(urls, mode, Some(clock)).await
+    }
+
+    async fn connect(urls: &[String], mode: RedisMode, test_clock: Option<Arc<dyn Clock>>) -> Result<Self, OpenError> {
         let shown = urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(",");
         let fail =
             |e: redis::RedisError| OpenError(format!("cannot connect to redis ({}) at {shown}: {e}", mode.name()));
@@ -306,13 +318,21 @@ impl Backend for RedisBackend {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut cmd = redis::cmd("PING");
-            let result: redis::RedisResult<String> = match self.conn.clone() {
-                Conn::Standalone(mut c) => cmd.query_async(&mut c).await,
-                // Routed to every primary: ready only when all of them answer.
-                Conn::Cluster(mut c) => cmd.arg("streamcap").query_async(&mut c).await,
-            };
-            result.map(|_| ()).map_err(|e| StoreError::Unavailable(format!("redis ping: {e}")))
+            let fail = |e: redis::RedisError| StoreError::Unavailable(format!("redis: {e}"));
+            match self.conn.clone() {
+                Conn::Standalone(mut c) => {
+                    redis::cmd("PING").query_async::<String>(&mut c).await.map_err(fail)?;
+                }
+                // A cluster is ready only when every slot has a live primary:
+                // cluster_state turns to fail once a primary is lost.
+                Conn::Cluster(mut c) => {
+                    let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await.map_err(fail)?;
+                    if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
+                        return Err(StoreError::Unavailable("redis cluster_state is not ok".into()));
+                    }
+                }
+            }
+            Ok(())
         })
     }
 
@@ -340,7 +360,7 @@ mod tests {
     const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
 
     async fn open(urls: Vec<String>, mode: RedisMode, clock: &ManualClock) -> Store {
-        let backend = RedisBackend::open(&urls, mode, Some(Arc::new(clock.clone()))).await.unwrap();
+        let backend = RedisBackend::open_with_clock(&urls, mode, Arc::new(clock.clone())).await.unwrap();
         Store::for_test(Box::new(backend))
     }
 
