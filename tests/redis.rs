@@ -21,8 +21,10 @@ fn cluster_args(cluster: &RedisCluster) -> Vec<String> {
     ]
 }
 
+/// Starts an instance; rate limits are off, as these tests are about the store.
 fn start(args: &[String], extra: &[&str]) -> Process {
     let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+    all.extend(["--user-rate-limit", "0", "--credential-rate-limit", "0"]);
     all.extend(extra);
     Process::start(&all)
 }
