@@ -15,6 +15,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::StatusCode;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -90,7 +91,9 @@ pub fn app(state: AppState) -> Router {
                 .layer(axum::middleware::map_response(problem::ensure_problem))
                 .layer(HandleErrorLayer::new(protect::shed))
                 .load_shed()
-                .concurrency_limit(protection.max_concurrent_requests)
+                // Global: axum clones layers per route, and a plain
+                // concurrency limit would then count each route apart.
+                .layer(GlobalConcurrencyLimitLayer::new(protection.max_concurrent_requests))
                 .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, protection.request_timeout))
                 .layer(axum::middleware::from_fn(protect::limit_headers))
                 .layer(CatchPanicLayer::new())

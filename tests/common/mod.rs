@@ -34,7 +34,7 @@ pub struct Server {
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
-    _redis: Option<redis::RedisServer>,
+    pub redis: Option<redis::RedisServer>,
 }
 
 impl Server {
@@ -74,7 +74,7 @@ impl Server {
             .await
             .unwrap();
         });
-        Server { base, store, client: reqwest::Client::new(), stop: Some(stop), _dir: dir, _redis: redis }
+        Server { base, store, client: reqwest::Client::new(), stop: Some(stop), _dir: dir, redis }
     }
 
     pub fn url(&self, path: &str) -> String {
