@@ -154,19 +154,20 @@ struct ServeArgs {
     #[arg(long, env = "STREAMCAP_JWT_PLAN_CLAIM", value_name = "CLAIM")]
     jwt_plan_claim: Option<String>,
     /// Allow auth mode none on a non-loopback address (logs a loud warning)
-    #[arg(long, env = "STREAMCAP_INSECURE_NO_AUTH")]
-    insecure_no_auth: bool,
+    #[arg(long, env = "STREAMCAP_INSECURE_NO_AUTH", value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    insecure_no_auth: Option<bool>,
 
     /// Requests per second per user, 0 = off [default: 20]
     #[arg(long, env = "STREAMCAP_USER_RATE_LIMIT", value_name = "RPS")]
     user_rate_limit: Option<u32>,
-    /// Burst per user above the rate [default: 40]
+    /// Bucket size per user: requests allowed at once [default: 40]
     #[arg(long, env = "STREAMCAP_USER_RATE_BURST", value_name = "N")]
     user_rate_burst: Option<u32>,
     /// Requests per second per credential, 0 = off [default: 2000]
     #[arg(long, env = "STREAMCAP_CREDENTIAL_RATE_LIMIT", value_name = "RPS")]
     credential_rate_limit: Option<u32>,
-    /// Burst per credential above the rate [default: 4000]
+    /// Bucket size per credential: requests allowed at once [default: 4000]
     #[arg(long, env = "STREAMCAP_CREDENTIAL_RATE_BURST", value_name = "N")]
     credential_rate_burst: Option<u32>,
     /// Seconds before a request is abandoned with 408, 1..=300 [default: 10]
@@ -286,7 +287,7 @@ fn build(args: ServeArgs) -> Result<Config, ConfigError> {
         Some(path) => read_file(path)?,
         None => FileConfig::default(),
     };
-    let file_insecure = file.auth.insecure_no_auth.unwrap_or(false);
+    let insecure_no_auth = args.insecure_no_auth.or(file.auth.insecure_no_auth).unwrap_or(false);
     let args_auth = AuthArgs {
         mode: args.auth_mode.clone(),
         secret_file: args.jwt_secret_file.clone(),
@@ -297,7 +298,6 @@ fn build(args: ServeArgs) -> Result<Config, ConfigError> {
         audience: args.jwt_audience.clone(),
         user_claim: args.jwt_user_claim.clone(),
         plan_claim: args.jwt_plan_claim.clone(),
-        insecure_no_auth: args.insecure_no_auth,
     };
     let in_file = |key: &str| match &args.config {
         Some(p) => format!("{key} in {}", p.display()),
@@ -382,7 +382,6 @@ fn build(args: ServeArgs) -> Result<Config, ConfigError> {
     }
 
     let auth = build_auth(&args_auth, file.auth, &in_file)?;
-    let insecure_no_auth = args_auth.insecure_no_auth || file_insecure;
     if auth.is_open() {
         let public: Vec<_> = listen
             .to_socket_addrs()
@@ -478,7 +477,6 @@ struct AuthArgs {
     audience: Option<String>,
     user_claim: Option<String>,
     plan_claim: Option<String>,
-    insecure_no_auth: bool,
 }
 
 fn build_auth(args: &AuthArgs, file: FileAuth, in_file: &dyn Fn(&str) -> String) -> Result<Authenticator, ConfigError> {
@@ -499,6 +497,9 @@ fn build_auth(args: &AuthArgs, file: FileAuth, in_file: &dyn Fn(&str) -> String)
         };
         if k.name.is_empty() {
             return Err(ConfigError(format!("{at}: name must not be empty")));
+        }
+        if let Some(other) = api_keys.iter().find(|o: &&ApiKey| o.sha256 == sha256 || o.name == k.name) {
+            return Err(ConfigError(format!("{at}: the same key or name as {:?} is listed twice", other.name)));
         }
         api_keys.push(ApiKey { name: k.name, sha256, scope });
     }

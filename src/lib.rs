@@ -15,7 +15,7 @@
 //! - [`policy`]: plans, limits and on-limit behaviour, resolved per request.
 //! - [`clock`]: where "now" comes from; a manual clock for tests.
 //! - [`store`]: the [`store::Store`] handle and its backends (memory,
-//!   sqlite), each running the rules atomically per user.
+//!   sqlite, redis), each running the rules atomically per user.
 //! - [`http`]: the only module that knows HTTP and JSON: routes, bodies,
 //!   problem+json errors.
 //! - [`auth`]: who is calling (JWT or API key) and what they may do.

@@ -48,7 +48,10 @@ fn describe() {
     describe_histogram!(HTTP_SECONDS, Unit::Seconds, "HTTP request latency by matched route.");
     describe_histogram!(STORE_SECONDS, Unit::Seconds, "Store operation latency, queueing included.");
     describe_gauge!("streamcap_live_leases", "Live leases in the store, as of the last sweep (memory and sqlite).");
-    describe_counter!("streamcap_store_errors_total", "Store operations that failed or timed out (answered 503).");
+    describe_counter!(
+        "streamcap_store_errors_total",
+        "Store operations that failed or timed out (503, or a degraded grant under on_store_error = allow)."
+    );
     describe_counter!("streamcap_shadow_would_deny_total", "Shadow mode: grants that enforcement would have refused.");
     describe_counter!("streamcap_shadow_would_evict_total", "Shadow mode: evictions that enforcement would have made.");
     describe_counter!("streamcap_degraded_grants_total", "Grants made unchecked because the store was down.");

@@ -168,26 +168,27 @@ fn lock_data_dir(dir: &Path) -> Result<File, OpenError> {
     Ok(file)
 }
 
-fn prepare(conn: &Connection) -> rusqlite::Result<()> {
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+fn prepare(conn: &Connection) -> Result<(), String> {
+    let sql = |e: rusqlite::Error| e.to_string();
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(sql)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(rusqlite::Error::InvalidParameterName(format!("journal_mode is {mode}, WAL is required")));
+        return Err(format!("journal_mode is {mode}, WAL is required"));
     }
     // FULL: a commit returns only after the WAL is fsynced, so an answer
     // survives a power cut, not only a process crash.
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql)?;
     if version > MIGRATIONS.len() {
-        return Err(rusqlite::Error::InvalidParameterName(format!(
-            "schema version {version} is newer than this binary understands ({})",
+        return Err(format!(
+            "schema version {version} is newer than this binary understands ({}); upgrade streamcap",
             MIGRATIONS.len()
-        )));
+        ));
     }
     for (i, migration) in MIGRATIONS.iter().enumerate().skip(version) {
-        let tx = conn.unchecked_transaction()?;
-        tx.execute_batch(migration)?;
-        tx.pragma_update(None, "user_version", i + 1)?;
-        tx.commit()?;
+        let tx = conn.unchecked_transaction().map_err(sql)?;
+        tx.execute_batch(migration).map_err(sql)?;
+        tx.pragma_update(None, "user_version", i + 1).map_err(sql)?;
+        tx.commit().map_err(sql)?;
     }
     Ok(())
 }
