@@ -1,0 +1,414 @@
+//! The processes a run starts and watches: the real `streamcap` binary,
+//! a private `redis-server`, `redis-cli` and `redis-benchmark`.
+//!
+//! Everything listens on 127.0.0.1 only. streamcap gets `--listen
+//! 127.0.0.1:0` and we read the port it bound from its `listening addr=…`
+//! log line, so there is no race for a free port. redis-server needs a port
+//! up front; we pick a free one and retry if it was taken meanwhile. Every
+//! child is stopped by its PID: on purpose with SIGTERM or SIGKILL, and by
+//! `Drop` otherwise. Every wait has a deadline.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+/// Every command line the run spawned, for the report.
+#[derive(Default, Clone)]
+pub struct CommandLog(Arc<Mutex<Vec<String>>>);
+
+impl CommandLog {
+    pub fn record(&self, program: &str, args: &[String]) {
+        let line = std::iter::once(program.to_owned()).chain(args.iter().map(|a| shell_quote(a))).collect::<Vec<_>>();
+        let line = line.join(" ");
+        let mut log = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !log.contains(&line) {
+            log.push(line);
+        }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+pub fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@%+".contains(&b));
+    if plain { s.to_owned() } else { format!("'{}'", s.replace('\'', r"'\''")) }
+}
+
+/// A running `streamcap` server.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    /// From spawn to the `listening` log line.
+    pub to_listening: Duration,
+    pub spawned_at: Instant,
+    log: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Server {
+    /// Starts `bin serve ARGS --listen 127.0.0.1:0` and waits (at most
+    /// `limit`) until it logs the address it listens on.
+    pub fn start(bin: &Path, args: &[String], limit: Duration, commands: &CommandLog) -> Result<Server, String> {
+        let mut all = vec!["serve".to_owned(), "--listen".to_owned(), "127.0.0.1:0".to_owned()];
+        all.extend(args.iter().cloned());
+        commands.record(&format!("RUST_LOG=info {}", bin.display()), &all);
+        let spawned_at = Instant::now();
+        let mut child = Command::new(bin)
+            .args(&all)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let stderr = child.stderr.take().ok_or("no stderr pipe")?;
+        let log = Arc::new(Mutex::new(VecDeque::new()));
+        let (tx, rx) = mpsc::channel();
+        let keep = log.clone();
+        // Drains stderr for the server's whole life, keeping the last lines
+        // for error messages; the first `listening` line gives the address.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening")
+                    && let Some(addr) = line.split_whitespace().find_map(|w| w.strip_prefix("addr="))
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addr.to_owned());
+                }
+                let mut keep = keep.lock().unwrap_or_else(|e| e.into_inner());
+                if keep.len() == 40 {
+                    keep.pop_front();
+                }
+                keep.push_back(line);
+            }
+        });
+        let mut server =
+            Server { child, addr: "127.0.0.1:0".parse().unwrap(), to_listening: Duration::ZERO, spawned_at, log };
+        let deadline = spawned_at + limit;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(addr) => {
+                    server.to_listening = spawned_at.elapsed();
+                    server.addr = addr.parse().map_err(|e| format!("bad listening address {addr:?}: {e}"))?;
+                    return Ok(server);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                    if let Ok(Some(status)) = server.child.try_wait() {
+                        return Err(format!("streamcap exited with {status} before listening:\n{}", server.tail()));
+                    }
+                }
+                Err(_) => return Err(format!("streamcap did not listen within {limit:?}:\n{}", server.tail())),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last lines the server logged.
+    pub fn tail(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Sends SIGTERM and waits (at most `limit`) for a clean exit. Returns
+    /// how long the shutdown took.
+    pub fn terminate(mut self, limit: Duration) -> Result<Duration, String> {
+        let t = Instant::now();
+        signal(self.pid(), libc::SIGTERM);
+        let deadline = t + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                let took = t.elapsed();
+                return if status.success() {
+                    Ok(took)
+                } else {
+                    Err(format!("streamcap exited with {status} on SIGTERM:\n{}", self.tail()))
+                };
+            }
+            if Instant::now() > deadline {
+                return Err(format!("streamcap did not exit within {limit:?} of SIGTERM:\n{}", self.tail()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGKILL, like a crash; waits for the process to be gone.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) with the PID of a child we spawned and still own.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Resident set size of a process, in bytes (VmRSS in /proc/PID/status).
+pub fn rss_bytes(pid: u32) -> Result<u64, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| format!("no VmRSS for pid {pid}"))
+}
+
+/// User + system CPU seconds a process has used, from /proc/PID/stat
+/// (`self` for this process).
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall, so the 12th and 13th after it.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) as f64 / hz
+}
+
+/// Seconds the threads of a process (`self` for this one) spent runnable
+/// but waiting for a CPU, summed over its threads
+/// (/proc/PID/task/*/schedstat, second field). Threads that exited are
+/// not counted.
+pub fn runqueue_wait_seconds(pid: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
+    let ns: u64 = tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
+}
+
+/// Seconds of CPU time the whole machine spent busy (everything but idle
+/// and iowait), and of that, stolen by the hypervisor, since boot.
+pub fn machine_cpu_seconds() -> (f64, f64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return (0.0, 0.0) };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else { return (0.0, 0.0) };
+    // user nice system idle iowait irq softirq steal guest guest_nice
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+    (busy as f64 / hz, at(7) as f64 / hz)
+}
+
+/// CPU seconds used by children this process has waited for.
+pub fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Median and worst latency, in µs, of a 4 KiB write plus `fdatasync` in
+/// `dir`, over up to 100 tries (at most 10 s). Group commit cannot answer
+/// faster than this, so it bounds the sqlite store.
+pub fn fsync_latency(dir: &Path) -> Result<(f64, f64), String> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("fsync-probe");
+    let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let block = [0x5au8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut took = Vec::with_capacity(100);
+    for i in 0..100u64 {
+        let t = Instant::now();
+        file.write_all_at(&block, i * 4096).map_err(|e| e.to_string())?;
+        file.sync_data().map_err(|e| e.to_string())?;
+        took.push(t.elapsed().as_secs_f64() * 1e6);
+        if Instant::now() > deadline {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    took.sort_by(f64::total_cmp);
+    Ok((took[took.len() / 2], took[took.len() - 1]))
+}
+
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()))
+}
+
+/// A private `redis-server` on a free loopback port, in a temp dir, with
+/// persistence off.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start(commands: &CommandLog) -> Result<Redis, String> {
+        let bin = which("redis-server").ok_or("redis-server is not installed (scripts/bench installs it)")?;
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port()?;
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let args: Vec<String> = [
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "no",
+                "--loglevel",
+                "warning",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            commands.record("redis-server", &args);
+            let child = Command::new(&bin)
+                .args(&args)
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start redis-server: {e}"))?;
+            let mut redis = Redis { child, port, _dir: dir };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if redis.ping() {
+                    return Ok(redis);
+                }
+                if let Ok(Some(status)) = redis.child.try_wait() {
+                    last = format!("redis-server on port {port} exited with {status}");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if last.is_empty() {
+                last = format!("redis-server on port {port} did not answer PING within 10 s");
+            }
+        }
+        Err(last)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    /// Runs `redis-cli -p PORT ARGS` and returns its trimmed stdout.
+    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let bin = which("redis-cli").ok_or("redis-cli is not installed (scripts/bench installs it)")?;
+        let out = Command::new(bin)
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("redis-cli: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("redis-cli {}: {}", args.first().unwrap_or(&""), String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+/// Runs a command with a deadline; kills it by PID when the deadline passes.
+pub fn run_bounded(program: &Path, args: &[String], limit: Duration) -> Result<String, String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+    let mut stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let mut stderr = child.stderr.take().ok_or("no stderr pipe")?;
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{} did not finish within {limit:?}", program.display()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    if status.success() { Ok(out) } else { Err(format!("{} exited with {status}: {err}", program.display())) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_only_what_needs_it() {
+        assert_eq!(shell_quote("--port"), "--port");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("sc:{u__rand_int__}:s"), "'sc:{u__rand_int__}:s'");
+        assert_eq!(shell_quote(r#"{"a":"it's"}"#), r#"'{"a":"it'\''s"}'"#);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        assert!(rss_bytes(std::process::id()).unwrap() > 0);
+        assert!(cpu_seconds("self") >= 0.0);
+    }
+}

@@ -1,0 +1,639 @@
+//! The results of a run, as JSON (serde) and as the Markdown section that
+//! `docs/benchmarks.md` carries between two marker comments.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::load::Outcome;
+use crate::workload::Kind;
+
+#[derive(Serialize, Deserialize)]
+pub struct Report {
+    pub mode: String,
+    pub date: String,
+    pub machine: Machine,
+    pub build: Build,
+    pub params: Params,
+    pub commands: Vec<String>,
+    pub stores: Vec<StoreReport>,
+    pub footprint: Vec<Footprint>,
+    pub recovery: Vec<Recovery>,
+    pub targets: Vec<Target>,
+    pub failures: Vec<String>,
+    pub total_seconds: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub memory_total: String,
+    pub kernel: String,
+    /// Where the sqlite data dirs live, and its 4 KiB write + fdatasync
+    /// latency (median, worst of 100), measured at the start of the run.
+    pub data_dir_filesystem: String,
+    pub fsync_p50_us: f64,
+    pub fsync_max_us: f64,
+    pub loadavg_before: String,
+    pub loadavg_after: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Build {
+    pub server_binary: String,
+    pub git_revision: String,
+    pub rustc: String,
+    pub redis_server: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Params {
+    pub connections: usize,
+    pub client_threads: usize,
+    pub users: usize,
+    pub zipf_exponent: f64,
+    pub zipf_top_user_share: f64,
+    pub sessions_per_connection: usize,
+    pub renewals_per_session: u32,
+    pub livez_seconds: f64,
+    pub mix_seconds: f64,
+    pub open_loop_seconds: f64,
+    /// Compared phases alternate in this many rounds.
+    pub rounds: u32,
+    pub leases: u64,
+    pub server_flags: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Default)]
+pub struct Latency {
+    pub count: u64,
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+}
+
+impl Latency {
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        let us = |ns: u64| (ns as f64 / 100.0).round() / 10.0;
+        if h.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            count: h.len(),
+            mean_us: (h.mean() / 100.0).round() / 10.0,
+            p50_us: us(h.value_at_quantile(0.50)),
+            p90_us: us(h.value_at_quantile(0.90)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+pub struct Phase {
+    pub name: String,
+    pub pace: String,
+    pub connections: usize,
+    pub offered_rate: Option<f64>,
+    pub seconds: f64,
+    pub requests: u64,
+    pub throughput: f64,
+    pub latency: Latency,
+    pub by_kind: BTreeMap<String, Latency>,
+    pub statuses: BTreeMap<String, u64>,
+    pub unexpected_statuses: u64,
+    pub server_errors_5xx: u64,
+    pub io_errors: u64,
+    pub first_error: Option<String>,
+    pub late_sends: u64,
+    pub cpu: Cpu,
+}
+
+/// CPU over the measured window, in cores (CPU seconds per second) and in
+/// microseconds per request.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct Cpu {
+    pub client_cores: f64,
+    pub server_cores: f64,
+    pub redis_cores: Option<f64>,
+    pub client_us_per_request: f64,
+    pub server_us_per_request: f64,
+    pub redis_us_per_request: Option<f64>,
+    /// The whole machine, from /proc/stat: busy cores (our processes,
+    /// kernel network work, and anything else running) and stolen cores.
+    #[serde(default)]
+    pub machine_busy_cores: f64,
+    #[serde(default)]
+    pub steal_cores: f64,
+    /// Milliseconds per second that the client's and the server's threads
+    /// were runnable but waiting for a CPU (summed over their threads).
+    #[serde(default)]
+    pub client_runqueue_ms_per_s: f64,
+    #[serde(default)]
+    pub server_runqueue_ms_per_s: f64,
+}
+
+impl Phase {
+    pub fn from(name: &str, pace: &str, connections: usize, offered_rate: Option<f64>, o: &Outcome) -> Phase {
+        let seconds = o.wall.as_secs_f64();
+        let requests = o.requests();
+        let by_kind = Kind::ALL
+            .iter()
+            .filter(|k| !o.by_kind[k.index()].is_empty())
+            .map(|k| (k.name().to_owned(), Latency::of(&o.by_kind[k.index()])))
+            .collect();
+        let statuses = o.statuses.iter().map(|((k, s), n)| (format!("{} {s}", k.name()), *n)).collect();
+        let per_req = |cpu: f64| if requests == 0 { 0.0 } else { round1(cpu * 1e6 / requests as f64) };
+        let server = o.watched_cpu.first().copied().unwrap_or(0.0);
+        let redis = o.watched_cpu.get(1).copied();
+        Phase {
+            name: name.to_owned(),
+            pace: pace.to_owned(),
+            connections,
+            offered_rate: offered_rate.map(round1),
+            seconds: round3(seconds),
+            requests,
+            throughput: round1(requests as f64 / seconds.max(1e-9)),
+            latency: Latency::of(&o.all),
+            by_kind,
+            statuses,
+            unexpected_statuses: o.unexpected(),
+            server_errors_5xx: o.server_errors(),
+            io_errors: o.io_errors,
+            first_error: o.first_error.clone(),
+            late_sends: o.late,
+            cpu: Cpu {
+                client_cores: round3(o.client_cpu / seconds.max(1e-9)),
+                server_cores: round3(server / seconds.max(1e-9)),
+                redis_cores: redis.map(|r| round3(r / seconds.max(1e-9))),
+                client_us_per_request: per_req(o.client_cpu),
+                server_us_per_request: per_req(server),
+                redis_us_per_request: redis.map(per_req),
+                machine_busy_cores: round3(o.machine_busy / seconds.max(1e-9)),
+                steal_cores: round3(o.machine_steal / seconds.max(1e-9)),
+                client_runqueue_ms_per_s: round1(o.client_wait * 1e3 / seconds.max(1e-9)),
+                server_runqueue_ms_per_s: round1(
+                    o.watched_wait.first().copied().unwrap_or(0.0) * 1e3 / seconds.max(1e-9),
+                ),
+            },
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct StoreReport {
+    pub store: String,
+    /// Conditions right before this store's phases: the load average and
+    /// the data-dir filesystem's fsync latency (median, worst; µs).
+    pub loadavg_before: String,
+    pub fsync_before_us: (f64, f64),
+    pub livez: Phase,
+    pub mix: Phase,
+    /// mix throughput / livez throughput on the same server.
+    pub mix_to_livez: f64,
+    pub half_load_mix: Phase,
+    pub half_load_livez: Phase,
+    /// half-load mix p99 / half-load livez p99.
+    pub half_load_p99_ratio: f64,
+    pub redis_ceiling: Option<RedisCeiling>,
+    /// mix throughput / EVALSHA ceiling.
+    pub mix_to_evalsha: Option<f64>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct RedisCeiling {
+    pub command: String,
+    pub requests: u64,
+    pub throughput: f64,
+    pub avg_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub benchmark_cpu_cores: f64,
+    pub redis_cores: f64,
+    /// Microseconds per EVALSHA inside Redis (INFO commandstats), for the
+    /// ceiling and for the HTTP mix.
+    pub evalsha_us_in_redis: Option<f64>,
+    pub mix_evalsha_us_in_redis: Option<f64>,
+    pub same_script_as_server: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Footprint {
+    pub store: String,
+    pub leases_requested: u64,
+    pub leases_created: u64,
+    pub users: u64,
+    pub fill: Phase,
+    pub rss_before: u64,
+    pub rss_after: u64,
+    pub rss_bytes_per_lease: f64,
+    pub disk_bytes: Option<u64>,
+    pub disk_bytes_per_lease: Option<f64>,
+    pub full_user_probe_status: u16,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Recovery {
+    pub store: String,
+    pub leases: u64,
+    /// "SIGTERM" (clean shutdown, then restart) or "SIGKILL" (crash).
+    pub stop: String,
+    pub shutdown_seconds: Option<f64>,
+    pub to_listening_seconds: f64,
+    pub to_ready_seconds: f64,
+    pub to_first_decision_seconds: f64,
+    pub first_decision_status: u16,
+    pub renew_status: u16,
+    pub last_user_status: u16,
+    pub correct: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Target {
+    pub name: String,
+    pub target: String,
+    pub measured: String,
+    pub met: Option<bool>,
+}
+
+/// An integer with thousands separators, for tables.
+pub fn int(n: f64) -> String {
+    let s = format!("{:.0}", n);
+    let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    format!("{sign}{out}")
+}
+
+pub fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn yes_no(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "**met**",
+        Some(false) => "**missed**",
+        None => "not measured",
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+impl Report {
+    /// The generated section of docs/benchmarks.md.
+    pub fn markdown(&self) -> String {
+        let mut m = String::new();
+        let label = if self.mode == "quick" { "Quick run" } else { "Full run" };
+        let _ = writeln!(m, "### {label}: {}\n", self.date);
+        if self.mode == "quick" {
+            let _ = writeln!(
+                m,
+                "A **quick** run: short phases and {} leases instead of 1,000,000. Its footprint and recovery \
+                 numbers are for {} leases only.\n",
+                int(self.params.leases as f64),
+                int(self.params.leases as f64)
+            );
+        }
+        let mc = &self.machine;
+        let _ = writeln!(
+            m,
+            "**Machine.** {} CPUs ({}), {} RAM, Linux {}.",
+            mc.nproc, mc.cpu_model, mc.memory_total, mc.kernel
+        );
+        let _ = writeln!(
+            m,
+            "Data dirs on {}; a 4 KiB write + fdatasync there takes {:.0} µs (median of 100; worst {:.0} µs).",
+            mc.data_dir_filesystem, mc.fsync_p50_us, mc.fsync_max_us
+        );
+        let _ = writeln!(
+            m,
+            "Load average (1, 5, 15 min) before the run: {}; after: {} (the run itself keeps both cores busy).",
+            mc.loadavg_before, mc.loadavg_after
+        );
+        let b = &self.build;
+        let _ = writeln!(m, "Server: `{}` at {}, {}; {}.", b.server_binary, b.git_revision, b.rustc, b.redis_server);
+        let p = &self.params;
+        let _ = writeln!(
+            m,
+            "Load: {} keep-alive HTTP/1.1 connections from {} client thread(s), closed loop; {} users, Zipf \
+             exponent {} (the busiest user gets {:.1} % of new sessions); {} sessions per connection, each \
+             acquire → {} renewals → release. Phases: /livez {} s, mix {} s, each open-loop phase {} s, \
+             each pair alternating in {} round(s). The whole run took {:.0} s.\n",
+            p.connections,
+            p.client_threads,
+            int(p.users as f64),
+            p.zipf_exponent,
+            p.zipf_top_user_share * 100.0,
+            p.sessions_per_connection,
+            p.renewals_per_session,
+            p.livez_seconds,
+            p.mix_seconds,
+            p.open_loop_seconds,
+            p.rounds,
+            self.total_seconds
+        );
+
+        let _ = writeln!(m, "#### Targets\n");
+        let _ = writeln!(m, "| target (issue 6) | goal | measured | |\n|---|---|---|---|");
+        for t in &self.targets {
+            let _ = writeln!(m, "| {} | {} | {} | {} |", t.name, t.target, t.measured, yes_no(t.met));
+        }
+        if !self.failures.is_empty() {
+            let _ = writeln!(m, "\n**Failures during the run:**\n");
+            for f in &self.failures {
+                let _ = writeln!(m, "- {}", f.replace('\n', " "));
+            }
+        }
+
+        let _ = writeln!(m, "\n#### Throughput and latency, closed loop\n");
+        let _ =
+            writeln!(m, "Latency is per request, measured by the client from send to the last byte of the answer.\n");
+        let _ = writeln!(
+            m,
+            "| store | workload | requests | req/s | p50 µs | p99 µs | p99.9 µs | ratio to ceiling |\n|---|---|---:|---:|---:|---:|---:|---|"
+        );
+        for s in &self.stores {
+            let row = |m: &mut String, what: &str, ph: &Phase, ratio: &str| {
+                let _ = writeln!(
+                    m,
+                    "| {} | {what} | {} | {} | {} | {} | {} | {ratio} |",
+                    s.store,
+                    int(ph.requests as f64),
+                    int(ph.throughput),
+                    int(ph.latency.p50_us),
+                    int(ph.latency.p99_us),
+                    int(ph.latency.p999_us)
+                );
+            };
+            row(&mut m, "`/livez` (ceiling)", &s.livez, "1");
+            let mut ratio = format!("{:.2} × /livez", s.mix_to_livez);
+            if let Some(r) = s.mix_to_evalsha {
+                let _ = write!(ratio, "; {r:.2} × EVALSHA");
+            }
+            row(&mut m, "lease mix", &s.mix, &ratio);
+            if let Some(c) = &s.redis_ceiling {
+                let _ = writeln!(
+                    m,
+                    "| {} | `redis-benchmark` EVALSHA (ceiling) | {} | {} | {} | {} | – | 1 |",
+                    s.store,
+                    int(c.requests as f64),
+                    int(c.throughput),
+                    int(c.p50_ms * 1000.0),
+                    int(c.p99_ms * 1000.0)
+                );
+            }
+        }
+
+        for s in &self.stores {
+            if let Some(c) = &s.redis_ceiling {
+                let us = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.1}"));
+                let _ = writeln!(
+                    m,
+                    "\nInside Redis (`INFO commandstats`), one EVALSHA took {} µs under redis-benchmark and {} µs \
+                     under the HTTP mix. Same script: {}.",
+                    us(c.evalsha_us_in_redis),
+                    us(c.mix_evalsha_us_in_redis),
+                    if c.same_script_as_server { "yes" } else { "NO" }
+                );
+            }
+        }
+
+        let _ =
+            writeln!(m, "\nConditions right before each store's phases (other work on the machine shows up here):\n");
+        let _ = writeln!(m, "| store | load average | fsync p50 / worst µs |\n|---|---|---|");
+        for s in &self.stores {
+            let _ = writeln!(
+                m,
+                "| {} | {} | {:.0} / {:.0} |",
+                s.store, s.loadavg_before, s.fsync_before_us.0, s.fsync_before_us.1
+            );
+        }
+
+        let _ = writeln!(m, "\nPer request kind in the closed-loop mix (p50 / p99 / p99.9, µs):\n");
+        let _ = writeln!(m, "| store | acquire | renew | release |\n|---|---|---|---|");
+        for s in &self.stores {
+            let k = |name: &str| {
+                s.mix
+                    .by_kind
+                    .get(name)
+                    .map_or("–".to_owned(), |l| format!("{} / {} / {}", int(l.p50_us), int(l.p99_us), int(l.p999_us)))
+            };
+            let _ = writeln!(m, "| {} | {} | {} | {} |", s.store, k("acquire"), k("renew"), k("release"));
+        }
+
+        let _ = writeln!(m, "\nStatuses in the closed-loop mix (any 5xx is a failure):\n");
+        let _ = writeln!(
+            m,
+            "| store | acquire 201 | acquire 409 | renew 200 | release 204 | unexpected | 5xx | I/O errors |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for s in &self.stores {
+            let n = |k: &str| int(*s.mix.statuses.get(k).unwrap_or(&0) as f64);
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                s.store,
+                n("acquire 201"),
+                n("acquire 409"),
+                n("renew 200"),
+                n("release 204"),
+                s.mix.unexpected_statuses,
+                s.mix.server_errors_5xx,
+                s.mix.io_errors
+            );
+        }
+
+        let _ = writeln!(m, "\n#### p99 at half of peak load, open loop\n");
+        let _ = writeln!(
+            m,
+            "Offered rate: 50 % of the store's closed-loop mix throughput, on a fixed schedule over the same \
+             connections; then `/livez` at the same rate. Latency counts from each request's scheduled time \
+             when its connection was still busy.\n"
+        );
+        let _ = writeln!(
+            m,
+            "| store | offered req/s | achieved req/s | mix p50 µs | mix p99 µs | /livez p99 µs | mix p99 ÷ /livez p99 | late sends (mix) |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for s in &self.stores {
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} | {} | {} | {:.2} | {} |",
+                s.store,
+                int(s.half_load_mix.offered_rate.unwrap_or(0.0)),
+                int(s.half_load_mix.throughput),
+                int(s.half_load_mix.latency.p50_us),
+                int(s.half_load_mix.latency.p99_us),
+                int(s.half_load_livez.latency.p99_us),
+                s.half_load_p99_ratio,
+                s.half_load_mix.late_sends
+            );
+        }
+
+        let _ = writeln!(m, "\n#### CPU: client overhead and cost per request\n");
+        let _ = writeln!(
+            m,
+            "CPU seconds per second of the measured window (\"cores\"; the machine has {}), from /proc, and CPU \
+             µs per request. The client is this harness. \"Other processes\" is the whole machine's busy time \
+             from /proc/stat minus the client, the server and redis-server: anything else that ran during the \
+             window. \"Steal\" is time the hypervisor gave to other guests. \"Waiting for a CPU\" is run-queue \
+             time from /proc/PID/task/*/schedstat: how long the client's and the server's threads were ready to \
+             run while every core was busy.\n",
+            self.machine.nproc
+        );
+        let _ = writeln!(
+            m,
+            "| store | phase | client cores | server cores | redis cores | other processes' cores | steal cores | client / server waiting for a CPU, ms per s | client µs/req | server µs/req | redis µs/req |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for s in &self.stores {
+            for ph in [&s.livez, &s.mix, &s.half_load_mix, &s.half_load_livez] {
+                let c = &ph.cpu;
+                let opt = |v: Option<f64>| v.map_or("–".to_owned(), |v| v.to_string());
+                let _ = writeln!(
+                    m,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |",
+                    s.store,
+                    ph.name,
+                    c.client_cores,
+                    c.server_cores,
+                    opt(c.redis_cores),
+                    round3(
+                        (c.machine_busy_cores - c.client_cores - c.server_cores - c.redis_cores.unwrap_or(0.0))
+                            .max(0.0)
+                    ),
+                    c.steal_cores,
+                    c.client_runqueue_ms_per_s,
+                    c.server_runqueue_ms_per_s,
+                    c.client_us_per_request,
+                    c.server_us_per_request,
+                    opt(c.redis_us_per_request)
+                );
+            }
+            if let Some(rc) = &s.redis_ceiling {
+                let _ = writeln!(
+                    m,
+                    "| {} | redis-benchmark EVALSHA | {} | – | {} | – | – | – | – | – | – |",
+                    s.store, rc.benchmark_cpu_cores, rc.redis_cores
+                );
+            }
+        }
+
+        if !self.footprint.is_empty() {
+            let _ = writeln!(m, "\n#### Resident memory per live lease\n");
+            let _ = writeln!(
+                m,
+                "A fresh server with `--lease-ttl 86400`; RSS (VmRSS) after a /livez warm-up on the same \
+                 connections, then after acquiring the leases (3 per user, each with a device_id and a \
+                 content_id label).\n"
+            );
+            let _ = writeln!(
+                m,
+                "| store | live leases | users | fill req/s | RSS before | RSS after | RSS bytes per lease | disk bytes per lease | full user's next acquire |\n|---|---:|---:|---:|---:|---:|---:|---:|---|"
+            );
+            for f in &self.footprint {
+                let _ = writeln!(
+                    m,
+                    "| {} | {} | {} | {} | {} | {} | **{:.0}** | {} | {} |",
+                    f.store,
+                    int(f.leases_created as f64),
+                    int(f.users as f64),
+                    int(f.fill.throughput),
+                    mib(f.rss_before),
+                    mib(f.rss_after),
+                    f.rss_bytes_per_lease,
+                    f.disk_bytes_per_lease.map_or("–".to_owned(), |d| format!("{d:.0}")),
+                    f.full_user_probe_status
+                );
+            }
+        }
+
+        if !self.recovery.is_empty() {
+            let _ = writeln!(m, "\n#### Restart recovery\n");
+            let _ = writeln!(
+                m,
+                "From spawning the new process to: its `listening` log line; `/readyz` answering 200; and the first \
+                 decision served correctly (a 409 for a user whose 3 seats are taken). Afterwards, not timed: a \
+                 renew of a recovered lease must give 200 and the last user's acquire 409.\n"
+            );
+            let _ = writeln!(
+                m,
+                "| store | leases | how it stopped | shutdown s | to listening s | to ready s | to first decision s | checks |\n|---|---:|---|---:|---:|---:|---:|---|"
+            );
+            for r in &self.recovery {
+                let _ = writeln!(
+                    m,
+                    "| {} | {} | {} | {} | {:.3} | {:.3} | **{:.3}** | {} (409 / {} / {}) |",
+                    r.store,
+                    int(r.leases as f64),
+                    r.stop,
+                    r.shutdown_seconds.map_or("–".to_owned(), |s| format!("{s:.3}")),
+                    r.to_listening_seconds,
+                    r.to_ready_seconds,
+                    r.to_first_decision_seconds,
+                    if r.correct { "correct" } else { "WRONG" },
+                    r.renew_status,
+                    r.last_user_status
+                );
+            }
+        }
+
+        let _ = writeln!(m, "\n#### Commands this run spawned\n\n```sh");
+        for c in &self.commands {
+            let _ = writeln!(m, "{c}");
+        }
+        let _ = writeln!(m, "```");
+        m
+    }
+}
+
+/// Puts `section` between the markers for `mode` in `doc`, or appends it
+/// with its markers when they are missing.
+pub fn splice(doc: &str, mode: &str, section: &str) -> String {
+    let begin = format!("<!-- bench:{mode}:begin -->");
+    let end = format!("<!-- bench:{mode}:end -->");
+    let block = format!("{begin}\n{section}{end}");
+    match (doc.find(&begin), doc.find(&end)) {
+        (Some(b), Some(e)) if b < e => format!("{}{block}{}", &doc[..b], &doc[e + end.len()..]),
+        _ => format!("{}\n{block}\n", doc.trim_end()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splice_replaces_only_its_own_section() {
+        let doc = "intro\n<!-- bench:full:begin -->\nold\n<!-- bench:full:end -->\noutro\n";
+        let out = splice(doc, "full", "new\n");
+        assert_eq!(out, "intro\n<!-- bench:full:begin -->\nnew\n<!-- bench:full:end -->\noutro\n");
+        let out = splice(&out, "quick", "q\n");
+        assert!(out.contains("new\n") && out.ends_with("<!-- bench:quick:begin -->\nq\n<!-- bench:quick:end -->\n"));
+        assert_eq!(splice(&out, "quick", "q\n"), out);
+    }
+
+    #[test]
+    fn thousands() {
+        assert_eq!(int(0.0), "0");
+        assert_eq!(int(999.4), "999");
+        assert_eq!(int(1234567.0), "1,234,567");
+        assert_eq!(int(-1000.0), "-1,000");
+    }
+}
