@@ -38,6 +38,15 @@ pub fn handle() -> &'static PrometheusHandle {
             tracing::warn!("a metrics recorder was already installed; /metrics shows only its own view");
         }
         describe();
+        // Histogram samples are buffered until drained; drain them every few
+        // seconds so memory stays flat even when nobody scrapes /metrics.
+        let upkeep = handle.clone();
+        let _ = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(5));
+                upkeep.run_upkeep();
+            }
+        });
         handle
     })
 }

@@ -357,6 +357,31 @@ impl Report {
         for t in &self.targets {
             let _ = writeln!(m, "| {} | {} | {} | {} |", t.name, t.target, t.measured, yes_no(t.met));
         }
+        let disturbed: Vec<String> = self
+            .stores
+            .iter()
+            .flat_map(|s| [&s.livez, &s.mix, &s.half_load_mix, &s.half_load_livez].map(|p| (s.store.as_str(), p)))
+            .filter_map(|(store, p)| {
+                let c = &p.cpu;
+                let other = c.machine_busy_cores - c.client_cores - c.server_cores - c.redis_cores.unwrap_or(0.0);
+                (other > 0.1 || c.steal_cores > 0.1).then(|| {
+                    format!("{store} {} (other processes {other:.2} cores, steal {:.2})", p.name, c.steal_cores)
+                })
+            })
+            .collect();
+        if disturbed.is_empty() {
+            let _ = writeln!(
+                m,
+                "\nNo other process used more than 0.1 core, and the hypervisor stole less than 0.1 core, in any \
+                 measured phase."
+            );
+        } else {
+            let _ = writeln!(
+                m,
+                "\n**Disturbed:** other work ran on the machine during {}. Those numbers are not clean.",
+                disturbed.join("; ")
+            );
+        }
         if !self.failures.is_empty() {
             let _ = writeln!(m, "\n**Failures during the run:**\n");
             for f in &self.failures {
@@ -464,13 +489,14 @@ impl Report {
         let _ = writeln!(m, "\n#### p99 at half of peak load, open loop\n");
         let _ = writeln!(
             m,
-            "Offered rate: 50 % of the store's closed-loop mix throughput, on a fixed schedule over the same \
-             connections; then `/livez` at the same rate. Latency counts from each request's scheduled time \
-             when its connection was still busy.\n"
+            "Offered rate: 50 % of the store's closed-loop mix throughput. Requests are released on a fixed \
+             schedule (at most every 0.25 ms) to whichever of the same connections is free; the mix and \
+             `/livez` at the same rate alternate in rounds. Latency counts from the release, so time spent \
+             waiting for a free connection counts.\n"
         );
         let _ = writeln!(
             m,
-            "| store | offered req/s | achieved req/s | mix p50 µs | mix p99 µs | /livez p99 µs | mix p99 ÷ /livez p99 | late sends (mix) |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+            "| store | offered req/s | achieved req/s | mix p50 µs | mix p99 µs | /livez p99 µs | mix p99 ÷ /livez p99 | mix requests that waited > 1 ms for a connection |\n|---|---:|---:|---:|---:|---:|---:|---:|"
         );
         for s in &self.stores {
             let _ = writeln!(
@@ -483,7 +509,7 @@ impl Report {
                 int(s.half_load_mix.latency.p99_us),
                 int(s.half_load_livez.latency.p99_us),
                 s.half_load_p99_ratio,
-                s.half_load_mix.late_sends
+                int(s.half_load_mix.late_sends as f64)
             );
         }
 
