@@ -349,6 +349,7 @@ async fn me_aliases_act_for_the_token_user() {
     assert_eq!(call(&s, "GET", "/v1/me/streams", Some(&alice), None).await.json()["active_streams"], json!([]));
 
     call(&s, "PUT", "/v1/me/streams/bad%20id", Some(&alice), None).await.assert_problem(400, "invalid-request");
+    call(&s, "PUT", "/v1/me/streams/%FF", Some(&alice), None).await.assert_problem(400, "invalid-request");
     assert_401(&call(&s, "GET", "/v1/me/streams", None, None).await);
     call(&s, "GET", "/v1/me/streams", Some(SERVICE_KEY), None).await.assert_problem(403, "forbidden");
 }

@@ -47,6 +47,20 @@ impl<S: Send + Sync> FromRequestParts<S> for StreamPath {
     }
 }
 
+/// The `{stream_id}` path segment of the `/v1/me` routes, validated.
+pub struct StreamOnlyPath(pub StreamId);
+
+impl<S: Send + Sync> FromRequestParts<S> for StreamOnlyPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("invalid path: {}", e.body_text())))?;
+        Ok(Self(stream(&raw)?))
+    }
+}
+
 /// A query string, with malformed ones answered by a 400 problem.
 pub struct PlanParam<T>(pub T);
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +16,7 @@ use super::dto::{
     self, AcquireBody, LeaseBody, LimitBody, ListBody, PlanQuery, ProblemBody, RevokedBody, SetLimitBody, StatusBody,
     StreamView,
 };
-use super::extract::{OptionalJson, PlanParam, StreamPath, UserPath};
+use super::extract::{OptionalJson, PlanParam, StreamOnlyPath, StreamPath, UserPath};
 use super::problem::{ApiError, Problem};
 use crate::auth::{AuthError, Caller};
 use crate::clock::{Clock, SystemClock};
@@ -175,11 +175,10 @@ pub(super) async fn acquire(
 pub(super) async fn acquire_mine(
     State(state): State<AppState>,
     Authed(caller): Authed,
-    Path(stream): Path<String>,
+    StreamOnlyPath(stream): StreamOnlyPath,
     OptionalJson(body): OptionalJson<AcquireBody>,
 ) -> Result<Response, ApiError> {
     let user = me(&caller)?;
-    let stream = StreamId::new(&stream).map_err(|e| ApiError::BadRequest(format!("stream_id {e}")))?;
     admit(&state, &caller, &user, Need::ActFor)?;
     acquire_for(&state, &caller, user, stream, body).await
 }
@@ -314,10 +313,9 @@ pub(super) async fn release(
 pub(super) async fn release_mine(
     State(state): State<AppState>,
     Authed(caller): Authed,
-    Path(stream): Path<String>,
+    StreamOnlyPath(stream): StreamOnlyPath,
 ) -> Result<StatusCode, ApiError> {
     let user = me(&caller)?;
-    let stream = StreamId::new(&stream).map_err(|e| ApiError::BadRequest(format!("stream_id {e}")))?;
     admit(&state, &caller, &user, Need::ActFor)?;
     state.store.release(&user, stream).await?;
     Ok(StatusCode::NO_CONTENT)
