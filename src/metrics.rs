@@ -8,11 +8,14 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use ::metrics::{counter, gauge, histogram};
+use ::metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Decision outcomes, as the `outcome` label of `streamcap_decisions_total`.
 pub const OUTCOMES: [&str; 8] = ["granted", "renewed", "denied", "evicted", "revoked", "released", "expired", "gone"];
+
+/// The `route` label of requests that matched no route.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 const HTTP_SECONDS: &str = "streamcap_http_request_duration_seconds";
 const STORE_SECONDS: &str = "streamcap_store_operation_duration_seconds";
@@ -75,21 +78,35 @@ pub fn render() -> String {
     handle().render()
 }
 
+/// Records a decision outcome, `n` times. `outcome` is one of [`OUTCOMES`].
 pub fn decision(outcome: &'static str, n: u64) {
-    if n > 0 {
-        counter!("streamcap_decisions_total", "outcome" => outcome).increment(n);
+    if n == 0 {
+        return;
+    }
+    let register = || counter!("streamcap_decisions_total", "outcome" => outcome);
+    match OUTCOMES.iter().position(|o| *o == outcome) {
+        Some(i) => handles().decisions[i].get(register).increment(n),
+        None => register().increment(n),
     }
 }
 
-pub fn http_request(route: &str, method: &str, status: u16, took: Duration) {
-    histogram!(HTTP_SECONDS, "route" => route.to_owned(), "method" => method.to_owned(), "status" => status.to_string())
-        .record(took.as_secs_f64());
-}
+/// Store operations, as the `op` label of the store metrics.
+pub const STORE_OPS: [&str; 6] = ["acquire", "release", "revoke_all", "list", "get_limit", "set_override"];
 
 pub fn store_operation(op: &'static str, ok: bool, took: Duration) {
-    histogram!(STORE_SECONDS, "op" => op).record(took.as_secs_f64());
+    let h = handles();
+    let i = STORE_OPS.iter().position(|o| *o == op);
+    let seconds = || histogram!(STORE_SECONDS, "op" => op);
+    match i {
+        Some(i) => h.store_seconds[i].get(seconds).record(took.as_secs_f64()),
+        None => seconds().record(took.as_secs_f64()),
+    }
     if !ok {
-        counter!("streamcap_store_errors_total", "op" => op).increment(1);
+        let errors = || counter!("streamcap_store_errors_total", "op" => op);
+        match i {
+            Some(i) => h.store_errors[i].get(errors).increment(1),
+            None => errors().increment(1),
+        }
     }
 }
 
@@ -99,10 +116,10 @@ pub fn live_leases(n: u64) {
 
 pub fn shadow(would_deny: bool, would_evict: usize) {
     if would_deny {
-        counter!("streamcap_shadow_would_deny_total").increment(1);
+        handles().would_deny.get(|| counter!("streamcap_shadow_would_deny_total")).increment(1);
     }
     if would_evict > 0 {
-        counter!("streamcap_shadow_would_evict_total").increment(would_evict as u64);
+        handles().would_evict.get(|| counter!("streamcap_shadow_would_evict_total")).increment(would_evict as u64);
     }
 }
 
@@ -111,7 +128,7 @@ pub fn degraded_grant() {
 }
 
 pub fn auth_failure() {
-    counter!("streamcap_auth_failures_total").increment(1);
+    handles().auth_failures.get(|| counter!("streamcap_auth_failures_total")).increment(1);
 }
 
 pub fn rate_limited(bucket: &'static str) {
@@ -119,6 +136,52 @@ pub fn rate_limited(bucket: &'static str) {
 }
 
 pub fn sqlite_commit(jobs: u64) {
-    counter!("streamcap_sqlite_commits_total").increment(1);
-    counter!("streamcap_sqlite_jobs_total").increment(jobs);
+    let h = handles();
+    h.sqlite_commits.get(|| counter!("streamcap_sqlite_commits_total")).increment(1);
+    h.sqlite_jobs.get(|| counter!("streamcap_sqlite_jobs_total")).increment(jobs);
+}
+
+/// The latency histogram of one route template, method and status. The
+/// caller keeps the handle: registering looks labels up, recording does not.
+pub fn http_seconds(route: &str, method: &str, status: &str) -> Histogram {
+    handle();
+    histogram!(HTTP_SECONDS, "route" => route.to_owned(), "method" => method.to_owned(), "status" => status.to_owned())
+}
+
+/// A metric handle registered on first use, so that a series appears only
+/// once it has something to show, as with the `metrics` macros.
+struct Slot<T>(OnceLock<T>);
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Self(OnceLock::new())
+    }
+}
+
+impl<T> Slot<T> {
+    fn get(&self, register: impl FnOnce() -> T) -> &T {
+        self.0.get_or_init(register)
+    }
+}
+
+/// Handles of the fixed-label metrics, registered on first use.
+#[derive(Default)]
+struct Handles {
+    decisions: [Slot<Counter>; OUTCOMES.len()],
+    store_seconds: [Slot<Histogram>; STORE_OPS.len()],
+    store_errors: [Slot<Counter>; STORE_OPS.len()],
+    would_deny: Slot<Counter>,
+    would_evict: Slot<Counter>,
+    auth_failures: Slot<Counter>,
+    sqlite_commits: Slot<Counter>,
+    sqlite_jobs: Slot<Counter>,
+}
+
+fn handles() -> &'static Handles {
+    static HANDLES: OnceLock<Handles> = OnceLock::new();
+    HANDLES.get_or_init(|| {
+        // Handles taken before the recorder exists would record nowhere.
+        handle();
+        Handles::default()
+    })
 }

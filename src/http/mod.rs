@@ -10,15 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::StatusCode;
+use axum::extract::DefaultBodyLimit;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower::limit::GlobalConcurrencyLimitLayer;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -27,11 +21,9 @@ use crate::auth::Authenticator;
 use crate::policy::Policy;
 use crate::store::Store;
 use axum::http::HeaderName;
-use axum::middleware::Next;
-use axum::response::Response;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 pub mod dto;
+mod edge;
 mod extract;
 mod handlers;
 mod openapi;
@@ -67,38 +59,18 @@ impl AppState {
 /// The whole API as one router.
 pub fn app(state: AppState) -> Router {
     let protection = state.protection;
-    crate::metrics::handle();
-    let (router, _) = api_router(state.expose_metrics).split_for_parts();
+    let (router, doc) = api_router(state.expose_metrics).split_for_parts();
+    let edge = edge::Edge::new(doc.paths.paths.keys().map(String::as_str), &protection);
     router
         .fallback(not_found)
         .with_state(state)
-        // Outermost first: take or make the request id (and echo it); trace
-        // every request with its id and matched route; time it for metrics;
-        // turn every error status into problem+json; shed load beyond the
-        // concurrency limit (503); bound each request's time (408); refuse
-        // oversized headers (431); catch panics (500); and bound the body
-        // (413) right around the handlers.
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
-                .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
-                    let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-                    tracing::info_span!("request", method = %req.method(), route, request_id = id)
-                }))
-                .layer(axum::middleware::from_fn(track))
-                .layer(axum::middleware::map_response(problem::ensure_problem))
-                .layer(HandleErrorLayer::new(protect::shed))
-                .load_shed()
-                // Global: axum clones layers per route, and a plain
-                // concurrency limit would then count each route apart.
-                .layer(GlobalConcurrencyLimitLayer::new(protection.max_concurrent_requests))
-                .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, protection.request_timeout))
-                .layer(axum::middleware::from_fn(protect::limit_headers))
-                .layer(CatchPanicLayer::new())
-                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
-        )
+        // Outermost first. The edge takes or makes the request id (and
+        // echoes it), opens the request's span, refuses oversized headers
+        // (431), sheds load beyond the concurrency limit (503), bounds the
+        // request's time (408), turns a panic into a 500, turns every error
+        // status into problem+json and times the request by route. Inside
+        // it, the body limit (413) sits right around the handlers.
+        .layer(ServiceBuilder::new().layer(edge).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)))
 }
 
 /// Serves `app(state)` on `listener` until `shutdown` resolves, then lets
@@ -158,17 +130,6 @@ async fn openapi_json() -> impl axum::response::IntoResponse {
 /// The header that carries the request id, in and out.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Records each request's latency under its route template (never the raw
-/// path, which holds user ids).
-async fn track(req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
-    let method = req.method().clone();
-    let started = std::time::Instant::now();
-    let res = next.run(req).await;
-    crate::metrics::http_request(&route, method.as_str(), res.status().as_u16(), started.elapsed());
-    res
-}
-
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -190,6 +151,6 @@ pub async fn serve_metrics(
     let router = Router::new()
         .route("/metrics", axum::routing::get(metrics_text))
         .fallback(not_found)
-        .layer(axum::middleware::map_response(problem::ensure_problem));
+        .layer(axum::middleware::map_response(|res| async { problem::ensure_problem(res) }));
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }

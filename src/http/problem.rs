@@ -159,7 +159,7 @@ impl IntoResponse for ApiError {
 /// Rewrites any error response that is not already a problem (axum's 405,
 /// a caught panic, a rejection we did not map) into one, keeping headers
 /// such as `Allow`.
-pub async fn ensure_problem(res: Response) -> Response {
+pub fn ensure_problem(res: Response) -> Response {
     let status = res.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return res;

@@ -5,14 +5,8 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use axum::extract::Request;
-use axum::http::StatusCode;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
-
-use super::problem::Problem;
 
 /// Requests whose headers add up to more than this are refused with 431.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -104,31 +98,6 @@ impl RateLimits {
     pub fn tracked(&self) -> usize {
         [&self.per_user, &self.per_credential].into_iter().flatten().map(|l| l.len()).sum()
     }
-}
-
-/// Refuses requests whose headers are too large, before any handler runs.
-pub async fn limit_headers(req: Request, next: Next) -> Response {
-    let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
-    if size > MAX_HEADER_BYTES {
-        return Problem::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers-too-large",
-            "Request headers too large",
-            format!("request headers may total at most {MAX_HEADER_BYTES} bytes"),
-        )
-        .into_response();
-    }
-    next.run(req).await
-}
-
-/// What load shedding answers when too many requests are in flight.
-pub async fn shed(_: tower::BoxError) -> Problem {
-    Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "overloaded",
-        "Overloaded",
-        "too many requests are in flight; retry shortly",
-    )
 }
 
 #[cfg(test)]
