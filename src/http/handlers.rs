@@ -2,6 +2,7 @@
 //! caller may do, validates input into limiter types, resolves policy, calls
 //! the store once and turns its answer into JSON. None decides anything.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{FromRequestParts, State};
@@ -51,10 +52,10 @@ enum CommonErrors {
 /// per-credential rate limit.
 pub(super) struct Authed(Caller);
 
-impl FromRequestParts<AppState> for Authed {
+impl FromRequestParts<Arc<AppState>> for Authed {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
         let header = match parts.headers.get(header::AUTHORIZATION) {
             None => None,
             Some(v) => Some(v.to_str().map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?),
@@ -147,7 +148,7 @@ fn resolve(state: &AppState, plan: Option<&str>) -> Result<Resolved, ApiError> {
     security((), ("bearer_jwt" = []), ("api_key" = []))
 )]
 pub(super) async fn acquire(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
     StreamPath(user, stream): StreamPath,
     OptionalJson(body): OptionalJson<AcquireBody>,
@@ -173,7 +174,7 @@ pub(super) async fn acquire(
     security(("bearer_jwt" = []))
 )]
 pub(super) async fn acquire_mine(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
     StreamOnlyPath(stream): StreamOnlyPath,
     OptionalJson(body): OptionalJson<AcquireBody>,
@@ -289,7 +290,7 @@ async fn acquire_for(
     security((), ("bearer_jwt" = []), ("api_key" = []))
 )]
 pub(super) async fn release(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
     StreamPath(user, stream): StreamPath,
 ) -> Result<StatusCode, ApiError> {
@@ -311,7 +312,7 @@ pub(super) async fn release(
     security(("bearer_jwt" = []))
 )]
 pub(super) async fn release_mine(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
     StreamOnlyPath(stream): StreamOnlyPath,
 ) -> Result<StatusCode, ApiError> {
@@ -335,7 +336,7 @@ pub(super) async fn release_mine(
     security((), ("bearer_jwt" = []), ("api_key" = []))
 )]
 pub(super) async fn revoke_all(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
     UserPath(user): UserPath,
 ) -> Result<Response, ApiError> {
@@ -358,7 +359,7 @@ pub(super) async fn revoke_all(
     security((), ("bearer_jwt" = []), ("api_key" = []))
 )]
 pub(super) async fn list(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
     UserPath(user): UserPath,
     PlanParam(query): PlanParam<PlanQuery>,
@@ -380,7 +381,7 @@ pub(super) async fn list(
     security(("bearer_jwt" = []))
 )]
 pub(super) async fn list_mine(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
     PlanParam(query): PlanParam<PlanQuery>,
 ) -> Result<Response, ApiError> {
@@ -413,7 +414,7 @@ async fn list_for(state: &AppState, caller: &Caller, user: UserId, query: PlanQu
     security((), ("bearer_jwt" = []), ("api_key" = []))
 )]
 pub(super) async fn get_limit(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
     UserPath(user): UserPath,
     PlanParam(query): PlanParam<PlanQuery>,
@@ -440,7 +441,7 @@ pub(super) async fn get_limit(
     security((), ("bearer_jwt" = []), ("api_key" = []))
 )]
 pub(super) async fn set_limit(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
     UserPath(user): UserPath,
     OptionalJson(body): OptionalJson<SetLimitBody>,
@@ -467,7 +468,7 @@ pub(super) async fn set_limit(
     security((), ("bearer_jwt" = []), ("api_key" = []))
 )]
 pub(super) async fn clear_limit(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
     UserPath(user): UserPath,
 ) -> Result<StatusCode, ApiError> {
@@ -497,7 +498,7 @@ pub(super) async fn livez() -> impl IntoResponse {
         (status = 503, description = "The store does not answer", body = ProblemBody, content_type = "application/problem+json")
     )
 )]
-pub(super) async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
     // Readiness must answer quickly even when the store hangs.
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
         Ok(Ok(())) => Ok(axum::Json(json!({"status": "ready"}))),

@@ -63,7 +63,8 @@ pub fn app(state: AppState) -> Router {
     let edge = edge::Edge::new(doc.paths.paths.keys().map(String::as_str), &protection);
     router
         .fallback(not_found)
-        .with_state(state)
+        // One Arc: a handler's `State` costs one reference count, not one per field.
+        .with_state(Arc::new(state))
         // Outermost first. The edge takes or makes the request id (and
         // echoes it), opens the request's span, refuses oversized headers
         // (431), sheds load beyond the concurrency limit (503), bounds the
@@ -96,7 +97,7 @@ pub async fn serve(
 
 /// Every route, with its documentation: the router and the OpenAPI
 /// document come from these same `routes!` calls.
-fn api_router(with_metrics: bool) -> OpenApiRouter<AppState> {
+fn api_router(with_metrics: bool) -> OpenApiRouter<Arc<AppState>> {
     let router = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(acquire, release))
         .routes(routes!(list, revoke_all))
