@@ -47,8 +47,9 @@ const MAX_REQUESTS_PER_CONN: u64 = 50_000_000;
 pub enum Work {
     Livez,
     Mix(MixParams),
-    /// Lease `i` for `i` in `0..total`, over `users` users.
+    /// Lease `i` for `i` in `start..total`, over `users` users.
     Fill {
+        start: u64,
         total: u64,
         users: u64,
     },
@@ -88,6 +89,9 @@ pub struct Outcome {
     /// Open pace: sends that went out over 1 ms after their slot because the
     /// connection was still waiting for the answer before.
     pub late: u64,
+    /// Answered requests sent after the window, not measured: releases of
+    /// the leases the mix still held.
+    pub drained: u64,
     /// CPU seconds over the measured window: this process (the client),
     /// then each watched process.
     pub client_cpu: f64,
@@ -119,6 +123,7 @@ impl Outcome {
         }
         self.io_errors += other.io_errors;
         self.late += other.late;
+        self.drained += other.drained;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
@@ -156,6 +161,7 @@ struct Tally {
     io_errors: u64,
     first_error: Option<String>,
     late: u64,
+    drained: u64,
 }
 
 impl Tally {
@@ -189,6 +195,7 @@ impl Tally {
         }
         self.io_errors += other.io_errors;
         self.late += other.late;
+        self.drained += other.drained;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
@@ -239,7 +246,10 @@ pub fn run(plan: &Plan) -> Result<Outcome, String> {
     let start_gate = Arc::new(Barrier::new(threads + 1));
     let end_gate = Arc::new(Barrier::new(threads + 1));
     let start_at: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
-    let fill_next = Arc::new(AtomicU64::new(0));
+    let fill_next = Arc::new(AtomicU64::new(match plan.work {
+        Work::Fill { start, .. } => start,
+        _ => 0,
+    }));
     let results: Arc<Mutex<Vec<Result<Tally, String>>>> = Arc::new(Mutex::new(Vec::new()));
 
     let mut handles = Vec::new();
@@ -255,7 +265,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, String> {
                 plan.seed ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 format!("{}t{t}-", plan.tag),
             )),
-            Work::Fill { total, users } => Source::Fill { next: fill_next.clone(), total: *total, users: *users },
+            Work::Fill { total, users, .. } => Source::Fill { next: fill_next.clone(), total: *total, users: *users },
         };
         // This thread's share of an open-loop rate.
         let pace = match plan.pace {
@@ -335,6 +345,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, String> {
         io_errors: total.io_errors,
         first_error: total.first_error,
         late: total.late,
+        drained: total.drained,
         client_cpu: cpu1.0 - cpu0.0,
         watched_cpu: cpu1.1.iter().zip(&cpu0.1).map(|(a, b)| a - b).collect(),
         machine_busy: machine1.0 - machine0.0,
@@ -450,13 +461,16 @@ impl ThreadCtx {
                 Source::Mix(m) => m.drain(),
                 _ => Vec::new(),
             };
+            let mut drained = 0;
             if let Some(conn) = open.first_mut() {
                 for req in leftovers {
                     if !matches!(tokio::time::timeout(REQUEST_TIMEOUT, conn.roundtrip(&req)).await, Ok(Ok(_))) {
                         break;
                     }
+                    drained += 1;
                 }
             }
+            shared.tally.borrow_mut().drained += drained;
             match connect_error {
                 Some(e) => Err(e),
                 None => Ok(std::mem::replace(&mut *shared.tally.borrow_mut(), Tally::new())),

@@ -1,25 +1,36 @@
 //! `streamcap-bench`: starts the real `streamcap` binary and measures it.
 //!
-//! For each store (memory, sqlite, redis standalone) it measures, on one
-//! server and over the same N keep-alive HTTP/1.1 connections: `/livez` (the
-//! ceiling of the HTTP stack), the lease mix (closed loop, the peak), then
-//! an open-loop phase at half that peak for the mix and for `/livez`. For
-//! Redis it also runs `redis-benchmark` with the server's own Lua script
-//! through EVALSHA at the same concurrency. Then, on fresh servers, it
-//! measures resident memory per live lease (memory and sqlite) and the
-//! restart recovery time (sqlite). Results go to JSON and to a Markdown
-//! section of docs/benchmarks.md. Targets are reported, never asserted.
+//! For each store (memory, sqlite, redis standalone) it measures, over N
+//! keep-alive HTTP/1.1 connections, in alternating rounds: the bare server's
+//! `/livez` (axum, one route, no layers: the ceiling of the HTTP stack),
+//! streamcap's `/livez` and the lease mix (closed loop, the peak); then an
+//! open-loop phase at half that peak for the mix and for `/livez`. Each
+//! result is set against those ceilings, server CPU per request against the
+//! bare server's. For Redis it also measures the CPU per decision inside
+//! Redis against a `SET`, runs `redis-benchmark` with the server's own Lua
+//! script through EVALSHA at the same concurrency, and measures the cost
+//! per decision with 10,000 and with 1,000,000 users in Redis. Then, on
+//! fresh servers, it measures resident memory per live lease (memory and
+//! sqlite) and the restart recovery time (sqlite). Results go to JSON and
+//! to a Markdown section of docs/benchmarks.md. Targets are reported,
+//! never asserted.
 //!
 //! # Layout
+//! - `bare`: the bare server (`streamcap-bench bare-server`).
 //! - `http`: a minimal HTTP/1.1 keep-alive client.
 //! - `workload`: what is sent: `/livez`, the lease mix, the fill.
 //! - `load`: the driver: connections, client threads, closed/open/fill pace.
-//! - `procs`: the processes: streamcap, redis-server, redis-benchmark; /proc.
+//! - `procs`: the processes: streamcap, the bare server, redis-server,
+//!   redis-benchmark; /proc.
+//! - `redis`: the Redis measurements: commandstats, the redis-benchmark
+//!   ceilings, the keyspace runs.
 //! - `report`: the results as JSON and Markdown.
 
+mod bare;
 mod http;
 mod load;
 mod procs;
+mod redis;
 mod report;
 mod workload;
 
@@ -28,23 +39,38 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use load::{Pace, Plan, Work};
 use procs::{CommandLog, Redis, Server};
 use report::{
-    Build, Footprint, Machine, Params, Phase, Recovery, RedisCeiling, Report, StoreReport, Target, int, round1, round3,
+    Build, Footprint, Machine, Params, Phase, Recovery, Report, StoreReport, Target, int, ratio, round1, round3,
 };
 use workload::{MixParams, Zipf};
 
-/// The server's own decision script, from the same tree as the binary.
-const SCRIPT: &str = include_str!("../../src/store/redis/decide.lua");
-
 /// Benchmark the real streamcap server and report ratios to ceilings.
 #[derive(Parser, Debug)]
-#[command(name = "streamcap-bench", version)]
+#[command(name = "streamcap-bench", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    args: Args,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the bare-server ceiling (the harness starts it itself).
+    #[command(hide = true)]
+    BareServer {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(clap::Args, Debug)]
 struct Args {
-    /// Short phases and 100,000 leases instead of 1,000,000 (under 2 minutes).
+    /// Short phases and 100,000 leases and Redis users instead of 1,000,000 (about 1.5 minutes).
     #[arg(long)]
     quick: bool,
     /// The server binary (built by scripts/bench).
@@ -77,6 +103,12 @@ struct Args {
     /// Skip the memory-per-lease and recovery measurements.
     #[arg(long)]
     no_footprint: bool,
+    /// Users in Redis for the large keyspace of the Redis cost per decision (the small one has 10,000) [default: 1,000,000; quick: 100,000].
+    #[arg(long)]
+    keyspace_users: Option<u64>,
+    /// Skip the Redis keyspace measurement.
+    #[arg(long)]
+    no_keyspace: bool,
     /// Seconds of closed-loop /livez [default: 8; quick: 2].
     #[arg(long)]
     livez_secs: Option<f64>,
@@ -86,7 +118,7 @@ struct Args {
     /// Seconds of each open-loop phase [default: 8; quick: 2].
     #[arg(long)]
     open_secs: Option<f64>,
-    /// Compared phases (/livez and mix) alternate in this many rounds [default: 4; quick: 1].
+    /// Compared phases (bare /livez, /livez and the mix; the two open-loop phases) alternate in this many rounds [default: 4; quick: 1].
     #[arg(long)]
     rounds: Option<u32>,
     /// Where to write the JSON [default: bench/results/full.json or quick.json].
@@ -116,6 +148,8 @@ struct Ctx {
     mix: Duration,
     open: Duration,
     leases: u64,
+    /// Users in Redis for the large keyspace.
+    keyspace_users: u64,
     /// Compared phases alternate in this many rounds.
     rounds: u32,
     zipf: Arc<Zipf>,
@@ -124,7 +158,17 @@ struct Ctx {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    if let Some(Command::BareServer { listen }) = cli.command {
+        return match bare::serve(listen) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("streamcap-bench bare-server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let args = cli.args;
     let quick = args.quick;
     let secs = |v: Option<f64>, full: f64, quick_v: f64| {
         Duration::from_secs_f64(v.unwrap_or(if quick { quick_v } else { full }))
@@ -135,6 +179,7 @@ fn main() -> ExitCode {
         mix: secs(args.mix_secs, 12.0, 3.0),
         open: secs(args.open_secs, 8.0, 2.0),
         leases: args.leases.unwrap_or(if quick { 100_000 } else { 1_000_000 }),
+        keyspace_users: args.keyspace_users.unwrap_or(if quick { 100_000 } else { 1_000_000 }),
         rounds: args.rounds.unwrap_or(if quick { 1 } else { 4 }),
         zipf: Arc::new(Zipf::new(args.users.max(1), args.zipf)),
         commands: CommandLog::default(),
@@ -200,7 +245,7 @@ fn main() -> ExitCode {
         }
     }
 
-    let targets = targets(&stores, &footprint, &recovery);
+    let targets = targets(&ctx.args.stores, &stores, &footprint, &recovery);
     let report = Report {
         mode: ctx.mode.to_owned(),
         date: command_line("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]),
@@ -354,40 +399,48 @@ fn phase(
 /// A workload, built per window.
 type MakeWork<'a> = &'a dyn Fn(&Ctx) -> Work;
 
-/// Two workloads measured in alternating rounds, so that a disturbance
-/// from outside (another process on the machine) hits both alike.
-fn interleaved(
-    ctx: &mut Ctx,
-    names: [&str; 2],
+/// One of the workloads that `interleaved` alternates.
+struct Spec<'a> {
+    name: &'a str,
+    /// The server it goes to, and the processes whose CPU is read: the
+    /// first one is "the server" of the phase.
     addr: std::net::SocketAddr,
-    works: [MakeWork<'_>; 2],
-    paces: [Pace; 2],
-    durations: [Duration; 2],
-    watch: &[u32],
-) -> Result<[Phase; 2], String> {
+    watch: &'a [u32],
+    work: MakeWork<'a>,
+    pace: Pace,
+    duration: Duration,
+}
+
+/// Workloads measured in alternating rounds, so that a disturbance from
+/// outside (another process on the machine) hits them all alike. Each
+/// round gives each workload `duration / rounds`.
+fn interleaved(ctx: &mut Ctx, specs: &[Spec<'_>]) -> Result<Vec<Phase>, String> {
     let rounds = ctx.rounds.max(1);
-    let mut merged: [Option<load::Outcome>; 2] = [None, None];
+    let mut merged: Vec<Option<load::Outcome>> = specs.iter().map(|_| None).collect();
     for round in 0..rounds {
-        for i in 0..2 {
-            let tag = format!("{}r{round}", names[i].chars().filter(char::is_ascii_alphanumeric).collect::<String>());
-            let window = durations[i].div_f64(f64::from(rounds));
-            let out = measure(ctx, &tag, addr, works[i](ctx), paces[i], window, watch)?;
-            match &mut merged[i] {
+        for (spec, merged) in specs.iter().zip(&mut merged) {
+            let tag = format!("{}r{round}", spec.name.chars().filter(char::is_ascii_alphanumeric).collect::<String>());
+            let window = spec.duration.div_f64(f64::from(rounds));
+            let out = measure(ctx, &tag, spec.addr, (spec.work)(ctx), spec.pace, window, spec.watch)?;
+            match merged {
                 Some(m) => m.merge(out),
-                None => merged[i] = Some(out),
+                None => *merged = Some(out),
             }
         }
     }
-    let [a, b] = merged;
-    let (a, b) = (a.ok_or("no rounds")?, b.ok_or("no rounds")?);
-    Ok([finish(ctx, names[0], paces[0], &a)?, finish(ctx, names[1], paces[1], &b)?])
+    specs.iter().zip(merged).map(|(spec, out)| finish(ctx, spec.name, spec.pace, &out.ok_or("no rounds")?)).collect()
 }
 
 fn mix(ctx: &Ctx) -> Work {
-    Work::Mix(MixParams { zipf: ctx.zipf.clone(), renewals: ctx.args.renewals, sessions: ctx.args.sessions.max(1) })
+    Work::Mix(MixParams {
+        zipf: ctx.zipf.clone(),
+        renewals: ctx.args.renewals,
+        sessions: ctx.args.sessions.max(1),
+        user_prefix: "u",
+    })
 }
 
-/// Throughput and latency for one store, with its ceilings.
+/// Throughput, latency and CPU for one store, with its ceilings.
 fn store_run(ctx: &mut Ctx, store: &str) -> Result<StoreReport, String> {
     let loadavg_before = loadavg();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -397,12 +450,15 @@ fn store_run(ctx: &mut Ctx, store: &str) -> Result<StoreReport, String> {
     let data_dir = (store == "sqlite").then(|| dir.path().join("data"));
     let args = server_args(store, data_dir.as_deref(), redis.as_ref(), &[]);
     let server = Server::start(&ctx.args.server, &args, Duration::from_secs(60), &ctx.commands)?;
-    let mut watch = vec![server.pid()];
-    watch.extend(redis.as_ref().map(Redis::pid));
+    let bare = Server::start_bare(Duration::from_secs(60), &ctx.commands)?;
+    let redis_pid = redis.as_ref().map(Redis::pid);
+    let watch: Vec<u32> = std::iter::once(server.pid()).chain(redis_pid).collect();
+    let bare_watch: Vec<u32> = std::iter::once(bare.pid()).chain(redis_pid).collect();
     let addr = server.addr;
 
-    // Warm up: connections, allocator, page cache, the Redis script cache.
+    // Warm up: connections, allocators, page cache, the Redis script cache.
     let warm = Duration::from_millis(if ctx.args.quick { 500 } else { 1500 });
+    phase(ctx, "warm-up bare livez", bare.addr, Work::Livez, Pace::Closed, warm, &bare_watch)?;
     phase(ctx, "warm-up livez", addr, Work::Livez, Pace::Closed, warm, &watch)?;
     phase(ctx, "warm-up mix", addr, mix(ctx), Pace::Closed, warm, &watch)?;
 
@@ -410,144 +466,74 @@ fn store_run(ctx: &mut Ctx, store: &str) -> Result<StoreReport, String> {
     if let Some(r) = &redis {
         r.cli(&["CONFIG", "RESETSTAT"])?;
     }
-    let [livez, mix_phase] = interleaved(
+    let livez_work: MakeWork<'_> = &|_| Work::Livez;
+    let closed = Pace::Closed;
+    let phases = interleaved(
         ctx,
-        ["livez", "mix"],
-        addr,
-        [&|_| Work::Livez, &mix],
-        [Pace::Closed, Pace::Closed],
-        [livez_d, mix_d],
-        &watch,
+        &[
+            Spec {
+                name: "bare livez",
+                addr: bare.addr,
+                watch: &bare_watch,
+                work: livez_work,
+                pace: closed,
+                duration: livez_d,
+            },
+            Spec { name: "livez", addr, watch: &watch, work: livez_work, pace: closed, duration: livez_d },
+            Spec { name: "mix", addr, watch: &watch, work: &mix, pace: closed, duration: mix_d },
+        ],
     )?;
-    let mix_evalsha_us = match &redis {
-        Some(r) => evalsha_usec_per_call(r)?,
+    let [bare_livez, livez, mix_phase] = <[Phase; 3]>::try_from(phases).map_err(|_| "expected three phases")?;
+    bare.terminate(Duration::from_secs(60))?;
+    // No script runs for /livez: what Redis counted is the mix's.
+    let redis_decision = match &redis {
+        Some(r) => Some(redis::script_cost(r, mix_phase.requests + mix_phase.drained)?),
         None => None,
     };
-    let half = Pace::Open(mix_phase.throughput / 2.0);
-    let [half_mix, half_livez] = interleaved(
-        ctx,
-        ["half-load mix", "half-load livez"],
-        addr,
-        [&mix, &|_| Work::Livez],
-        [half, half],
-        [open_d, open_d],
-        &watch,
-    )?;
 
-    let redis_ceiling = match &redis {
-        Some(r) => Some(redis_ceiling(ctx, r, mix_evalsha_us)?),
-        None => None,
+    let half = Pace::Open(mix_phase.throughput / 2.0);
+    let phases = interleaved(
+        ctx,
+        &[
+            Spec { name: "half-load mix", addr, watch: &watch, work: &mix, pace: half, duration: open_d },
+            Spec { name: "half-load livez", addr, watch: &watch, work: livez_work, pace: half, duration: open_d },
+        ],
+    )?;
+    let [half_mix, half_livez] = <[Phase; 2]>::try_from(phases).map_err(|_| "expected two phases")?;
+
+    let (redis_ceiling, redis_set) = match &redis {
+        Some(r) => redis::ceilings(ctx, r, redis_decision.as_ref()),
+        None => (None, None),
     };
     server.terminate(Duration::from_secs(60))?;
+    drop(redis);
+    let redis_keyspace = if store == "redis" && !ctx.args.no_keyspace {
+        eprintln!("== redis: cost per decision at 10,000 and {} users", int(ctx.keyspace_users as f64));
+        redis::keyspace(ctx).map_err(|e| ctx.failures.push(format!("redis keyspace: {e}"))).ok()
+    } else {
+        None
+    };
     let mix_to_evalsha = redis_ceiling.as_ref().map(|c| round3(mix_phase.throughput / c.throughput));
+    let to_bare = |p: &Phase| ratio(p.cpu.server_us_per_request, bare_livez.cpu.server_us_per_request);
     Ok(StoreReport {
         store: store.to_owned(),
         loadavg_before,
         fsync_before_us: (round1(fsync.0), round1(fsync.1)),
         mix_to_livez: round3(mix_phase.throughput / livez.throughput),
         half_load_p99_ratio: round3(half_mix.latency.p99_us / half_livez.latency.p99_us.max(0.1)),
+        livez_cpu_to_bare: to_bare(&livez),
+        mix_cpu_to_bare: to_bare(&mix_phase),
+        bare_livez: Some(bare_livez),
         livez,
         mix: mix_phase,
         half_load_mix: half_mix,
         half_load_livez: half_livez,
         redis_ceiling,
         mix_to_evalsha,
+        redis_decision,
+        redis_set,
+        redis_keyspace,
     })
-}
-
-/// Microseconds per EVALSHA call inside Redis since the last CONFIG RESETSTAT.
-fn evalsha_usec_per_call(r: &Redis) -> Result<Option<f64>, String> {
-    let stats = r.cli(&["INFO", "commandstats"])?;
-    Ok(stats.lines().find_map(|l| {
-        l.strip_prefix("cmdstat_evalsha:")?.split(',').find_map(|kv| kv.strip_prefix("usec_per_call="))?.parse().ok()
-    }))
-}
-
-fn cached_scripts(r: &Redis) -> Result<u64, String> {
-    let info = r.cli(&["INFO", "memory"])?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("number_of_cached_scripts:")?.trim().parse().ok())
-        .ok_or_else(|| "INFO memory has no number_of_cached_scripts".into())
-}
-
-/// `redis-benchmark` running the server's script through EVALSHA, at the
-/// same concurrency as the HTTP phases, over `users` random users.
-fn redis_ceiling(ctx: &mut Ctx, r: &Redis, mix_evalsha_us: Option<f64>) -> Result<RedisCeiling, String> {
-    let bench =
-        procs::which("redis-benchmark").ok_or("redis-benchmark is not installed (scripts/bench installs it)")?;
-    // The server loaded its script already. If ours is the same text, Redis
-    // still caches exactly one script after we load it.
-    let before = cached_scripts(r)?;
-    let sha = r.cli(&["SCRIPT", "LOAD", SCRIPT])?;
-    let same_script = before == 1 && cached_scripts(r)? == 1;
-    if !same_script {
-        ctx.failures.push(format!(
-            "redis: the script redis-benchmark runs ({sha}) differs from the server's (cached scripts: {before} before loading it)"
-        ));
-    }
-    let json = r#"{"stream":"s__rand_int__","limit":3,"ttl":"60000000","on_limit":"reject","evict":[],"enforce":true}"#;
-    let args = |n: u64| -> Vec<String> {
-        let port = r.port.to_string();
-        let (c, n, u) = (ctx.args.connections.to_string(), n.to_string(), ctx.args.users.to_string());
-        ["-h", "127.0.0.1", "-p", &port, "-c", &c, "-n", &n, "-r", &u, "--csv", "EVALSHA", &sha, "2"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain(["sc:{u__rand_int__}:s", "sc:{u__rand_int__}:o", "acquire", "", json].map(String::from))
-            .collect()
-    };
-    // A short pilot sizes the real run to last about as long as the mix.
-    r.cli(&["FLUSHALL"])?;
-    let pilot = parse_redis_csv(&procs::run_bounded(&bench, &args(20_000), Duration::from_secs(120))?)?;
-    r.cli(&["FLUSHALL"])?;
-    r.cli(&["CONFIG", "RESETSTAT"])?;
-    let n = ((pilot.0 * ctx.mix.as_secs_f64()) as u64).clamp(20_000, 50_000_000);
-    let full = args(n);
-    ctx.commands.record("redis-benchmark", &full);
-    let (kids0, redis0, t) = (procs::children_cpu_seconds(), procs::cpu_seconds(&r.pid().to_string()), Instant::now());
-    let limit = ctx.mix.mul_f64(4.0) + Duration::from_secs(60);
-    let out = procs::run_bounded(&bench, &full, limit)?;
-    let wall = t.elapsed().as_secs_f64();
-    let (kids1, redis1) = (procs::children_cpu_seconds(), procs::cpu_seconds(&r.pid().to_string()));
-    let (rps, avg, p50, p99, max) = parse_redis_csv(&out)?;
-    let ceiling_us = evalsha_usec_per_call(r)?;
-    eprintln!(
-        "   {:<28} {rps:>9.0} req/s  p50 {:>8.1} µs  p99 {:>8.1} µs  (in Redis: {:?} µs/call; mix: {:?} µs/call)",
-        "redis-benchmark EVALSHA",
-        p50 * 1000.0,
-        p99 * 1000.0,
-        ceiling_us,
-        mix_evalsha_us
-    );
-    Ok(RedisCeiling {
-        command: std::iter::once("redis-benchmark".to_owned())
-            .chain(full.iter().map(|a| procs::shell_quote(a)))
-            .collect::<Vec<_>>()
-            .join(" "),
-        requests: n,
-        throughput: round1(rps),
-        avg_ms: avg,
-        p50_ms: p50,
-        p99_ms: p99,
-        max_ms: max,
-        benchmark_cpu_cores: round3((kids1 - kids0) / wall),
-        redis_cores: round3((redis1 - redis0) / wall),
-        evalsha_us_in_redis: ceiling_us,
-        mix_evalsha_us_in_redis: mix_evalsha_us,
-        same_script_as_server: same_script,
-    })
-}
-
-/// rps, avg, p50, p99 and max (ms) from `redis-benchmark --csv`. The test
-/// name holds the command, commas and quotes included, so read from the end.
-fn parse_redis_csv(out: &str) -> Result<(f64, f64, f64, f64, f64), String> {
-    let line = out.lines().rfind(|l| l.starts_with("\"EVALSHA")).ok_or_else(|| format!("no result in: {out}"))?;
-    let f: Vec<f64> = line
-        .rsplitn(8, ',')
-        .take(7)
-        .map(|v| v.trim_matches('"').parse::<f64>().map_err(|e| format!("{v}: {e}")))
-        .collect::<Result<_, _>>()?;
-    // Reversed: max, p99, p95, p50, min, avg, rps.
-    Ok((f[6], f[5], f[3], f[1], f[0]))
 }
 
 /// Scrapes `GET /metrics` once a second until stopped, like Prometheus.
@@ -621,7 +607,7 @@ fn footprint_run(ctx: &mut Ctx, store: &str, recovery: &mut Vec<Recovery>) -> Re
     std::thread::sleep(Duration::from_millis(1200));
     let rss_before = procs::rss_bytes(server.pid())?;
     let users = ctx.leases.div_ceil(3);
-    let work = Work::Fill { total: ctx.leases, users };
+    let work = Work::Fill { start: 0, total: ctx.leases, users };
     let fill = phase(ctx, "fill", server.addr, work, Pace::Fill, Duration::from_secs(1800), &watch)?;
     std::thread::sleep(Duration::from_millis(1200));
     let rss_after = procs::rss_bytes(server.pid())?;
@@ -741,44 +727,78 @@ fn restart(
     Ok((r, server))
 }
 
-fn targets(stores: &[StoreReport], footprint: &[Footprint], recovery: &[Recovery]) -> Vec<Target> {
+/// A target whose measurement is missing (its store or phase failed).
+fn missing(name: &str, target: &str) -> Target {
+    Target { name: name.into(), target: target.into(), measured: "–".into(), met: None }
+}
+
+/// The targets, each with what was measured. Reported, never asserted.
+fn targets(
+    requested: &[String],
+    stores: &[StoreReport],
+    footprint: &[Footprint],
+    recovery: &[Recovery],
+) -> Vec<Target> {
     let mut t = Vec::new();
     let store = |name: &str| stores.iter().find(|s| s.store == name);
-    match store("sqlite") {
-        Some(s) => t.push(Target {
-            name: "sqlite durable mix throughput vs /livez".into(),
-            target: "≥ 0.5 × /livez".into(),
-            measured: format!(
-                "{:.2} × ({} vs {} req/s)",
-                s.mix_to_livez,
-                int(s.mix.throughput),
-                int(s.livez.throughput)
-            ),
-            met: Some(s.mix_to_livez >= 0.5),
-        }),
-        None => {
-            t.push(Target {
-                name: "sqlite vs /livez".into(), target: "≥ 0.5".into(), measured: "–".into(), met: None
-            })
+    // A store's targets are listed when it was asked for: "not measured" if it failed.
+    let asked = |name: &str| requested.iter().any(|s| s == name);
+    // CPU per request ÷ the bare server's: "2.31 × (20.6 vs 8.9 µs)".
+    let cpu = |s: &StoreReport, p: &Phase, r: Option<f64>| -> Option<(f64, String)> {
+        let (r, bare) = (r?, s.bare_livez.as_ref()?);
+        let text = format!("{r:.2} × ({:.1} vs {:.1} µs)", p.cpu.server_us_per_request, bare.cpu.server_us_per_request);
+        Some((r, text))
+    };
+
+    let livez_name = "streamcap /livez CPU per request vs bare, every store";
+    let livez: Vec<(&str, Option<(f64, String)>)> = requested
+        .iter()
+        .map(|name| (name.as_str(), store(name).and_then(|s| cpu(s, &s.livez, s.livez_cpu_to_bare))))
+        .collect();
+    let measured: Vec<String> =
+        livez.iter().map(|(s, r)| format!("{s} {}", r.as_ref().map_or("–", |r| r.1.as_str()))).collect();
+    let all: Option<Vec<f64>> = livez.iter().map(|(_, r)| r.as_ref().map(|r| r.0)).collect();
+    t.push(Target {
+        name: livez_name.into(),
+        target: "≤ 1.4 × bare".into(),
+        measured: if livez.is_empty() { "–".into() } else { measured.join("; ") },
+        met: all.filter(|a| !a.is_empty()).map(|a| a.iter().all(|&r| r <= 1.4)),
+    });
+    for (name, goal, limit, label) in [
+        ("memory", "≤ 2 × bare", 2.0, "memory: mix CPU per request vs bare"),
+        ("sqlite", "≤ 3 × bare", 3.0, "sqlite: durable mix CPU per request vs bare"),
+        ("redis", "≤ 2.5 × bare", 2.5, "redis: streamcap's mix CPU per request vs bare"),
+    ] {
+        if !asked(name) {
+            continue;
+        }
+        match store(name).and_then(|s| cpu(s, &s.mix, s.mix_cpu_to_bare)) {
+            Some((r, measured)) => {
+                t.push(Target { name: label.into(), target: goal.into(), measured, met: Some(r <= limit) })
+            }
+            None => t.push(missing(label, goal)),
+        }
+        if name == "sqlite" {
+            let label = "sqlite: durable mix throughput vs /livez";
+            match store("sqlite") {
+                Some(s) => t.push(Target {
+                    name: label.into(),
+                    target: "≥ 0.7 × /livez".into(),
+                    measured: format!(
+                        "{:.2} × ({} vs {} req/s)",
+                        s.mix_to_livez,
+                        int(s.mix.throughput),
+                        int(s.livez.throughput)
+                    ),
+                    met: Some(s.mix_to_livez >= 0.7),
+                }),
+                None => t.push(missing(label, "≥ 0.7 × /livez")),
+            }
         }
     }
-    match store("redis").and_then(|s| Some((s, s.redis_ceiling.as_ref()?))) {
-        Some((s, c)) => t.push(Target {
-            name: "redis mix throughput vs EVALSHA ceiling".into(),
-            target: "≥ 0.5 × EVALSHA".into(),
-            measured: format!(
-                "{:.2} × ({} vs {} req/s)",
-                s.mix_to_evalsha.unwrap_or(0.0),
-                int(s.mix.throughput),
-                int(c.throughput)
-            ),
-            met: s.mix_to_evalsha.map(|r| r >= 0.5),
-        }),
-        None => {
-            t.push(Target {
-                name: "redis vs EVALSHA".into(), target: "≥ 0.5".into(), measured: "–".into(), met: None
-            })
-        }
+
+    if asked("redis") {
+        redis_targets(store("redis"), &mut t);
     }
     for s in stores {
         t.push(Target {
@@ -813,6 +833,49 @@ fn targets(stores: &[StoreReport], footprint: &[Footprint], recovery: &[Recovery
     t
 }
 
+/// The two targets inside Redis.
+/// The two targets inside Redis: per decision vs a SET, and flat in the
+/// number of users.
+fn redis_targets(s: Option<&StoreReport>, t: &mut Vec<Target>) {
+    let label = "redis: CPU inside Redis per decision vs a SET";
+    let per_decision = s.and_then(|s| {
+        let d = s.redis_decision.as_ref()?.usec_per_decision?;
+        let set = s.redis_set.as_ref()?.usec_per_call;
+        Some((ratio(d, set)?, d, set))
+    });
+    match per_decision {
+        Some((r, d, set)) => t.push(Target {
+            name: label.into(),
+            target: "≤ 8 × SET".into(),
+            measured: format!("{r:.2} × ({d:.2} vs {set:.2} µs, INFO commandstats)"),
+            met: Some(r <= 8.0),
+        }),
+        None => t.push(missing(label, "≤ 8 × SET")),
+    }
+    let keyspace = s.and_then(|s| s.redis_keyspace.as_ref());
+    let flat = keyspace.and_then(|k| {
+        let (small, large) = (k.points.first()?, k.points.last()?);
+        Some((k.growth?, small, large))
+    });
+    match flat {
+        Some((g, small, large)) => t.push(Target {
+            name: format!(
+                "redis: CPU inside Redis per decision, {} vs {} users",
+                int(large.users as f64),
+                int(small.users as f64)
+            ),
+            target: "flat: ≤ 1.25 ×".into(),
+            measured: format!(
+                "{g:.2} × ({:.2} vs {:.2} µs)",
+                large.cost.usec_per_decision.unwrap_or(0.0),
+                small.cost.usec_per_decision.unwrap_or(0.0)
+            ),
+            met: Some(g <= 1.25),
+        }),
+        None => t.push(missing("redis: CPU inside Redis per decision, by users in Redis", "flat: ≤ 1.25 ×")),
+    }
+}
+
 fn write_outputs(ctx: &Ctx, report: &Report) -> Result<(), String> {
     let json_path = ctx.args.json.clone().unwrap_or_else(|| PathBuf::from(format!("bench/results/{}.json", ctx.mode)));
     if let Some(dir) = json_path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -839,7 +902,7 @@ fn summary(r: &Report) -> String {
             Some(false) => "MISSED",
             None => "not measured",
         };
-        s.push_str(&format!("  {:<52} {:<18} {:<44} {met}\n", t.name, t.target, t.measured));
+        s.push_str(&format!("  {:<58} {:<18} {:<44} {met}\n", t.name, t.target, t.measured));
     }
     s
 }
@@ -915,12 +978,40 @@ fn mem_total() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use report::samples;
+
+    fn met(t: &[Target], name: &str) -> Option<bool> {
+        t.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no target {name:?}")).met
+    }
 
     #[test]
-    fn reads_redis_benchmark_csv() {
-        let out = "\"test\",\"rps\",\"avg_latency_ms\",\"min_latency_ms\",\"p50_latency_ms\",\"p95_latency_ms\",\"p99_latency_ms\",\"max_latency_ms\"\n\
-                   \"EVALSHA abc 2 sc:{u__rand_int__}:s acquire  {\"stream\":\"s\",\"limit\":3}\",\"38461.54\",\"1.548\",\"0.440\",\"1.463\",\"2.399\",\"2.967\",\"5.439\"\n";
-        assert_eq!(parse_redis_csv(out).unwrap(), (38461.54, 1.548, 1.463, 2.967, 5.439));
-        assert!(parse_redis_csv("nothing").is_err());
+    fn targets_compare_cpu_with_the_bare_server_and_redis_with_a_set() {
+        let all = ["memory", "sqlite", "redis"].map(String::from);
+        let stores =
+            [samples::store("memory", 11.0, 16.0), samples::store("sqlite", 11.0, 24.8), samples::redis_store()];
+        let t = targets(&all, &stores, &[], &[]);
+        // Bare: 8 µs. /livez 11 µs is 1.375 ×; redis's 12 µs is 1.5 ×.
+        let livez = t.iter().find(|t| t.name.starts_with("streamcap /livez")).unwrap();
+        assert_eq!(livez.met, Some(false));
+        assert!(livez.measured.starts_with("memory 1.38 × (11.0 vs 8.0 µs); sqlite 1.38 ×"), "{}", livez.measured);
+        assert_eq!(met(&t, "memory: mix CPU per request vs bare"), Some(true));
+        assert_eq!(met(&t, "sqlite: durable mix CPU per request vs bare"), Some(false));
+        assert_eq!(met(&t, "sqlite: durable mix throughput vs /livez"), Some(true));
+        assert_eq!(met(&t, "redis: streamcap's mix CPU per request vs bare"), Some(true));
+        // 12 µs per decision against 1.5 µs per SET: exactly 8 ×.
+        assert_eq!(met(&t, "redis: CPU inside Redis per decision vs a SET"), Some(true));
+        // 14 vs 12 µs: 1.17 ×, flat.
+        assert_eq!(met(&t, "redis: CPU inside Redis per decision, 1,000,000 vs 10,000 users"), Some(true));
+        assert!(!t.iter().any(|t| t.name.contains("EVALSHA")));
+    }
+
+    #[test]
+    fn a_store_asked_for_but_not_measured_is_listed_as_such() {
+        let asked = ["memory", "redis"].map(String::from);
+        let t = targets(&asked, &[samples::store("memory", 10.0, 15.0)], &[], &[]);
+        assert_eq!(met(&t, "streamcap /livez CPU per request vs bare, every store"), None);
+        assert_eq!(met(&t, "redis: streamcap's mix CPU per request vs bare"), None);
+        assert_eq!(met(&t, "redis: CPU inside Redis per decision vs a SET"), None);
+        assert!(!t.iter().any(|t| t.name.starts_with("sqlite")));
     }
 }

@@ -1,5 +1,6 @@
 //! The processes a run starts and watches: the real `streamcap` binary,
-//! a private `redis-server`, `redis-cli` and `redis-benchmark`.
+//! the bare server (this program, run as `streamcap-bench bare-server`), a
+//! private `redis-server`, `redis-cli` and `redis-benchmark`.
 //!
 //! Everything listens on 127.0.0.1 only. streamcap gets `--listen
 //! 127.0.0.1:0` and we read the port it bound from its `listening addr=…`
@@ -40,9 +41,11 @@ pub fn shell_quote(s: &str) -> String {
     if plain { s.to_owned() } else { format!("'{}'", s.replace('\'', r"'\''")) }
 }
 
-/// A running `streamcap` server.
+/// A running `streamcap` server, or the bare server.
 pub struct Server {
     child: Child,
+    /// "streamcap" or "the bare server", for messages.
+    name: &'static str,
     pub addr: SocketAddr,
     /// From spawn to the `listening` log line.
     pub to_listening: Duration,
@@ -57,15 +60,35 @@ impl Server {
         let mut all = vec!["serve".to_owned(), "--listen".to_owned(), "127.0.0.1:0".to_owned()];
         all.extend(args.iter().cloned());
         commands.record(&format!("RUST_LOG=info {}", bin.display()), &all);
+        let mut cmd = Command::new(bin);
+        cmd.args(&all).env("RUST_LOG", "info");
+        Server::spawn(cmd, "streamcap", limit)
+    }
+
+    /// Starts the bare server: this very program, run as `streamcap-bench
+    /// bare-server --listen 127.0.0.1:0`.
+    pub fn start_bare(limit: Duration, commands: &CommandLog) -> Result<Server, String> {
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find this program to run the bare server: {e}"))?;
+        let args = ["bare-server", "--listen", "127.0.0.1:0"].map(String::from);
+        // Logged as invoked (usually target/release/streamcap-bench).
+        let shown = std::env::args().next().unwrap_or_else(|| exe.display().to_string());
+        commands.record(&shown, &args);
+        let mut cmd = Command::new(exe);
+        cmd.args(&args);
+        Server::spawn(cmd, "the bare server", limit)
+    }
+
+    /// Spawns `cmd` and waits (at most `limit`) for its `listening
+    /// addr=…` line on stderr.
+    fn spawn(mut cmd: Command, name: &'static str, limit: Duration) -> Result<Server, String> {
         let spawned_at = Instant::now();
-        let mut child = Command::new(bin)
-            .args(&all)
-            .env("RUST_LOG", "info")
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
         let stderr = child.stderr.take().ok_or("no stderr pipe")?;
         let log = Arc::new(Mutex::new(VecDeque::new()));
         let (tx, rx) = mpsc::channel();
@@ -89,7 +112,7 @@ impl Server {
             }
         });
         let mut server =
-            Server { child, addr: "127.0.0.1:0".parse().unwrap(), to_listening: Duration::ZERO, spawned_at, log };
+            Server { child, name, addr: "127.0.0.1:0".parse().unwrap(), to_listening: Duration::ZERO, spawned_at, log };
         let deadline = spawned_at + limit;
         loop {
             match rx.recv_timeout(Duration::from_millis(20)) {
@@ -100,10 +123,10 @@ impl Server {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
                     if let Ok(Some(status)) = server.child.try_wait() {
-                        return Err(format!("streamcap exited with {status} before listening:\n{}", server.tail()));
+                        return Err(format!("{name} exited with {status} before listening:\n{}", server.tail()));
                     }
                 }
-                Err(_) => return Err(format!("streamcap did not listen within {limit:?}:\n{}", server.tail())),
+                Err(_) => return Err(format!("{name} did not listen within {limit:?}:\n{}", server.tail())),
             }
         }
     }
@@ -129,11 +152,11 @@ impl Server {
                 return if status.success() {
                     Ok(took)
                 } else {
-                    Err(format!("streamcap exited with {status} on SIGTERM:\n{}", self.tail()))
+                    Err(format!("{} exited with {status} on SIGTERM:\n{}", self.name, self.tail()))
                 };
             }
             if Instant::now() > deadline {
-                return Err(format!("streamcap did not exit within {limit:?} of SIGTERM:\n{}", self.tail()));
+                return Err(format!("{} did not exit within {limit:?} of SIGTERM:\n{}", self.name, self.tail()));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -391,7 +414,17 @@ pub fn run_bounded(program: &Path, args: &[String], limit: Duration) -> Result<S
         std::thread::sleep(Duration::from_millis(20));
     };
     let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
-    if status.success() { Ok(out) } else { Err(format!("{} exited with {status}: {err}", program.display())) }
+    if status.success() {
+        Ok(out)
+    } else {
+        // redis-benchmark reports an error reply on stdout, then exits.
+        let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("Error")).take(3).collect();
+        Err(format!(
+            "{} exited with {status}: {}",
+            program.display(),
+            [err.trim(), &errors.join(" / ")].join(" ").trim()
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -113,6 +113,10 @@ pub struct Phase {
     pub io_errors: u64,
     pub first_error: Option<String>,
     pub late_sends: u64,
+    /// Answered requests sent after the window, not measured: releases of
+    /// the leases the mix still held.
+    #[serde(default)]
+    pub drained: u64,
     pub cpu: Cpu,
 }
 
@@ -169,6 +173,7 @@ impl Phase {
             io_errors: o.io_errors,
             first_error: o.first_error.clone(),
             late_sends: o.late,
+            drained: o.drained,
             cpu: Cpu {
                 client_cores: round3(o.client_cpu / seconds.max(1e-9)),
                 server_cores: round3(server / seconds.max(1e-9)),
@@ -205,6 +210,71 @@ pub struct StoreReport {
     pub redis_ceiling: Option<RedisCeiling>,
     /// mix throughput / EVALSHA ceiling.
     pub mix_to_evalsha: Option<f64>,
+    /// The bare server's `/livez`, measured in the same rounds as `livez`
+    /// and `mix`. (Runs recorded before it existed have none of the fields
+    /// below.)
+    pub bare_livez: Option<Phase>,
+    /// Server CPU µs per request ÷ the bare server's, for streamcap's
+    /// `/livez` and for the mix (streamcap's own process).
+    pub livez_cpu_to_bare: Option<f64>,
+    pub mix_cpu_to_bare: Option<f64>,
+    /// Redis: the closed-loop mix's decisions inside Redis.
+    pub redis_decision: Option<ScriptCost>,
+    /// Redis: redis-benchmark's SETs, the unit of Redis CPU.
+    pub redis_set: Option<SetCeiling>,
+    /// Redis: the cost per decision at a small and at a large keyspace.
+    pub redis_keyspace: Option<Keyspace>,
+}
+
+/// What the decisions of a window cost inside Redis: the script-invocation
+/// commands of `INFO commandstats` since `CONFIG RESETSTAT`.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct ScriptCost {
+    pub calls: u64,
+    pub usec: u64,
+    pub failed_calls: u64,
+    /// Lease requests answered over HTTP in the window, including the
+    /// releases sent after each round for the sessions still open.
+    pub decisions: u64,
+    pub usec_per_decision: Option<f64>,
+    pub calls_per_decision: Option<f64>,
+    /// `DBSIZE` at the end of the window (keyspace runs only: after the
+    /// mix, whose sessions end released, only the fill's leases are left).
+    pub keys: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct SetCeiling {
+    pub command: String,
+    pub requests: u64,
+    pub throughput: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// µs per SET inside Redis (`INFO commandstats`).
+    pub usec_per_call: f64,
+    /// redis-server's CPU from /proc over the run, per SET and in cores.
+    pub redis_cpu_us_per_call: f64,
+    pub redis_cores: f64,
+    pub benchmark_cpu_cores: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Keyspace {
+    /// Smallest keyspace first.
+    pub points: Vec<KeyspacePoint>,
+    /// µs per decision at the largest keyspace ÷ at the smallest.
+    pub growth: Option<f64>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct KeyspacePoint {
+    /// Users in Redis, each holding one lease from the fill.
+    pub users: u64,
+    pub fill_seconds: f64,
+    pub fill_throughput: f64,
+    /// The mix over those users.
+    pub mix: Phase,
+    pub cost: ScriptCost,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -223,6 +293,119 @@ pub struct RedisCeiling {
     pub evalsha_us_in_redis: Option<f64>,
     pub mix_evalsha_us_in_redis: Option<f64>,
     pub same_script_as_server: bool,
+    /// redis-server's CPU from /proc over the run, per EVALSHA.
+    pub redis_cpu_us_per_call: Option<f64>,
+}
+
+impl StoreReport {
+    /// Every measured phase, in the order they ran: closed loop, open
+    /// loop, then the keyspace mixes.
+    pub fn measured_phases(&self) -> Vec<&Phase> {
+        let mut v: Vec<&Phase> = self.bare_livez.iter().collect();
+        v.extend([&self.livez, &self.mix, &self.half_load_mix, &self.half_load_livez]);
+        v.extend(self.redis_keyspace.iter().flat_map(|k| k.points.iter().map(|p| &p.mix)));
+        v
+    }
+}
+
+/// The Redis table: µs per decision inside Redis and redis-server's CPU,
+/// each next to a SET's.
+fn redis_table(m: &mut String, s: &StoreReport, users: usize, zipf: f64) {
+    let _ = writeln!(m, "\n#### Redis: CPU per decision vs a SET\n");
+    let _ = writeln!(
+        m,
+        "\"Inside Redis\" is what `INFO commandstats` counts after `CONFIG RESETSTAT`: the µs of the \
+         script-invocation commands (EVALSHA, EVAL, FCALL and their read-only forms; the commands a script calls \
+         are inside its time), divided by the decisions, for redis-benchmark by its requests. A decision is one \
+         lease request answered over HTTP. \"redis-server CPU\" is the process's CPU from /proc over the same \
+         window, network I/O included. `INFO commandstats` times commands by the clock, so time the Redis \
+         thread spent preempted inside a script counts too; on a busy machine it reads high. The keyspace rows \
+         run on a fresh redis-server whose users each hold one lease, the mix acting on those users.\n"
+    );
+    let _ = writeln!(
+        m,
+        "| workload | users | keys in Redis | decisions or requests | script calls per decision | µs inside Redis | ÷ SET | redis-server CPU µs | ÷ SET |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let set = s.redis_set.as_ref();
+    let (set_in, set_cpu) = (set.map(|c| c.usec_per_call), set.map(|c| c.redis_cpu_us_per_call));
+    let row = |m: &mut String,
+               what: &str,
+               users: &str,
+               keys: Option<u64>,
+               n: u64,
+               calls: Option<f64>,
+               inside: Option<f64>,
+               cpu: Option<f64>| {
+        let _ = writeln!(
+            m,
+            "| {what} | {users} | {} | {} | {} | {} | {} | {} | {} |",
+            keys.map_or("–".to_owned(), |k| int(k as f64)),
+            int(n as f64),
+            calls.map_or("–".to_owned(), |c| format!("{c:.2}")),
+            inside.map_or("–".to_owned(), |v| format!("{v:.2}")),
+            times(inside.zip(set_in).and_then(|(a, b)| ratio(a, b))),
+            us(cpu),
+            times(cpu.zip(set_cpu).and_then(|(a, b)| ratio(a, b)))
+        );
+    };
+    let random = format!("{} random", int(users as f64));
+    if let Some(c) = set {
+        row(
+            m,
+            "`redis-benchmark` SET",
+            &random,
+            None,
+            c.requests,
+            None,
+            Some(c.usec_per_call),
+            Some(c.redis_cpu_us_per_call),
+        );
+    }
+    if let Some(c) = &s.redis_ceiling {
+        let what = "`redis-benchmark` EVALSHA (an acquire)";
+        row(m, what, &random, None, c.requests, Some(1.0), c.evalsha_us_in_redis, c.redis_cpu_us_per_call);
+    }
+    if let Some(d) = &s.redis_decision {
+        let who = format!("{} (Zipf {zipf})", int(users as f64));
+        let cpu = s.mix.cpu.redis_us_per_request;
+        row(m, "HTTP lease mix", &who, d.keys, d.decisions, d.calls_per_decision, d.usec_per_decision, cpu);
+    }
+    if let Some(k) = &s.redis_keyspace {
+        for p in &k.points {
+            let (c, who) = (&p.cost, format!("{} (Zipf {zipf})", int(p.users as f64)));
+            let cpu = p.mix.cpu.redis_us_per_request;
+            row(
+                m,
+                "HTTP lease mix, keyspace",
+                &who,
+                c.keys,
+                c.decisions,
+                c.calls_per_decision,
+                c.usec_per_decision,
+                cpu,
+            );
+        }
+        if let (Some(a), Some(b), Some(g)) = (k.points.first(), k.points.last(), k.growth) {
+            let (cpu_a, cpu_b) = (a.mix.cpu.redis_us_per_request, b.mix.cpu.redis_us_per_request);
+            let _ = writeln!(
+                m,
+                "\nFrom {} to {} users in Redis, the µs per decision inside Redis went from {} to {}: {g:.2} × \
+                 (redis-server CPU per decision: {} to {}, {}).",
+                int(a.users as f64),
+                int(b.users as f64),
+                us(a.cost.usec_per_decision),
+                us(b.cost.usec_per_decision),
+                us(cpu_a),
+                us(cpu_b),
+                times(cpu_b.zip(cpu_a).and_then(|(b, a)| ratio(b, a)))
+            );
+        }
+    }
+    if let Some(c) = &s.redis_ceiling
+        && !c.same_script_as_server
+    {
+        let _ = writeln!(m, "\n**redis-benchmark did not run the server's script** (see the failures above).");
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -286,6 +469,21 @@ pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// `a / b` to 3 decimals, when `b` is positive and both are finite.
+pub fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0 && a.is_finite() && b.is_finite()).then(|| round3(a / b))
+}
+
+/// A ratio for tables: "2.31 ×", or "–" when there is none.
+fn times(r: Option<f64>) -> String {
+    r.map_or("–".to_owned(), |r| format!("{r:.2} ×"))
+}
+
+/// µs with one decimal, or "–".
+fn us(v: Option<f64>) -> String {
+    v.map_or("–".to_owned(), |v| format!("{v:.1}"))
+}
+
 fn yes_no(met: Option<bool>) -> &'static str {
     match met {
         Some(true) => "**met**",
@@ -332,12 +530,15 @@ impl Report {
         let b = &self.build;
         let _ = writeln!(m, "Server: `{}` at {}, {}; {}.", b.server_binary, b.git_revision, b.rustc, b.redis_server);
         let p = &self.params;
+        // Runs recorded before the bare server existed measured /livez on streamcap only.
+        let has_bare = self.stores.iter().any(|s| s.bare_livez.is_some());
         let _ = writeln!(
             m,
             "Load: {} keep-alive HTTP/1.1 connections from {} client thread(s), closed loop; {} users, Zipf \
              exponent {} (the busiest user gets {:.1} % of new sessions); {} sessions per connection, each \
-             acquire → {} renewals → release. Phases: /livez {} s, mix {} s, each open-loop phase {} s, \
-             each pair alternating in {} round(s). The whole run took {:.0} s.\n",
+             acquire → {} renewals → release. Phases: /livez {} s{}, mix {} s, each open-loop phase {} s; the \
+             closed-loop phases alternate in {} round(s), and so do the open-loop ones. The whole run took \
+             {:.0} s.\n",
             p.connections,
             p.client_threads,
             int(p.users as f64),
@@ -346,6 +547,7 @@ impl Report {
             p.sessions_per_connection,
             p.renewals_per_session,
             p.livez_seconds,
+            if has_bare { " (the bare server's and streamcap's each)" } else { "" },
             p.mix_seconds,
             p.open_loop_seconds,
             p.rounds,
@@ -353,14 +555,14 @@ impl Report {
         );
 
         let _ = writeln!(m, "#### Targets\n");
-        let _ = writeln!(m, "| target (issue 6) | goal | measured | |\n|---|---|---|---|");
+        let _ = writeln!(m, "| target | goal | measured | |\n|---|---|---|---|");
         for t in &self.targets {
             let _ = writeln!(m, "| {} | {} | {} | {} |", t.name, t.target, t.measured, yes_no(t.met));
         }
         let disturbed: Vec<String> = self
             .stores
             .iter()
-            .flat_map(|s| [&s.livez, &s.mix, &s.half_load_mix, &s.half_load_livez].map(|p| (s.store.as_str(), p)))
+            .flat_map(|s| s.measured_phases().into_iter().map(move |p| (s.store.as_str(), p)))
             .filter_map(|(store, p)| {
                 let c = &p.cpu;
                 let other = c.machine_busy_cores - c.client_cores - c.server_cores - c.redis_cores.unwrap_or(0.0);
@@ -390,8 +592,16 @@ impl Report {
         }
 
         let _ = writeln!(m, "\n#### Throughput and latency, closed loop\n");
-        let _ =
-            writeln!(m, "Latency is per request, measured by the client from send to the last byte of the answer.\n");
+        let _ = writeln!(
+            m,
+            "Latency is per request, measured by the client from send to the last byte of the answer.{}\n",
+            if has_bare {
+                " The bare server's `/livez`, streamcap's `/livez` and the lease mix alternate in the same rounds \
+                 over the same number of connections."
+            } else {
+                ""
+            }
+        );
         let _ = writeln!(
             m,
             "| store | workload | requests | req/s | p50 µs | p99 µs | p99.9 µs | ratio to ceiling |\n|---|---|---:|---:|---:|---:|---:|---|"
@@ -409,12 +619,24 @@ impl Report {
                     int(ph.latency.p999_us)
                 );
             };
-            row(&mut m, "`/livez` (ceiling)", &s.livez, "1");
-            let mut ratio = format!("{:.2} × /livez", s.mix_to_livez);
-            if let Some(r) = s.mix_to_evalsha {
-                let _ = write!(ratio, "; {r:.2} × EVALSHA");
+            let bare = s.bare_livez.as_ref().map(|b| b.throughput);
+            let to_bare = |ph: &Phase| bare.and_then(|b| ratio(ph.throughput, b));
+            if let Some(b) = &s.bare_livez {
+                row(&mut m, "bare server `/livez` (ceiling)", b, "1");
             }
-            row(&mut m, "lease mix", &s.mix, &ratio);
+            let livez_ratio = match to_bare(&s.livez) {
+                Some(r) => format!("1; {r:.2} × bare"),
+                None => "1".to_owned(),
+            };
+            row(&mut m, "`/livez` (ceiling)", &s.livez, &livez_ratio);
+            let mut mix_ratio = format!("{:.2} × /livez", s.mix_to_livez);
+            if let Some(r) = to_bare(&s.mix) {
+                let _ = write!(mix_ratio, "; {r:.2} × bare");
+            }
+            if let Some(r) = s.mix_to_evalsha {
+                let _ = write!(mix_ratio, "; {r:.2} × EVALSHA");
+            }
+            row(&mut m, "lease mix", &s.mix, &mix_ratio);
             if let Some(c) = &s.redis_ceiling {
                 let _ = writeln!(
                     m,
@@ -426,19 +648,50 @@ impl Report {
                     int(c.p99_ms * 1000.0)
                 );
             }
+            if let Some(c) = &s.redis_set {
+                let _ = writeln!(
+                    m,
+                    "| {} | `redis-benchmark` SET | {} | {} | {} | {} | – | – |",
+                    s.store,
+                    int(c.requests as f64),
+                    int(c.throughput),
+                    int(c.p50_ms * 1000.0),
+                    int(c.p99_ms * 1000.0)
+                );
+            }
+        }
+
+        if has_bare {
+            let _ = writeln!(m, "\n#### Server CPU per request vs the bare server\n");
+            let _ = writeln!(
+                m,
+                "Server CPU µs per request from /proc over the closed-loop phases above. The bare server is axum \
+                 with one `/livez` route and no layers, answering the same bytes as streamcap's, on the same \
+                 runtime (multi-thread tokio, default worker count). For redis, streamcap's own process only; \
+                 Redis's CPU is in the next table.\n"
+            );
+            let _ = writeln!(
+                m,
+                "| store | bare `/livez` µs/req | streamcap `/livez` µs/req | ÷ bare | lease mix µs/req | ÷ bare |\n|---|---:|---:|---:|---:|---:|"
+            );
+            for s in &self.stores {
+                let bare = s.bare_livez.as_ref().map(|b| b.cpu.server_us_per_request);
+                let _ = writeln!(
+                    m,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    s.store,
+                    us(bare),
+                    us(Some(s.livez.cpu.server_us_per_request)),
+                    times(s.livez_cpu_to_bare),
+                    us(Some(s.mix.cpu.server_us_per_request)),
+                    times(s.mix_cpu_to_bare)
+                );
+            }
         }
 
         for s in &self.stores {
-            if let Some(c) = &s.redis_ceiling {
-                let us = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.1}"));
-                let _ = writeln!(
-                    m,
-                    "\nInside Redis (`INFO commandstats`), one EVALSHA took {} µs under redis-benchmark and {} µs \
-                     under the HTTP mix. Same script: {}.",
-                    us(c.evalsha_us_in_redis),
-                    us(c.mix_evalsha_us_in_redis),
-                    if c.same_script_as_server { "yes" } else { "NO" }
-                );
+            if s.redis_decision.is_some() || s.redis_set.is_some() || s.redis_ceiling.is_some() {
+                redis_table(&mut m, s, self.params.users, self.params.zipf_exponent);
             }
         }
 
@@ -529,7 +782,7 @@ impl Report {
             "| store | phase | client cores | server cores | redis cores | other processes' cores | steal cores | client / server waiting for a CPU, ms per s | client µs/req | server µs/req | redis µs/req |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for s in &self.stores {
-            for ph in [&s.livez, &s.mix, &s.half_load_mix, &s.half_load_livez] {
+            for ph in s.measured_phases() {
                 let c = &ph.cpu;
                 let opt = |v: Option<f64>| v.map_or("–".to_owned(), |v| v.to_string());
                 let _ = writeln!(
@@ -555,8 +808,18 @@ impl Report {
             if let Some(rc) = &s.redis_ceiling {
                 let _ = writeln!(
                     m,
-                    "| {} | redis-benchmark EVALSHA | {} | – | {} | – | – | – | – | – | – |",
-                    s.store, rc.benchmark_cpu_cores, rc.redis_cores
+                    "| {} | redis-benchmark EVALSHA | {} | – | {} | – | – | – | – | – | {} |",
+                    s.store,
+                    rc.benchmark_cpu_cores,
+                    rc.redis_cores,
+                    us(rc.redis_cpu_us_per_call)
+                );
+            }
+            if let Some(c) = &s.redis_set {
+                let _ = writeln!(
+                    m,
+                    "| {} | redis-benchmark SET | {} | – | {} | – | – | – | – | – | {} |",
+                    s.store, c.benchmark_cpu_cores, c.redis_cores, c.redis_cpu_us_per_call
                 );
             }
         }
@@ -641,6 +904,172 @@ pub fn splice(doc: &str, mode: &str, section: &str) -> String {
     }
 }
 
+/// Made-up results for the tests of the report and of the targets.
+#[cfg(test)]
+pub mod samples {
+    use super::*;
+
+    /// A closed-loop phase: `requests` in 1 s, `server_us` of server CPU each.
+    pub fn phase(name: &str, requests: u64, server_us: f64, redis_us: Option<f64>) -> Phase {
+        let lat = Latency {
+            count: requests,
+            mean_us: 900.0,
+            p50_us: 800.0,
+            p90_us: 1500.0,
+            p99_us: 2000.0,
+            p999_us: 4000.0,
+            max_us: 9000.0,
+        };
+        Phase {
+            name: name.into(),
+            pace: "closed".into(),
+            connections: 64,
+            offered_rate: None,
+            seconds: 1.0,
+            requests,
+            throughput: requests as f64,
+            latency: lat,
+            by_kind: BTreeMap::new(),
+            statuses: BTreeMap::new(),
+            unexpected_statuses: 0,
+            server_errors_5xx: 0,
+            io_errors: 0,
+            first_error: None,
+            late_sends: 0,
+            drained: 0,
+            cpu: Cpu {
+                client_cores: 0.5,
+                server_cores: round3(server_us * requests as f64 / 1e6),
+                redis_cores: redis_us.map(|r| round3(r * requests as f64 / 1e6)),
+                client_us_per_request: 6.0,
+                server_us_per_request: server_us,
+                redis_us_per_request: redis_us,
+                machine_busy_cores: 0.0,
+                steal_cores: 0.0,
+                client_runqueue_ms_per_s: 0.0,
+                server_runqueue_ms_per_s: 0.0,
+            },
+        }
+    }
+
+    pub fn cost(decisions: u64, usec: u64) -> ScriptCost {
+        ScriptCost {
+            calls: decisions,
+            usec,
+            failed_calls: 0,
+            decisions,
+            usec_per_decision: ratio(usec as f64, decisions as f64),
+            calls_per_decision: Some(1.0),
+            keys: None,
+        }
+    }
+
+    /// A store whose bare server costs 8 µs per /livez.
+    pub fn store(name: &str, livez_us: f64, mix_us: f64) -> StoreReport {
+        let redis = (name == "redis").then_some(10.0);
+        let bare = phase("bare livez", 100_000, 8.0, redis.map(|_| 0.0));
+        let livez = phase("livez", 80_000, livez_us, redis.map(|_| 0.0));
+        let mix = phase("mix", 60_000, mix_us, redis);
+        StoreReport {
+            store: name.into(),
+            loadavg_before: "0.1, 0.2, 0.3".into(),
+            fsync_before_us: (100.0, 200.0),
+            mix_to_livez: ratio(mix.throughput, livez.throughput).unwrap(),
+            half_load_mix: phase("half-load mix", 30_000, mix_us * 1.5, redis),
+            half_load_livez: phase("half-load livez", 30_000, livez_us * 1.5, None),
+            half_load_p99_ratio: 1.0,
+            redis_ceiling: None,
+            mix_to_evalsha: None,
+            livez_cpu_to_bare: ratio(livez_us, 8.0),
+            mix_cpu_to_bare: ratio(mix_us, 8.0),
+            bare_livez: Some(bare),
+            livez,
+            mix,
+            redis_decision: None,
+            redis_set: None,
+            redis_keyspace: None,
+        }
+    }
+
+    /// The redis store with its costs inside Redis: 12 µs per decision
+    /// against 1.5 µs per SET; 12 then 14 µs at 10,000 and 1,000,000 users.
+    pub fn redis_store() -> StoreReport {
+        let mut s = store("redis", 12.0, 20.0);
+        s.redis_decision = Some(cost(60_500, 726_000));
+        s.redis_set = Some(SetCeiling {
+            command: "redis-benchmark -t set".into(),
+            requests: 200_000,
+            throughput: 100_000.0,
+            p50_ms: 0.3,
+            p99_ms: 1.0,
+            usec_per_call: 1.5,
+            redis_cpu_us_per_call: 5.0,
+            redis_cores: 0.5,
+            benchmark_cpu_cores: 0.7,
+        });
+        let point = |users: u64, usec: u64| {
+            let mut cost = cost(50_000, usec);
+            cost.keys = Some(users);
+            KeyspacePoint {
+                users,
+                fill_seconds: 1.0,
+                fill_throughput: 20_000.0,
+                mix: phase("mix over users", 50_000, 20.0, Some(11.0)),
+                cost,
+            }
+        };
+        let points = vec![point(10_000, 600_000), point(1_000_000, 700_000)];
+        s.redis_keyspace = Some(Keyspace { points, growth: ratio(14.0, 12.0) });
+        s
+    }
+
+    pub fn report(stores: Vec<StoreReport>) -> Report {
+        Report {
+            mode: "quick".into(),
+            date: "2026-11-30 00:00:00 UTC".into(),
+            machine: Machine {
+                nproc: 2,
+                cpu_model: "a CPU".into(),
+                memory_total: "1 GiB".into(),
+                kernel: "6".into(),
+                data_dir_filesystem: "ext4".into(),
+                fsync_p50_us: 100.0,
+                fsync_max_us: 200.0,
+                loadavg_before: "0".into(),
+                loadavg_after: "0".into(),
+            },
+            build: Build {
+                server_binary: "streamcap".into(),
+                git_revision: "abc".into(),
+                rustc: "rustc".into(),
+                redis_server: "Redis".into(),
+            },
+            params: Params {
+                connections: 64,
+                client_threads: 1,
+                users: 100_000,
+                zipf_exponent: 0.8,
+                zipf_top_user_share: 0.022,
+                sessions_per_connection: 16,
+                renewals_per_session: 3,
+                livez_seconds: 2.0,
+                mix_seconds: 3.0,
+                open_loop_seconds: 2.0,
+                rounds: 1,
+                leases: 100_000,
+                server_flags: String::new(),
+            },
+            commands: Vec::new(),
+            stores,
+            footprint: Vec::new(),
+            recovery: Vec::new(),
+            targets: Vec::new(),
+            failures: Vec::new(),
+            total_seconds: 60.0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,6 +1082,70 @@ mod tests {
         let out = splice(&out, "quick", "q\n");
         assert!(out.contains("new\n") && out.ends_with("<!-- bench:quick:begin -->\nq\n<!-- bench:quick:end -->\n"));
         assert_eq!(splice(&out, "quick", "q\n"), out);
+    }
+
+    #[test]
+    fn ratios() {
+        assert_eq!(ratio(3.0, 2.0), Some(1.5));
+        assert_eq!(ratio(1.0, 3.0), Some(0.333));
+        assert_eq!(ratio(1.0, 0.0), None);
+        assert_eq!(ratio(f64::NAN, 1.0), None);
+        assert_eq!(times(Some(1.5)), "1.50 ×");
+        assert_eq!(times(None), "–");
+        assert_eq!(us(Some(7.25)), "7.2");
+        assert_eq!(us(None), "–");
+    }
+
+    #[test]
+    fn renders_cpu_per_request_against_the_bare_server() {
+        let md = samples::report(vec![samples::store("memory", 12.0, 16.0), samples::redis_store()]).markdown();
+        assert!(md.contains("| memory | 8.0 | 12.0 | 1.50 × | 16.0 | 2.00 × |"), "{md}");
+        assert!(md.contains("| redis | 8.0 | 12.0 | 1.50 × | 20.0 | 2.50 × |"), "{md}");
+        assert!(md.contains("| memory | bare server `/livez` (ceiling) | 100,000 | 100,000 |"), "{md}");
+        assert!(
+            md.contains("| memory | lease mix | 60,000 | 60,000 | 800 | 2,000 | 4,000 | 0.75 × /livez; 0.60 × bare |")
+        );
+        assert!(md.contains("| memory | bare livez | 0.5 | 0.8 |"), "{md}");
+    }
+
+    #[test]
+    fn renders_the_cost_per_decision_inside_redis() {
+        let md = samples::report(vec![samples::redis_store()]).markdown();
+        let rows: Vec<&str> =
+            md.lines().filter(|l| l.starts_with("| `redis-benchmark` SET |") || l.starts_with("| HTTP")).collect();
+        assert_eq!(
+            rows,
+            [
+                "| `redis-benchmark` SET | 100,000 random | – | 200,000 | – | 1.50 | 1.00 × | 5.0 | 1.00 × |",
+                "| HTTP lease mix | 100,000 (Zipf 0.8) | – | 60,500 | 1.00 | 12.00 | 8.00 × | 10.0 | 2.00 × |",
+                "| HTTP lease mix, keyspace | 10,000 (Zipf 0.8) | 10,000 | 50,000 | 1.00 | 12.00 | 8.00 × | 11.0 | 2.20 × |",
+                "| HTTP lease mix, keyspace | 1,000,000 (Zipf 0.8) | 1,000,000 | 50,000 | 1.00 | 14.00 | 9.33 × | 11.0 | 2.20 × |",
+            ],
+            "{md}"
+        );
+        assert!(
+            md.contains("went from 12.0 to 14.0: 1.17 × (redis-server CPU per decision: 11.0 to 11.0, 1.00 ×)."),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn renders_runs_recorded_before_the_bare_server() {
+        // The new fields removed, as in the JSON of an older run.
+        let mut json = serde_json::to_value(samples::report(vec![samples::redis_store()])).unwrap();
+        let store = json["stores"][0].as_object_mut().unwrap();
+        for field in
+            ["bare_livez", "livez_cpu_to_bare", "mix_cpu_to_bare", "redis_decision", "redis_set", "redis_keyspace"]
+        {
+            assert!(store.remove(field).is_some(), "{field}");
+        }
+        store.get_mut("mix").unwrap().as_object_mut().unwrap().remove("drained");
+        let old: Report = serde_json::from_value(json).unwrap();
+        let md = old.markdown();
+        assert!(md.contains("| redis | lease mix | 60,000 |") && !md.contains("vs the bare server"), "{md}");
+        // And the JSON of the last recorded run, whatever its shape.
+        let recorded: Report = serde_json::from_str(include_str!("../results/full.json")).unwrap();
+        assert!(recorded.markdown().contains("#### Targets"));
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub struct MixParams {
     pub zipf: Arc<Zipf>,
     pub renewals: u32,
     pub sessions: usize,
+    /// User `k` of the Zipf ranks is `{user_prefix}{k}`: `u` for the mix's
+    /// own users, `f` to act on the users a fill created.
+    pub user_prefix: &'static str,
 }
 
 /// The kind of a request, for per-kind latency and status counts.
@@ -170,15 +173,15 @@ impl Mix {
                 let user = self.params.zipf.sample(&mut self.rng);
                 let stream = self.next_stream;
                 self.next_stream += 1;
-                put_acquire(out, user, &self.prefix, stream);
+                put_acquire(out, self.lease(user, stream));
                 (Kind::Acquire, Session { user, stream, renewals_left: self.params.renewals })
             }
             Slot::Held(s) if s.renewals_left > 0 => {
-                put_renew(out, s.user, &self.prefix, s.stream);
+                put_renew(out, self.lease(s.user, s.stream));
                 (Kind::Renew, Session { renewals_left: s.renewals_left - 1, ..s })
             }
             Slot::Held(s) => {
-                put_release(out, s.user, &self.prefix, s.stream);
+                put_release(out, self.lease(s.user, s.stream));
                 (Kind::Release, s)
             }
             Slot::Busy(..) => unreachable!("skipped above"),
@@ -203,23 +206,44 @@ impl Mix {
     /// starts with free seats. Not measured.
     pub fn drain(&mut self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        for slot in &mut self.slots {
+        let mut slots = std::mem::take(&mut self.slots);
+        for slot in &mut slots {
             if let Slot::Held(s) = std::mem::replace(slot, Slot::Empty) {
                 let mut req = Vec::new();
-                put_release(&mut req, s.user, &self.prefix, s.stream);
+                put_release(&mut req, self.lease(s.user, s.stream));
                 out.push(req);
             }
         }
+        self.slots = slots;
         out
+    }
+
+    fn lease(&self, user: usize, stream: u64) -> LeasePath<'_> {
+        LeasePath { user_prefix: self.params.user_prefix, user, prefix: &self.prefix, stream }
+    }
+}
+
+/// A session's lease: `/v1/users/{user_prefix}{user}/streams/{prefix}{stream}`.
+struct LeasePath<'a> {
+    user_prefix: &'a str,
+    user: usize,
+    prefix: &'a str,
+    stream: u64,
+}
+
+impl std::fmt::Display for LeasePath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let LeasePath { user_prefix, user, prefix, stream } = self;
+        write!(f, "/v1/users/{user_prefix}{user}/streams/{prefix}{stream}")
     }
 }
 
 /// The acquire body: labels of a realistic size, stored with the lease.
-fn put_acquire(out: &mut Vec<u8>, user: usize, prefix: &str, stream: u64) {
-    let body = acquire_body(user, stream);
+fn put_acquire(out: &mut Vec<u8>, lease: LeasePath<'_>) {
+    let body = acquire_body(lease.user, lease.stream);
     let _ = write!(
         out,
-        "PUT /v1/users/u{user}/streams/{prefix}{stream} HTTP/1.1\r\nhost: bench\r\n\
+        "PUT {lease} HTTP/1.1\r\nhost: bench\r\n\
          content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -229,15 +253,12 @@ fn acquire_body(user: usize, stream: u64) -> String {
     format!(r#"{{"device_id":"tv-{:06}","content_id":"title-{:05}"}}"#, user % 1_000_000, stream % 50_000)
 }
 
-fn put_renew(out: &mut Vec<u8>, user: usize, prefix: &str, stream: u64) {
-    let _ = write!(
-        out,
-        "PUT /v1/users/u{user}/streams/{prefix}{stream} HTTP/1.1\r\nhost: bench\r\ncontent-length: 0\r\n\r\n"
-    );
+fn put_renew(out: &mut Vec<u8>, lease: LeasePath<'_>) {
+    let _ = write!(out, "PUT {lease} HTTP/1.1\r\nhost: bench\r\ncontent-length: 0\r\n\r\n");
 }
 
-fn put_release(out: &mut Vec<u8>, user: usize, prefix: &str, stream: u64) {
-    let _ = write!(out, "DELETE /v1/users/u{user}/streams/{prefix}{stream} HTTP/1.1\r\nhost: bench\r\n\r\n");
+fn put_release(out: &mut Vec<u8>, lease: LeasePath<'_>) {
+    let _ = write!(out, "DELETE {lease} HTTP/1.1\r\nhost: bench\r\n\r\n");
 }
 
 pub const LIVEZ: &[u8] = b"GET /livez HTTP/1.1\r\nhost: bench\r\n\r\n";
@@ -292,7 +313,7 @@ mod tests {
 
     #[test]
     fn a_session_acquires_renews_and_releases() {
-        let params = MixParams { zipf: Arc::new(Zipf::new(10, 1.0)), renewals: 2, sessions: 1 };
+        let params = MixParams { zipf: Arc::new(Zipf::new(10, 1.0)), renewals: 2, sessions: 1, user_prefix: "u" };
         let mut mix = Mix::new(params, 1, 1, "t-".into());
         let mut buf = Vec::new();
         let mut kinds = Vec::new();
@@ -311,7 +332,7 @@ mod tests {
 
     #[test]
     fn busy_sessions_are_skipped() {
-        let params = MixParams { zipf: Arc::new(Zipf::new(10, 1.0)), renewals: 1, sessions: 4 };
+        let params = MixParams { zipf: Arc::new(Zipf::new(10, 1.0)), renewals: 1, sessions: 4, user_prefix: "u" };
         let mut mix = Mix::new(params, 4, 3, "t-".into());
         let tickets: Vec<Ticket> = (0..4).map(|_| mix.next(&mut Vec::new()).unwrap().1).collect();
         let mut seen: Vec<usize> = tickets.iter().map(|t| t.0).collect();
@@ -331,5 +352,16 @@ mod tests {
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("content-length: {}", body.len())));
         assert!(serde_json::from_str::<serde_json::Value>(body).is_ok());
+    }
+
+    #[test]
+    fn the_mix_can_act_on_the_users_a_fill_created() {
+        let params = MixParams { zipf: Arc::new(Zipf::new(1, 1.0)), renewals: 1, sessions: 1, user_prefix: "f" };
+        let mut mix = Mix::new(params, 1, 1, "k-".into());
+        let mut buf = Vec::new();
+        let (_, ticket) = mix.next(&mut buf).unwrap();
+        assert!(buf.starts_with(b"PUT /v1/users/f0/streams/k-0 HTTP/1.1\r\n"), "{}", String::from_utf8_lossy(&buf));
+        mix.answered(ticket, Some(201));
+        assert_eq!(mix.drain(), [b"DELETE /v1/users/f0/streams/k-0 HTTP/1.1\r\nhost: bench\r\n\r\n".to_vec()]);
     }
 }
