@@ -1,4 +1,4 @@
-//! Step 2 policies end to end over real HTTP, against every store: plans,
+//! Policies end to end over real HTTP, against every store: plans,
 //! per-user overrides, evict-oldest, take-over, revocation and shadow mode.
 
 mod common;
