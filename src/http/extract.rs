@@ -11,53 +11,52 @@ use serde::de::DeserializeOwned;
 use super::problem::ApiError;
 use crate::limiter::{StreamId, UserId};
 
-/// The `{user_id}` path segment, validated.
-pub struct UserPath(pub UserId);
+/// The path's id segments, validated: `PathIds<UserId>` for `{user_id}`,
+/// `PathIds<StreamId>` for `{stream_id}` and `PathIds<(UserId, StreamId)>`
+/// for both.
+pub struct PathIds<T>(pub T);
 
-/// The `{user_id}` and `{stream_id}` path segments, validated.
-pub struct StreamPath(pub UserId, pub StreamId);
+/// Ids that path segments validate into, each named for its segment in
+/// the 400 that a bad one gets.
+pub trait FromSegments: Sized {
+    /// The segments as axum's `Path` reads them.
+    type Raw: DeserializeOwned + Send;
 
-fn user(raw: &str) -> Result<UserId, ApiError> {
-    UserId::new(raw).map_err(|e| ApiError::BadRequest(format!("user_id {e}")))
+    fn validate(raw: Self::Raw) -> Result<Self, ApiError>;
 }
 
-fn stream(raw: &str) -> Result<StreamId, ApiError> {
-    StreamId::new(raw).map_err(|e| ApiError::BadRequest(format!("stream_id {e}")))
-}
+impl FromSegments for UserId {
+    type Raw = String;
 
-impl<S: Send + Sync> FromRequestParts<S> for UserPath {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::BadRequest(format!("invalid path: {}", e.body_text())))?;
-        Ok(Self(user(&raw)?))
+    fn validate(raw: String) -> Result<Self, ApiError> {
+        UserId::new(&raw).map_err(|e| ApiError::BadRequest(format!("user_id {e}")))
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for StreamPath {
-    type Rejection = ApiError;
+impl FromSegments for StreamId {
+    type Raw = String;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path((u, s)) = Path::<(String, String)>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::BadRequest(format!("invalid path: {}", e.body_text())))?;
-        Ok(Self(user(&u)?, stream(&s)?))
+    fn validate(raw: String) -> Result<Self, ApiError> {
+        StreamId::new(&raw).map_err(|e| ApiError::BadRequest(format!("stream_id {e}")))
     }
 }
 
-/// The `{stream_id}` path segment of the `/v1/me` routes, validated.
-pub struct StreamOnlyPath(pub StreamId);
+impl FromSegments for (UserId, StreamId) {
+    type Raw = (String, String);
 
-impl<S: Send + Sync> FromRequestParts<S> for StreamOnlyPath {
+    fn validate((user, stream): (String, String)) -> Result<Self, ApiError> {
+        Ok((UserId::validate(user)?, StreamId::validate(stream)?))
+    }
+}
+
+impl<S: Send + Sync, T: FromSegments> FromRequestParts<S> for PathIds<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+        let Path(raw) = Path::<T::Raw>::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::BadRequest(format!("invalid path: {}", e.body_text())))?;
-        Ok(Self(stream(&raw)?))
+        T::validate(raw).map(Self)
     }
 }
 

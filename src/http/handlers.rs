@@ -1,29 +1,31 @@
-//! The route handlers. Each one authenticates the caller, checks what the
-//! caller may do, validates input into limiter types, resolves policy, calls
-//! the store once and turns its answer into JSON. None decides anything.
+//! The routes, one function each, with the OpenAPI documentation of each
+//! route on it. A route's body names whose streams it acts on and hands the
+//! request to the operation it shares with its `/v1/users` or `/v1/me`
+//! twin: each operation admits the caller, validates input into limiter
+//! types, resolves policy, calls the store once and renders its answer.
+//! None decides anything.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, State};
-use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
+use super::access::{Authed, Need, Whose, admit, resolve};
 #[allow(unused_imports)] // some are named only in #[utoipa::path] attributes
 use super::dto::{
     self, AcquireBody, LeaseBody, LimitBody, ListBody, PlanQuery, ProblemBody, RevokedBody, SetLimitBody, StatusBody,
     StreamView,
 };
-use super::extract::{OptionalJson, PlanParam, StreamOnlyPath, StreamPath, UserPath};
+use super::extract::{OptionalJson, PathIds, PlanParam};
 use super::problem::{ApiError, Problem};
-use crate::auth::{AuthError, Caller};
-use crate::clock::{Clock, SystemClock};
-use crate::limiter::{Acquire, Decision, Label, Lease, Limit, RevokeReason, StreamId, UserId};
-use crate::metrics;
-use crate::policy::{OnStoreError, Resolved};
+use super::respond;
+use crate::auth::Caller;
+use crate::limiter::{Acquire, Label, Limit, StreamId, UserId};
+use crate::policy::OnStoreError;
 use crate::store::StoreError;
 
 /// The error answers every authenticated route shares, for the OpenAPI
@@ -48,87 +50,6 @@ enum CommonErrors {
     Unavailable(ProblemBody),
 }
 
-/// The authenticated caller, already charged one token of its
-/// per-credential rate limit.
-pub(super) struct Authed(Caller);
-
-impl FromRequestParts<Arc<AppState>> for Authed {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
-        let header = match parts.headers.get(header::AUTHORIZATION) {
-            None => None,
-            Some(v) => Some(v.to_str().map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?),
-        };
-        let caller = state.auth.authenticate(header).map_err(|e| {
-            metrics::auth_failure();
-            match e {
-                AuthError::Missing | AuthError::Invalid(_) => ApiError::Unauthorized(e.to_string()),
-            }
-        })?;
-        if let Some(key) = caller.credential_key() {
-            state.rate.check_credential(&key).map_err(|wait| {
-                metrics::rate_limited("credential");
-                ApiError::RateLimited(wait)
-            })?;
-        }
-        Ok(Self(caller))
-    }
-}
-
-/// What a route needs from its caller.
-#[derive(Clone, Copy)]
-enum Need {
-    /// To read or change this user's streams.
-    ActFor,
-    /// To change overrides or revoke every stream.
-    Admin,
-}
-
-/// Checks permission, then charges the user's rate limit.
-fn admit(state: &AppState, caller: &Caller, user: &UserId, need: Need) -> Result<(), ApiError> {
-    let allowed = match need {
-        Need::ActFor => caller.may_act_for(user),
-        Need::Admin => caller.is_admin(),
-    };
-    if !allowed {
-        return Err(ApiError::Forbidden(match need {
-            Need::ActFor => format!("this credential may not act for user {user}"),
-            Need::Admin => "this needs an admin key or the streams:admin scope".to_owned(),
-        }));
-    }
-    state.rate.check_user(user.as_str()).map_err(|wait| {
-        metrics::rate_limited("user");
-        ApiError::RateLimited(wait)
-    })
-}
-
-/// The user behind a player token, for the `/v1/me` routes.
-fn me(caller: &Caller) -> Result<UserId, ApiError> {
-    match caller {
-        Caller::User { user, .. } => Ok(user.clone()),
-        Caller::Anonymous => Err(ApiError::Unauthorized("/v1/me needs a user token".into())),
-        Caller::Service { .. } => {
-            Err(ApiError::Forbidden("an API key has no user of its own; use /v1/users/{user_id}".into()))
-        }
-    }
-}
-
-/// The plan that applies: a token's plan claim always wins; a user token
-/// without one may not pick a plan; services and open mode may.
-fn plan_of<'a>(caller: &'a Caller, requested: Option<&'a str>) -> Result<Option<&'a str>, ApiError> {
-    match caller {
-        Caller::User { plan: Some(p), .. } => Ok(Some(p)),
-        c if c.is_service() => Ok(requested),
-        _ if requested.is_some() => Err(ApiError::Forbidden("only a service may choose the plan".into())),
-        _ => Ok(None),
-    }
-}
-
-fn resolve(state: &AppState, plan: Option<&str>) -> Result<Resolved, ApiError> {
-    state.policy.resolve(plan).map_err(|e| ApiError::BadRequest(e.to_string()))
-}
-
 #[utoipa::path(
     put,
     path = "/v1/users/{user_id}/streams/{stream_id}",
@@ -150,11 +71,10 @@ fn resolve(state: &AppState, plan: Option<&str>) -> Result<Resolved, ApiError> {
 pub(super) async fn acquire(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
-    StreamPath(user, stream): StreamPath,
+    PathIds((user, stream)): PathIds<(UserId, StreamId)>,
     OptionalJson(body): OptionalJson<AcquireBody>,
 ) -> Result<Response, ApiError> {
-    admit(&state, &caller, &user, Need::ActFor)?;
-    acquire_for(&state, &caller, user, stream, body).await
+    acquire_for(&state, &caller, Whose::User(user), stream, body).await
 }
 
 #[utoipa::path(
@@ -176,105 +96,10 @@ pub(super) async fn acquire(
 pub(super) async fn acquire_mine(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
-    StreamOnlyPath(stream): StreamOnlyPath,
+    PathIds(stream): PathIds<StreamId>,
     OptionalJson(body): OptionalJson<AcquireBody>,
 ) -> Result<Response, ApiError> {
-    let user = me(&caller)?;
-    admit(&state, &caller, &user, Need::ActFor)?;
-    acquire_for(&state, &caller, user, stream, body).await
-}
-
-async fn acquire_for(
-    state: &AppState,
-    caller: &Caller,
-    user: UserId,
-    stream: StreamId,
-    body: AcquireBody,
-) -> Result<Response, ApiError> {
-    let label = |field: &str, v: Option<String>| {
-        v.map(|s| Label::new(&s).map_err(|e| ApiError::BadRequest(format!("{field} {e}")))).transpose()
-    };
-    let evict = body
-        .evict
-        .unwrap_or_default()
-        .iter()
-        .map(|s| StreamId::new(s).map_err(|e| ApiError::BadRequest(format!("evict: stream id {s:?} {e}"))))
-        .collect::<Result<Vec<_>, _>>()?;
-    let policy = resolve(state, plan_of(caller, body.plan.as_deref())?)?;
-    let req = Acquire {
-        stream_id: stream,
-        device_id: label("device_id", body.device_id)?,
-        content_id: label("content_id", body.content_id)?,
-        limit: policy.limit,
-        ttl: state.policy.lease_ttl,
-        on_limit: policy.on_limit,
-        evict,
-        enforce: state.policy.enforce,
-    };
-    let (ttl, enforced) = (req.ttl.as_secs(), req.enforce);
-    let fallback = (state.policy.on_store_error == OnStoreError::Allow).then(|| req.clone());
-    let decision = match (state.store.acquire(&user, req).await, fallback) {
-        (Ok(d), _) => d,
-        (Err(e), None) => return Err(e.into()),
-        (Err(e), Some(req)) => {
-            // Fail open, as configured: admit unchecked, and say so.
-            tracing::warn!(error = %e, "store unavailable; granting degraded as on_store_error = allow");
-            metrics::degraded_grant();
-            let now = SystemClock.now();
-            let lease = Lease {
-                stream_id: req.stream_id,
-                device_id: req.device_id,
-                content_id: req.content_id,
-                started_at: now,
-                expires_at: now.plus(req.ttl),
-            };
-            let body = LeaseBody::degraded(&user, &lease, ttl, req.limit.get(), enforced);
-            return Ok((StatusCode::CREATED, axum::Json(body)).into_response());
-        }
-    };
-    match decision {
-        Decision::Granted(g) => {
-            let location = format!("/v1/users/{user}/streams/{}", g.lease.stream_id);
-            let body = LeaseBody::new(&user, &g, ttl, enforced);
-            let mut res = (StatusCode::CREATED, axum::Json(body)).into_response();
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                res.headers_mut().insert(header::LOCATION, v);
-            }
-            Ok(res)
-        }
-        Decision::Renewed(g) => Ok(axum::Json(LeaseBody::new(&user, &g, ttl, enforced)).into_response()),
-        Decision::Denied(d) => {
-            let live: Vec<StreamView<'_>> = d.live.iter().map(StreamView::from).collect();
-            let problem = Problem::new(
-                StatusCode::CONFLICT,
-                "stream-limit-reached",
-                "Stream limit reached",
-                format!(
-                    "user {user} already has {} of {} streams active; stop one to start another",
-                    live.len(),
-                    d.limit.get()
-                ),
-            )
-            .with("limit", json!(d.limit.get()))
-            .with("active_streams", json!(live));
-            Err(ApiError::Problem(problem))
-        }
-        Decision::Gone(t) => {
-            let (reason, detail) = match &t.reason {
-                RevokeReason::EvictedBy(by) => (
-                    "evicted_by_new_stream",
-                    format!("stream {} was stopped to make room for stream {by}", t.stream_id),
-                ),
-                RevokeReason::Revoked => ("revoked", format!("stream {} was revoked", t.stream_id)),
-            };
-            let mut problem = Problem::new(StatusCode::GONE, "stream-revoked", "Stream revoked", detail)
-                .with("reason", json!(reason));
-            if let RevokeReason::EvictedBy(by) = &t.reason {
-                problem = problem.with("by_stream_id", json!(by.as_str()));
-            }
-            Err(ApiError::Problem(problem))
-        }
-    }
+    acquire_for(&state, &caller, Whose::Mine, stream, body).await
 }
 
 #[utoipa::path(
@@ -292,11 +117,9 @@ async fn acquire_for(
 pub(super) async fn release(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
-    StreamPath(user, stream): StreamPath,
+    PathIds((user, stream)): PathIds<(UserId, StreamId)>,
 ) -> Result<StatusCode, ApiError> {
-    admit(&state, &caller, &user, Need::ActFor)?;
-    state.store.release(&user, stream).await?;
-    Ok(StatusCode::NO_CONTENT)
+    release_for(&state, &caller, Whose::User(user), stream).await
 }
 
 #[utoipa::path(
@@ -314,12 +137,9 @@ pub(super) async fn release(
 pub(super) async fn release_mine(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
-    StreamOnlyPath(stream): StreamOnlyPath,
+    PathIds(stream): PathIds<StreamId>,
 ) -> Result<StatusCode, ApiError> {
-    let user = me(&caller)?;
-    admit(&state, &caller, &user, Need::ActFor)?;
-    state.store.release(&user, stream).await?;
-    Ok(StatusCode::NO_CONTENT)
+    release_for(&state, &caller, Whose::Mine, stream).await
 }
 
 #[utoipa::path(
@@ -338,9 +158,9 @@ pub(super) async fn release_mine(
 pub(super) async fn revoke_all(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
-    UserPath(user): UserPath,
+    PathIds(user): PathIds<UserId>,
 ) -> Result<Response, ApiError> {
-    admit(&state, &caller, &user, Need::Admin)?;
+    let user = admit(&state, &caller, Whose::User(user), Need::Admin)?;
     let revoked = state.store.revoke_all(&user, state.policy.lease_ttl).await?;
     let body = RevokedBody { revoked: revoked.iter().map(StreamId::as_str).collect() };
     Ok(axum::Json(body).into_response())
@@ -361,11 +181,10 @@ pub(super) async fn revoke_all(
 pub(super) async fn list(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
-    UserPath(user): UserPath,
+    PathIds(user): PathIds<UserId>,
     PlanParam(query): PlanParam<PlanQuery>,
 ) -> Result<Response, ApiError> {
-    admit(&state, &caller, &user, Need::ActFor)?;
-    list_for(&state, &caller, user, query).await
+    list_for(&state, &caller, Whose::User(user), query).await
 }
 
 #[utoipa::path(
@@ -385,20 +204,7 @@ pub(super) async fn list_mine(
     Authed(caller): Authed,
     PlanParam(query): PlanParam<PlanQuery>,
 ) -> Result<Response, ApiError> {
-    let user = me(&caller)?;
-    admit(&state, &caller, &user, Need::ActFor)?;
-    list_for(&state, &caller, user, query).await
-}
-
-async fn list_for(state: &AppState, caller: &Caller, user: UserId, query: PlanQuery) -> Result<Response, ApiError> {
-    let policy = resolve(state, plan_of(caller, query.plan.as_deref())?)?;
-    let (limit, live) = state.store.list(&user, policy.limit).await?;
-    let body = ListBody {
-        user_id: user.as_str(),
-        limit: limit.get(),
-        active_streams: live.iter().map(StreamView::from).collect(),
-    };
-    Ok(axum::Json(body).into_response())
+    list_for(&state, &caller, Whose::Mine, query).await
 }
 
 #[utoipa::path(
@@ -416,11 +222,11 @@ async fn list_for(state: &AppState, caller: &Caller, user: UserId, query: PlanQu
 pub(super) async fn get_limit(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
-    UserPath(user): UserPath,
+    PathIds(user): PathIds<UserId>,
     PlanParam(query): PlanParam<PlanQuery>,
 ) -> Result<Response, ApiError> {
-    admit(&state, &caller, &user, Need::ActFor)?;
-    let policy = resolve(&state, plan_of(&caller, query.plan.as_deref())?)?;
+    let user = admit(&state, &caller, Whose::User(user), Need::ActFor)?;
+    let policy = resolve(&state, &caller, query.plan.as_deref())?;
     let (limit, source) = state.store.limit(&user, policy.limit, policy.source).await?;
     let body = LimitBody { user_id: user.as_str(), limit: limit.get(), source: dto::source_name(source) };
     Ok(axum::Json(body).into_response())
@@ -443,10 +249,10 @@ pub(super) async fn get_limit(
 pub(super) async fn set_limit(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
-    UserPath(user): UserPath,
+    PathIds(user): PathIds<UserId>,
     OptionalJson(body): OptionalJson<SetLimitBody>,
 ) -> Result<Response, ApiError> {
-    admit(&state, &caller, &user, Need::Admin)?;
+    let user = admit(&state, &caller, Whose::User(user), Need::Admin)?;
     let n = body.limit.ok_or_else(|| ApiError::BadRequest("limit is required, e.g. {\"limit\": 5}".into()))?;
     let limit =
         Limit::new(n).ok_or_else(|| ApiError::BadRequest(format!("limit {n} is out of range 0..={}", Limit::MAX)))?;
@@ -470,9 +276,9 @@ pub(super) async fn set_limit(
 pub(super) async fn clear_limit(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
-    UserPath(user): UserPath,
+    PathIds(user): PathIds<UserId>,
 ) -> Result<StatusCode, ApiError> {
-    admit(&state, &caller, &user, Need::Admin)?;
+    let user = admit(&state, &caller, Whose::User(user), Need::Admin)?;
     state.store.set_override(&user, None).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -509,4 +315,76 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Result<impl In
 
 pub(super) async fn not_found() -> Problem {
     Problem::for_status(StatusCode::NOT_FOUND)
+}
+
+// The operations that a `/v1/users/{user_id}` route and its `/v1/me` twin
+// share. Each admits the caller first, so that a request the caller may
+// not make never reaches the store.
+
+async fn acquire_for(
+    state: &AppState,
+    caller: &Caller,
+    whose: Whose,
+    stream: StreamId,
+    body: AcquireBody,
+) -> Result<Response, ApiError> {
+    let user = admit(state, caller, whose, Need::ActFor)?;
+    let req = acquire_request(state, caller, stream, body)?;
+    // A degraded grant needs the request that the store call consumes.
+    let fallback = (state.policy.on_store_error == OnStoreError::Allow).then(|| req.clone());
+    let answer = state.store.acquire(&user, req).await;
+    respond::acquired(state, user, answer, fallback)
+}
+
+async fn release_for(
+    state: &AppState,
+    caller: &Caller,
+    whose: Whose,
+    stream: StreamId,
+) -> Result<StatusCode, ApiError> {
+    let user = admit(state, caller, whose, Need::ActFor)?;
+    state.store.release(&user, stream).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_for(state: &AppState, caller: &Caller, whose: Whose, query: PlanQuery) -> Result<Response, ApiError> {
+    let user = admit(state, caller, whose, Need::ActFor)?;
+    let policy = resolve(state, caller, query.plan.as_deref())?;
+    let (limit, live) = state.store.list(&user, policy.limit).await?;
+    let body = ListBody {
+        user_id: user.as_str(),
+        limit: limit.get(),
+        active_streams: live.iter().map(StreamView::from).collect(),
+    };
+    Ok(axum::Json(body).into_response())
+}
+
+/// An acquire body validated into limiter types, with the policy of the
+/// plan that applies.
+fn acquire_request(
+    state: &AppState,
+    caller: &Caller,
+    stream: StreamId,
+    body: AcquireBody,
+) -> Result<Acquire, ApiError> {
+    let label = |field: &str, v: Option<String>| {
+        v.map(|s| Label::new(&s).map_err(|e| ApiError::BadRequest(format!("{field} {e}")))).transpose()
+    };
+    let evict = body
+        .evict
+        .unwrap_or_default()
+        .iter()
+        .map(|s| StreamId::new(s).map_err(|e| ApiError::BadRequest(format!("evict: stream id {s:?} {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let policy = resolve(state, caller, body.plan.as_deref())?;
+    Ok(Acquire {
+        stream_id: stream,
+        device_id: label("device_id", body.device_id)?,
+        content_id: label("content_id", body.content_id)?,
+        limit: policy.limit,
+        ttl: state.policy.lease_ttl,
+        on_limit: policy.on_limit,
+        evict,
+        enforce: state.policy.enforce,
+    })
 }

@@ -18,10 +18,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Authenticator;
+use crate::clock::{Clock, SystemClock};
 use crate::policy::Policy;
 use crate::store::Store;
 use axum::http::HeaderName;
 
+mod access;
 pub mod dto;
 mod edge;
 mod extract;
@@ -29,6 +31,7 @@ mod handlers;
 mod openapi;
 pub mod problem;
 pub mod protect;
+mod respond;
 
 use handlers::*;
 use protect::{Protection, RateLimits};
@@ -44,6 +47,9 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub protection: Protection,
     pub rate: Arc<RateLimits>,
+    /// "Now" for the times of a degraded grant, the one lease that no store
+    /// makes. Wall time unless a test sets another clock.
+    pub clock: Arc<dyn Clock>,
     /// Serve `/metrics` on this router (off when a separate metrics
     /// listener is configured).
     pub expose_metrics: bool,
@@ -52,7 +58,8 @@ pub struct AppState {
 impl AppState {
     pub fn new(store: Store, policy: Policy, auth: Arc<Authenticator>, protection: Protection) -> Self {
         let rate = Arc::new(RateLimits::new(&protection));
-        Self { store, policy: Arc::new(policy), auth, protection, rate, expose_metrics: true }
+        let clock = Arc::new(SystemClock);
+        Self { store, policy: Arc::new(policy), auth, protection, rate, clock, expose_metrics: true }
     }
 }
 

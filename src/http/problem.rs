@@ -9,6 +9,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
+use super::dto::StreamView;
+use crate::limiter::{Denial, RevokeReason, Tombstone, UserId};
 use crate::store::StoreError;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
@@ -76,25 +78,29 @@ impl IntoResponse for Problem {
     }
 }
 
-/// The errors handlers return. Each maps to exactly one problem.
+/// The errors handlers return. Each maps to exactly one problem, built in
+/// `into_response` below: every problem a handler sends is spelled here.
 #[derive(Debug)]
 pub enum ApiError {
     /// 400: a path id, query or body field is malformed.
     BadRequest(String),
-    /// 413: the body is over the limit.
-    PayloadTooLarge,
-    /// 415: a body that is not JSON.
-    UnsupportedMediaType(String),
-    /// 409 and friends: a fully built problem from a handler.
-    Problem(Problem),
-    /// 503: the store did not answer. Detail is logged only.
-    Store(StoreError),
     /// 401: no credential, or one that does not verify.
     Unauthorized(String),
     /// 403: authenticated, but not allowed to do this.
     Forbidden(String),
+    /// 409: the account is full ([`Decision::Denied`](crate::limiter::Decision)).
+    LimitReached(UserId, Denial),
+    /// 410: the stream was evicted or revoked and must stop
+    /// ([`Decision::Gone`](crate::limiter::Decision)).
+    Revoked(Tombstone),
+    /// 413: the body is over the limit.
+    PayloadTooLarge,
+    /// 415: a body that is not JSON.
+    UnsupportedMediaType(String),
     /// 429: out of tokens; retry after this long.
     RateLimited(std::time::Duration),
+    /// 503: the store did not answer. Detail is logged only.
+    Store(StoreError),
 }
 
 impl From<StoreError> for ApiError {
@@ -109,12 +115,6 @@ impl IntoResponse for ApiError {
             Self::BadRequest(detail) => {
                 Problem::new(StatusCode::BAD_REQUEST, "invalid-request", "Invalid request", detail).into_response()
             }
-            Self::PayloadTooLarge => Problem::for_status(StatusCode::PAYLOAD_TOO_LARGE).into_response(),
-            Self::UnsupportedMediaType(detail) => {
-                let p = Problem::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE);
-                Problem { detail, ..p }.into_response()
-            }
-            Self::Problem(p) => p.into_response(),
             Self::Unauthorized(detail) => {
                 let mut res =
                     Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail).into_response();
@@ -125,35 +125,82 @@ impl IntoResponse for ApiError {
             Self::Forbidden(detail) => {
                 Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail).into_response()
             }
-            Self::RateLimited(wait) => {
-                // Whole seconds, rounded up: never tell a client to retry too early.
-                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                let secs = secs.max(1);
-                let mut res = Problem::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate-limited",
-                    "Too many requests",
-                    format!("slow down; retry in {secs} s"),
-                )
-                .with("retry_after_seconds", json!(secs))
-                .into_response();
-                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                res
+            Self::LimitReached(user, denial) => limit_reached(&user, &denial).into_response(),
+            Self::Revoked(tombstone) => revoked(&tombstone).into_response(),
+            Self::PayloadTooLarge => Problem::for_status(StatusCode::PAYLOAD_TOO_LARGE).into_response(),
+            Self::UnsupportedMediaType(detail) => {
+                let p = Problem::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+                Problem { detail, ..p }.into_response()
             }
-            Self::Store(e) => {
-                tracing::error!(error = %e, "store unavailable");
-                let mut res = Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store-unavailable",
-                    "Store unavailable",
-                    "the lease store did not answer in time; retry shortly (PUT and DELETE are safe to repeat)",
-                )
-                .into_response();
-                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                res
-            }
+            Self::RateLimited(wait) => rate_limited(wait),
+            Self::Store(e) => store_unavailable(&e),
         }
     }
+}
+
+/// 409 `stream-limit-reached`, with the limit and the live leases.
+fn limit_reached(user: &UserId, denial: &Denial) -> Problem {
+    let live: Vec<StreamView<'_>> = denial.live.iter().map(StreamView::from).collect();
+    let limit = denial.limit.get();
+    Problem::new(
+        StatusCode::CONFLICT,
+        "stream-limit-reached",
+        "Stream limit reached",
+        format!("user {user} already has {} of {limit} streams active; stop one to start another", live.len()),
+    )
+    .with("limit", json!(limit))
+    .with("active_streams", json!(live))
+}
+
+/// 410 `stream-revoked`, with the reason and, after an eviction, the
+/// stream that took the seat.
+fn revoked(tombstone: &Tombstone) -> Problem {
+    let stream = &tombstone.stream_id;
+    match &tombstone.reason {
+        RevokeReason::EvictedBy(by) => Problem::new(
+            StatusCode::GONE,
+            "stream-revoked",
+            "Stream revoked",
+            format!("stream {stream} was stopped to make room for stream {by}"),
+        )
+        .with("reason", json!("evicted_by_new_stream"))
+        .with("by_stream_id", json!(by.as_str())),
+        RevokeReason::Revoked => {
+            Problem::new(StatusCode::GONE, "stream-revoked", "Stream revoked", format!("stream {stream} was revoked"))
+                .with("reason", json!("revoked"))
+        }
+    }
+}
+
+/// 429 `rate-limited`, with `Retry-After`.
+fn rate_limited(wait: std::time::Duration) -> Response {
+    // Whole seconds, rounded up: never tell a client to retry too early.
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let secs = secs.max(1);
+    let mut res = Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        "Too many requests",
+        format!("slow down; retry in {secs} s"),
+    )
+    .with("retry_after_seconds", json!(secs))
+    .into_response();
+    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    res
+}
+
+/// 503 `store-unavailable`, with `Retry-After`. The cause is logged, not sent.
+fn store_unavailable(error: &StoreError) -> Response {
+    tracing::error!(error = %error, "store unavailable");
+    let mut res = Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store-unavailable",
+        "Store unavailable",
+        "the lease store did not answer in time; retry shortly (PUT and DELETE are safe to repeat)",
+    )
+    .into_response();
+    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    res
 }
 
 /// Rewrites any error response that is not already a problem (axum's 405,
