@@ -1,9 +1,14 @@
-//! The time and concurrency limits at the edge, made deterministic by
-//! stalling a real redis-server with DEBUG SLEEP.
+//! The time and concurrency limits at the edge, over real sockets, made
+//! deterministic by stalling a real redis-server with DEBUG SLEEP. Each
+//! test waits for the condition it needs (Redis stalled, the slot taken),
+//! never for a fixed time. The edge's own unit tests cover the same limits
+//! on paused time.
 
 mod common;
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use common::redis::cli;
 use common::{Reply, Server};
@@ -18,12 +23,25 @@ async fn stalled_server(protection: Protection) -> Server {
     Server::with_everything(StoreKind::Redis, policy, Authenticator::none(), protection).await
 }
 
-/// Blocks the store for `secs` seconds, from another thread.
+/// Blocks the store for `secs` seconds, from another thread, and returns
+/// once Redis has stopped answering.
 fn stall(s: &Server, secs: &'static str) -> std::thread::JoinHandle<String> {
     let port = s.redis.as_ref().unwrap().port;
     let t = std::thread::spawn(move || cli(port, &["DEBUG", "SLEEP", secs]));
-    std::thread::sleep(Duration::from_millis(200)); // let the sleep begin
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answers_ping(port) {
+        assert!(Instant::now() < deadline, "redis never stalled");
+    }
     t
+}
+
+/// True when Redis answers PING within 50 ms.
+fn answers_ping(port: u16) -> bool {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    c.write_all(b"PING\r\n").unwrap();
+    let mut buf = [0u8; 16];
+    matches!(c.read(&mut buf), Ok(n) if n > 0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,8 +62,14 @@ async fn requests_beyond_the_concurrency_limit_are_shed_with_503() {
         let url = s.url("/v1/users/u/streams/a");
         tokio::spawn(async move { reqwest::Client::new().put(url).send().await.unwrap().status().as_u16() })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await; // the first request now holds the only slot
-    let r = Reply::from(s.client.get(s.url("/livez")).send().await.unwrap()).await;
+    // Once the first request holds the only slot, /livez is shed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = Reply::from(s.client.get(s.url("/livez")).send().await.unwrap()).await;
+        if r.status != 200 || Instant::now() > deadline {
+            break r;
+        }
+    };
     r.assert_problem(503, "overloaded");
     sleeper.join().unwrap();
     assert_eq!(first.await.unwrap(), 201, "the admitted request completes");

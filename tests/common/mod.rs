@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use streamcap::auth::Authenticator;
-use streamcap::clock::SystemClock;
+use streamcap::clock::{Clock, SystemClock};
 use streamcap::http::AppState;
 use streamcap::http::protect::Protection;
 use streamcap::limiter::{Limit, Ttl};
@@ -52,6 +52,19 @@ impl Server {
         auth: Authenticator,
         protection: Protection,
     ) -> Server {
+        Self::with_clock(kind, policy, auth, protection, Arc::new(SystemClock)).await
+    }
+
+    /// A server whose store (memory and sqlite) and degraded grants read
+    /// `clock`. Redis always reads its own clock (TIME), so a Redis server
+    /// ignores it.
+    pub async fn with_clock(
+        kind: StoreKind,
+        policy: Policy,
+        auth: Authenticator,
+        protection: Protection,
+        clock: Arc<dyn Clock>,
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let redis = (kind == StoreKind::Redis).then(|| redis::RedisServer::start(&[]));
         let config = StoreConfig {
@@ -62,11 +75,12 @@ impl Server {
             sweep_interval: Duration::from_secs(1),
             op_timeout: Duration::from_secs(5),
         };
-        let store = Store::open(&config, Arc::new(SystemClock)).await.unwrap();
+        let store = Store::open(&config, clock.clone()).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let state = AppState::new(store.clone(), policy, Arc::new(auth), protection);
+        let mut state = AppState::new(store.clone(), policy, Arc::new(auth), protection);
+        state.clock = clock;
         tokio::spawn(async move {
             streamcap::http::serve(listener, state, async {
                 let _ = stopped.await;
