@@ -89,6 +89,8 @@ pub(super) async fn acquire(
         (status = 200, description = "The live lease was renewed", body = LeaseBody),
         (status = 409, description = "The account is full", body = ProblemBody, content_type = "application/problem+json"),
         (status = 410, description = "The stream was evicted or revoked", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 16 KiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = ProblemBody, content_type = "application/problem+json"),
         CommonErrors,
     ),
     security(("bearer_jwt" = []))
@@ -242,6 +244,8 @@ pub(super) async fn get_limit(
     request_body(content = SetLimitBody, content_type = "application/json"),
     responses(
         (status = 200, description = "The override now in force", body = LimitBody),
+        (status = 413, description = "Body over 16 KiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = ProblemBody, content_type = "application/problem+json"),
         CommonErrors,
     ),
     security((), ("bearer_jwt" = []), ("api_key" = []))
