@@ -70,7 +70,7 @@ async fn run(config: Config) -> Result<(), String> {
         %addr,
         store = config.store.kind.name(),
         redis_mode = config.store.redis_mode.name(),
-        on_store_error = ?config.policy.on_store_error,
+        on_store_error = config.policy.on_store_error.name(),
         default_limit = config.policy.default_limit.get(),
         lease_ttl = config.policy.lease_ttl.as_secs(),
         on_limit = config.policy.on_limit.name(),

@@ -1,11 +1,15 @@
-//! Which limit and which on-limit behaviour apply to a request.
+//! The configured rules `http` applies to each request before any store is
+//! called.
 //!
-//! Policy is configuration, resolved per request before any store is
-//! called: plan → limit, plan → on-limit behaviour, enforce or shadow, TTL.
-//! The one input it cannot see is a per-user override, which lives with the
-//! user in the store and wins inside the rules. Nothing here does I/O.
+//! [`Policy`] says which limit and which on-limit behaviour apply: plan →
+//! limit, plan → on-limit behaviour, enforce or shadow, TTL. The one input
+//! it cannot see is a per-user override, which lives with the user in the
+//! store and wins inside the rules. [`Protection`] holds the edge limits:
+//! request rates, timeout and concurrency. Both are built by `config`;
+//! nothing here does I/O.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::limiter::{Limit, LimitSource, OnLimit, Ttl};
 
@@ -33,6 +37,17 @@ pub enum OnStoreError {
     /// Grant without checking, marked `"degraded": true`: for platforms
     /// that would rather over-admit than block playback.
     Allow,
+}
+
+impl OnStoreError {
+    pub const ALL: [Self; 2] = [Self::Deny, Self::Allow];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Deny => "deny",
+            Self::Allow => "allow",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,21 +105,50 @@ impl Policy {
 }
 
 impl OnLimit {
-    pub const NAMES: &'static str = "reject, evict_oldest";
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "reject" => Some(Self::Reject),
-            "evict_oldest" => Some(Self::EvictOldest),
-            _ => None,
-        }
-    }
+    pub const ALL: [Self; 2] = [Self::Reject, Self::EvictOldest];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Reject => "reject",
             Self::EvictOldest => "evict_oldest",
         }
+    }
+}
+
+/// The edge limits, as configured: rate limits per user and per
+/// credential, the request timeout and load shedding, which `http` applies
+/// before any store is called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Protection {
+    /// Requests per second per user id (0 = off) and the burst above it.
+    pub user_rate: u32,
+    pub user_burst: u32,
+    /// Requests per second per credential (0 = off) and the burst above it.
+    pub credential_rate: u32,
+    pub credential_burst: u32,
+    /// A request that takes longer is answered 408.
+    pub request_timeout: Duration,
+    /// More requests in flight than this are shed with 503.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for Protection {
+    fn default() -> Self {
+        Self {
+            user_rate: 20,
+            user_burst: 40,
+            credential_rate: 2000,
+            credential_burst: 4000,
+            request_timeout: Duration::from_secs(10),
+            max_concurrent_requests: 1024,
+        }
+    }
+}
+
+impl Protection {
+    /// No rate limits: for benchmarks and tests that are not about them.
+    pub fn unlimited() -> Self {
+        Self { user_rate: 0, credential_rate: 0, ..Self::default() }
     }
 }
 

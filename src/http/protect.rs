@@ -1,6 +1,6 @@
 //! Abuse resistance at the HTTP edge: token-bucket rate limits per user and
 //! per credential, and the limits on headers, time and concurrency that
-//! `app` layers around every route.
+//! `app` layers around every route, as configured in [`Protection`].
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -8,43 +8,12 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
+/// Defined in `policy`, next to the lease policy, so that `config` builds
+/// it without depending on `http`.
+pub use crate::policy::Protection;
+
 /// Requests whose headers add up to more than this are refused with 431.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-
-/// The edge limits, as configured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Protection {
-    /// Requests per second per user id (0 = off) and the burst above it.
-    pub user_rate: u32,
-    pub user_burst: u32,
-    /// Requests per second per credential (0 = off) and the burst above it.
-    pub credential_rate: u32,
-    pub credential_burst: u32,
-    /// A request that takes longer is answered 408.
-    pub request_timeout: Duration,
-    /// More requests in flight than this are shed with 503.
-    pub max_concurrent_requests: usize,
-}
-
-impl Default for Protection {
-    fn default() -> Self {
-        Self {
-            user_rate: 20,
-            user_burst: 40,
-            credential_rate: 2000,
-            credential_burst: 4000,
-            request_timeout: Duration::from_secs(10),
-            max_concurrent_requests: 1024,
-        }
-    }
-}
-
-impl Protection {
-    /// No rate limits: for benchmarks and tests that are not about them.
-    pub fn unlimited() -> Self {
-        Self { user_rate: 0, credential_rate: 0, ..Self::default() }
-    }
-}
 
 /// The per-user and per-credential buckets. Idle keys are dropped by
 /// [`RateLimits::tidy`], so memory follows the active callers only.

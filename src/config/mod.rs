@@ -1,0 +1,294 @@
+//! The one place that reads flags, environment and the TOML file.
+//!
+//! Every setting is declared once, in `settings.rs`: its flag, env var
+//! (`STREAMCAP_<FLAG>`), file key, type and default. The file is read into
+//! those settings, its gaps filled by the defaults; then clap overwrites
+//! whatever a flag or env var set. Precedence is flag > env > file >
+//! default. A value is checked as it is read, by its domain type's
+//! constructor, so an error names the flag or key it came from; `build`
+//! checks only what spans several settings and assembles the [`Config`].
+//! Every error is one line, so `main` can print it and exit.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{ArgMatches, FromArgMatches};
+
+use crate::auth::{self, ApiKey, AuthMode, Authenticator, JwtConfig, JwtVerifier};
+use crate::limiter::{Ttl, UserId};
+use crate::policy::{OnStoreError, Plan, Policy, Protection};
+use crate::store::{self, RedisMode, StoreConfig, StoreKind};
+use crate::telemetry::LogFormat;
+
+mod settings;
+
+use settings::{AuthSettings, LimitSettings, Settings, Spelling};
+
+/// A fully validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: String,
+    /// A separate address for `/metrics`, if any.
+    pub metrics_listen: Option<String>,
+    pub log_format: LogFormat,
+    pub store: StoreConfig,
+    pub policy: Policy,
+    pub auth: Arc<Authenticator>,
+    /// Serving without authentication on a non-loopback address, on purpose.
+    pub insecure_no_auth: bool,
+    pub protection: Protection,
+}
+
+/// A configuration error, as one line for an operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// What the command line asked for.
+pub enum Invocation {
+    Serve(Box<Config>),
+    /// `streamcap openapi`.
+    PrintOpenapi,
+    /// `--help` or `--version`: already printed, exit 0.
+    Printed,
+}
+
+/// Parses `args` (including the program name) and the environment.
+pub fn from_args<I, T>(args: I) -> Result<Invocation, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = match settings::command().try_get_matches_from(args) {
+        Ok(m) => m,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return Ok(Invocation::Printed);
+        }
+        Err(e) => return Err(one_line(e)),
+    };
+    let serve = match matches.subcommand() {
+        Some(("openapi", _)) => return Ok(Invocation::PrintOpenapi),
+        Some((_serve, m)) => m,
+        None => &matches,
+    };
+    build(settings(serve)?).map(|c| Invocation::Serve(Box::new(c)))
+}
+
+/// Defaults, then the file if there is one, then flags and env.
+fn settings(matches: &ArgMatches) -> Result<Settings, ConfigError> {
+    let mut s = match matches.get_one::<PathBuf>("config") {
+        Some(path) => settings::read_file(path)?,
+        None => Settings::default(),
+    };
+    s.update_from_arg_matches(matches).map_err(one_line)?;
+    Ok(s)
+}
+
+/// clap's first line names the flag and the problem; the rest is usage
+/// advice that would break the one-line contract.
+fn one_line(e: clap::Error) -> ConfigError {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    ConfigError(first.trim_start_matches("error: ").to_owned())
+}
+
+fn build(s: Settings) -> Result<Config, ConfigError> {
+    let in_file = |key: &str| match &s.config {
+        Some(p) => format!("{key} in {}", p.display()),
+        None => key.to_owned(),
+    };
+    let listen = resolve("--listen", &s.listen)?;
+    if let Some(addr) = &s.metrics_listen {
+        resolve("--metrics-listen", addr)?;
+    }
+    let store = build_store(&s)?;
+    let policy = build_policy(s.limits, s.lease_ttl, s.on_store_error, &in_file)?;
+    let insecure_no_auth = s.auth.insecure_no_auth;
+    let auth = build_auth(s.auth, &in_file)?;
+    if auth.is_open()
+        && !insecure_no_auth
+        && let Some(addr) = listen.iter().find(|a| !a.ip().is_loopback())
+    {
+        return Err(ConfigError(format!(
+            "refusing to serve without authentication on non-loopback address {addr}; \
+             configure --auth-mode jwt or [[auth.api_keys]], or pass --insecure-no-auth"
+        )));
+    }
+    Ok(Config {
+        listen: s.listen,
+        metrics_listen: s.metrics_listen,
+        log_format: s.log_format,
+        store,
+        policy,
+        auth: Arc::new(auth),
+        insecure_no_auth,
+        protection: s.protection.into(),
+    })
+}
+
+/// What HOST:PORT stands for: at least one address.
+fn resolve(flag: &str, addr: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    let addrs: Vec<_> = addr
+        .to_socket_addrs()
+        .map_err(|e| ConfigError(format!("{flag} {addr:?} is not a HOST:PORT address: {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(ConfigError(format!("{flag} {addr:?} resolves to no address")));
+    }
+    Ok(addrs)
+}
+
+fn build_store(s: &Settings) -> Result<StoreConfig, ConfigError> {
+    let kind = s.store;
+    if !store::built_in().contains(&kind.name()) {
+        return Err(ConfigError(format!(
+            "--store {} is not built into this binary (available: {})",
+            kind.name(),
+            store::built_in().join(", ")
+        )));
+    }
+    // Redis settings are checked only when Redis is the store.
+    let redis_urls: Vec<String> =
+        s.redis_url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
+    let redis_mode = RedisMode::check(s.redis_mode.clone());
+    let redis_mode = match kind {
+        StoreKind::Redis => {
+            let mode = redis_mode.map_err(|e| ConfigError(format!("--redis-mode {e}")))?;
+            check_redis_urls(&redis_urls, mode)?;
+            mode
+        }
+        _ => redis_mode.unwrap_or(RedisMode::Standalone),
+    };
+    Ok(StoreConfig {
+        kind,
+        data_dir: s.data_dir.clone(),
+        redis_urls,
+        redis_mode,
+        // Often enough that the file stays small, rarely enough to cost nothing.
+        sweep_interval: Duration::from_secs(u64::from(s.lease_ttl.as_secs() / 2).clamp(1, 30)),
+        op_timeout: Duration::from_secs(5),
+    })
+}
+
+fn check_redis_urls(urls: &[String], mode: RedisMode) -> Result<(), ConfigError> {
+    if urls.is_empty() {
+        return Err(ConfigError("--redis-url is empty".into()));
+    }
+    for url in urls {
+        if url.starts_with("rediss://") {
+            return Err(ConfigError(format!(
+                "--redis-url {:?}: TLS (rediss://) is not built into this binary yet",
+                store::redact_url(url)
+            )));
+        }
+        if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+            return Err(ConfigError(format!("--redis-url {:?} is not a redis:// URL", store::redact_url(url))));
+        }
+    }
+    if mode == RedisMode::Standalone && urls.len() > 1 {
+        return Err(ConfigError("--redis-url lists several nodes; that needs --redis-mode cluster".into()));
+    }
+    Ok(())
+}
+
+/// The plans take the global `on_limit` unless `on_limit_by_plan` names them.
+fn build_policy(
+    limits: LimitSettings,
+    lease_ttl: Ttl,
+    on_store_error: OnStoreError,
+    in_file: &dyn Fn(&str) -> String,
+) -> Result<Policy, ConfigError> {
+    let on_limit = limits.on_limit;
+    let mut plans = BTreeMap::new();
+    for (name, limit) in limits.plans {
+        if UserId::new(&name).is_err() {
+            let key = in_file(&format!("limits.plans.{name}"));
+            return Err(ConfigError(format!("{key}: a plan name is 1-128 characters of [A-Za-z0-9._~:@-]")));
+        }
+        plans.insert(name, Plan { limit, on_limit });
+    }
+    for (name, on_limit) in limits.on_limit_by_plan {
+        let Some(plan) = plans.get_mut(&name) else {
+            let key = in_file(&format!("limits.on_limit_by_plan.{name}"));
+            return Err(ConfigError(format!("{key}: no plan {name:?} in limits.plans")));
+        };
+        plan.on_limit = on_limit;
+    }
+    Ok(Policy { default_limit: limits.default.0, on_limit, plans, enforce: limits.enforce, lease_ttl, on_store_error })
+}
+
+fn build_auth(a: AuthSettings, in_file: &dyn Fn(&str) -> String) -> Result<Authenticator, ConfigError> {
+    let mut api_keys: Vec<ApiKey> = Vec::new();
+    for (i, k) in a.api_keys.into_iter().enumerate() {
+        let at = in_file(&format!("auth.api_keys[{i}]"));
+        if k.name.is_empty() {
+            return Err(ConfigError(format!("{at}: name must not be empty")));
+        }
+        if let Some(other) = api_keys.iter().find(|o| o.sha256 == k.sha256.0 || o.name == k.name) {
+            return Err(ConfigError(format!("{at}: the same key or name as {:?} is listed twice", other.name)));
+        }
+        api_keys.push(ApiKey { name: k.name, sha256: k.sha256.0, scope: k.scope });
+    }
+    // The jwt_* settings are read only in jwt mode.
+    let jwt = match a.mode {
+        AuthMode::None => None,
+        AuthMode::Jwt => {
+            let read = |flag: &str, path: &Option<PathBuf>| {
+                path.as_ref()
+                    .map(|p| {
+                        std::fs::read(p).map_err(|e| ConfigError(format!("{flag}: cannot read {}: {e}", p.display())))
+                    })
+                    .transpose()
+            };
+            // The secret's value may come from the environment; it is never a flag.
+            let secret = match read("--jwt-secret-file", &a.jwt_secret_file)? {
+                Some(bytes) => Some(trim_newline(bytes)),
+                None => std::env::var("STREAMCAP_JWT_SECRET").ok().map(String::into_bytes),
+            };
+            let jwks_json = read("--jwks-file", &a.jwks_file)?
+                .map(|b| String::from_utf8(b).map_err(|_| ConfigError("--jwks-file is not UTF-8 JSON".into())))
+                .transpose()?;
+            let algorithms = a
+                .jwt_algorithms
+                .map(|list| {
+                    list.split(',')
+                        .map(str::trim)
+                        .filter(|a| !a.is_empty())
+                        .map(|a| {
+                            auth::jwt_algorithm(a).ok_or_else(|| {
+                                ConfigError(format!("--jwt-algorithms: {a:?} is not one of HS256, RS256, ES256, EdDSA"))
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?;
+            let cfg = JwtConfig {
+                secret,
+                public_key_pem: read("--jwt-public-key-file", &a.jwt_public_key_file)?,
+                jwks_json,
+                algorithms,
+                issuer: a.jwt_issuer,
+                audience: a.jwt_audience,
+                user_claim: a.jwt_user_claim,
+                plan_claim: a.jwt_plan_claim,
+            };
+            Some(JwtVerifier::new(cfg).map_err(ConfigError)?)
+        }
+    };
+    Ok(Authenticator::new(a.mode, jwt, api_keys))
+}
+
+fn trim_newline(mut bytes: Vec<u8>) -> Vec<u8> {
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests;

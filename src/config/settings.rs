@@ -1,0 +1,393 @@
+//! Every setting, declared once.
+//!
+//! A field below is a setting: its doc comment is its `--help` line, its
+//! `#[arg]` gives the flag and env var, its name (inside the table its
+//! struct stands for) is the file key, and its type says what it holds.
+//! Types with a range or a set of names are read through [`Spelling`],
+//! whose `check` is the domain constructor, the same for flags, env vars
+//! and the file. The defaults are the `Default` impls.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Command};
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
+
+use super::ConfigError;
+use crate::auth::{AuthMode, KeyScope, parse_sha256_hex};
+use crate::limiter::{Limit, OnLimit, Ttl};
+use crate::policy::{OnStoreError, Protection};
+use crate::store::{RedisMode, StoreKind};
+use crate::telemetry::LogFormat;
+
+/// `streamcap [serve] [FLAGS]` and `streamcap openapi`. Built "for update":
+/// no flag is required, and each one overwrites what the file set.
+pub(super) fn command() -> Command {
+    // The `about` goes last: `Settings`' doc comment would replace it.
+    let serve = Settings::augment_args_for_update(Command::new("serve"))
+        .about("Run the HTTP service (the default when no command is given)");
+    let openapi = Command::new("openapi").about("Print the OpenAPI 3.1 document of the HTTP API and exit");
+    // With no command, `streamcap [FLAGS]` is `streamcap serve [FLAGS]`.
+    Settings::augment_args_for_update(Command::new("streamcap"))
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Concurrent-stream limits for video platforms")
+        .args_conflicts_with_subcommands(true)
+        .subcommands([serve, openapi])
+}
+
+/// The flags of `streamcap serve` and the top level of the `--config` file.
+/// Unknown keys are an error.
+#[derive(Args, Deserialize, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct Settings {
+    /// TOML file with any of the keys below (flags and env win over it).
+    #[arg(long, env = "STREAMCAP_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, HOST:PORT [default: 127.0.0.1:8080]
+    #[arg(long, env = "STREAMCAP_LISTEN", value_name = "ADDR")]
+    pub listen: String,
+    /// Lease store: memory, sqlite or redis [default: sqlite]
+    #[arg(long, env = "STREAMCAP_STORE", value_name = "STORE", value_parser = flag::<StoreKind>)]
+    #[serde(deserialize_with = "key")]
+    pub store: StoreKind,
+    /// Directory for the sqlite store [default: ./streamcap-data]
+    #[arg(long, env = "STREAMCAP_DATA_DIR", value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Redis URL, or comma-separated cluster seed URLs [default: redis://127.0.0.1:6379]
+    #[arg(long, env = "STREAMCAP_REDIS_URL", value_name = "URL[,URL...]")]
+    pub redis_url: String,
+    /// standalone or cluster [default: standalone]
+    // Text until `build`: checked only when Redis is the store.
+    #[arg(long, env = "STREAMCAP_REDIS_MODE", value_name = "MODE")]
+    pub redis_mode: String,
+    /// When the store cannot answer: deny (503) or allow (grant, "degraded": true) [default: deny]
+    #[arg(long, env = "STREAMCAP_ON_STORE_ERROR", value_name = "POLICY", value_parser = flag::<OnStoreError>)]
+    #[serde(deserialize_with = "key")]
+    pub on_store_error: OnStoreError,
+    #[command(flatten)]
+    pub limits: LimitSettings,
+    /// Seconds a lease lives without a heartbeat, 1..=86400 [default: 60]
+    // --help lists it right after --default-limit: the same display order,
+    // and clap breaks ties by name.
+    #[arg(long, env = "STREAMCAP_LEASE_TTL", value_name = "SECONDS", value_parser = flag::<Ttl>, display_order = 7)]
+    #[serde(deserialize_with = "key")]
+    pub lease_ttl: Ttl,
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "STREAMCAP_LOG_FORMAT", value_name = "FORMAT", value_parser = flag::<LogFormat>)]
+    #[serde(deserialize_with = "key")]
+    pub log_format: LogFormat,
+    /// Serve /metrics on this address only, instead of on --listen
+    #[arg(long, env = "STREAMCAP_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    #[command(flatten)]
+    pub auth: AuthSettings,
+    #[command(flatten)]
+    pub protection: ProtectionSettings,
+}
+
+/// The `[limits]` table.
+#[derive(Args, Deserialize, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct LimitSettings {
+    /// Live streams per user, 1..=1000 [default: 3]
+    #[arg(id = "default_limit", long = "default-limit", env = "STREAMCAP_DEFAULT_LIMIT", value_name = "N",
+          value_parser = flag::<DefaultLimit>)]
+    #[serde(deserialize_with = "key")]
+    pub default: DefaultLimit,
+    // Plan name → limit. File only.
+    #[arg(skip)]
+    #[serde(deserialize_with = "key_map")]
+    pub plans: BTreeMap<String, Limit>,
+    /// On a full account: reject or evict_oldest [default: reject]
+    #[arg(long, env = "STREAMCAP_ON_LIMIT", value_name = "POLICY", value_parser = flag::<OnLimit>)]
+    #[serde(deserialize_with = "key")]
+    pub on_limit: OnLimit,
+    /// false = shadow mode: never deny or evict, only report [default: true]
+    #[arg(long, env = "STREAMCAP_ENFORCE", value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub enforce: bool,
+    // Plan name → its own on_limit. File only.
+    #[arg(skip)]
+    #[serde(deserialize_with = "key_map")]
+    pub on_limit_by_plan: BTreeMap<String, OnLimit>,
+}
+
+/// The `[auth]` table.
+#[derive(Args, Deserialize, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct AuthSettings {
+    /// Player authentication: none or jwt [default: none]
+    #[arg(id = "auth_mode", long = "auth-mode", env = "STREAMCAP_AUTH_MODE", value_name = "MODE",
+          value_parser = flag::<AuthMode>)]
+    #[serde(deserialize_with = "key")]
+    pub mode: AuthMode,
+    /// File holding the HS256 secret (or set STREAMCAP_JWT_SECRET)
+    #[arg(long, env = "STREAMCAP_JWT_SECRET_FILE", value_name = "PATH")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// PEM public key: RSA (RS256), EC P-256 (ES256) or Ed25519 (EdDSA)
+    #[arg(long, env = "STREAMCAP_JWT_PUBLIC_KEY_FILE", value_name = "PATH")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// JWKS file with RS256, ES256 or EdDSA keys
+    #[arg(long, env = "STREAMCAP_JWKS_FILE", value_name = "PATH")]
+    pub jwks_file: Option<PathBuf>,
+    /// Comma-separated allowlist: HS256, RS256, ES256, EdDSA [default: what the keys allow]
+    #[arg(long, env = "STREAMCAP_JWT_ALGORITHMS", value_name = "LIST")]
+    pub jwt_algorithms: Option<String>,
+    /// Required `iss` claim
+    #[arg(long, env = "STREAMCAP_JWT_ISSUER", value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim
+    #[arg(long, env = "STREAMCAP_JWT_AUDIENCE", value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+    /// Claim holding the user id [default: sub]
+    #[arg(long, env = "STREAMCAP_JWT_USER_CLAIM", value_name = "CLAIM")]
+    pub jwt_user_claim: String,
+    /// Claim holding the plan [default: plan]
+    #[arg(long, env = "STREAMCAP_JWT_PLAN_CLAIM", value_name = "CLAIM")]
+    pub jwt_plan_claim: String,
+    /// Allow auth mode none on a non-loopback address (logs a loud warning)
+    #[arg(long, env = "STREAMCAP_INSECURE_NO_AUTH", value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub insecure_no_auth: bool,
+    // File only: a credential is never a flag.
+    #[arg(skip)]
+    pub api_keys: Vec<ApiKeySettings>,
+}
+
+/// One `[[auth.api_keys]]` entry: the SHA-256 of the key, never the key.
+#[derive(Deserialize, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ApiKeySettings {
+    pub name: String,
+    #[serde(deserialize_with = "key")]
+    pub sha256: Sha256,
+    #[serde(deserialize_with = "key")]
+    pub scope: KeyScope,
+}
+
+/// The `[protection]` table.
+#[derive(Args, Deserialize, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct ProtectionSettings {
+    /// Requests per second per user, 0 = off [default: 20]
+    #[arg(long, env = "STREAMCAP_USER_RATE_LIMIT", value_name = "RPS")]
+    user_rate_limit: u32,
+    /// Bucket size per user: requests allowed at once [default: 40]
+    #[arg(long, env = "STREAMCAP_USER_RATE_BURST", value_name = "N")]
+    user_rate_burst: u32,
+    /// Requests per second per credential, 0 = off [default: 2000]
+    #[arg(long, env = "STREAMCAP_CREDENTIAL_RATE_LIMIT", value_name = "RPS")]
+    credential_rate_limit: u32,
+    /// Bucket size per credential: requests allowed at once [default: 4000]
+    #[arg(long, env = "STREAMCAP_CREDENTIAL_RATE_BURST", value_name = "N")]
+    credential_rate_burst: u32,
+    /// Seconds before a request is abandoned with 408, 1..=300 [default: 10]
+    #[arg(long, env = "STREAMCAP_REQUEST_TIMEOUT", value_name = "SECONDS", value_parser = flag::<RequestTimeout>)]
+    #[serde(deserialize_with = "key")]
+    request_timeout: RequestTimeout,
+    /// Requests in flight before new ones are shed with 503 [default: 1024]
+    #[arg(long, env = "STREAMCAP_MAX_CONCURRENT_REQUESTS", value_name = "N",
+          value_parser = flag::<MaxConcurrentRequests>)]
+    #[serde(deserialize_with = "key")]
+    max_concurrent_requests: MaxConcurrentRequests,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            config: None,
+            listen: "127.0.0.1:8080".into(),
+            store: StoreKind::Sqlite,
+            data_dir: "./streamcap-data".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_mode: RedisMode::Standalone.name().into(),
+            on_store_error: OnStoreError::Deny,
+            limits: LimitSettings::default(),
+            lease_ttl: Ttl::from_secs(60).expect("in range"),
+            log_format: LogFormat::Text,
+            metrics_listen: None,
+            auth: AuthSettings::default(),
+            protection: ProtectionSettings::default(),
+        }
+    }
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            default: DefaultLimit::check(3).expect("in range"),
+            plans: BTreeMap::new(),
+            on_limit: OnLimit::Reject,
+            enforce: true,
+            on_limit_by_plan: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::None,
+            jwt_secret_file: None,
+            jwt_public_key_file: None,
+            jwks_file: None,
+            jwt_algorithms: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_user_claim: "sub".into(),
+            jwt_plan_claim: "plan".into(),
+            insecure_no_auth: false,
+            api_keys: Vec::new(),
+        }
+    }
+}
+
+/// `Protection::default()` holds these defaults.
+impl Default for ProtectionSettings {
+    fn default() -> Self {
+        let p = Protection::default();
+        Self {
+            user_rate_limit: p.user_rate,
+            user_rate_burst: p.user_burst,
+            credential_rate_limit: p.credential_rate,
+            credential_rate_burst: p.credential_burst,
+            request_timeout: RequestTimeout(p.request_timeout),
+            max_concurrent_requests: MaxConcurrentRequests(p.max_concurrent_requests),
+        }
+    }
+}
+
+impl From<ProtectionSettings> for Protection {
+    fn from(p: ProtectionSettings) -> Self {
+        Self {
+            user_rate: p.user_rate_limit,
+            user_burst: p.user_rate_burst,
+            credential_rate: p.credential_rate_limit,
+            credential_burst: p.credential_rate_burst,
+            request_timeout: p.request_timeout.0,
+            max_concurrent_requests: p.max_concurrent_requests.0,
+        }
+    }
+}
+
+/// The limit without a plan: a [`Limit`], but at least 1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct DefaultLimit(pub Limit);
+
+/// How long a request may take.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct RequestTimeout(Duration);
+
+/// How many requests may be in flight.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct MaxConcurrentRequests(usize);
+
+/// An API key's digest.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Sha256(pub [u8; 32]);
+
+/// How a type is written in a flag, an env var or the file. Flags and env
+/// vars are read through [`flag`], file keys through [`key`]; both end in
+/// `check`, the one place its values are validated.
+pub(super) trait Spelling: Sized {
+    /// What the file holds: text or a number.
+    type Raw: FromStr<Err: Display> + DeserializeOwned;
+    fn check(raw: Self::Raw) -> Result<Self, String>;
+}
+
+macro_rules! spelling {
+    ($($ty:ty: $raw:ty => $check:expr;)*) => {$(
+        impl Spelling for $ty {
+            type Raw = $raw;
+            fn check(raw: $raw) -> Result<Self, String> {
+                $check(raw)
+            }
+        }
+    )*};
+}
+
+// Names come from the enums' own lists, ranges from the domain constructors.
+spelling! {
+    StoreKind: String => |s: String| one_of(&s, StoreKind::ALL.map(|k| (k.name(), k)));
+    RedisMode: String => |s: String| one_of(&s, [RedisMode::Standalone, RedisMode::Cluster].map(|m| (m.name(), m)));
+    OnStoreError: String => |s: String| one_of(&s, OnStoreError::ALL.map(|p| (p.name(), p)));
+    OnLimit: String => |s: String| one_of(&s, OnLimit::ALL.map(|p| (p.name(), p)));
+    LogFormat: String => |s: String| one_of(&s, LogFormat::ALL.map(|f| (f.name(), f)));
+    AuthMode: String => |s: String| one_of(&s, [("none", AuthMode::None), ("jwt", AuthMode::Jwt)]);
+    KeyScope: String => |s: String| one_of(&s, [("service", KeyScope::Service), ("admin", KeyScope::Admin)]);
+    Limit: u32 => |n| Limit::new(n).ok_or_else(|| out_of_range(n, 0..=Limit::MAX));
+    DefaultLimit: u32 => |n| {
+        Limit::new(n).filter(|_| n >= 1).map(DefaultLimit).ok_or_else(|| out_of_range(n, 1..=Limit::MAX))
+    };
+    Ttl: u32 => |n| Ttl::from_secs(n).ok_or_else(|| out_of_range(n, 1..=Ttl::MAX_SECONDS));
+    RequestTimeout: u64 => |n| in_range(n, 1..=300).map(|n| RequestTimeout(Duration::from_secs(n)));
+    MaxConcurrentRequests: u64 => |n| in_range(n, 1..=1_000_000).map(|n| MaxConcurrentRequests(n as usize));
+    Sha256: String => |s: String| {
+        parse_sha256_hex(&s).map(Sha256).ok_or_else(|| "must be 64 hex digits (the SHA-256 of the key)".to_owned())
+    };
+}
+
+/// Reads a flag or env var (a clap value parser).
+fn flag<T: Spelling>(s: &str) -> Result<T, String> {
+    T::check(s.parse().map_err(|e: <T::Raw as FromStr>::Err| e.to_string())?)
+}
+
+/// Reads a file key (a serde `deserialize_with`).
+fn key<'de, D: Deserializer<'de>, T: Spelling>(d: D) -> Result<T, D::Error> {
+    T::check(T::Raw::deserialize(d)?).map_err(D::Error::custom)
+}
+
+/// Reads a table whose keys the operator names, such as `limits.plans`.
+fn key_map<'de, D: Deserializer<'de>, T: Spelling>(d: D) -> Result<BTreeMap<String, T>, D::Error> {
+    struct Value<T>(T);
+    impl<'de, T: Spelling> Deserialize<'de> for Value<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            key(d).map(Value)
+        }
+    }
+    Ok(BTreeMap::<String, Value<T>>::deserialize(d)?.into_iter().map(|(k, v)| (k, v.0)).collect())
+}
+
+/// `s` if it names one of `names`; the error lists them.
+fn one_of<T: Copy, const N: usize>(s: &str, names: [(&str, T); N]) -> Result<T, String> {
+    if let Some(&(_, value)) = names.iter().find(|(name, _)| *name == s) {
+        return Ok(value);
+    }
+    let names = names.map(|(name, _)| name);
+    let list = match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.concat(),
+    };
+    Err(format!("{s:?} is not {list}"))
+}
+
+fn in_range(n: u64, range: RangeInclusive<u64>) -> Result<u64, String> {
+    if range.contains(&n) { Ok(n) } else { Err(out_of_range(n, range)) }
+}
+
+fn out_of_range<N: Display>(n: N, range: RangeInclusive<N>) -> String {
+    format!("{n} is out of range {}..={}", range.start(), range.end())
+}
+
+/// Reads the `--config` file; a key it leaves out keeps its default. An
+/// error names the key and its line.
+pub(super) fn read_file(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+    let error = |key: String, e: toml::de::Error| {
+        let at = match key.as_str() {
+            "" | "." => format!("config file {}", path.display()),
+            key => format!("{key} in {}", path.display()),
+        };
+        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let line = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+        ConfigError(format!("{at}{line}: {}", e.message().trim()))
+    };
+    let file = toml::Deserializer::parse(&text).map_err(|e| error(String::new(), e))?;
+    serde_path_to_error::deserialize(file).map_err(|e| error(e.path().to_string(), e.into_inner()))
+}

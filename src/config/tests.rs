@@ -1,0 +1,410 @@
+use std::cell::Cell;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, Error as _, IntoDeserializer, MapAccess, SeqAccess, Visitor};
+
+use super::settings::{Settings, command, read_file};
+use super::*;
+use crate::limiter::OnLimit;
+
+fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+    match from_args(std::iter::once("streamcap").chain(args.iter().copied()))? {
+        Invocation::Serve(c) => Ok(*c),
+        Invocation::Printed | Invocation::PrintOpenapi => panic!("printed something"),
+    }
+}
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), text).unwrap();
+    f
+}
+
+// These tests avoid the process environment (which tests share) and
+// cover flag > file > default; env precedence is tested end to end
+// against the binary in tests/process.rs.
+
+#[test]
+fn defaults() {
+    let c = parse(&["serve"]).unwrap();
+    assert_eq!(c.listen, "127.0.0.1:8080");
+    assert_eq!(c.store.kind, StoreKind::Sqlite);
+    assert_eq!(c.store.data_dir, PathBuf::from("./streamcap-data"));
+    assert_eq!(c.policy.default_limit.get(), 3);
+    assert_eq!(c.policy.lease_ttl.as_secs(), 60);
+    assert_eq!(c.policy.on_limit, OnLimit::Reject);
+    assert!(c.policy.enforce);
+    assert!(c.policy.plans.is_empty());
+}
+
+#[test]
+fn flags_win_over_the_file() {
+    let f = file(
+        "lease_ttl = 30\nstore = \"memory\"\n[limits]\ndefault = 7\non_limit = \"evict_oldest\"\nenforce = false\n",
+    );
+    let p = f.path().to_str().unwrap();
+    let c = parse(&["serve", "--config", p, "--default-limit", "2", "--on-limit", "reject"]).unwrap();
+    assert_eq!(c.policy.default_limit.get(), 2);
+    assert_eq!(c.policy.lease_ttl.as_secs(), 30);
+    assert_eq!(c.policy.on_limit, OnLimit::Reject);
+    assert!(!c.policy.enforce);
+    assert_eq!(c.store.kind, StoreKind::Memory);
+    assert!(parse(&["serve", "--config", p, "--enforce", "true"]).unwrap().policy.enforce);
+}
+
+#[test]
+fn plans_take_the_global_policy_unless_they_override_it() {
+    let f = file(
+        "[limits]\nplans = { basic = 1, standard = 2, premium = 4, suspended = 0 }\non_limit = \"reject\"\n\
+         [limits.on_limit_by_plan]\nbasic = \"evict_oldest\"\n",
+    );
+    let c = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap();
+    let plan = |n: &str| c.policy.plans[n];
+    assert_eq!((plan("basic").limit.get(), plan("basic").on_limit), (1, OnLimit::EvictOldest));
+    assert_eq!((plan("premium").limit.get(), plan("premium").on_limit), (4, OnLimit::Reject));
+    assert_eq!(plan("suspended").limit.get(), 0);
+}
+
+#[test]
+fn errors_are_one_line_and_name_the_culprit() {
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["serve".into(), "--default-limit".into(), "0".into()], "--default-limit"),
+        (vec!["serve".into(), "--default-limit".into(), "1001".into()], "--default-limit"),
+        (vec!["serve".into(), "--lease-ttl".into(), "86401".into()], "--lease-ttl"),
+        (vec!["serve".into(), "--lease-ttl".into(), "abc".into()], "--lease-ttl"),
+        (vec!["serve".into(), "--store".into(), "mongo".into()], "--store"),
+        (vec!["serve".into(), "--store".into(), "dynamodb".into()], "not built into this binary"),
+        (
+            vec!["serve".into(), "--store".into(), "redis".into(), "--redis-mode".into(), "sentinel".into()],
+            "--redis-mode",
+        ),
+        (
+            vec!["serve".into(), "--store".into(), "redis".into(), "--redis-url".into(), "http://x".into()],
+            "--redis-url",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--store".into(),
+                "redis".into(),
+                "--redis-url".into(),
+                "redis://a:1,redis://b:2".into(),
+            ],
+            "--redis-mode cluster",
+        ),
+        (vec!["serve".into(), "--store".into(), "redis".into(), "--redis-url".into(), "rediss://h:1".into()], "TLS"),
+        (vec!["serve".into(), "--on-store-error".into(), "maybe".into()], "--on-store-error"),
+        (vec!["serve".into(), "--log-format".into(), "xml".into()], "--log-format"),
+        (vec!["serve".into(), "--metrics-listen".into(), "nowhere".into()], "--metrics-listen"),
+        (vec!["serve".into(), "--listen".into(), "nowhere".into()], "--listen"),
+        (vec!["serve".into(), "--on-limit".into(), "evict_newest".into()], "--on-limit"),
+        (vec!["serve".into(), "--enforce".into(), "maybe".into()], "--enforce"),
+        (vec!["serve".into(), "--bogus".into()], "--bogus"),
+    ];
+    for (args, needle) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let e = parse(&args).expect_err(&format!("{args:?} must fail")).0;
+        assert!(e.contains(needle), "{args:?}: {e}");
+        assert!(!e.contains('\n'), "{args:?}: {e:?}");
+    }
+}
+
+#[test]
+fn file_errors_name_the_key() {
+    for (text, needle) in [
+        ("[limits]\ndefault = 0\n", "limits.default"),
+        ("default_limit = 3\n", "default_limit"),
+        ("[limits]\nplans = { basic = 1001 }\n", "limits.plans.basic"),
+        ("[limits]\nplans = { \"b c\" = 1 }\n", "limits.plans.b c"),
+        ("[limits]\non_limit = \"evict_all\"\n", "limits.on_limit"),
+        ("[limits.on_limit_by_plan]\ngold = \"reject\"\n", "no plan \"gold\""),
+        ("[limits]\nplans = { basic = 1 }\n[limits.on_limit_by_plan]\nbasic = \"nope\"\n", "on_limit_by_plan.basic"),
+        ("[limits]\nenforce = \"yes\"\n", "line 2"),
+        ("lease_ttl = 0\n", "lease_ttl"),
+        ("colour = \"red\"\n", "colour"),
+        ("default_limit = \"three\"\n", "line 1"),
+        ("store = \"dynamodb\"\n", "not built into this binary"),
+        ("store = \"redis\"\nredis_mode = \"ring\"\n", "--redis-mode"),
+    ] {
+        let f = file(text);
+        let e = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap_err().0;
+        assert!(e.contains(needle), "{text}: {e}");
+        assert!(!e.contains('\n'), "{e:?}");
+    }
+}
+
+/// The settings `args` ask for, before `build`.
+fn settings_of(args: &[&str]) -> Result<Settings, ConfigError> {
+    let args = std::iter::once("streamcap").chain(args.iter().copied());
+    let matches = command().try_get_matches_from(args).map_err(one_line)?;
+    settings(matches.subcommand_matches("serve").unwrap_or(&matches))
+}
+
+#[test]
+fn every_table_names_the_key_and_line_of_a_bad_value() {
+    let digest = "ab".repeat(32);
+    for (text, needles) in [
+        ("[limits]\nfoo = 1\n".to_owned(), vec!["limits.foo in", "(line 2)", "unknown field `foo`"]),
+        (
+            "\n[protection]\nrequest_timeout = 301\n".into(),
+            vec!["protection.request_timeout in", "(line 3)", "1..=300"],
+        ),
+        (
+            "[protection]\nmax_concurrent_requests = 0\n".into(),
+            vec!["protection.max_concurrent_requests", "1..=1000000"],
+        ),
+        ("[protection]\nuser_rate_limit = -1\n".into(), vec!["protection.user_rate_limit", "(line 2)"]),
+        ("[auth]\nmode = \"oauth\"\n".into(), vec!["auth.mode in", "(line 2)", "\"oauth\" is not none or jwt"]),
+        ("store = \"mongo\"\n".into(), vec!["store in", "\"mongo\" is not memory, sqlite, redis"]),
+        ("log_format = \"xml\"\n".into(), vec!["log_format in", "(line 1)", "\"xml\" is not text or json"]),
+        ("on_store_error = \"maybe\"\n".into(), vec!["on_store_error in", "\"maybe\" is not deny or allow"]),
+        ("listen = \n".into(), vec!["config file", "(line 1)"]),
+        (
+            "[[auth.api_keys]]\nname = \"a\"\nsha256 = \"00\"\nscope = \"service\"\n".into(),
+            vec!["auth.api_keys[0].sha256 in", "(line 3)", "64 hex digits"],
+        ),
+        (
+            format!("[[auth.api_keys]]\nname = \"a\"\nsha256 = \"{digest}\"\nscope = \"root\"\n"),
+            vec!["auth.api_keys[0].scope in", "(line 4)", "\"root\" is not service or admin"],
+        ),
+        (
+            format!("[[auth.api_keys]]\nname = \"\"\nsha256 = \"{digest}\"\nscope = \"admin\"\n"),
+            vec!["auth.api_keys[0] in", "name must not be empty"],
+        ),
+        (
+            format!(
+                "[[auth.api_keys]]\nname = \"a\"\nsha256 = \"{digest}\"\nscope = \"admin\"\n\
+                 [[auth.api_keys]]\nname = \"b\"\nsha256 = \"{digest}\"\nscope = \"service\"\n"
+            ),
+            vec!["auth.api_keys[1] in", "listed twice"],
+        ),
+    ] {
+        let f = file(&text);
+        let e = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap_err().0;
+        for needle in needles {
+            assert!(e.contains(needle), "{text}: {needle:?} not in {e}");
+        }
+        assert!(!e.contains('\n'), "{e:?}");
+    }
+}
+
+#[test]
+fn flags_are_checked_by_the_same_constructors_as_keys() {
+    for (args, needles) in [
+        (["--request-timeout", "301"], ["--request-timeout", "1..=300"]),
+        (["--max-concurrent-requests", "0"], ["--max-concurrent-requests", "1..=1000000"]),
+        (["--auth-mode", "oauth"], ["--auth-mode", "\"oauth\" is not none or jwt"]),
+        (["--store", "mongo"], ["--store", "\"mongo\" is not memory, sqlite, redis"]),
+        (["--default-limit", "0"], ["--default-limit", "0 is out of range 1..=1000"]),
+        (["--lease-ttl", "0"], ["--lease-ttl", "0 is out of range 1..=86400"]),
+    ] {
+        let e = parse(&["serve", args[0], args[1]]).unwrap_err().0;
+        for needle in needles {
+            assert!(e.contains(needle), "{args:?}: {needle:?} not in {e}");
+        }
+    }
+}
+
+#[test]
+fn redis_settings_are_checked_only_when_redis_is_the_store() {
+    let c = parse(&["serve", "--store", "memory", "--redis-mode", "ring", "--redis-url", "http://x"]).unwrap();
+    assert_eq!(c.store.kind, StoreKind::Memory);
+    let c = parse(&["serve", "--store", "redis", "--redis-mode", "cluster", "--redis-url", "redis://a:1, redis://b:2"])
+        .unwrap();
+    assert_eq!(c.store.redis_mode, RedisMode::Cluster);
+    assert_eq!(c.store.redis_urls, ["redis://a:1", "redis://b:2"]);
+}
+
+#[test]
+fn the_file_fills_every_table_and_flags_override_each() {
+    let digest = "ab".repeat(32);
+    let f = file(&format!(
+        "log_format = \"json\"\non_store_error = \"allow\"\n[auth]\ninsecure_no_auth = true\n\
+         [[auth.api_keys]]\nname = \"ops\"\nsha256 = \"{digest}\"\nscope = \"admin\"\n\
+         [protection]\nuser_rate_limit = 5\nrequest_timeout = 30\nmax_concurrent_requests = 7\n"
+    ));
+    let p = f.path().to_str().unwrap();
+    let c = parse(&["serve", "--config", p]).unwrap();
+    assert_eq!((c.log_format, c.policy.on_store_error), (LogFormat::Json, OnStoreError::Allow));
+    assert!(c.insecure_no_auth && !c.auth.is_open());
+    assert_eq!(c.protection.user_rate, 5);
+    assert_eq!(c.protection.user_burst, Protection::default().user_burst);
+    assert_eq!(c.protection.request_timeout, Duration::from_secs(30));
+    assert_eq!(c.protection.max_concurrent_requests, 7);
+    let c = parse(&["serve", "--config", p, "--request-timeout", "2", "--log-format", "text"]).unwrap();
+    assert_eq!((c.protection.request_timeout, c.log_format), (Duration::from_secs(2), LogFormat::Text));
+    assert_eq!(c.protection.max_concurrent_requests, 7);
+}
+
+#[test]
+fn the_defaults_shown_in_help_are_the_built_in_defaults() {
+    let cli = command();
+    let serve = cli.find_subcommand("serve").unwrap();
+    let mut shown = 0;
+    for arg in serve.get_arguments() {
+        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        let Some((value, _)) = help.split_once("[default: ").and_then(|(_, rest)| rest.split_once(']')) else {
+            continue;
+        };
+        let flag = format!("--{}", arg.get_long().unwrap());
+        if flag == "--jwt-algorithms" {
+            // "what the keys allow" describes the default; it is not a value.
+            continue;
+        }
+        assert_eq!(settings_of(&["serve", &flag, value]).unwrap(), Settings::default(), "{flag} {value}");
+        shown += 1;
+    }
+    assert!(shown >= 20, "only {shown} defaults found in --help");
+}
+
+#[test]
+fn the_example_file_is_a_valid_config_that_names_every_key_and_changes_nothing() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("streamcap.example.toml");
+    parse(&["serve", "--config", path.to_str().unwrap()]).unwrap();
+    assert_eq!(read_file(&path).unwrap(), Settings::default(), "the example sets only defaults");
+
+    let (keys, maps) = file_keys();
+    assert!(keys.contains("limits.default") && keys.contains("auth.api_keys.scope"), "{keys:?}");
+    let named = keys_named_in(&std::fs::read_to_string(&path).unwrap());
+    let missing: Vec<_> = keys.difference(&named).collect();
+    assert!(missing.is_empty(), "streamcap.example.toml does not mention {missing:?}");
+    // Keys under a map are names the operator chooses, such as a plan.
+    let unknown: Vec<_> = named
+        .iter()
+        .filter(|k| !keys.contains(*k) && !k.rsplit_once('.').is_some_and(|(parent, _)| maps.contains(parent)))
+        .collect();
+    assert!(unknown.is_empty(), "streamcap.example.toml mentions keys that do not exist: {unknown:?}");
+}
+
+/// `table.key` for every key and table the text sets or shows in a comment
+/// (`key = …`, `# key = …`, `[table]`, `# [[table]]`).
+fn keys_named_in(text: &str) -> BTreeSet<String> {
+    let mut named = BTreeSet::new();
+    let mut table = String::new();
+    for line in text.lines() {
+        let line = line.strip_prefix('#').map_or(line, |l| l.strip_prefix(' ').unwrap_or(l));
+        if let Some(header) = line.strip_prefix('[') {
+            table = header.trim_start_matches('[').split(']').next().unwrap_or_default().to_owned();
+            named.insert(table.clone());
+        } else if let Some((key, _)) = line.split_once(" = ")
+            && !key.is_empty()
+            && key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            named.insert(if table.is_empty() { key.to_owned() } else { format!("{table}.{key}") });
+        }
+    }
+    named
+}
+
+/// Every key the file accepts, as `table.key`, and which of them hold maps
+/// of the operator's names. Taken from `Settings`' own `Deserialize`, so
+/// there is no list to keep: a probe walks down one path of tables and
+/// reports what it finds at the end.
+fn file_keys() -> (BTreeSet<String>, BTreeSet<String>) {
+    let (mut keys, mut maps) = (BTreeSet::new(), BTreeSet::new());
+    let mut todo = vec![Vec::<&'static str>::new()];
+    while let Some(path) = todo.pop() {
+        let found = Cell::new(None);
+        let _ = Settings::deserialize(Probe { path: &path, found: &found });
+        match found.get() {
+            Some(Found::Table(fields)) => {
+                for &field in fields {
+                    let field_path = [path.as_slice(), &[field]].concat();
+                    keys.insert(field_path.join("."));
+                    todo.push(field_path);
+                }
+            }
+            Some(Found::Map) => {
+                maps.insert(path.join("."));
+            }
+            None => {}
+        }
+    }
+    (keys, maps)
+}
+
+#[derive(Clone, Copy)]
+enum Found {
+    Table(&'static [&'static str]),
+    Map,
+}
+
+struct Probe<'a> {
+    path: &'a [&'static str],
+    found: &'a Cell<Option<Found>>,
+}
+
+type ProbeError = serde::de::value::Error;
+
+impl<'de> serde::Deserializer<'de> for Probe<'_> {
+    type Error = ProbeError;
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, ProbeError> {
+        match self.path.split_first() {
+            None => {
+                self.found.set(Some(Found::Table(fields)));
+                Err(ProbeError::custom("found"))
+            }
+            Some((key, rest)) => visitor.visit_map(Entry(Some(key), Some(Probe { path: rest, found: self.found }))),
+        }
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, _: V) -> Result<V::Value, ProbeError> {
+        if self.path.is_empty() {
+            self.found.set(Some(Found::Map));
+        }
+        Err(ProbeError::custom("found"))
+    }
+
+    /// An array of tables: probe its element.
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
+        visitor.visit_seq(Element(Some(self)))
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
+        visitor.visit_some(self)
+    }
+
+    /// Anything else is a value, not a table.
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, ProbeError> {
+        Err(ProbeError::custom("a value"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf unit
+        unit_struct newtype_struct tuple tuple_struct enum identifier ignored_any
+    }
+}
+
+/// A table with one key, whose value is probed further.
+struct Entry<'a>(Option<&'static str>, Option<Probe<'a>>);
+
+impl<'de> MapAccess<'de> for Entry<'_> {
+    type Error = ProbeError;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, ProbeError> {
+        self.0.take().map(|key| seed.deserialize(key.into_deserializer())).transpose()
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, ProbeError> {
+        seed.deserialize(self.1.take().expect("a value follows its key"))
+    }
+}
+
+/// An array with one element, which is probed.
+struct Element<'a>(Option<Probe<'a>>);
+
+impl<'de> SeqAccess<'de> for Element<'_> {
+    type Error = ProbeError;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, ProbeError> {
+        self.0.take().map(|probe| seed.deserialize(probe)).transpose()
+    }
+}
