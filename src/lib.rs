@@ -12,7 +12,8 @@
 //!
 //! - [`limiter`]: the decision rules as pure functions of (state, op, now).
 //!   No I/O.
-//! - [`policy`]: plans, limits and on-limit behaviour, resolved per request.
+//! - [`policy`]: plans, limits and on-limit behaviour, resolved per request,
+//!   and the edge limits (`Protection`).
 //! - [`clock`]: where "now" comes from; a manual clock for tests.
 //! - [`store`]: the [`store::Store`] handle and its backends (memory,
 //!   sqlite, redis), each running the rules atomically per user.

@@ -9,9 +9,9 @@ use common::{Reply, STORES, Server};
 use serde_json::{Value, json};
 use streamcap::auth::Authenticator;
 use streamcap::clock::ManualClock;
-use streamcap::http::protect::Protection;
 use streamcap::limiter::{Limit, Timestamp, Ttl};
 use streamcap::policy::Policy;
+use streamcap::policy::Protection;
 use streamcap::store::StoreKind;
 
 const U: &str = "/v1/users/alice/streams";

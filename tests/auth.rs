@@ -16,8 +16,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use streamcap::auth::{ApiKey, AuthMode, Authenticator, JwtConfig, JwtVerifier, KeyScope};
-use streamcap::http::protect::Protection;
 use streamcap::limiter::{Limit, Ttl};
+use streamcap::policy::Protection;
 use streamcap::policy::{Plan, Policy};
 use streamcap::store::StoreKind;
 

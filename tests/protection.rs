@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use common::redis::cli;
 use common::{Reply, Server};
 use streamcap::auth::Authenticator;
-use streamcap::http::protect::Protection;
 use streamcap::limiter::{Limit, Ttl};
 use streamcap::policy::Policy;
+use streamcap::policy::Protection;
 use streamcap::store::StoreKind;
 
 async fn stalled_server(protection: Protection) -> Server {

@@ -143,15 +143,22 @@ fn resolve(flag: &str, addr: &str) -> Result<Vec<SocketAddr>, ConfigError> {
     Ok(addrs)
 }
 
+/// A store streamcap knows but this binary was built without (its cargo
+/// feature off) is refused with a message that says so.
+fn check_built_in(kind: StoreKind, built_in: &[&str]) -> Result<(), ConfigError> {
+    if built_in.contains(&kind.name()) {
+        return Ok(());
+    }
+    Err(ConfigError(format!(
+        "--store {} is not built into this binary (available: {})",
+        kind.name(),
+        built_in.join(", ")
+    )))
+}
+
 fn build_store(s: &Settings) -> Result<StoreConfig, ConfigError> {
     let kind = s.store;
-    if !store::built_in().contains(&kind.name()) {
-        return Err(ConfigError(format!(
-            "--store {} is not built into this binary (available: {})",
-            kind.name(),
-            store::built_in().join(", ")
-        )));
-    }
+    check_built_in(kind, &store::built_in())?;
     // Redis settings are checked only when Redis is the store.
     let redis_urls: Vec<String> =
         s.redis_url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();

@@ -75,7 +75,7 @@ fn errors_are_one_line_and_name_the_culprit() {
         (vec!["serve".into(), "--lease-ttl".into(), "86401".into()], "--lease-ttl"),
         (vec!["serve".into(), "--lease-ttl".into(), "abc".into()], "--lease-ttl"),
         (vec!["serve".into(), "--store".into(), "mongo".into()], "--store"),
-        (vec!["serve".into(), "--store".into(), "dynamodb".into()], "not built into this binary"),
+        (vec!["serve".into(), "--store".into(), "dynamodb".into()], "--store"),
         (
             vec!["serve".into(), "--store".into(), "redis".into(), "--redis-mode".into(), "sentinel".into()],
             "--redis-mode",
@@ -125,7 +125,7 @@ fn file_errors_name_the_key() {
         ("lease_ttl = 0\n", "lease_ttl"),
         ("colour = \"red\"\n", "colour"),
         ("default_limit = \"three\"\n", "line 1"),
-        ("store = \"dynamodb\"\n", "not built into this binary"),
+        ("store = \"dynamodb\"\n", "store in"),
         ("store = \"redis\"\nredis_mode = \"ring\"\n", "--redis-mode"),
     ] {
         let f = file(text);
@@ -157,7 +157,7 @@ fn every_table_names_the_key_and_line_of_a_bad_value() {
         ),
         ("[protection]\nuser_rate_limit = -1\n".into(), vec!["protection.user_rate_limit", "(line 2)"]),
         ("[auth]\nmode = \"oauth\"\n".into(), vec!["auth.mode in", "(line 2)", "\"oauth\" is not none or jwt"]),
-        ("store = \"mongo\"\n".into(), vec!["store in", "\"mongo\" is not memory, sqlite, redis"]),
+        ("store = \"mongo\"\n".into(), vec!["store in", "\"mongo\" is not memory, sqlite or redis"]),
         ("log_format = \"xml\"\n".into(), vec!["log_format in", "(line 1)", "\"xml\" is not text or json"]),
         ("on_store_error = \"maybe\"\n".into(), vec!["on_store_error in", "\"maybe\" is not deny or allow"]),
         ("listen = \n".into(), vec!["config file", "(line 1)"]),
@@ -196,7 +196,7 @@ fn flags_are_checked_by_the_same_constructors_as_keys() {
         (["--request-timeout", "301"], ["--request-timeout", "1..=300"]),
         (["--max-concurrent-requests", "0"], ["--max-concurrent-requests", "1..=1000000"]),
         (["--auth-mode", "oauth"], ["--auth-mode", "\"oauth\" is not none or jwt"]),
-        (["--store", "mongo"], ["--store", "\"mongo\" is not memory, sqlite, redis"]),
+        (["--store", "mongo"], ["--store", "\"mongo\" is not memory, sqlite or redis"]),
         (["--default-limit", "0"], ["--default-limit", "0 is out of range 1..=1000"]),
         (["--lease-ttl", "0"], ["--lease-ttl", "0 is out of range 1..=86400"]),
     ] {
@@ -407,4 +407,11 @@ impl<'de> SeqAccess<'de> for Element<'_> {
     fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, ProbeError> {
         self.0.take().map(|probe| seed.deserialize(probe)).transpose()
     }
+}
+
+#[test]
+fn a_known_store_left_out_of_the_build_is_named_as_such() {
+    assert!(super::check_built_in(StoreKind::Redis, &["memory", "sqlite", "redis"]).is_ok());
+    let e = super::check_built_in(StoreKind::Redis, &["memory", "sqlite"]).unwrap_err().0;
+    assert_eq!(e, "--store redis is not built into this binary (available: memory, sqlite)");
 }

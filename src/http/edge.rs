@@ -34,8 +34,9 @@ use tracing::Span;
 
 use super::REQUEST_ID;
 use super::problem::{self, Problem};
-use super::protect::{MAX_HEADER_BYTES, Protection};
+use super::protect::MAX_HEADER_BYTES;
 use crate::metrics;
+use crate::policy::Protection;
 
 /// The edge layer. Cheap to clone: every route's copy shares one state.
 /// Its inner service must answer `Response` (axum's body), so that nothing

@@ -33,8 +33,9 @@ pub mod problem;
 pub mod protect;
 mod respond;
 
+use crate::policy::Protection;
 use handlers::*;
-use protect::{Protection, RateLimits};
+use protect::RateLimits;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;

@@ -1,6 +1,7 @@
 //! Abuse resistance at the HTTP edge: token-bucket rate limits per user and
-//! per credential, and the limits on headers, time and concurrency that
-//! `app` layers around every route, as configured in [`Protection`].
+//! per credential, as configured in [`Protection`] (which lives in
+//! `policy`, so that `config` builds it without depending on `http`), and
+//! the header size limit the edge enforces.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -8,9 +9,7 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
-/// Defined in `policy`, next to the lease policy, so that `config` builds
-/// it without depending on `http`.
-pub use crate::policy::Protection;
+use crate::policy::Protection;
 
 /// Requests whose headers add up to more than this are refused with 431.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;

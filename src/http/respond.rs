@@ -81,9 +81,9 @@ mod tests {
 
     use crate::auth::Authenticator;
     use crate::clock::ManualClock;
-    use crate::http::protect::Protection;
     use crate::http::{AppState, app};
     use crate::limiter::{Limit, Timestamp, Ttl};
+    use crate::policy::Protection;
     use crate::policy::{OnStoreError, Policy};
     use crate::store::{RedisMode, Store, StoreConfig, StoreKind};
 

@@ -34,18 +34,16 @@ pub enum StoreKind {
     Memory,
     Sqlite,
     Redis,
-    Dynamodb,
 }
 
 impl StoreKind {
-    pub const ALL: [StoreKind; 4] = [Self::Memory, Self::Sqlite, Self::Redis, Self::Dynamodb];
+    pub const ALL: [StoreKind; 3] = [Self::Memory, Self::Sqlite, Self::Redis];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Memory => "memory",
             Self::Sqlite => "sqlite",
             Self::Redis => "redis",
-            Self::Dynamodb => "dynamodb",
         }
     }
 
