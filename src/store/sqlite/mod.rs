@@ -108,7 +108,8 @@ enum Job {
 
 impl SqliteBackend {
     /// Opens (creating, migrating) the database and reads all of it into
-    /// the writer's memory before returning.
+    /// the writer's memory before returning. Must be called inside a tokio
+    /// runtime, which delivers the answers.
     pub(super) fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<Self, OpenError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| OpenError(format!("cannot create data dir {}: {e}", dir.display())))?;
@@ -136,7 +137,9 @@ impl SqliteBackend {
 
         let (jobs, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(Stats::default());
-        let writer = Writer::new(conn, clock, stats.clone(), loaded);
+        let (answers, batches) = mpsc::unbounded_channel();
+        tokio::spawn(writer::deliver(batches));
+        let writer = Writer::new(conn, clock, stats.clone(), loaded, answers);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer.run(rx))

@@ -37,6 +37,8 @@ pub(super) struct Writer {
     undo: Vec<(UserId, Option<Packed>)>,
     /// Answers held back until the batch has committed.
     answers: Vec<Answer>,
+    /// Where committed batches' answers go.
+    out: Answers,
     /// Leases this batch found expired, for the metric once it commits.
     expired: u64,
     /// Test hook: make the next commit fail.
@@ -46,15 +48,38 @@ pub(super) struct Writer {
 
 /// A job's answer, held back until its transaction has committed. If the
 /// batch fails, every one of them becomes that failure instead.
-enum Answer {
+pub(super) enum Answer {
     Execute(oneshot::Sender<Result<Reply, StoreError>>, Result<Reply, StoreError>),
     Sweep(oneshot::Sender<Result<Swept, StoreError>>, Result<Swept, StoreError>),
-    Count(oneshot::Sender<Result<u64, StoreError>>, u64),
-    Ping(oneshot::Sender<Result<(), StoreError>>),
+    Count(oneshot::Sender<Result<u64, StoreError>>, Result<u64, StoreError>),
+    Ping(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
+}
+
+/// Hands each committed batch's answers to a task inside the runtime,
+/// which sends them. Waking a waiting task from this thread goes through
+/// the runtime's remote queue and, as often as not, unparks a worker with
+/// a system call; one such wake-up per batch is cheap, one per answer was
+/// the largest cost of the whole writer. From inside the runtime, the
+/// wake-ups go to a worker's local queue instead.
+pub(super) type Answers = mpsc::UnboundedSender<Vec<Answer>>;
+
+/// The task that sends the answers of each batch, in order.
+pub(super) async fn deliver(mut batches: mpsc::UnboundedReceiver<Vec<Answer>>) {
+    while let Some(batch) = batches.recv().await {
+        for answer in batch {
+            answer.send();
+        }
+    }
 }
 
 impl Writer {
-    pub(super) fn new(conn: Connection, clock: Arc<dyn Clock>, stats: Arc<Stats>, loaded: super::Loaded) -> Self {
+    pub(super) fn new(
+        conn: Connection,
+        clock: Arc<dyn Clock>,
+        stats: Arc<Stats>,
+        loaded: super::Loaded,
+        out: Answers,
+    ) -> Self {
         Self {
             conn,
             clock,
@@ -63,6 +88,7 @@ impl Writer {
             corrupt: loaded.corrupt,
             undo: Vec::new(),
             answers: Vec::new(),
+            out,
             expired: 0,
             #[cfg(test)]
             fail_commit: false,
@@ -115,8 +141,8 @@ impl Writer {
                     let r = self.unless_failed(&mut failure, |w| w.sweep(from, now).map(Ok));
                     self.answers.push(Answer::Sweep(reply, r));
                 }
-                Job::CountLive { reply } => self.answers.push(Answer::Count(reply, self.users.leases())),
-                Job::Ping { reply } => self.answers.push(Answer::Ping(reply)),
+                Job::CountLive { reply } => self.answers.push(Answer::Count(reply, Ok(self.users.leases()))),
+                Job::Ping { reply } => self.answers.push(Answer::Ping(reply, Ok(()))),
                 Job::Close { reply } => close.push(reply),
                 #[cfg(test)]
                 Job::Hold { holding, until } => {
@@ -141,17 +167,19 @@ impl Writer {
             Ok(()) => {
                 self.undo.clear();
                 metrics::decision("expired", std::mem::take(&mut self.expired));
-                for answer in self.answers.drain(..) {
-                    answer.send();
-                }
             }
             Err(e) => {
                 tracing::error!(error = %e, jobs, "sqlite batch failed; answering unavailable");
                 self.roll_back();
-                for answer in self.answers.drain(..) {
+                for answer in &mut self.answers {
                     answer.fail(&e);
                 }
             }
+        }
+        if !self.answers.is_empty() {
+            let answers = std::mem::replace(&mut self.answers, Vec::with_capacity(jobs as usize));
+            // Fails only once the runtime is gone, and with it every caller.
+            let _ = self.out.send(answers);
         }
     }
 
@@ -259,18 +287,18 @@ impl Answer {
         match self {
             Answer::Execute(tx, r) => drop(tx.send(r)),
             Answer::Sweep(tx, r) => drop(tx.send(r)),
-            Answer::Count(tx, n) => drop(tx.send(Ok(n))),
-            Answer::Ping(tx) => drop(tx.send(Ok(()))),
+            Answer::Count(tx, r) => drop(tx.send(r)),
+            Answer::Ping(tx, r) => drop(tx.send(r)),
         }
     }
 
-    fn fail(self, why: &str) {
+    fn fail(&mut self, why: &str) {
         let e = || StoreError::Unavailable(why.to_owned());
         match self {
-            Answer::Execute(tx, _) => drop(tx.send(Err(e()))),
-            Answer::Sweep(tx, _) => drop(tx.send(Err(e()))),
-            Answer::Count(tx, _) => drop(tx.send(Err(e()))),
-            Answer::Ping(tx) => drop(tx.send(Err(e()))),
+            Answer::Execute(_, r) => *r = Err(e()),
+            Answer::Sweep(_, r) => *r = Err(e()),
+            Answer::Count(_, r) => *r = Err(e()),
+            Answer::Ping(_, r) => *r = Err(e()),
         }
     }
 }
