@@ -4,7 +4,7 @@
 //! Every operation is a job sent to the writer thread, which owns the only
 //! connection and a packed copy of every user's leases, tombstones and
 //! override, read from the file at open. A job runs the rules on that copy
-//! and issues only the writes they return: no query is read per request.
+//! and issues only the writes they return; no row is read per request.
 //! The writer takes all queued jobs at once, runs them in one transaction,
 //! commits once (one fsync, `synchronous=FULL`) and only then answers, reads
 //! included. That is group commit: a busy server pays one fsync per batch,
@@ -12,12 +12,14 @@
 //! covers it. Because one thread runs every job in order, each job sees the
 //! effect of all earlier ones: that is what makes a decision atomic per
 //! user. If any statement or the commit fails, the batch rolls back on disk
-//! and in memory and every job in it answers `Unavailable`.
+//! and in memory and every job in it answers `Unavailable`. The answers of
+//! a committed batch are sent by one task inside the runtime.
 //!
-//! Expired rows are found in memory by the sweeper and deleted by primary
+//! The sweeper finds expired rows in memory and deletes them by primary
 //! key, a bounded number per step. A lock file in the data dir keeps a
-//! second process out; the file must not be written by anyone else while
-//! streamcap runs, because the writer would not see it.
+//! second streamcap out. Nothing else may write the file while streamcap
+//! runs, because the writer would not see the change; reading it (an
+//! online backup) is fine.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write as _;
@@ -62,7 +64,6 @@ pub(super) struct Stats {
 }
 
 /// What one sweep step did.
-#[derive(Debug)]
 struct Swept {
     /// Expired leases it deleted.
     leases: u64,

@@ -20,18 +20,18 @@ const MAX_BATCH: usize = 1024;
 /// Rows one sweep step deletes at most, so sweeping never stalls the
 /// writer for long.
 pub(super) const SWEEP_BATCH: usize = 5_000;
-/// Users one sweep step looks at, at least a whole shard and then no more
-/// shards once past this many.
+/// Users one sweep step looks at: whole shards, and no further shard once
+/// past this many.
 const SWEEP_SCAN: usize = 100_000;
 
 pub(super) struct Writer {
-    pub(super) conn: Connection,
-    pub(super) clock: Arc<dyn Clock>,
-    pub(super) stats: Arc<Stats>,
+    conn: Connection,
+    clock: Arc<dyn Clock>,
+    stats: Arc<Stats>,
     /// What the database holds, as of the last statement this thread ran.
-    pub(super) users: Users,
+    users: Users,
     /// Users whose rows did not load, and why. They answer `Unavailable`.
-    pub(super) corrupt: HashMap<UserId, String>,
+    corrupt: HashMap<UserId, String>,
     /// Each user this batch changed, with what they held before, oldest
     /// first: undoing it in reverse restores the state of the last commit.
     undo: Vec<(UserId, Option<Packed>)>,
@@ -252,8 +252,9 @@ impl Writer {
     }
 
     /// One step of a sweep: from shard `from` on, deletes what has expired
-    /// until [`SWEEP_BATCH`] rows went or [`SWEEP_SCAN`] users were looked
-    /// at, and says where the next step starts.
+    /// until about [`SWEEP_BATCH`] rows went (one user's rows past it at
+    /// most) or [`SWEEP_SCAN`] users were looked at, and says where the
+    /// next step starts.
     fn sweep(&mut self, from: usize, now: Timestamp) -> Result<Swept, String> {
         let (mut rows, mut leases, mut scanned) = (0, 0, 0);
         for shard in from..SHARDS {
@@ -262,6 +263,9 @@ impl Writer {
             }
             scanned += self.users.shard_len(shard);
             for user in self.users.expired_in(shard, now, SWEEP_BATCH - rows) {
+                if rows >= SWEEP_BATCH {
+                    break;
+                }
                 let mut state = self.users.state(&user).map_err(|Undecodable| undecodable(&user))?;
                 let writes = limiter::expire(&mut state, now);
                 for write in &writes {
