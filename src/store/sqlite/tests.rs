@@ -1,0 +1,538 @@
+//! The sqlite backend's own tests; the behaviour shared by every backend
+//! is in the conformance suite and the differential test, run from here.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, params};
+
+use super::schema::MIGRATIONS;
+use super::writer::SWEEP_BATCH;
+use super::*;
+use crate::clock::ManualClock;
+use crate::limiter::{
+    Acquire, Decision, Label, Lease, Limit, LimitSource, OnLimit, RevokeReason, StreamId, Timestamp, Tombstone, Ttl,
+    UserState,
+};
+use crate::store::memory::MemoryBackend;
+use crate::store::{Store, conformance};
+
+const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+
+fn open(dir: &Path, clock: &ManualClock) -> Store {
+    Store::for_test(Box::new(SqliteBackend::open(dir, Arc::new(clock.clone())).unwrap()))
+}
+
+fn req(stream: &str) -> Acquire {
+    Acquire {
+        stream_id: StreamId::new(stream).unwrap(),
+        device_id: Some(Label::new("tv").unwrap()),
+        content_id: None,
+        limit: Limit::new(3).unwrap(),
+        ttl: Ttl::from_secs(60).unwrap(),
+        on_limit: OnLimit::Reject,
+        evict: Vec::new(),
+        enforce: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    conformance::suite(&open(dir.path(), &clock), &clock).await;
+}
+
+#[test]
+fn differential_against_the_memory_store() {
+    conformance::differential(64, |clock| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), &clock);
+        (store, Box::new(dir) as Box<dyn std::any::Any>)
+    });
+}
+
+#[tokio::test]
+async fn leases_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let user = UserId::new("u").unwrap();
+    let store = open(dir.path(), &clock);
+    store.acquire(&user, req("a")).await.unwrap();
+    store.acquire(&user, req("b")).await.unwrap();
+    store.release(&user, StreamId::new("b").unwrap()).await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = open(dir.path(), &clock);
+    let (_, live) = store.list(&user, Limit::new(3).unwrap()).await.unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].stream_id.as_str(), "a");
+    assert_eq!(live[0].device_id, Some(Label::new("tv").unwrap()));
+    assert_eq!(live[0].started_at, T0);
+}
+
+#[tokio::test]
+async fn a_second_open_of_the_same_dir_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let _first = SqliteBackend::open(dir.path(), Arc::new(clock.clone())).unwrap();
+    let err = SqliteBackend::open(dir.path(), Arc::new(clock)).err().expect("second open must fail");
+    assert!(err.0.contains("in use by another streamcap process"), "{err}");
+}
+
+#[tokio::test]
+async fn closed_store_answers_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = open(dir.path(), &clock);
+    store.close().await.unwrap();
+    store.close().await.unwrap();
+    let user = UserId::new("u").unwrap();
+    assert!(matches!(store.acquire(&user, req("a")).await, Err(StoreError::Unavailable(_))));
+    assert!(store.ping().await.is_err());
+}
+
+#[tokio::test]
+async fn an_older_schema_is_migrated_in_place_and_a_newer_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO leases VALUES ('u', 'old', NULL, NULL, ?1, ?2)",
+            // Schema 1 kept milliseconds.
+            params![T0.as_millis(), T0.plus(Ttl::from_secs(60).unwrap()).as_millis()],
+        )
+        .unwrap();
+    }
+    let clock = ManualClock::new(T0);
+    let store = open(dir.path(), &clock);
+    let user = UserId::new("u").unwrap();
+    let (_, live) = store.list(&user, Limit::new(3).unwrap()).await.unwrap();
+    assert_eq!(live[0].stream_id.as_str(), "old");
+    assert_eq!(live[0].started_at, T0, "times were converted to µs");
+    store.set_override(&user, Limit::new(2)).await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, MIGRATIONS.len());
+    let indexes: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(indexes.is_empty(), "the expiry indexes are gone: {indexes:?}");
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let err = SqliteBackend::open(dir.path(), Arc::new(clock)).err().expect("newer schema must be refused");
+    assert!(err.0.contains("newer than this binary"), "{err}");
+}
+
+/// Jobs that queue up while the writer is busy share one commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let backend = SqliteBackend::open(dir.path(), Arc::new(clock.clone())).unwrap();
+    let (jobs, stats) = (backend.jobs.clone(), backend.stats.clone());
+    let held = Held::new(&jobs).await;
+    let store = Store::for_test(Box::new(backend));
+
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let store = store.clone();
+        calls.spawn(async move {
+            let user = UserId::new(&format!("user{i}")).unwrap();
+            store.acquire(&user, req("s")).await.unwrap()
+        });
+    }
+    held.queued(&jobs, 50).await;
+    assert_eq!(stats.commits.load(Ordering::SeqCst), 0);
+    held.release();
+    while let Some(d) = calls.join_next().await {
+        assert!(matches!(d.unwrap(), Decision::Granted(_)));
+    }
+    // One commit for the held batch, one for all 50 queued requests.
+    assert_eq!(stats.commits.load(Ordering::SeqCst), 2);
+    assert_eq!(stats.jobs.load(Ordering::SeqCst), 50);
+}
+
+/// The writer blocked inside a batch, so that the jobs sent meanwhile
+/// queue up and then run as one batch.
+struct Held(std::sync::mpsc::Sender<()>);
+
+impl Held {
+    async fn new(jobs: &mpsc::Sender<Job>) -> Held {
+        let (release, until) = std::sync::mpsc::channel();
+        let (holding, held) = std::sync::mpsc::channel();
+        jobs.send(Job::Hold { holding, until }).await.unwrap();
+        tokio::task::spawn_blocking(move || held.recv()).await.unwrap().unwrap();
+        Held(release)
+    }
+
+    /// Waits until `n` jobs wait for the writer.
+    async fn queued(&self, jobs: &mpsc::Sender<Job>, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while jobs.max_capacity() - jobs.capacity() < n {
+            assert!(Instant::now() < deadline, "jobs never queued up");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn release(self) {
+        drop(self.0);
+    }
+}
+
+/// Every user's leases, tombstones and override, in a canonical order.
+type Snapshot = BTreeMap<String, UserState>;
+
+fn canonical(leases: Vec<Lease>, tombstones: Vec<Tombstone>, limit: Option<Limit>) -> UserState {
+    let mut leases = leases;
+    leases.sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
+    let mut tombstones = tombstones;
+    tombstones.sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
+    UserState::new(leases, tombstones, limit)
+}
+
+/// What the writer holds in memory.
+async fn in_memory(jobs: &mpsc::Sender<Job>) -> Snapshot {
+    let (reply, rx) = oneshot::channel();
+    jobs.send(Job::Snapshot { reply }).await.unwrap();
+    let all = rx.await.unwrap();
+    all.into_iter()
+        .map(|(u, s)| {
+            let state = canonical(s.leases().to_vec(), s.tombstones().to_vec(), s.limit_override());
+            (u.as_str().to_owned(), state)
+        })
+        .collect()
+}
+
+/// What the file holds, read with plain SQL on a connection of its own.
+fn on_disk(dir: &Path) -> Snapshot {
+    let conn = Connection::open(dir.join(DB_FILE)).unwrap();
+    type Rows = (Vec<Lease>, Vec<Tombstone>, Option<Limit>);
+    let mut users: BTreeMap<String, Rows> = BTreeMap::new();
+    let mut stmt =
+        conn.prepare("SELECT user_id, stream_id, device_id, content_id, started_at, expires_at FROM leases").unwrap();
+    let mut rows = stmt.query([]).unwrap();
+    while let Some(r) = rows.next().unwrap() {
+        let label = |i| r.get::<_, Option<String>>(i).unwrap().map(|l| Label::new(&l).unwrap());
+        users.entry(r.get(0).unwrap()).or_default().0.push(Lease {
+            stream_id: StreamId::new(&r.get::<_, String>(1).unwrap()).unwrap(),
+            device_id: label(2),
+            content_id: label(3),
+            started_at: Timestamp::from_micros(r.get(4).unwrap()),
+            expires_at: Timestamp::from_micros(r.get(5).unwrap()),
+        });
+    }
+    let mut stmt = conn.prepare("SELECT user_id, stream_id, evicted_by, until FROM tombstones").unwrap();
+    let mut rows = stmt.query([]).unwrap();
+    while let Some(r) = rows.next().unwrap() {
+        users.entry(r.get(0).unwrap()).or_default().1.push(Tombstone {
+            stream_id: StreamId::new(&r.get::<_, String>(1).unwrap()).unwrap(),
+            reason: match r.get::<_, Option<String>>(2).unwrap() {
+                Some(by) => RevokeReason::EvictedBy(StreamId::new(&by).unwrap()),
+                None => RevokeReason::Revoked,
+            },
+            until: Timestamp::from_micros(r.get(3).unwrap()),
+        });
+    }
+    let mut stmt = conn.prepare("SELECT user_id, stream_limit FROM overrides").unwrap();
+    let mut rows = stmt.query([]).unwrap();
+    while let Some(r) = rows.next().unwrap() {
+        users.entry(r.get(0).unwrap()).or_default().2 = Limit::new(r.get(1).unwrap());
+    }
+    users.into_iter().map(|(u, (l, t, o))| (u, canonical(l, t, o))).collect()
+}
+
+/// A deterministic mix of every operation over a few users, with clock
+/// advances, so that leases, tombstones of both kinds and overrides pile
+/// up and expire.
+struct Workload {
+    seed: u64,
+}
+
+impl Workload {
+    fn next(&mut self, n: u64) -> u64 {
+        // 64-bit LCG (Knuth's MMIX constants); the high bits are the good ones.
+        self.seed = self.seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (self.seed >> 33) % n
+    }
+
+    /// The next operation, or `None` after moving the clock.
+    fn op(&mut self, clock: &ManualClock) -> Option<(UserId, Op)> {
+        let user = UserId::new(&format!("u{}", self.next(6))).unwrap();
+        let stream = |w: &mut Self| StreamId::new(&format!("s{}", w.next(8))).unwrap();
+        let limit = |w: &mut Self| Limit::new(w.next(4) as u32).unwrap();
+        let op = match self.next(20) {
+            0..=8 => {
+                let mut a = req(stream(self).as_str());
+                a.limit = limit(self);
+                a.ttl = Ttl::from_secs(1 + self.next(90) as u32).unwrap();
+                a.device_id = [None, Some(Label::new("tv").unwrap())][self.next(2) as usize].clone();
+                a.content_id = [None, Some(Label::new("é title").unwrap())][self.next(2) as usize].clone();
+                a.on_limit = [OnLimit::Reject, OnLimit::EvictOldest][self.next(2) as usize];
+                if self.next(5) == 0 {
+                    a.evict = vec![stream(self), stream(self)];
+                }
+                a.enforce = self.next(8) != 0;
+                Op::Acquire(a)
+            }
+            9..=10 => Op::Release(stream(self)),
+            11 => Op::RevokeAll { ttl: Ttl::from_secs(1 + self.next(60) as u32).unwrap() },
+            12 => Op::SetOverride([None, Some(limit(self))][self.next(2) as usize]),
+            13 => Op::List { limit: limit(self) },
+            14 => Op::GetLimit { fallback: limit(self), source: LimitSource::Plan },
+            _ => {
+                clock.advance_ms(self.next(30_000) as i64);
+                return None;
+            }
+        };
+        Some((user, op))
+    }
+}
+
+fn opened(dir: &Path, clock: &ManualClock) -> (Store, mpsc::Sender<Job>, Arc<Stats>) {
+    let backend = SqliteBackend::open(dir, Arc::new(clock.clone())).unwrap();
+    let (jobs, stats) = (backend.jobs.clone(), backend.stats.clone());
+    (Store::for_test(Box::new(backend)), jobs, stats)
+}
+
+/// The writer's memory always equals the file, and reopening the file
+/// brings back exactly that state: the same leases, tombstones and
+/// overrides, and afterwards the same answers as a store that never
+/// restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopening_loads_exactly_what_memory_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let reference = Store::for_test(Box::new(MemoryBackend::new(Arc::new(clock.clone()))));
+    let mut workload = Workload { seed: 7 };
+    let mut saw = (false, false, false);
+    for round in 0..6 {
+        let (store, jobs, _) = opened(dir.path(), &clock);
+        if round > 0 {
+            assert_eq!(in_memory(&jobs).await, on_disk(dir.path()), "round {round}: loaded state");
+        }
+        for i in 0..300 {
+            let Some((user, op)) = workload.op(&clock) else { continue };
+            let expected = reference.execute(&user, op.clone()).await.unwrap();
+            let got = store.execute(&user, op).await.unwrap();
+            assert_eq!(got, expected, "round {round}, step {i}");
+        }
+        let memory = in_memory(&jobs).await;
+        assert_eq!(memory, on_disk(dir.path()), "round {round}: memory and disk");
+        for state in memory.values() {
+            saw.0 |= state.tombstones().iter().any(|t| matches!(t.reason, RevokeReason::EvictedBy(_)));
+            saw.1 |= state.tombstones().iter().any(|t| t.reason == RevokeReason::Revoked);
+            saw.2 |= state.limit_override().is_some();
+        }
+        // Half the rounds end without a clean close.
+        if round % 2 == 0 {
+            store.close().await.unwrap();
+        }
+        // Dropping the store lets go of the data dir.
+        drop(store);
+    }
+    assert_eq!(saw, (true, true, true), "the workload left evictions, revocations and overrides behind");
+}
+
+/// If a statement fails, the whole batch fails: every job in it answers
+/// `Unavailable`, and neither the file nor the memory keeps any of its
+/// changes, even those of jobs that ran before the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_statement_fails_its_batch_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let (store, jobs, _) = opened(dir.path(), &clock);
+    let (u, v) = (UserId::new("u").unwrap(), UserId::new("v").unwrap());
+    store.acquire(&u, req("a")).await.unwrap();
+    store.acquire(&u, req("b")).await.unwrap();
+    let before = in_memory(&jobs).await;
+
+    // Another connection makes any insert of stream "boom" fail.
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER boom BEFORE INSERT ON leases WHEN NEW.stream_id = 'boom'
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+    )
+    .unwrap();
+
+    let held = Held::new(&jobs).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for (user, stream) in [(&u, "c"), (&v, "boom"), (&v, "d")] {
+        let (store, user) = (store.clone(), user.clone());
+        calls.spawn(async move { store.acquire(&user, req(stream)).await });
+        held.queued(&jobs, calls.len()).await;
+    }
+    let (list_store, list_user) = (store.clone(), u.clone());
+    let list = tokio::spawn(async move { list_store.list(&list_user, Limit::new(3).unwrap()).await });
+    held.queued(&jobs, 4).await;
+    held.release();
+    while let Some(r) = calls.join_next().await {
+        assert!(matches!(r.unwrap(), Err(StoreError::Unavailable(_))), "every acquire of the batch failed");
+    }
+    assert!(matches!(list.await.unwrap(), Err(StoreError::Unavailable(_))), "so did the read");
+
+    assert_eq!(in_memory(&jobs).await, before, "memory kept nothing of the batch");
+    assert_eq!(on_disk(dir.path()), before, "nor did the file");
+    conn.execute_batch("DROP TRIGGER boom").unwrap();
+    match store.acquire(&u, req("c")).await.unwrap() {
+        Decision::Granted(g) => assert_eq!(g.active_streams, 3),
+        d => panic!("{d:?}"),
+    }
+    assert!(matches!(store.acquire(&v, req("boom")).await.unwrap(), Decision::Granted(_)));
+    assert_eq!(in_memory(&jobs).await, on_disk(dir.path()));
+}
+
+/// A commit that fails (a full disk, say) fails its batch the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_fails_its_batch_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let (store, jobs, _) = opened(dir.path(), &clock);
+    let u = UserId::new("u").unwrap();
+    store.acquire(&u, req("a")).await.unwrap();
+    store.set_override(&u, Limit::new(2)).await.unwrap();
+    let before = in_memory(&jobs).await;
+
+    let held = Held::new(&jobs).await;
+    jobs.send(Job::FailNextCommit).await.unwrap();
+    let (s1, u1) = (store.clone(), u.clone());
+    let renew = tokio::spawn(async move { s1.acquire(&u1, req("a")).await });
+    held.queued(&jobs, 2).await;
+    let (s2, u2) = (store.clone(), u.clone());
+    let revoke = tokio::spawn(async move { s2.revoke_all(&u2, Ttl::from_secs(60).unwrap()).await });
+    held.queued(&jobs, 3).await;
+    let (s3, u3) = (store.clone(), u.clone());
+    let clear = tokio::spawn(async move { s3.set_override(&u3, None).await });
+    held.queued(&jobs, 4).await;
+    clock.advance_ms(10_000);
+    held.release();
+    assert!(matches!(renew.await.unwrap(), Err(StoreError::Unavailable(_))));
+    assert!(matches!(revoke.await.unwrap(), Err(StoreError::Unavailable(_))));
+    assert!(matches!(clear.await.unwrap(), Err(StoreError::Unavailable(_))));
+
+    assert_eq!(in_memory(&jobs).await, before, "memory kept nothing of the batch");
+    assert_eq!(on_disk(dir.path()), before, "nor did the file");
+    // The store goes on: the lease is still there and the override holds.
+    match store.acquire(&u, req("a")).await.unwrap() {
+        Decision::Renewed(g) => assert_eq!((g.lease.started_at, g.limit.get()), (T0, 2)),
+        d => panic!("{d:?}"),
+    }
+}
+
+/// Sweeping deletes every expired row from the file and the memory, in
+/// steps of at most `SWEEP_BATCH` rows, and the live count follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeping_takes_bounded_steps_and_leaves_nothing_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (users, expired_tombstones) = (SWEEP_BATCH as i64, 700);
+    {
+        // Three leases per user, two of them expired, and tombstones,
+        // some of them expired; written directly, and loaded at open.
+        std::fs::create_dir_all(dir.path()).unwrap();
+        let mut conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        schema::prepare(&conn).unwrap();
+        let tx = conn.transaction().unwrap();
+        let us = T0.as_micros();
+        for u in 0..users {
+            for (s, expires) in [("a", us - 1), ("b", us), ("c", us + 1)] {
+                tx.execute(
+                    "INSERT INTO leases VALUES (?1, ?2, NULL, NULL, ?3, ?4)",
+                    params![format!("u{u}"), s, us - 10, expires],
+                )
+                .unwrap();
+            }
+        }
+        for t in 0..1000 {
+            let until = if t < expired_tombstones { us } else { us + 1 };
+            tx.execute("INSERT INTO tombstones VALUES (?1, 'x', NULL, ?2)", params![format!("u{t}"), until]).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let clock = ManualClock::new(T0);
+    let (store, jobs, stats) = opened(dir.path(), &clock);
+    assert_eq!(store.inner.backend.live_leases().await.unwrap(), Some(3 * users as u64), "held, not yet swept");
+
+    let before = stats.jobs.load(Ordering::SeqCst);
+    let removed = store.inner.backend.sweep().await.unwrap();
+    assert_eq!(removed, 2 * users as u64);
+    let steps = stats.jobs.load(Ordering::SeqCst) - before;
+    let rows = 2 * users as u64 + expired_tombstones as u64;
+    assert!(steps >= rows.div_ceil(SWEEP_BATCH as u64), "{steps} steps for {rows} rows");
+
+    assert_eq!(store.inner.backend.sweep().await.unwrap(), 0, "nothing left to sweep");
+    assert_eq!(store.inner.backend.live_leases().await.unwrap(), Some(users as u64));
+    let memory = in_memory(&jobs).await;
+    assert_eq!(memory, on_disk(dir.path()));
+    assert_eq!(memory.len(), users as usize);
+    assert!(memory.values().all(|s| s.leases().len() == 1 && s.tombstones().len() <= 1));
+    assert_eq!(memory.values().map(|s| s.tombstones().len()).sum::<usize>(), 1000 - expired_tombstones);
+
+    // Once everything has expired, users with nothing left are dropped.
+    clock.advance_ms(1);
+    store.inner.backend.sweep().await.unwrap();
+    assert!(in_memory(&jobs).await.is_empty());
+    assert!(on_disk(dir.path()).is_empty());
+    assert_eq!(store.inner.backend.live_leases().await.unwrap(), Some(0));
+}
+
+/// A row that does not hold valid values makes its user answer
+/// `Unavailable`, as it always has; it does not stop the store or touch
+/// anyone else, and it stays in the file for an operator to fix.
+#[tokio::test]
+async fn a_corrupt_row_makes_only_its_user_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        schema::prepare(&conn).unwrap();
+        let until = T0.as_micros() + 60_000_000;
+        conn.execute_batch(&format!(
+            "INSERT INTO leases VALUES ('bad', 'ok', NULL, NULL, 0, {until});
+             INSERT INTO leases VALUES ('bad', 'not ok', NULL, NULL, 0, {until});
+             INSERT INTO leases VALUES ('good', 'a', NULL, NULL, 0, {until});
+             INSERT INTO overrides VALUES ('good', 1);
+             INSERT INTO overrides VALUES ('worse', 5000);
+             INSERT INTO tombstones VALUES ('not a user', 'a', NULL, {until});"
+        ))
+        .unwrap();
+    }
+    let clock = ManualClock::new(T0);
+    let (store, jobs, _) = opened(dir.path(), &clock);
+    for name in ["bad", "worse"] {
+        let user = UserId::new(name).unwrap();
+        match store.list(&user, Limit::new(3).unwrap()).await {
+            Err(StoreError::Unavailable(why)) => {
+                assert!(why.contains(&format!("corrupt row for user {name}")), "{why}")
+            }
+            r => panic!("{name}: {r:?}"),
+        }
+        assert!(store.acquire(&user, req("x")).await.is_err());
+    }
+    let good = UserId::new("good").unwrap();
+    assert!(matches!(store.acquire(&good, req("b")).await.unwrap(), Decision::Denied(_)), "limit 1 from the override");
+    assert_eq!(store.inner.backend.sweep().await.unwrap(), 0);
+    assert_eq!(in_memory(&jobs).await.keys().collect::<Vec<_>>(), ["good"]);
+    assert_eq!(on_disk_rows(dir.path()), 6, "nothing was deleted");
+}
+
+fn on_disk_rows(dir: &Path) -> i64 {
+    let conn = Connection::open(dir.join(DB_FILE)).unwrap();
+    conn.query_row(
+        "SELECT (SELECT count(*) FROM leases) + (SELECT count(*) FROM tombstones) + (SELECT count(*) FROM overrides)",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
