@@ -23,7 +23,24 @@ use crate::store::{Store, conformance};
 const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
 
 fn open(dir: &Path, clock: &ManualClock) -> Store {
-    Store::for_test(Box::new(SqliteBackend::open(dir, Arc::new(clock.clone())).unwrap()))
+    Store::for_test(Box::new(reopen(dir, clock).unwrap()))
+}
+
+/// Opens the data dir that an earlier backend of this test held. Other
+/// tests in this process start child processes, and a child forked while
+/// the earlier backend was open holds a copy of its lock file's descriptor
+/// (and so the lock) until it execs. Waiting out that window, bounded,
+/// keeps such a reopen from failing for a reason the test is not about.
+fn reopen(dir: &Path, clock: &ManualClock) -> Result<SqliteBackend, OpenError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match SqliteBackend::open(dir, Arc::new(clock.clone())) {
+            Err(e) if e.0.contains("in use by another") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return result,
+        }
+    }
 }
 
 fn req(stream: &str) -> Acquire {
@@ -133,7 +150,7 @@ async fn an_older_schema_is_migrated_in_place_and_a_newer_one_refused() {
     assert!(indexes.is_empty(), "the expiry indexes are gone: {indexes:?}");
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
-    let err = SqliteBackend::open(dir.path(), Arc::new(clock)).err().expect("newer schema must be refused");
+    let err = reopen(dir.path(), &clock).err().expect("newer schema must be refused");
     assert!(err.0.contains("newer than this binary"), "{err}");
 }
 
@@ -303,7 +320,7 @@ impl Workload {
 }
 
 fn opened(dir: &Path, clock: &ManualClock) -> (Store, mpsc::Sender<Job>, Arc<Stats>) {
-    let backend = SqliteBackend::open(dir, Arc::new(clock.clone())).unwrap();
+    let backend = reopen(dir, clock).unwrap();
     let (jobs, stats) = (backend.jobs.clone(), backend.stats.clone());
     (Store::for_test(Box::new(backend)), jobs, stats)
 }
