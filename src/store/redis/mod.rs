@@ -9,22 +9,24 @@
 //!
 //! The script is a port of `limiter::apply`, not a second source of truth:
 //! the conformance suite and a differential property test hold it to the
-//! Rust rules.
+//! Rust rules. Its arguments are positional strings and its reply a flat
+//! array, read here straight into limiter types; the script's header
+//! documents both.
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use serde::Deserialize;
-use serde_json::json;
+use redis::{Cmd, ErrorKind, RedisWrite, ServerErrorKind, ToRedisArgs, Value};
 
 use super::{Backend, BoxFuture, OpenError, RedisMode, StoreError, redact_url};
 use crate::clock::Clock;
 use crate::limiter::{
-    Decision, Denial, Grant, Label, Lease, Limit, LimitSource, OnLimit, Op, Reply, RevokeReason, StreamId, Timestamp,
-    Tombstone, UserId,
+    Acquire, Decision, Denial, Grant, Label, Lease, Limit, LimitSource, OnLimit, Op, Reply, RevokeReason, StreamId,
+    Timestamp, Tombstone, UserId,
 };
 use crate::metrics;
 
@@ -94,30 +96,102 @@ impl RedisBackend {
         Ok(Self { conn, script: redis::Script::new(SCRIPT), test_clock })
     }
 
-    async fn run(&self, user: &UserId, op: &'static str, args: serde_json::Value) -> Result<Wire, StoreError> {
-        let now = self.test_clock.as_ref().map(|c| c.now().as_micros().to_string()).unwrap_or_default();
-        let mut invocation = self.script.prepare_invoke();
-        invocation
-            .key(format!("sc:{{{user}}}:s"))
-            .key(format!("sc:{{{user}}}:o"))
-            .arg(op)
-            .arg(now)
-            .arg(args.to_string());
-        let raw: String = match self.conn.clone() {
-            Conn::Standalone(mut c) => invoke(&invocation, &mut c).await?,
-            Conn::Cluster(mut c) => invoke(&invocation, &mut c).await?,
-        };
-        let meta: Meta = serde_json::from_str(&raw).unwrap_or_default();
-        metrics::decision("expired", meta.expired);
-        serde_json::from_str(&raw).map_err(|e| StoreError::Unavailable(format!("unreadable script reply: {e}")))
+    /// The EVALSHA of `op` for `user`, built in one buffer.
+    fn command(&self, user: &UserId, op: &Op) -> Cmd {
+        let mut cmd = Cmd::with_capacity(16, 192);
+        cmd.arg("EVALSHA")
+            .arg(self.script.get_hash())
+            .arg(2)
+            .arg(UserKey(user, b"}:s"))
+            .arg(UserKey(user, b"}:o"));
+        let now = self.test_clock.as_ref().map(|c| c.now().as_micros());
+        match op {
+            Op::Acquire(a) => {
+                cmd.arg("acquire").arg(Now(now)).arg(a.stream_id.as_str()).arg(a.limit.get());
+                cmd.arg(a.ttl.as_micros()).arg(on_limit_name(a.on_limit)).arg(if a.enforce { "1" } else { "0" });
+                cmd.arg(LabelArg(a.device_id.as_ref())).arg(LabelArg(a.content_id.as_ref()));
+                for s in &a.evict {
+                    cmd.arg(s.as_str());
+                }
+            }
+            Op::Release(s) => {
+                cmd.arg("release").arg(Now(now)).arg(s.as_str());
+            }
+            Op::RevokeAll { ttl } => {
+                cmd.arg("revoke_all").arg(Now(now)).arg(ttl.as_micros());
+            }
+            Op::List { limit } => {
+                cmd.arg("list").arg(Now(now)).arg(limit.get());
+            }
+            Op::GetLimit { .. } => {
+                cmd.arg("get_limit").arg(Now(now));
+            }
+            Op::SetOverride(limit) => {
+                cmd.arg("set_override").arg(Now(now));
+                match limit {
+                    Some(l) => cmd.arg(l.get()),
+                    None => cmd.arg(""),
+                };
+            }
+        }
+        cmd
+    }
+
+    async fn call(&self, cmd: &Cmd) -> Result<Value, StoreError> {
+        match self.conn.clone() {
+            Conn::Standalone(mut c) => self.eval(cmd, &mut c).await,
+            Conn::Cluster(mut c) => self.eval(cmd, &mut c).await,
+        }
+    }
+
+    /// Runs `cmd`, loading the script first wherever Redis has not got it
+    /// (after a restart or SCRIPT FLUSH; on every node, in a cluster).
+    async fn eval(&self, cmd: &Cmd, conn: &mut impl ConnectionLike) -> Result<Value, StoreError> {
+        let fail = |e: redis::RedisError| StoreError::Unavailable(format!("redis: {e}"));
+        match cmd.query_async(conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.script.load_async(conn).await.map_err(fail)?;
+                cmd.query_async(conn).await.map_err(fail)
+            }
+            other => other.map_err(fail),
+        }
     }
 }
 
-async fn invoke(
-    invocation: &redis::ScriptInvocation<'_>,
-    conn: &mut impl ConnectionLike,
-) -> Result<String, StoreError> {
-    invocation.invoke_async(conn).await.map_err(|e| StoreError::Unavailable(format!("redis: {e}")))
+/// `sc:{<user>}:s` or `sc:{<user>}:o`, written straight into the command.
+struct UserKey<'a>(&'a UserId, &'static [u8]);
+
+impl ToRedisArgs for UserKey<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        let mut w = out.writer_for_next_arg();
+        // Writing into the command's buffer cannot fail.
+        let _ = w.write_all(b"sc:{").and_then(|()| w.write_all(self.0.as_str().as_bytes())).and_then(|()| w.write_all(self.1));
+    }
+}
+
+/// The injected time, or "" for the script to read TIME.
+struct Now(Option<i64>);
+
+impl ToRedisArgs for Now {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        match self.0 {
+            Some(us) => us.write_redis_args(out),
+            None => out.write_arg(b""),
+        }
+    }
+}
+
+/// A label as the script takes it: "" when absent, "=" and the text when
+/// present, so that an empty label stays a label.
+struct LabelArg<'a>(Option<&'a Label>);
+
+impl ToRedisArgs for LabelArg<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        let mut w = out.writer_for_next_arg();
+        if let Some(l) = self.0 {
+            let _ = w.write_all(b"=").and_then(|()| w.write_all(l.as_str().as_bytes()));
+        }
+    }
 }
 
 fn on_limit_name(o: OnLimit) -> &'static str {
@@ -127,191 +201,201 @@ fn on_limit_name(o: OnLimit) -> &'static str {
     }
 }
 
-fn source_name(s: LimitSource) -> &'static str {
-    match s {
-        LimitSource::Override => "override",
-        LimitSource::Plan => "plan",
-        LimitSource::Default => "default",
-    }
-}
-
-/// What every reply carries besides its kind.
-#[derive(Deserialize, Default)]
-struct Meta {
-    #[serde(default)]
-    expired: u64,
-}
-
-/// The script's replies.
-#[derive(Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-enum Wire {
-    Granted {
-        lease: WireLease,
-        active: u32,
-        limit: u32,
-        #[serde(default)]
-        evicted: Vec<WireLease>,
-        would_deny: bool,
-        #[serde(default)]
-        would_evict: Vec<String>,
-    },
-    Renewed {
-        lease: WireLease,
-        active: u32,
-        limit: u32,
-    },
-    Denied {
-        limit: u32,
-        #[serde(default)]
-        live: Vec<WireLease>,
-    },
-    Gone {
-        stream_id: String,
-        by: Option<String>,
-        until: String,
-    },
-    Done,
-    Revoked {
-        #[serde(default)]
-        streams: Vec<String>,
-    },
-    Leases {
-        limit: u32,
-        #[serde(default)]
-        live: Vec<WireLease>,
-    },
-    Limit {
-        limit: u32,
-        source: String,
-    },
-}
-
-#[derive(Deserialize)]
-struct WireLease {
-    stream_id: String,
-    device_id: Option<String>,
-    content_id: Option<String>,
-    started_at: String,
-    expires_at: String,
-}
-
 fn bad(what: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("invalid script reply: {what}"))
 }
 
-fn stream(s: &str) -> Result<StreamId, StoreError> {
-    StreamId::new(s).map_err(|e| bad(format!("stream id {s:?} {e}")))
-}
+/// The script's reply, a flat array, read front to back.
+struct Fields(std::vec::IntoIter<Value>);
 
-fn time(s: &str) -> Result<Timestamp, StoreError> {
-    s.parse().map(Timestamp::from_micros).map_err(|e| bad(format!("time {s:?}: {e}")))
-}
+impl Fields {
+    fn new(v: Value) -> Result<Self, StoreError> {
+        match v {
+            Value::Array(items) => Ok(Self(items.into_iter())),
+            other => Err(bad(format!("expected an array, got {other:?}"))),
+        }
+    }
 
-fn limit(n: u32) -> Result<Limit, StoreError> {
-    Limit::new(n).ok_or_else(|| bad(format!("limit {n}")))
-}
+    fn next(&mut self) -> Result<Value, StoreError> {
+        self.0.next().ok_or_else(|| bad("too few elements"))
+    }
 
-fn label(s: Option<String>) -> Result<Option<Label>, StoreError> {
-    s.map(|s| Label::new(&s).map_err(|e| bad(format!("label {e}")))).transpose()
-}
+    fn left(&self) -> usize {
+        self.0.len()
+    }
 
-impl WireLease {
-    fn lease(self) -> Result<Lease, StoreError> {
+    fn bytes(&mut self) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.next()? {
+            Value::BulkString(b) => Ok(Some(b)),
+            Value::Nil => Ok(None),
+            other => Err(bad(format!("expected a string, got {other:?}"))),
+        }
+    }
+
+    fn text(&mut self) -> Result<Option<String>, StoreError> {
+        self.bytes()?.map(|b| String::from_utf8(b).map_err(|e| bad(format!("not UTF-8: {e}")))).transpose()
+    }
+
+    fn kind(&mut self) -> Result<Vec<u8>, StoreError> {
+        self.bytes()?.ok_or_else(|| bad("no kind"))
+    }
+
+    fn int(&mut self) -> Result<i64, StoreError> {
+        match self.next()? {
+            Value::Int(n) => Ok(n),
+            other => Err(bad(format!("expected an integer, got {other:?}"))),
+        }
+    }
+
+    fn count(&mut self) -> Result<u32, StoreError> {
+        let n = self.int()?;
+        u32::try_from(n).map_err(|_| bad(format!("count {n}")))
+    }
+
+    fn limit(&mut self) -> Result<Limit, StoreError> {
+        let n = self.int()?;
+        u32::try_from(n).ok().and_then(Limit::new).ok_or_else(|| bad(format!("limit {n}")))
+    }
+
+    fn time(&mut self) -> Result<Timestamp, StoreError> {
+        self.int().map(Timestamp::from_micros)
+    }
+
+    fn stream(&mut self) -> Result<StreamId, StoreError> {
+        let s = self.text()?.ok_or_else(|| bad("no stream id"))?;
+        StreamId::new(&s).map_err(|e| bad(format!("stream id {s:?} {e}")))
+    }
+
+    /// A label, reusing `known`'s allocation when it is the same text.
+    fn label(&mut self, known: Option<&Label>) -> Result<Option<Label>, StoreError> {
+        let Some(s) = self.text()? else { return Ok(None) };
+        if let Some(k) = known.filter(|k| k.as_str() == s) {
+            return Ok(Some(k.clone()));
+        }
+        Label::new(&s).map(Some).map_err(|e| bad(format!("label {e}")))
+    }
+
+    fn lease(&mut self) -> Result<Lease, StoreError> {
         Ok(Lease {
-            stream_id: stream(&self.stream_id)?,
-            device_id: label(self.device_id)?,
-            content_id: label(self.content_id)?,
-            started_at: time(&self.started_at)?,
-            expires_at: time(&self.expires_at)?,
+            stream_id: self.stream()?,
+            started_at: self.time()?,
+            expires_at: self.time()?,
+            device_id: self.label(None)?,
+            content_id: self.label(None)?,
         })
+    }
+
+    /// Leases up to the end of the reply.
+    fn leases(&mut self) -> Result<Vec<Lease>, StoreError> {
+        if self.left() % 5 != 0 {
+            return Err(bad("a partial lease"));
+        }
+        (0..self.left() / 5).map(|_| self.lease()).collect()
+    }
+
+    /// Stream ids up to the end of the reply.
+    fn streams(&mut self) -> Result<Vec<StreamId>, StoreError> {
+        (0..self.left()).map(|_| self.stream()).collect()
+    }
+
+    /// The leases that `expired` counts, for the metric.
+    fn expired(&mut self) -> Result<(), StoreError> {
+        metrics::decision("expired", u64::try_from(self.int()?).unwrap_or(0));
+        Ok(())
     }
 }
 
-fn leases(v: Vec<WireLease>) -> Result<Vec<Lease>, StoreError> {
-    v.into_iter().map(WireLease::lease).collect()
+/// Reads the script's reply to `op`.
+fn decode(op: Op, reply: Value) -> Result<Reply, StoreError> {
+    let mut f = Fields::new(reply)?;
+    let kind = f.kind()?;
+    let reply = match (op, kind.as_slice()) {
+        (Op::Acquire(req), _) => Reply::Decision(decision(req, &kind, &mut f)?),
+        (Op::Release(_), b"done") => {
+            f.expired()?;
+            Reply::Done
+        }
+        (Op::RevokeAll { .. }, b"revoked") => {
+            f.expired()?;
+            Reply::Revoked(f.streams()?)
+        }
+        (Op::List { .. }, b"leases") => Reply::Leases { limit: f.limit()?, live: f.leases()? },
+        (Op::GetLimit { fallback, source }, b"limit") => match f.left() {
+            0 => Reply::Limit { limit: fallback, source },
+            _ => Reply::Limit { limit: f.limit()?, source: LimitSource::Override },
+        },
+        (Op::SetOverride(Some(_)), b"limit") => Reply::Limit { limit: f.limit()?, source: LimitSource::Override },
+        (Op::SetOverride(None), b"done") => Reply::Done,
+        (_, kind) => return Err(bad(format!("unexpected kind {:?}", String::from_utf8_lossy(kind)))),
+    };
+    if f.left() > 0 {
+        return Err(bad("too many elements"));
+    }
+    Ok(reply)
 }
 
-impl Wire {
-    fn reply(self) -> Result<Reply, StoreError> {
-        Ok(match self {
-            Wire::Granted { lease, active, limit: l, evicted, would_deny, would_evict } => {
-                Reply::Decision(Decision::Granted(Grant {
-                    lease: lease.lease()?,
-                    active_streams: active,
-                    limit: limit(l)?,
-                    evicted: leases(evicted)?,
-                    would_deny,
-                    would_evict: would_evict.iter().map(|s| stream(s)).collect::<Result<_, _>>()?,
-                }))
-            }
-            Wire::Renewed { lease, active, limit: l } => Reply::Decision(Decision::Renewed(Grant {
-                lease: lease.lease()?,
-                active_streams: active,
-                limit: limit(l)?,
+fn decision(req: Acquire, kind: &[u8], f: &mut Fields) -> Result<Decision, StoreError> {
+    f.expired()?;
+    Ok(match kind {
+        b"granted" => {
+            let active_streams = f.count()?;
+            let limit = f.limit()?;
+            let lease = Lease {
+                started_at: f.time()?,
+                expires_at: f.time()?,
+                stream_id: req.stream_id,
+                device_id: req.device_id,
+                content_id: req.content_id,
+            };
+            let would_deny = f.int()? != 0;
+            let evicted = (0..f.count()?).map(|_| f.lease()).collect::<Result<_, _>>()?;
+            Decision::Granted(Grant { lease, active_streams, limit, evicted, would_deny, would_evict: f.streams()? })
+        }
+        b"renewed" => {
+            let active_streams = f.count()?;
+            let limit = f.limit()?;
+            let lease = Lease {
+                started_at: f.time()?,
+                expires_at: f.time()?,
+                device_id: f.label(req.device_id.as_ref())?,
+                content_id: f.label(req.content_id.as_ref())?,
+                stream_id: req.stream_id,
+            };
+            Decision::Renewed(Grant {
+                lease,
+                active_streams,
+                limit,
                 evicted: Vec::new(),
                 would_deny: false,
                 would_evict: Vec::new(),
-            })),
-            Wire::Denied { limit: l, live } => {
-                Reply::Decision(Decision::Denied(Denial { limit: limit(l)?, live: leases(live)? }))
-            }
-            Wire::Gone { stream_id, by, until } => Reply::Decision(Decision::Gone(Tombstone {
-                stream_id: stream(&stream_id)?,
-                reason: match by {
-                    Some(by) => RevokeReason::EvictedBy(stream(&by)?),
-                    None => RevokeReason::Revoked,
-                },
-                until: time(&until)?,
-            })),
-            Wire::Done => Reply::Done,
-            Wire::Revoked { streams } => Reply::Revoked(streams.iter().map(|s| stream(s)).collect::<Result<_, _>>()?),
-            Wire::Leases { limit: l, live } => Reply::Leases { limit: limit(l)?, live: leases(live)? },
-            Wire::Limit { limit: l, source } => Reply::Limit {
-                limit: limit(l)?,
-                source: match source.as_str() {
-                    "override" => LimitSource::Override,
-                    "plan" => LimitSource::Plan,
-                    "default" => LimitSource::Default,
-                    other => return Err(bad(format!("limit source {other:?}"))),
-                },
-            },
-        })
-    }
+            })
+        }
+        b"denied" => Decision::Denied(Denial { limit: f.limit()?, live: f.leases()? }),
+        b"gone" => {
+            let until = f.time()?;
+            let reason = match f.text()? {
+                Some(by) => RevokeReason::EvictedBy(StreamId::new(&by).map_err(|e| bad(format!("stream id {e}")))?),
+                None => RevokeReason::Revoked,
+            };
+            Decision::Gone(Tombstone { stream_id: req.stream_id, reason, until })
+        }
+        other => return Err(bad(format!("unexpected kind {:?}", String::from_utf8_lossy(other)))),
+    })
 }
 
 impl Backend for RedisBackend {
     fn execute<'a>(&'a self, user: &'a UserId, op: Op) -> BoxFuture<'a, Result<Reply, StoreError>> {
-        let (name, args) = match op {
-            Op::Acquire(a) => (
-                "acquire",
-                json!({
-                    "stream": a.stream_id.as_str(),
-                    "device": a.device_id.as_ref().map(Label::as_str),
-                    "content": a.content_id.as_ref().map(Label::as_str),
-                    "limit": a.limit.get(),
-                    "ttl": a.ttl.as_micros().to_string(),
-                    "on_limit": on_limit_name(a.on_limit),
-                    "evict": a.evict.iter().map(StreamId::as_str).collect::<Vec<_>>(),
-                    "enforce": a.enforce,
-                }),
-            ),
-            Op::Release(s) => ("release", json!({ "stream": s.as_str() })),
-            Op::RevokeAll { ttl } => ("revoke_all", json!({ "ttl": ttl.as_micros().to_string() })),
-            Op::List { limit } => ("list", json!({ "limit": limit.get() })),
-            Op::GetLimit { fallback, source } => {
-                ("get_limit", json!({ "limit": fallback.get(), "source": source_name(source) }))
-            }
-            Op::SetOverride(l) => ("set_override", json!({ "limit": l.map(Limit::get) })),
-        };
-        Box::pin(async move { self.run(user, name, strip_nulls(args)).await?.reply() })
+        Box::pin(async move {
+            let cmd = self.command(user, &op);
+            decode(op, self.call(&cmd).await?)
+        })
     }
 
     fn sweep(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async { Ok(0) })
     }
 
-    /// Keys expire by themselves (PEXPIRE in the script).
+    /// Keys expire by themselves (PX in the script).
     fn expires_by_itself(&self) -> bool {
         true
     }
@@ -338,14 +422,6 @@ impl Backend for RedisBackend {
         // Nothing is buffered here: every answer was already written by Redis.
         Box::pin(async { Ok(()) })
     }
-}
-
-/// cjson turns JSON `null` into a truthy sentinel; leave such keys out.
-fn strip_nulls(mut v: serde_json::Value) -> serde_json::Value {
-    if let Some(map) = v.as_object_mut() {
-        map.retain(|_, v| !v.is_null());
-    }
-    v
 }
 
 #[cfg(test)]
