@@ -4,8 +4,7 @@
 -- reference: the differential tests feed random operations to both and
 -- require identical answers. Change the two together.
 --
--- KEYS[1]  sc:{user}:s  STRING, the user's leases and tombstones (below),
---                       expiring (PX) one second after the last of them ends
+-- KEYS[1]  sc:{user}:s  STRING, the user's leases and tombstones (below)
 -- KEYS[2]  sc:{user}:o  STRING, the per-user override in decimal; no expiry
 -- ARGV[1]  the operation; ARGV[2] "" to read the clock with TIME (always,
 --          in production) or a time that tests inject; then, by operation:
@@ -20,108 +19,140 @@
 -- when present, since an empty label is still a label. Times and TTLs are
 -- integers in µs (times since the Unix epoch), limits decimal.
 --
--- The reply is a flat array whose first element names its kind. A lease in
--- it takes five elements, as stored: stream, started, expires, device,
--- content (nil for an absent label). `expired` counts the leases this call
--- found dead and removed.
---   acquire       {"granted", expired, active, limit, started, expires,
---                   would_deny (0 | 1), n, <n evicted leases>, would-evict streams...}
---                 {"renewed", expired, active, limit, started, expires, device, content}
---                 {"denied", expired, limit, <live leases>...}
---                 {"gone", expired, until, evicting stream (nil when revoked)}
---   release       {"done", expired}
---   revoke_all    {"revoked", expired, streams...}
---   list          {"leases", limit, <live leases>...}
---   get_limit     {"limit", override}, or {"limit"} when there is none
---   set_override  {"limit", limit} or {"done"}
+-- The reply is one string: a MessagePack sequence whose first value names
+-- its kind. A lease in it takes five values, as stored: stream, started,
+-- expires, device, content (false for an absent label). `expired` counts
+-- the leases this call found dead and removed.
+--   acquire       "granted", expired, active, limit, started, expires,
+--                   would_deny (a boolean), n, <n evicted leases>, would-evict streams...
+--                 "renewed", expired, active, limit, started, expires, device, content
+--                 "denied", expired, limit, <live leases>...
+--                 "gone", expired, until, evicting stream (false when revoked)
+--   release       "done", expired
+--   revoke_all    "revoked", expired, streams...
+--   list          "leases", limit, <live leases>...
+--   get_limit     "limit", override; or "limit" alone when there is none
+--   set_override  "limit", limit; or "done"
 -- A granted lease is the requested stream with the request's labels.
 --
--- The state is a MessagePack sequence of scalars: the format (2), the
--- number of leases, the number of tombstones, then five values per lease
--- (stream, started, expires, device, content; false for an absent label)
--- in (started, stream) order, then three per tombstone (stream, until,
--- evicting stream or false for a revocation). MessagePack keeps integers
--- exact, and Lua's numbers are exact below 2^53 µs, the year 2255.
+-- The state is a MessagePack sequence too: the format (2), the number of
+-- leases, the number of tombstones, the key's deadline, then five values
+-- per lease (as above) in (started, stream) order, then three per
+-- tombstone (stream, until, evicting stream or false for a revocation).
+-- MessagePack keeps integers exact, and Lua's numbers are exact below
+-- 2^53 µs, the year 2255.
+--
+-- The key expires (PX) at its deadline, which is always at least one
+-- second after its last lease or tombstone ends and at most one TTL more
+-- than that. Setting an expiry costs Redis about as much as the rest of a
+-- SET, so a write that the deadline still covers keeps it (KEEPTTL), and
+-- most renewals do.
+--
 -- Format 1, written by earlier versions, kept the same key as a HASH of
 -- "l:<stream>" and "t:<stream>" fields with JSON values. The script still
 -- reads it and replaces it with format 2 when it next writes. The override
 -- never changed format.
 --
--- Each redis.call costs about as much again as the command it runs, and a
--- Lua closure or table costs a fair part of one. So the script makes at most
--- TIME, one read (MGET, or GET), and one write (SET with PX, or DEL), which
--- it skips when nothing changed, and it keeps the state in one flat table.
+-- Each redis.call costs about as much again as the command it runs, and
+-- Lua tables and closures (above all closures over locals) are not free
+-- either. So the script calls TIME, reads once (MGET, or GET) and writes
+-- at most once (SET, or DEL, and not at all when nothing changed), keeps
+-- the state in one flat table, and defines functions only where they
+-- capture nothing.
 
-local call, pack, byte, sub = redis.call, cmsgpack.pack, string.byte, string.sub
-local state_key, override_key = KEYS[1], KEYS[2]
 local op = ARGV[1]
+local state_key, override_key = KEYS[1], KEYS[2]
+local call, pack = redis.call, cmsgpack.pack
 
 if op == 'get_limit' then
   local override = call('GET', override_key)
-  if override then return { 'limit', tonumber(override) } end
-  return { 'limit' }
+  if override then return pack('limit', tonumber(override)) end
+  return pack('limit')
 elseif op == 'set_override' then
   if ARGV[3] == '' then
     call('DEL', override_key)
-    return { 'done' }
+    return pack('done')
   end
   call('SET', override_key, ARGV[3])
-  return { 'limit', tonumber(ARGV[3]) }
+  return pack('limit', tonumber(ARGV[3]))
 elseif op ~= 'acquire' and op ~= 'release' and op ~= 'revoke_all' and op ~= 'list' then
   return redis.error_reply('streamcap: unknown operation ' .. tostring(op))
 end
 
--- V holds the state as stored: V[1] = 2, V[2] = nl, V[3] = nt. The lease
--- at offset b (3, 8, .., 3 + 5 * (nl - 1)) is V[b + 1 .. b + 5]; the
--- tombstones follow from offset 3 + 5 * nl, three values each. n = #V.
-local V, nl, nt, n = { 2, 0, 0 }, 0, 0, 3
-local stored = false -- the key holds a state
-local dirty = false -- V differs from what is stored
+-- MessagePack of t[i..j], in pieces small enough for Lua's stack.
+local function slice(t, i, j)
+  local out = ''
+  while i <= j do
+    local k = math.min(j, i + 3999)
+    out = out .. cmsgpack.pack(unpack(t, i, k))
+    i = k + 1
+  end
+  return out
+end
 
 -- Byte-wise order, as Rust compares stream ids. Lua's `<` calls strcoll,
 -- which follows the LC_COLLATE that Redis takes from its environment.
 -- Needed only for leases started in the same µs.
 local function before(a, b)
   for i = 1, math.min(#a, #b) do
-    local x, y = byte(a, i), byte(b, i)
+    local x, y = string.byte(a, i), string.byte(b, i)
     if x ~= y then return x < y end
   end
   return #a < #b
 end
 
--- Reads a format-1 hash, if there is one, into V.
-local function load_hash()
-  local raw = call('HGETALL', state_key)
+-- Reads a format-1 hash into a format-2 table and its lease and tombstone
+-- counts, or returns nothing when there is no hash. Its deadline is 0: the
+-- next write sets the expiry.
+local function load_hash(key, before)
+  local raw = redis.call('HGETALL', key)
   if #raw == 0 then return end
-  stored, dirty = true, true
   local function text(s) return type(s) == 'string' and s end
-  local leases = {}
+  local leases, tombstones = {}, {}
   for i = 1, #raw, 2 do
     local field, v = raw[i], cjson.decode(raw[i + 1])
-    local stream = sub(field, 3)
-    if byte(field, 1) == 108 then -- "l"
+    local stream = string.sub(field, 3)
+    if string.byte(field, 1) == 108 then -- "l"
       leases[#leases + 1] = { stream, tonumber(v.s), tonumber(v.e), text(v.d), text(v.c) }
     else
-      V[n + 1], V[n + 2], V[n + 3] = stream, tonumber(v.u), text(v.b)
-      n, nt = n + 3, nt + 1
+      tombstones[#tombstones + 1] = { stream, tonumber(v.u), text(v.b) }
     end
   end
   table.sort(leases, function(a, b)
     if a[2] ~= b[2] then return a[2] < b[2] end
     return before(a[1], b[1])
   end)
-  nl = #leases
-  for k = n, 4, -1 do V[k + 5 * nl] = V[k] end -- the tombstones go after the leases
-  for i, l in ipairs(leases) do
-    local b = 5 * i - 2
-    V[b + 1], V[b + 2], V[b + 3], V[b + 4], V[b + 5] = l[1], l[2], l[3], l[4], l[5]
+  local V = { 2, #leases, #tombstones, 0 }
+  for _, l in ipairs(leases) do
+    for _, x in ipairs(l) do V[#V + 1] = x end
   end
-  n = n + 5 * nl
+  for _, t in ipairs(tombstones) do
+    V[#V + 1], V[#V + 2], V[#V + 3] = t[1], t[2], t[3]
+  end
+  return V, #leases, #tombstones
 end
 
--- Reads a format-2 state into V.
-local function load(raw)
-  stored = true
+-- V holds the state as stored: V[1] = 2, V[2] = nl, V[3] = nt, V[4] the
+-- deadline. The lease at offset b (4, 9, .., 4 + 5 * (nl - 1)) is
+-- V[b + 1 .. b + 5]; the tombstones follow from offset 4 + 5 * nl, three
+-- values each. n = #V.
+local V, nl, nt
+local stored = false -- the key holds a state
+local dirty = false -- V differs from what is stored
+local raw, override = false, false
+if op == 'acquire' or op == 'list' then
+  local both = call('MGET', state_key, override_key)
+  raw, override = both[1], both[2]
+  -- MGET reads a hash as nil, so nil may still be a format-1 state.
+  if not raw then V, nl, nt = load_hash(state_key, before) end
+else
+  raw = redis.pcall('GET', state_key)
+  if type(raw) == 'table' then -- WRONGTYPE: a format-1 hash
+    raw = false
+    V, nl, nt = load_hash(state_key, before)
+  end
+end
+if raw then
   if #raw <= 4000 then
     -- At most 4000 values, well within what Lua takes on its stack.
     V = { cmsgpack.unpack(raw) }
@@ -134,30 +165,17 @@ local function load(raw)
       for i = 2, #chunk do V[#V + 1] = chunk[i] end
     until at == -1
   end
-  nl, nt = V[2], V[3]
-  n = 3 + 5 * nl + 3 * nt
-  if V[1] ~= 2 or #V ~= n then return error('streamcap: unreadable state in ' .. state_key) end
-end
-
-local override = false
-if op == 'acquire' or op == 'list' then
-  local both = call('MGET', state_key, override_key)
-  -- MGET reads a hash as nil, so nil may still be a format-1 state.
-  if both[1] then load(both[1]) else load_hash() end
-  override = both[2]
+  nl, nt, stored = V[2], V[3], true
+  if V[1] ~= 2 or #V ~= 4 + 5 * nl + 3 * nt then return redis.error_reply('streamcap: unreadable ' .. state_key) end
+elseif V then
+  stored, dirty = true, true
 else
-  local raw = redis.pcall('GET', state_key)
-  if type(raw) == 'table' then
-    load_hash() -- WRONGTYPE: a format-1 hash
-  elseif raw then
-    load(raw)
-  end
+  V, nl, nt = { 2, 0, 0, 0 }, 0, 0
+  if op == 'list' then return pack('leases', tonumber(override or ARGV[3])) end
+  if op == 'release' then return pack('done', 0) end
+  if op == 'revoke_all' then return pack('revoked', 0) end
 end
-if not stored and op ~= 'acquire' then
-  if op == 'list' then return { 'leases', tonumber(override or ARGV[3]) } end
-  if op == 'release' then return { 'done', 0 } end
-  return { 'revoked', 0 }
-end
+local n = 4 + 5 * nl + 3 * nt
 
 local now
 if ARGV[2] == '' then
@@ -168,19 +186,25 @@ else
 end
 
 if op == 'list' then
-  local reply = { 'leases', tonumber(override or ARGV[3]) }
-  for b = 3, 5 * nl, 5 do
+  local head = pack('leases', tonumber(override or ARGV[3]))
+  local live = true
+  for b = 4, 3 + 5 * nl, 5 do
+    if V[b + 3] <= now then live = false end
+  end
+  if live then return head .. slice(V, 5, 4 + 5 * nl) end
+  local L = {}
+  for b = 4, 3 + 5 * nl, 5 do
     if now < V[b + 3] then
-      local r = #reply
-      reply[r + 1], reply[r + 2], reply[r + 3], reply[r + 4], reply[r + 5] = V[b + 1], V[b + 2], V[b + 3], V[b + 4], V[b + 5]
+      local r = #L
+      L[r + 1], L[r + 2], L[r + 3], L[r + 4], L[r + 5] = V[b + 1], V[b + 2], V[b + 3], V[b + 4], V[b + 5]
     end
   end
-  return reply
+  return head .. slice(L, 1, #L)
 end
 
 -- Drop what is no longer live (limiter::expire), keeping the order.
-local expired, w = 0, 3
-for b = 3, 5 * nl, 5 do
+local expired, w = 0, 4
+for b = 4, 3 + 5 * nl, 5 do
   if now < V[b + 3] then
     if w ~= b then V[w + 1], V[w + 2], V[w + 3], V[w + 4], V[w + 5] = V[b + 1], V[b + 2], V[b + 3], V[b + 4], V[b + 5] end
     w = w + 5
@@ -188,32 +212,35 @@ for b = 3, 5 * nl, 5 do
     expired = expired + 1
   end
 end
-local live_tombstones = 0
-for b = 3 + 5 * nl, n - 1, 3 do
+local kept = 0
+for b = 4 + 5 * nl, n - 1, 3 do
   if now < V[b + 2] then
     if w ~= b then V[w + 1], V[w + 2], V[w + 3] = V[b + 1], V[b + 2], V[b + 3] end
     w = w + 3
-    live_tombstones = live_tombstones + 1
+    kept = kept + 1
   end
 end
 if w < n then
   for k = w + 1, n do V[k] = nil end
-  nl, nt, n, dirty = nl - expired, live_tombstones, w, true
+  nl, nt, n, dirty = nl - expired, kept, w, true
 end
 
-local reply
+-- How far past the last end a new deadline may go: one TTL.
+local slack = 0
+local reply, spliced
 if op == 'acquire' then
   local stream, ttl = ARGV[3], tonumber(ARGV[5])
   local limit = tonumber(override or ARGV[4])
-  for b = 3 + 5 * nl, n - 1, 3 do
+  slack = ttl
+  for b = 4 + 5 * nl, n - 1, 3 do
     if V[b + 1] == stream then
-      reply = { 'gone', expired, V[b + 2], V[b + 3] }
+      reply = pack('gone', expired, V[b + 2], V[b + 3])
       break
     end
   end
   local at -- the offset of the stream's lease
   if not reply then
-    for b = 3, 5 * nl, 5 do
+    for b = 4, 3 + 5 * nl, 5 do
       if V[b + 1] == stream then
         at = b
         break
@@ -222,14 +249,22 @@ if op == 'acquire' then
   end
   local expires = now + ttl
   local device, content = ARGV[8], ARGV[9]
-  device = device ~= '' and sub(device, 2)
-  content = content ~= '' and sub(content, 2)
+  device = device ~= '' and string.sub(device, 2)
+  content = content ~= '' and string.sub(content, 2)
   if at then
     -- A live stream always renews, even over a lowered limit.
+    if raw and not dirty and at < 4000 and expires + 1000000 <= V[4]
+        and (not device or device == V[at + 4]) and (not content or content == V[at + 5]) then
+      -- Only this expiry changes: replace just its bytes in the stored
+      -- string, found by the decoder itself, rather than encode it all.
+      local from = cmsgpack.unpack_limit(raw, at + 2, 0)
+      local to = cmsgpack.unpack_limit(raw, 1, from)
+      spliced = string.sub(raw, 1, from) .. pack(expires) .. string.sub(raw, to + 1)
+    end
     V[at + 3], dirty = expires, true
     if device then V[at + 4] = device end
     if content then V[at + 5] = content end
-    reply = { 'renewed', expired, nl, limit, V[at + 2], expires, V[at + 4], V[at + 5] }
+    reply = pack('renewed', expired, nl, limit, V[at + 2], expires, V[at + 4], V[at + 5])
   elseif not reply then
     -- Which leases must go for this one to fit (their offsets), if any.
     local fits, victims = false, nil
@@ -238,7 +273,7 @@ if op == 'acquire' then
       local wanted = {}
       for i = 10, #ARGV do wanted[ARGV[i]] = true end
       victims = {}
-      for b = 3, 5 * nl, 5 do
+      for b = 4, 3 + 5 * nl, 5 do
         if wanted[V[b + 1]] then victims[#victims + 1] = b end
       end
       fits = nl - #victims < limit
@@ -247,20 +282,17 @@ if op == 'acquire' then
     elseif ARGV[6] == 'evict_oldest' and nl == limit and limit > 0 then
       -- Exactly full: the oldest makes room. Over the limit (after an
       -- override was lowered), nobody is evicted and new streams wait.
-      fits, victims = true, { 3 }
+      fits, victims = true, { 4 }
     end
     local enforce = ARGV[7] == '1'
     if not fits and enforce then
-      reply = { 'denied', expired, limit }
-      for k = 4, 3 + 5 * nl do reply[k] = V[k] end
+      reply = pack('denied', expired, limit) .. slice(V, 5, 4 + 5 * nl)
     else
-      reply = { 'granted', expired, 0, limit, now, expires, fits and 0 or 1, 0 }
-      if fits and victims and #victims > 0 then
+      local gone, tail = 0, '' -- the evicted leases or the would-be victims
+      if fits and victims then
         if enforce then
-          reply[8] = #victims
           for _, b in ipairs(victims) do
-            local r = #reply
-            reply[r + 1], reply[r + 2], reply[r + 3], reply[r + 4], reply[r + 5] = V[b + 1], V[b + 2], V[b + 3], V[b + 4], V[b + 5]
+            tail = tail .. slice(V, b + 1, b + 5)
             V[n + 1], V[n + 2], V[n + 3] = V[b + 1], V[b + 3] + ttl, stream
             n, nt = n + 3, nt + 1
           end
@@ -269,23 +301,24 @@ if op == 'acquire' then
             for k = n - 4, n do V[k] = nil end
             n, nl = n - 5, nl - 1
           end
+          gone = #victims
         else
-          for _, b in ipairs(victims) do reply[#reply + 1] = V[b + 1] end
+          for _, b in ipairs(victims) do tail = tail .. pack(V[b + 1]) end
         end
       end
       -- The new lease goes after every lease that started before it: at
       -- the end of the leases, unless the clock went back or another lease
       -- started in the same µs.
-      local b = 3 + 5 * nl
-      while b > 3 and (V[b - 3] > now or (V[b - 3] == now and before(stream, V[b - 4]))) do b = b - 5 end
+      local b = 4 + 5 * nl
+      while b > 4 and (V[b - 3] > now or (V[b - 3] == now and before(stream, V[b - 4]))) do b = b - 5 end
       for k = n, b + 1, -1 do V[k + 5] = V[k] end
       V[b + 1], V[b + 2], V[b + 3], V[b + 4], V[b + 5] = stream, now, expires, device, content
       n, nl, dirty = n + 5, nl + 1, true
-      reply[3] = nl
+      reply = pack('granted', expired, nl, limit, now, expires, not fits, gone) .. tail
     end
   end
 elseif op == 'release' then
-  for b = 3, 5 * nl, 5 do
+  for b = 4, 3 + 5 * nl, 5 do
     if V[b + 1] == ARGV[3] then
       for k = b + 1, n - 5 do V[k] = V[k + 5] end
       for k = n - 4, n do V[k] = nil end
@@ -293,48 +326,48 @@ elseif op == 'release' then
       break
     end
   end
-  reply = { 'done', expired }
+  reply = pack('done', expired)
 else -- revoke_all
   local ttl = tonumber(ARGV[3])
-  reply = { 'revoked', expired }
+  slack = ttl
+  local streams = {}
   local leases = 5 * nl
-  for b = 3, 2 + leases, 5 do
-    reply[#reply + 1] = V[b + 1]
+  for b = 4, 3 + leases, 5 do
+    streams[#streams + 1] = V[b + 1]
     V[n + 1], V[n + 2], V[n + 3] = V[b + 1], V[b + 3] + ttl, false
     n = n + 3
   end
   if nl > 0 then
     -- The tombstones move up over the leases.
-    for k = 4, n - leases do V[k] = V[k + leases] end
+    for k = 5, n - leases do V[k] = V[k + leases] end
     for k = n - leases + 1, n do V[k] = nil end
     n, nt, nl, dirty = n - leases, nt + nl, 0, true
   end
+  reply = pack('revoked', expired) .. slice(streams, 1, #streams)
 end
 
--- Write the state back if it changed, to expire one second after its last
--- lease or tombstone ends (relative to `now`, so that an injected test
--- clock cannot expire it early), or delete it when nothing is left.
+-- Write the state back if it changed, or delete it when nothing is left.
+-- The key must live until one second after its last lease or tombstone
+-- ends. If its deadline covers that, the expiry stays; otherwise it moves
+-- to one slack later, so that the next few renewals can keep it.
 if dirty then
   local last = false
-  for b = 3, 5 * nl, 5 do
+  for b = 4, 3 + 5 * nl, 5 do
     if not last or V[b + 3] > last then last = V[b + 3] end
   end
-  for b = 3 + 5 * nl, n - 1, 3 do
+  for b = 4 + 5 * nl, n - 1, 3 do
     if not last or V[b + 2] > last then last = V[b + 2] end
   end
-  if last then
+  if not last then
+    if stored then call('DEL', state_key) end
+  elseif last + 1000000 <= V[4] and raw then
     V[2], V[3] = nl, nt
-    local packed
-    if n <= 4000 then
-      packed = pack(unpack(V, 1, n))
-    else
-      local chunks = {}
-      for i = 1, n, 4000 do chunks[#chunks + 1] = pack(unpack(V, i, math.min(n, i + 3999))) end
-      packed = table.concat(chunks)
-    end
-    call('SET', state_key, packed, 'PX', math.max(1, math.ceil((last - now) / 1000)) + 1000)
-  elseif stored then
-    call('DEL', state_key)
+    call('SET', state_key, spliced or slice(V, 1, n), 'KEEPTTL')
+  else
+    -- In ms, relative, so that an injected test clock cannot expire it early.
+    local px = math.ceil((last - now + slack) / 1000) + 1000
+    V[2], V[3], V[4] = nl, nt, now + px * 1000
+    call('SET', state_key, slice(V, 1, n), 'PX', px)
   end
 end
 return reply
