@@ -81,13 +81,11 @@ end
 
 -- MessagePack of t[i..j], in pieces small enough for Lua's stack.
 local function slice(t, i, j)
-  local out = ''
-  while i <= j do
-    local k = math.min(j, i + 3999)
-    out = out .. cmsgpack.pack(unpack(t, i, k))
-    i = k + 1
-  end
-  return out
+  if j < i then return '' end
+  if j - i < 4000 then return cmsgpack.pack(unpack(t, i, j)) end
+  local pieces = {}
+  for k = i, j, 4000 do pieces[#pieces + 1] = cmsgpack.pack(unpack(t, k, math.min(j, k + 3999))) end
+  return table.concat(pieces)
 end
 
 -- Byte-wise order, as Rust compares stream ids. Lua's `<` calls strcoll,
@@ -171,9 +169,12 @@ elseif V then
   stored, dirty = true, true
 else
   V, nl, nt = { 2, 0, 0, 0 }, 0, 0
+end
+if nl + nt == 0 and op ~= 'acquire' then
+  -- Nothing to list, release or revoke, and nothing to write.
   if op == 'list' then return pack('leases', tonumber(override or ARGV[3])) end
   if op == 'release' then return pack('done', 0) end
-  if op == 'revoke_all' then return pack('revoked', 0) end
+  return pack('revoked', 0)
 end
 local n = 4 + 5 * nl + 3 * nt
 
@@ -346,10 +347,10 @@ else -- revoke_all
   reply = pack('revoked', expired) .. slice(streams, 1, #streams)
 end
 
--- Write the state back if it changed, or delete it when nothing is left.
--- The key must live until one second after its last lease or tombstone
--- ends. If its deadline covers that, the expiry stays; otherwise it moves
--- to one slack later, so that the next few renewals can keep it.
+-- Write the state back if it changed. The key must live until one second
+-- after its last lease or tombstone ends. If its deadline covers that, the
+-- expiry stays; otherwise it moves to one slack later, so that the next
+-- few renewals can keep it.
 if dirty then
   local last = false
   for b = 4, 3 + 5 * nl, 5 do
@@ -358,9 +359,11 @@ if dirty then
   for b = 4 + 5 * nl, n - 1, 3 do
     if not last or V[b + 2] > last then last = V[b + 2] end
   end
-  if not last then
+  if not last and not raw then
     if stored then call('DEL', state_key) end
-  elseif last + 1000000 <= V[4] and raw then
+  elseif raw and (not last or last + 1000000 <= V[4]) then
+    -- Nothing left keeps its record until the deadline too: a user who
+    -- starts again soon finds it, and deleting costs as much as writing.
     V[2], V[3] = nl, nt
     call('SET', state_key, spliced or slice(V, 1, n), 'KEEPTTL')
   else

@@ -331,8 +331,10 @@ mod tests {
         let pttl: i64 = harness::cli(redis.port, &["PTTL", "sc:{idle}:s"]).trim().parse().unwrap();
         // One second after the lease ends, and at most one TTL more.
         assert!((1..=3_000).contains(&pttl), "expiry follows the lease: {pttl} ms");
+        // A release keeps the empty record, with the same expiry.
         store.release(&user, stream("s")).await.unwrap();
-        assert_eq!(harness::cli(redis.port, &["EXISTS", "sc:{idle}:s"]).trim(), "0", "nothing left, nothing kept");
+        let after: i64 = harness::cli(redis.port, &["PTTL", "sc:{idle}:s"]).trim().parse().unwrap();
+        assert!((1..=pttl).contains(&after), "the release kept the expiry: {after} ms");
     }
 
     /// A Redis store and the rules (a memory store) on one clock.
@@ -548,7 +550,8 @@ mod tests {
         assert_eq!(store.list(&u, Limit::new(3).unwrap()).await.unwrap(), (five, vec![renewed, laptop]));
         assert_eq!((cli(&["GET", "sc:{alice}:o"]), cli(&["PTTL", "sc:{alice}:o"])), ("5".into(), "-1".into()));
 
-        // Release and revoke-all read the hash through their own path.
+        // Release and revoke-all read the hash through their own path. A
+        // hash left with nothing is deleted: it has no deadline to keep.
         hset("sc:{bob}:s", "l:x", r#"{"e":"1795502242255934","s":"1795502182255934","d":"tv"}"#);
         store.release(&user("bob"), stream("x")).await.unwrap();
         assert_eq!(cli(&["EXISTS", "sc:{bob}:s"]), "0");
