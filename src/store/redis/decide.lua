@@ -46,19 +46,21 @@
 -- second after its last lease or tombstone ends and at most one TTL more
 -- than that. Setting an expiry costs Redis about as much as the rest of a
 -- SET, so a write that the deadline still covers keeps it (KEEPTTL), and
--- most renewals do.
+-- most renewals do. For the same reason a state left empty is written,
+-- not deleted: it expires at its deadline like any other.
 --
 -- Format 1, written by earlier versions, kept the same key as a HASH of
 -- "l:<stream>" and "t:<stream>" fields with JSON values. The script still
--- reads it and replaces it with format 2 when it next writes. The override
--- never changed format.
+-- reads it and replaces it with format 2 when it next writes (or deletes
+-- it, if nothing is left). The override never changed format.
 --
 -- Each redis.call costs about as much again as the command it runs, and
 -- Lua tables and closures (above all closures over locals) are not free
 -- either. So the script calls TIME, reads once (MGET, or GET) and writes
--- at most once (SET, or DEL, and not at all when nothing changed), keeps
--- the state in one flat table, and defines functions only where they
--- capture nothing.
+-- at most once (SET, and not at all when nothing changed), keeps the state
+-- in one flat table, and defines functions only where they capture
+-- nothing. A plain renewal rewrites only its lease's expiry in the stored
+-- bytes.
 
 local op = ARGV[1]
 local state_key, override_key = KEYS[1], KEYS[2]
