@@ -36,11 +36,18 @@
 -- A granted lease is the requested stream with the request's labels.
 --
 -- The state is a MessagePack sequence too: the format (2), the number of
--- leases, the number of tombstones, the key's deadline, then five values
--- per lease (as above) in (started, stream) order, then three per
--- tombstone (stream, until, evicting stream or false for a revocation).
--- MessagePack keeps integers exact, and Lua's numbers are exact below
--- 2^53 µs, the year 2255.
+-- leases, the number of tombstones, the key's deadline, the override (or
+-- false), then five values per lease (as above) in (started, stream)
+-- order, then three per tombstone (stream, until, evicting stream or false
+-- for a revocation). MessagePack keeps integers exact, and Lua's numbers
+-- are exact below 2^53 µs, the year 2255.
+--
+-- The override key stays the one place an override is kept, for good; the
+-- state carries a copy so that a decision reads one key, not two. Only
+-- this script writes either, and it writes both: set_override updates the
+-- copy, and a state created without one copies the key. (The previous
+-- version of this script, which wrote the override key alone, fails on a
+-- user that has a format-2 state, so it cannot make the copy stale.)
 --
 -- The key expires (PX) at its deadline, which is always at least one
 -- second after its last lease or tombstone ends and at most one TTL more
@@ -56,30 +63,15 @@
 --
 -- Each redis.call costs about as much again as the command it runs, and
 -- Lua tables and closures (above all closures over locals) are not free
--- either. So the script calls TIME, reads once (MGET, or GET) and writes
--- at most once (SET, and not at all when nothing changed), keeps the state
--- in one flat table, and defines functions only where they capture
--- nothing. A plain renewal rewrites only its lease's expiry in the stored
--- bytes.
+-- either. So a decision calls TIME, reads one key (and the override key
+-- only when there is no state yet) and writes at most once (SET, and not
+-- at all when nothing changed), keeps the state in one flat table, and
+-- defines functions only where they capture nothing. A plain renewal
+-- rewrites only its lease's expiry in the stored bytes.
 
 local op = ARGV[1]
 local state_key, override_key = KEYS[1], KEYS[2]
 local call, pack = redis.call, cmsgpack.pack
-
-if op == 'get_limit' then
-  local override = call('GET', override_key)
-  if override then return pack('limit', tonumber(override)) end
-  return pack('limit')
-elseif op == 'set_override' then
-  if ARGV[3] == '' then
-    call('DEL', override_key)
-    return pack('done')
-  end
-  call('SET', override_key, ARGV[3])
-  return pack('limit', tonumber(ARGV[3]))
-elseif op ~= 'acquire' and op ~= 'release' and op ~= 'revoke_all' and op ~= 'list' then
-  return redis.error_reply('streamcap: unknown operation ' .. tostring(op))
-end
 
 -- MessagePack of t[i..j], in pieces small enough for Lua's stack.
 local function slice(t, i, j)
@@ -102,11 +94,9 @@ local function before(a, b)
 end
 
 -- Reads a format-1 hash into a format-2 table and its lease and tombstone
--- counts, or returns nothing when there is no hash. Its deadline is 0: the
--- next write sets the expiry.
-local function load_hash(key, before)
+-- counts. Its deadline is 0: the next write sets the expiry.
+local function load_hash(key, override, before)
   local raw = redis.call('HGETALL', key)
-  if #raw == 0 then return end
   local function text(s) return type(s) == 'string' and s end
   local leases, tombstones = {}, {}
   for i = 1, #raw, 2 do
@@ -122,7 +112,7 @@ local function load_hash(key, before)
     if a[2] ~= b[2] then return a[2] < b[2] end
     return before(a[1], b[1])
   end)
-  local V = { 2, #leases, #tombstones, 0 }
+  local V = { 2, #leases, #tombstones, 0, override }
   for _, l in ipairs(leases) do
     for _, x in ipairs(l) do V[#V + 1] = x end
   end
@@ -132,27 +122,9 @@ local function load_hash(key, before)
   return V, #leases, #tombstones
 end
 
--- V holds the state as stored: V[1] = 2, V[2] = nl, V[3] = nt, V[4] the
--- deadline. The lease at offset b (4, 9, .., 4 + 5 * (nl - 1)) is
--- V[b + 1 .. b + 5]; the tombstones follow from offset 4 + 5 * nl, three
--- values each. n = #V.
-local V, nl, nt
-local stored = false -- the key holds a state
-local dirty = false -- V differs from what is stored
-local raw, override = false, false
-if op == 'acquire' or op == 'list' then
-  local both = call('MGET', state_key, override_key)
-  raw, override = both[1], both[2]
-  -- MGET reads a hash as nil, so nil may still be a format-1 state.
-  if not raw then V, nl, nt = load_hash(state_key, before) end
-else
-  raw = redis.pcall('GET', state_key)
-  if type(raw) == 'table' then -- WRONGTYPE: a format-1 hash
-    raw = false
-    V, nl, nt = load_hash(state_key, before)
-  end
-end
-if raw then
+-- Reads a format-2 state.
+local function decode(raw)
+  local V
   if #raw <= 4000 then
     -- At most 4000 values, well within what Lua takes on its stack.
     V = { cmsgpack.unpack(raw) }
@@ -165,20 +137,62 @@ if raw then
       for i = 2, #chunk do V[#V + 1] = chunk[i] end
     until at == -1
   end
+  return V
+end
+
+if op == 'get_limit' then
+  local override = call('GET', override_key)
+  if override then return pack('limit', tonumber(override)) end
+  return pack('limit')
+elseif op == 'set_override' then
+  local limit = ARGV[3] ~= '' and tonumber(ARGV[3])
+  local raw = redis.pcall('GET', state_key)
+  if type(raw) == 'string' then
+    -- Keep the state's copy in step, and the key's expiry as it is.
+    local V = decode(raw)
+    if V[1] ~= 2 then return redis.error_reply('streamcap: unreadable ' .. state_key) end
+    V[5] = limit
+    call('SET', state_key, slice(V, 1, #V), 'KEEPTTL')
+  end
+  if limit then
+    call('SET', override_key, ARGV[3])
+    return pack('limit', limit)
+  end
+  call('DEL', override_key)
+  return pack('done')
+elseif op ~= 'acquire' and op ~= 'release' and op ~= 'revoke_all' and op ~= 'list' then
+  return redis.error_reply('streamcap: unknown operation ' .. tostring(op))
+end
+
+-- V holds the state as stored: V[1] = 2, V[2] = nl, V[3] = nt, V[4] the
+-- deadline, V[5] the override. The lease at offset b (5, 10, ..,
+-- 5 + 5 * (nl - 1)) is V[b + 1 .. b + 5]; the tombstones follow from
+-- offset 5 + 5 * nl, three values each. n = #V.
+local V, nl, nt
+local stored = false -- the key holds a state
+local dirty = false -- V differs from what is stored
+local raw = redis.pcall('GET', state_key)
+if type(raw) == 'string' then
+  V = decode(raw)
   nl, nt, stored = V[2], V[3], true
-  if V[1] ~= 2 or #V ~= 4 + 5 * nl + 3 * nt then return redis.error_reply('streamcap: unreadable ' .. state_key) end
-elseif V then
+  if V[1] ~= 2 or #V ~= 5 + 5 * nl + 3 * nt then return redis.error_reply('streamcap: unreadable ' .. state_key) end
+elseif raw then
+  -- WRONGTYPE: a format-1 hash, which the next write replaces.
+  raw = false
+  V, nl, nt = load_hash(state_key, tonumber(call('GET', override_key)) or false, before)
   stored, dirty = true, true
+elseif op == 'acquire' or op == 'list' then
+  V, nl, nt = { 2, 0, 0, 0, tonumber(call('GET', override_key)) or false }, 0, 0
 else
-  V, nl, nt = { 2, 0, 0, 0 }, 0, 0
+  V, nl, nt = { 2, 0, 0, 0, false }, 0, 0
 end
 if nl + nt == 0 and op ~= 'acquire' then
   -- Nothing to list, release or revoke, and nothing to write.
-  if op == 'list' then return pack('leases', tonumber(override or ARGV[3])) end
+  if op == 'list' then return pack('leases', V[5] or tonumber(ARGV[3])) end
   if op == 'release' then return pack('done', 0) end
   return pack('revoked', 0)
 end
-local n = 4 + 5 * nl + 3 * nt
+local n = 5 + 5 * nl + 3 * nt
 
 local now
 if ARGV[2] == '' then
@@ -189,14 +203,14 @@ else
 end
 
 if op == 'list' then
-  local head = pack('leases', tonumber(override or ARGV[3]))
+  local head = pack('leases', V[5] or tonumber(ARGV[3]))
   local live = true
-  for b = 4, 3 + 5 * nl, 5 do
+  for b = 5, 4 + 5 * nl, 5 do
     if V[b + 3] <= now then live = false end
   end
-  if live then return head .. slice(V, 5, 4 + 5 * nl) end
+  if live then return head .. slice(V, 6, 5 + 5 * nl) end
   local L = {}
-  for b = 4, 3 + 5 * nl, 5 do
+  for b = 5, 4 + 5 * nl, 5 do
     if now < V[b + 3] then
       local r = #L
       L[r + 1], L[r + 2], L[r + 3], L[r + 4], L[r + 5] = V[b + 1], V[b + 2], V[b + 3], V[b + 4], V[b + 5]
@@ -206,8 +220,8 @@ if op == 'list' then
 end
 
 -- Drop what is no longer live (limiter::expire), keeping the order.
-local expired, w = 0, 4
-for b = 4, 3 + 5 * nl, 5 do
+local expired, w = 0, 5
+for b = 5, 4 + 5 * nl, 5 do
   if now < V[b + 3] then
     if w ~= b then V[w + 1], V[w + 2], V[w + 3], V[w + 4], V[w + 5] = V[b + 1], V[b + 2], V[b + 3], V[b + 4], V[b + 5] end
     w = w + 5
@@ -216,7 +230,7 @@ for b = 4, 3 + 5 * nl, 5 do
   end
 end
 local kept = 0
-for b = 4 + 5 * nl, n - 1, 3 do
+for b = 5 + 5 * nl, n - 1, 3 do
   if now < V[b + 2] then
     if w ~= b then V[w + 1], V[w + 2], V[w + 3] = V[b + 1], V[b + 2], V[b + 3] end
     w = w + 3
@@ -233,9 +247,9 @@ local slack = 0
 local reply, spliced
 if op == 'acquire' then
   local stream, ttl = ARGV[3], tonumber(ARGV[5])
-  local limit = tonumber(override or ARGV[4])
+  local limit = V[5] or tonumber(ARGV[4])
   slack = ttl
-  for b = 4 + 5 * nl, n - 1, 3 do
+  for b = 5 + 5 * nl, n - 1, 3 do
     if V[b + 1] == stream then
       reply = pack('gone', expired, V[b + 2], V[b + 3])
       break
@@ -243,7 +257,7 @@ if op == 'acquire' then
   end
   local at -- the offset of the stream's lease
   if not reply then
-    for b = 4, 3 + 5 * nl, 5 do
+    for b = 5, 4 + 5 * nl, 5 do
       if V[b + 1] == stream then
         at = b
         break
@@ -276,7 +290,7 @@ if op == 'acquire' then
       local wanted = {}
       for i = 10, #ARGV do wanted[ARGV[i]] = true end
       victims = {}
-      for b = 4, 3 + 5 * nl, 5 do
+      for b = 5, 4 + 5 * nl, 5 do
         if wanted[V[b + 1]] then victims[#victims + 1] = b end
       end
       fits = nl - #victims < limit
@@ -285,11 +299,11 @@ if op == 'acquire' then
     elseif ARGV[6] == 'evict_oldest' and nl == limit and limit > 0 then
       -- Exactly full: the oldest makes room. Over the limit (after an
       -- override was lowered), nobody is evicted and new streams wait.
-      fits, victims = true, { 4 }
+      fits, victims = true, { 5 }
     end
     local enforce = ARGV[7] == '1'
     if not fits and enforce then
-      reply = pack('denied', expired, limit) .. slice(V, 5, 4 + 5 * nl)
+      reply = pack('denied', expired, limit) .. slice(V, 6, 5 + 5 * nl)
     else
       local gone, tail = 0, '' -- the evicted leases or the would-be victims
       if fits and victims then
@@ -312,8 +326,8 @@ if op == 'acquire' then
       -- The new lease goes after every lease that started before it: at
       -- the end of the leases, unless the clock went back or another lease
       -- started in the same µs.
-      local b = 4 + 5 * nl
-      while b > 4 and (V[b - 3] > now or (V[b - 3] == now and before(stream, V[b - 4]))) do b = b - 5 end
+      local b = 5 + 5 * nl
+      while b > 5 and (V[b - 3] > now or (V[b - 3] == now and before(stream, V[b - 4]))) do b = b - 5 end
       for k = n, b + 1, -1 do V[k + 5] = V[k] end
       V[b + 1], V[b + 2], V[b + 3], V[b + 4], V[b + 5] = stream, now, expires, device, content
       n, nl, dirty = n + 5, nl + 1, true
@@ -321,7 +335,7 @@ if op == 'acquire' then
     end
   end
 elseif op == 'release' then
-  for b = 4, 3 + 5 * nl, 5 do
+  for b = 5, 4 + 5 * nl, 5 do
     if V[b + 1] == ARGV[3] then
       for k = b + 1, n - 5 do V[k] = V[k + 5] end
       for k = n - 4, n do V[k] = nil end
@@ -335,14 +349,14 @@ else -- revoke_all
   slack = ttl
   local streams = {}
   local leases = 5 * nl
-  for b = 4, 3 + leases, 5 do
+  for b = 5, 4 + leases, 5 do
     streams[#streams + 1] = V[b + 1]
     V[n + 1], V[n + 2], V[n + 3] = V[b + 1], V[b + 3] + ttl, false
     n = n + 3
   end
   if nl > 0 then
     -- The tombstones move up over the leases.
-    for k = 5, n - leases do V[k] = V[k + leases] end
+    for k = 6, n - leases do V[k] = V[k + leases] end
     for k = n - leases + 1, n do V[k] = nil end
     n, nt, nl, dirty = n - leases, nt + nl, 0, true
   end
@@ -355,10 +369,10 @@ end
 -- few renewals can keep it.
 if dirty then
   local last = false
-  for b = 4, 3 + 5 * nl, 5 do
+  for b = 5, 4 + 5 * nl, 5 do
     if not last or V[b + 3] > last then last = V[b + 3] end
   end
-  for b = 4 + 5 * nl, n - 1, 3 do
+  for b = 5 + 5 * nl, n - 1, 3 do
     if not last or V[b + 2] > last then last = V[b + 2] end
   end
   if not last and not raw then

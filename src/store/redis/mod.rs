@@ -445,8 +445,8 @@ mod tests {
         let last_end = redis::Script::new(
             "local v = { cmsgpack.unpack(redis.call('GET', KEYS[1])) }
              local last = 0
-             for b = 4, 3 + 5 * v[2], 5 do last = math.max(last, v[b + 3]) end
-             for b = 4 + 5 * v[2], #v - 1, 3 do last = math.max(last, v[b + 2]) end
+             for b = 5, 4 + 5 * v[2], 5 do last = math.max(last, v[b + 3]) end
+             for b = 5 + 5 * v[2], #v - 1, 3 do last = math.max(last, v[b + 2]) end
              return { string.format('%d', last), redis.call('PTTL', KEYS[1]) }",
         );
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;
