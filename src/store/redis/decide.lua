@@ -4,232 +4,389 @@
 -- reference: the differential tests feed random operations to both and
 -- require identical answers. Change the two together.
 --
--- KEYS[1]  sc:{user}:s  HASH  "l:<stream>" -> lease, "t:<stream>" -> tombstone
--- KEYS[2]  sc:{user}:o  STRING the per-user override (no expiry)
--- ARGV[1]  operation: acquire | release | revoke_all | list | get_limit | set_override
--- ARGV[2]  "" to read the clock with TIME (always, in production), or a
---          time in µs that tests inject
--- ARGV[3]  the operation's arguments as JSON
+-- KEYS[1]  sc:{user}:s  STRING, the user's leases and tombstones (below)
+-- KEYS[2]  sc:{user}:o  STRING, the per-user override in decimal; no expiry
+-- ARGV[1]  the operation; ARGV[2] "" to read the clock with TIME (always,
+--          in production) or a time that tests inject; then, by operation:
+--   acquire       stream, limit, ttl, on_limit ("reject" | "evict_oldest"),
+--                 enforce ("1" | "0"), device, content, take-over streams...
+--   release       stream
+--   revoke_all    ttl
+--   list          limit (the plan's or the default; an override wins)
+--   get_limit     (nothing)
+--   set_override  limit, or "" to clear it
+-- A label (device, content) is "" when absent and "=" followed by its text
+-- when present, since an empty label is still a label. Times and TTLs are
+-- integers in µs (times since the Unix epoch), limits decimal.
 --
--- Times are µs since the Unix epoch. They are carried as strings, because
--- cjson prints numbers with 14 significant digits, and formatted with %.0f,
--- which is exact below 2^53.
+-- The reply is one string: a MessagePack sequence whose first value names
+-- its kind. A lease in it takes five values, as stored: stream, started,
+-- expires, device, content (false for an absent label). `expired` counts
+-- the leases this call found dead and removed.
+--   acquire       "granted", expired, active, limit, started, expires,
+--                   would_deny (a boolean), n, <n evicted leases>, would-evict streams...
+--                 "renewed", expired, active, limit, started, expires, device, content
+--                 "denied", expired, limit, <live leases>...
+--                 "gone", expired, until, evicting stream (false when revoked)
+--   release       "done", expired
+--   revoke_all    "revoked", expired, streams...
+--   list          "leases", limit, <live leases>...
+--   get_limit     "limit", override; or "limit" alone when there is none
+--   set_override  "limit", limit; or "done"
+-- A granted lease is the requested stream with the request's labels.
+--
+-- The state is a MessagePack sequence too: the format (2), the number of
+-- leases, the number of tombstones, the key's deadline, the override (or
+-- false), then five values per lease (as above) in (started, stream)
+-- order, then three per tombstone (stream, until, evicting stream or false
+-- for a revocation). MessagePack keeps integers exact, and Lua's numbers
+-- are exact below 2^53 µs, the year 2255.
+--
+-- The override key stays the one place an override is kept, for good; the
+-- state carries a copy so that a decision reads one key, not two. Only
+-- this script writes either, and it writes both: set_override updates the
+-- copy, and a state created without one copies the key. (The previous
+-- version of this script, which wrote the override key alone, fails on a
+-- user that has a format-2 state, so it cannot make the copy stale.)
+--
+-- The key expires (PX) at its deadline, which is always at least one
+-- second after its last lease or tombstone ends and at most one TTL more
+-- than that. Setting an expiry costs Redis about as much as the rest of a
+-- SET, so a write that the deadline still covers keeps it (KEEPTTL), and
+-- most renewals do. For the same reason a state left empty is written,
+-- not deleted: it expires at its deadline like any other.
+--
+-- Format 1, written by earlier versions, kept the same key as a HASH of
+-- "l:<stream>" and "t:<stream>" fields with JSON values. The script still
+-- reads it and replaces it with format 2 when it next writes (or deletes
+-- it, if nothing is left). The override never changed format.
+--
+-- Each redis.call costs about as much again as the command it runs, and
+-- Lua tables and closures (above all closures over locals) are not free
+-- either. So a decision calls TIME, reads one key (and the override key
+-- only when there is no state yet) and writes at most once (SET, and not
+-- at all when nothing changed), keeps the state in one flat table, and
+-- defines functions only where they capture nothing. A plain renewal
+-- rewrites only its lease's expiry in the stored bytes.
 
-local state_key, override_key = KEYS[1], KEYS[2]
 local op = ARGV[1]
-local args = cjson.decode(ARGV[3])
+local state_key, override_key = KEYS[1], KEYS[2]
+local call, pack = redis.call, cmsgpack.pack
 
-local now
-if ARGV[2] ~= '' then
-  now = tonumber(ARGV[2])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- MessagePack of t[i..j], in pieces small enough for Lua's stack.
+local function slice(t, i, j)
+  if j < i then return '' end
+  if j - i < 4000 then return cmsgpack.pack(unpack(t, i, j)) end
+  local pieces = {}
+  for k = i, j, 4000 do pieces[#pieces + 1] = cmsgpack.pack(unpack(t, k, math.min(j, k + 3999))) end
+  return table.concat(pieces)
 end
 
-local function fmt(n) return string.format('%.0f', n) end
-
--- Byte-wise string order, as Rust's; Lua's `<` would follow the locale.
+-- Byte-wise order, as Rust compares stream ids. Lua's `<` calls strcoll,
+-- which follows the LC_COLLATE that Redis takes from its environment.
+-- Needed only for leases started in the same µs.
 local function before(a, b)
-  local n = math.min(#a, #b)
-  for i = 1, n do
+  for i = 1, math.min(#a, #b) do
     local x, y = string.byte(a, i), string.byte(b, i)
     if x ~= y then return x < y end
   end
   return #a < #b
 end
 
--- Load the user.
-local leases, tombs = {}, {}
-local raw = redis.call('HGETALL', state_key)
-for i = 1, #raw, 2 do
-  local field, value = raw[i], raw[i + 1]
-  local stream = string.sub(field, 3)
-  local v = cjson.decode(value)
-  if string.sub(field, 1, 1) == 'l' then
-    leases[stream] = { s = tonumber(v.s), e = tonumber(v.e), d = v.d, c = v.c }
-  else
-    tombs[stream] = { by = v.b, u = tonumber(v.u) }
-  end
-end
-local override = redis.call('GET', override_key)
-if override then override = tonumber(override) else override = nil end
-
-local function put_lease(stream, l)
-  redis.call('HSET', state_key, 'l:' .. stream, cjson.encode({ s = fmt(l.s), e = fmt(l.e), d = l.d, c = l.c }))
-end
-
-local function put_tomb(stream, t)
-  redis.call('HSET', state_key, 't:' .. stream, cjson.encode({ b = t.by, u = fmt(t.u) }))
-end
-
--- Drop what is no longer live (limiter::expire).
-local expired = 0
-local function expire()
-  for stream, l in pairs(leases) do
-    if l.e <= now then
-      leases[stream] = nil
-      redis.call('HDEL', state_key, 'l:' .. stream)
-      expired = expired + 1
-    end
-  end
-  for stream, t in pairs(tombs) do
-    if t.u <= now then
-      tombs[stream] = nil
-      redis.call('HDEL', state_key, 't:' .. stream)
-    end
-  end
-end
-
--- Live leases, oldest first, ties by stream id.
-local function live()
-  local out = {}
-  for stream, l in pairs(leases) do
-    if now < l.e then out[#out + 1] = { id = stream, l = l } end
-  end
-  table.sort(out, function(a, b)
-    if a.l.s ~= b.l.s then return a.l.s < b.l.s end
-    return before(a.id, b.id)
-  end)
-  return out
-end
-
-local function view(id, l)
-  return { stream_id = id, device_id = l.d, content_id = l.c, started_at = fmt(l.s), expires_at = fmt(l.e) }
-end
-
-local function views(list)
-  local out = {}
-  for i, x in ipairs(list) do out[i] = view(x.id, x.l) end
-  return out
-end
-
-local function count(t)
-  local n = 0
-  for _ in pairs(t) do n = n + 1 end
-  return n
-end
-
-local function revoke(id, by, till)
-  leases[id] = nil
-  redis.call('HDEL', state_key, 'l:' .. id)
-  tombs[id] = { by = by, u = till }
-  put_tomb(id, tombs[id])
-end
-
--- Let the user's key vanish once nothing in it is live any more.
-local function schedule_expiry()
-  local last = nil
-  for _, l in pairs(leases) do if last == nil or l.e > last then last = l.e end end
-  for _, t in pairs(tombs) do if last == nil or t.u > last then last = t.u end end
-  if last ~= nil then
-    -- Relative, so an injected test clock cannot expire a key early; one
-    -- second of slack, so the key never vanishes before the rules say so.
-    redis.call('PEXPIRE', state_key, math.max(1, math.ceil((last - now) / 1000)) + 1000)
-  end
-end
-
--- Empty arrays are left out: cjson would encode them as objects.
-local function nonempty(t)
-  if #t == 0 then return nil end
-  return t
-end
-
-local reply
-
-if op == 'acquire' then
-  expire()
-  local id = args.stream
-  local ttl = tonumber(args.ttl)
-  local t = tombs[id]
-  if t then
-    reply = { kind = 'gone', stream_id = id, by = t.by, ['until'] = fmt(t.u) }
-  else
-    local limit = override or args.limit
-    local expires = now + ttl
-    local l = leases[id]
-    if l then
-      l.e = expires
-      if args.device then l.d = args.device end
-      if args.content then l.c = args.content end
-      put_lease(id, l)
-      reply = { kind = 'renewed', lease = view(id, l), active = count(leases), limit = limit }
+-- Reads a format-1 hash into a format-2 table and its lease and tombstone
+-- counts. Its deadline is 0: the next write sets the expiry.
+local function load_hash(key, override, before)
+  local raw = redis.call('HGETALL', key)
+  local function text(s) return type(s) == 'string' and s end
+  local leases, tombstones = {}, {}
+  for i = 1, #raw, 2 do
+    local field, v = raw[i], cjson.decode(raw[i + 1])
+    local stream = string.sub(field, 3)
+    if string.byte(field, 1) == 108 then -- "l"
+      leases[#leases + 1] = { stream, tonumber(v.s), tonumber(v.e), text(v.d), text(v.c) }
     else
-      local lv = live()
-      local victims = nil
-      if args.evict and #args.evict > 0 then
-        local wanted = {}
-        for _, e in ipairs(args.evict) do wanted[e] = true end
-        local named = {}
-        for _, x in ipairs(lv) do if wanted[x.id] then named[#named + 1] = x end end
-        if #lv - #named < limit then victims = named end
-      elseif #lv < limit then
-        victims = {}
-      elseif args.on_limit == 'evict_oldest' and #lv == limit and limit > 0 then
-        victims = { lv[1] }
-      end
-      local would_deny, would_evict, evicted = false, {}, {}
-      if victims == nil then
-        if args.enforce then
-          reply = { kind = 'denied', limit = limit, live = nonempty(views(lv)) }
-        else
-          would_deny = true
-        end
-      elseif args.enforce then
-        evicted = victims
-      else
-        for i, x in ipairs(victims) do would_evict[i] = x.id end
-      end
-      if reply == nil then
-        for _, x in ipairs(evicted) do revoke(x.id, id, x.l.e + ttl) end
-        local nl = { s = now, e = expires, d = args.device, c = args.content }
-        leases[id] = nl
-        put_lease(id, nl)
-        reply = {
-          kind = 'granted', lease = view(id, nl), active = count(leases), limit = limit,
-          evicted = nonempty(views(evicted)), would_deny = would_deny, would_evict = nonempty(would_evict),
-        }
-      end
+      tombstones[#tombstones + 1] = { stream, tonumber(v.u), text(v.b) }
     end
   end
-  schedule_expiry()
-elseif op == 'release' then
-  expire()
-  if leases[args.stream] then
-    leases[args.stream] = nil
-    redis.call('HDEL', state_key, 'l:' .. args.stream)
+  table.sort(leases, function(a, b)
+    if a[2] ~= b[2] then return a[2] < b[2] end
+    return before(a[1], b[1])
+  end)
+  local V = { 2, #leases, #tombstones, 0, override }
+  for _, l in ipairs(leases) do
+    for _, x in ipairs(l) do V[#V + 1] = x end
   end
-  schedule_expiry()
-  reply = { kind = 'done' }
-elseif op == 'revoke_all' then
-  expire()
-  local ttl = tonumber(args.ttl)
-  local ids = {}
-  for i, x in ipairs(live()) do
-    revoke(x.id, nil, x.l.e + ttl)
-    ids[i] = x.id
+  for _, t in ipairs(tombstones) do
+    V[#V + 1], V[#V + 2], V[#V + 3] = t[1], t[2], t[3]
   end
-  schedule_expiry()
-  reply = { kind = 'revoked', streams = nonempty(ids) }
-elseif op == 'list' then
-  reply = { kind = 'leases', limit = override or args.limit, live = nonempty(views(live())) }
-elseif op == 'get_limit' then
-  if override then
-    reply = { kind = 'limit', limit = override, source = 'override' }
+  return V, #leases, #tombstones
+end
+
+-- Reads a format-2 state.
+local function decode(raw)
+  local V
+  if #raw <= 4000 then
+    -- At most 4000 values, well within what Lua takes on its stack.
+    V = { cmsgpack.unpack(raw) }
   else
-    reply = { kind = 'limit', limit = args.limit, source = args.source }
+    V = {}
+    local at = 0
+    repeat
+      local chunk = { cmsgpack.unpack_limit(raw, 4000, at) }
+      at = chunk[1]
+      for i = 2, #chunk do V[#V + 1] = chunk[i] end
+    until at == -1
   end
+  return V
+end
+
+if op == 'get_limit' then
+  local override = call('GET', override_key)
+  if override then return pack('limit', tonumber(override)) end
+  return pack('limit')
 elseif op == 'set_override' then
-  if args.limit then
-    redis.call('SET', override_key, args.limit)
-    reply = { kind = 'limit', limit = args.limit, source = 'override' }
-  else
-    redis.call('DEL', override_key)
-    reply = { kind = 'done' }
+  local limit = ARGV[3] ~= '' and tonumber(ARGV[3])
+  local raw = redis.pcall('GET', state_key)
+  if type(raw) == 'string' then
+    -- Keep the state's copy in step, and the key's expiry as it is.
+    local V = decode(raw)
+    if V[1] ~= 2 then return redis.error_reply('streamcap: unreadable ' .. state_key) end
+    V[5] = limit
+    call('SET', state_key, slice(V, 1, #V), 'KEEPTTL')
   end
-else
+  if limit then
+    call('SET', override_key, ARGV[3])
+    return pack('limit', limit)
+  end
+  call('DEL', override_key)
+  return pack('done')
+elseif op ~= 'acquire' and op ~= 'release' and op ~= 'revoke_all' and op ~= 'list' then
   return redis.error_reply('streamcap: unknown operation ' .. tostring(op))
 end
 
-reply.expired = expired
-return cjson.encode(reply)
+-- V holds the state as stored: V[1] = 2, V[2] = nl, V[3] = nt, V[4] the
+-- deadline, V[5] the override. The lease at offset b (5, 10, ..,
+-- 5 + 5 * (nl - 1)) is V[b + 1 .. b + 5]; the tombstones follow from
+-- offset 5 + 5 * nl, three values each. n = #V.
+local V, nl, nt
+local stored = false -- the key holds a state
+local dirty = false -- V differs from what is stored
+local raw = redis.pcall('GET', state_key)
+if type(raw) == 'string' then
+  V = decode(raw)
+  nl, nt, stored = V[2], V[3], true
+  if V[1] ~= 2 or #V ~= 5 + 5 * nl + 3 * nt then return redis.error_reply('streamcap: unreadable ' .. state_key) end
+elseif raw then
+  -- WRONGTYPE: a format-1 hash, which the next write replaces.
+  raw = false
+  V, nl, nt = load_hash(state_key, tonumber(call('GET', override_key)) or false, before)
+  stored, dirty = true, true
+elseif op == 'acquire' or op == 'list' then
+  V, nl, nt = { 2, 0, 0, 0, tonumber(call('GET', override_key)) or false }, 0, 0
+else
+  V, nl, nt = { 2, 0, 0, 0, false }, 0, 0
+end
+if nl + nt == 0 and op ~= 'acquire' then
+  -- Nothing to list, release or revoke, and nothing to write.
+  if op == 'list' then return pack('leases', V[5] or tonumber(ARGV[3])) end
+  if op == 'release' then return pack('done', 0) end
+  return pack('revoked', 0)
+end
+local n = 5 + 5 * nl + 3 * nt
+
+local now
+if ARGV[2] == '' then
+  local t = call('TIME')
+  now = t[1] * 1000000 + t[2]
+else
+  now = tonumber(ARGV[2])
+end
+
+if op == 'list' then
+  local head = pack('leases', V[5] or tonumber(ARGV[3]))
+  local live = true
+  for b = 5, 4 + 5 * nl, 5 do
+    if V[b + 3] <= now then live = false end
+  end
+  if live then return head .. slice(V, 6, 5 + 5 * nl) end
+  local L = {}
+  for b = 5, 4 + 5 * nl, 5 do
+    if now < V[b + 3] then
+      local r = #L
+      L[r + 1], L[r + 2], L[r + 3], L[r + 4], L[r + 5] = V[b + 1], V[b + 2], V[b + 3], V[b + 4], V[b + 5]
+    end
+  end
+  return head .. slice(L, 1, #L)
+end
+
+-- Drop what is no longer live (limiter::expire), keeping the order.
+local expired, w = 0, 5
+for b = 5, 4 + 5 * nl, 5 do
+  if now < V[b + 3] then
+    if w ~= b then V[w + 1], V[w + 2], V[w + 3], V[w + 4], V[w + 5] = V[b + 1], V[b + 2], V[b + 3], V[b + 4], V[b + 5] end
+    w = w + 5
+  else
+    expired = expired + 1
+  end
+end
+local kept = 0
+for b = 5 + 5 * nl, n - 1, 3 do
+  if now < V[b + 2] then
+    if w ~= b then V[w + 1], V[w + 2], V[w + 3] = V[b + 1], V[b + 2], V[b + 3] end
+    w = w + 3
+    kept = kept + 1
+  end
+end
+if w < n then
+  for k = w + 1, n do V[k] = nil end
+  nl, nt, n, dirty = nl - expired, kept, w, true
+end
+
+-- How far past the last end a new deadline may go: one TTL.
+local slack = 0
+local reply, spliced
+if op == 'acquire' then
+  local stream, ttl = ARGV[3], tonumber(ARGV[5])
+  local limit = V[5] or tonumber(ARGV[4])
+  slack = ttl
+  for b = 5 + 5 * nl, n - 1, 3 do
+    if V[b + 1] == stream then
+      reply = pack('gone', expired, V[b + 2], V[b + 3])
+      break
+    end
+  end
+  local at -- the offset of the stream's lease
+  if not reply then
+    for b = 5, 4 + 5 * nl, 5 do
+      if V[b + 1] == stream then
+        at = b
+        break
+      end
+    end
+  end
+  local expires = now + ttl
+  local device, content = ARGV[8], ARGV[9]
+  device = device ~= '' and string.sub(device, 2)
+  content = content ~= '' and string.sub(content, 2)
+  if at then
+    -- A live stream always renews, even over a lowered limit.
+    if raw and not dirty and at < 4000 and expires + 1000000 <= V[4]
+        and (not device or device == V[at + 4]) and (not content or content == V[at + 5]) then
+      -- Only this expiry changes: replace just its bytes in the stored
+      -- string, found by the decoder itself, rather than encode it all.
+      local from = cmsgpack.unpack_limit(raw, at + 2, 0)
+      local to = cmsgpack.unpack_limit(raw, 1, from)
+      spliced = string.sub(raw, 1, from) .. pack(expires) .. string.sub(raw, to + 1)
+    end
+    V[at + 3], dirty = expires, true
+    if device then V[at + 4] = device end
+    if content then V[at + 5] = content end
+    reply = pack('renewed', expired, nl, limit, V[at + 2], expires, V[at + 4], V[at + 5])
+  elseif not reply then
+    -- Which leases must go for this one to fit (their offsets), if any.
+    local fits, victims = false, nil
+    if ARGV[10] then
+      -- Take-over: the named live streams go, but only if that frees a seat.
+      local wanted = {}
+      for i = 10, #ARGV do wanted[ARGV[i]] = true end
+      victims = {}
+      for b = 5, 4 + 5 * nl, 5 do
+        if wanted[V[b + 1]] then victims[#victims + 1] = b end
+      end
+      fits = nl - #victims < limit
+    elseif nl < limit then
+      fits = true
+    elseif ARGV[6] == 'evict_oldest' and nl == limit and limit > 0 then
+      -- Exactly full: the oldest makes room. Over the limit (after an
+      -- override was lowered), nobody is evicted and new streams wait.
+      fits, victims = true, { 5 }
+    end
+    local enforce = ARGV[7] == '1'
+    if not fits and enforce then
+      reply = pack('denied', expired, limit) .. slice(V, 6, 5 + 5 * nl)
+    else
+      local gone, tail = 0, '' -- the evicted leases or the would-be victims
+      if fits and victims then
+        if enforce then
+          for _, b in ipairs(victims) do
+            tail = tail .. slice(V, b + 1, b + 5)
+            V[n + 1], V[n + 2], V[n + 3] = V[b + 1], V[b + 3] + ttl, stream
+            n, nt = n + 3, nt + 1
+          end
+          for i = #victims, 1, -1 do
+            for k = victims[i] + 1, n - 5 do V[k] = V[k + 5] end
+            for k = n - 4, n do V[k] = nil end
+            n, nl = n - 5, nl - 1
+          end
+          gone = #victims
+        else
+          for _, b in ipairs(victims) do tail = tail .. pack(V[b + 1]) end
+        end
+      end
+      -- The new lease goes after every lease that started before it: at
+      -- the end of the leases, unless the clock went back or another lease
+      -- started in the same µs.
+      local b = 5 + 5 * nl
+      while b > 5 and (V[b - 3] > now or (V[b - 3] == now and before(stream, V[b - 4]))) do b = b - 5 end
+      for k = n, b + 1, -1 do V[k + 5] = V[k] end
+      V[b + 1], V[b + 2], V[b + 3], V[b + 4], V[b + 5] = stream, now, expires, device, content
+      n, nl, dirty = n + 5, nl + 1, true
+      reply = pack('granted', expired, nl, limit, now, expires, not fits, gone) .. tail
+    end
+  end
+elseif op == 'release' then
+  for b = 5, 4 + 5 * nl, 5 do
+    if V[b + 1] == ARGV[3] then
+      for k = b + 1, n - 5 do V[k] = V[k + 5] end
+      for k = n - 4, n do V[k] = nil end
+      n, nl, dirty = n - 5, nl - 1, true
+      break
+    end
+  end
+  reply = pack('done', expired)
+else -- revoke_all
+  local ttl = tonumber(ARGV[3])
+  slack = ttl
+  local streams = {}
+  local leases = 5 * nl
+  for b = 5, 4 + leases, 5 do
+    streams[#streams + 1] = V[b + 1]
+    V[n + 1], V[n + 2], V[n + 3] = V[b + 1], V[b + 3] + ttl, false
+    n = n + 3
+  end
+  if nl > 0 then
+    -- The tombstones move up over the leases.
+    for k = 6, n - leases do V[k] = V[k + leases] end
+    for k = n - leases + 1, n do V[k] = nil end
+    n, nt, nl, dirty = n - leases, nt + nl, 0, true
+  end
+  reply = pack('revoked', expired) .. slice(streams, 1, #streams)
+end
+
+-- Write the state back if it changed. The key must live until one second
+-- after its last lease or tombstone ends. If its deadline covers that, the
+-- expiry stays; otherwise it moves to one slack later, so that the next
+-- few renewals can keep it.
+if dirty then
+  local last = false
+  for b = 5, 4 + 5 * nl, 5 do
+    if not last or V[b + 3] > last then last = V[b + 3] end
+  end
+  for b = 5 + 5 * nl, n - 1, 3 do
+    if not last or V[b + 2] > last then last = V[b + 2] end
+  end
+  if not last and not raw then
+    if stored then call('DEL', state_key) end
+  elseif raw and (not last or last + 1000000 <= V[4]) then
+    -- Nothing left keeps its record until the deadline too: a user who
+    -- starts again soon finds it, and deleting costs as much as writing.
+    V[2], V[3] = nl, nt
+    call('SET', state_key, spliced or slice(V, 1, n), 'KEEPTTL')
+  else
+    -- In ms, relative, so that an injected test clock cannot expire it early.
+    local px = math.ceil((last - now + slack) / 1000) + 1000
+    V[2], V[3], V[4] = nl, nt, now + px * 1000
+    call('SET', state_key, slice(V, 1, n), 'PX', px)
+  end
+end
+return reply
