@@ -40,7 +40,13 @@ const EVALSHA_ACQUIRE_ARGS: &[&str] = &[
     "sc:{u__rand_int__}:o",
     "acquire",
     "",
-    r#"{"stream":"s__rand_int__","limit":3,"ttl":"60000000","on_limit":"reject","evict":[],"enforce":true}"#,
+    "s__rand_int__",
+    "3",
+    "60000000",
+    "reject",
+    "1",
+    "=tv-000001",
+    "=title-00001",
 ];
 
 /// The commands that run a script or a function. Each one's time includes
