@@ -80,7 +80,7 @@ pub(super) fn admit(state: &AppState, caller: &Caller, whose: Whose, need: Need)
             Need::Admin => "this needs an admin key or the streams:admin scope".to_owned(),
         }));
     }
-    state.rate.check_user(user.as_str()).map_err(|wait| {
+    state.rate.check_user(&user).map_err(|wait| {
         metrics::rate_limited("user");
         ApiError::RateLimited(wait)
     })?;
