@@ -314,7 +314,7 @@ macro_rules! spelling {
 // Names come from the enums' own lists, ranges from the domain constructors.
 spelling! {
     StoreKind: String => |s: String| one_of(&s, StoreKind::ALL.map(|k| (k.name(), k)));
-    RedisMode: String => |s: String| one_of(&s, [RedisMode::Standalone, RedisMode::Cluster].map(|m| (m.name(), m)));
+    RedisMode: String => |s: String| one_of(&s, RedisMode::ALL.map(|m| (m.name(), m)));
     OnStoreError: String => |s: String| one_of(&s, OnStoreError::ALL.map(|p| (p.name(), p)));
     OnLimit: String => |s: String| one_of(&s, OnLimit::ALL.map(|p| (p.name(), p)));
     LogFormat: String => |s: String| one_of(&s, LogFormat::ALL.map(|f| (f.name(), f)));

@@ -46,10 +46,6 @@ impl StoreKind {
             Self::Redis => "redis",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == s)
-    }
 }
 
 /// How to reach Redis.
@@ -60,13 +56,7 @@ pub enum RedisMode {
 }
 
 impl RedisMode {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "standalone" => Some(Self::Standalone),
-            "cluster" => Some(Self::Cluster),
-            _ => None,
-        }
-    }
+    pub const ALL: [RedisMode; 2] = [Self::Standalone, Self::Cluster];
 
     pub fn name(self) -> &'static str {
         match self {
