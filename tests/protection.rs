@@ -35,10 +35,12 @@ fn stall(s: &Server, secs: &'static str) -> std::thread::JoinHandle<String> {
     t
 }
 
-/// True when Redis answers PING within 50 ms.
+/// True when Redis answers PING within half a second. A Redis that is
+/// merely slow on a busy machine still answers in that time; one that is
+/// in DEBUG SLEEP does not.
 fn answers_ping(port: u16) -> bool {
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     c.write_all(b"PING\r\n").unwrap();
     let mut buf = [0u8; 16];
     matches!(c.read(&mut buf), Ok(n) if n > 0)
@@ -69,6 +71,7 @@ async fn requests_beyond_the_concurrency_limit_are_shed_with_503() {
         if r.status != 200 || Instant::now() > deadline {
             break r;
         }
+        assert!(!first.is_finished(), "the first request finished before /livez was ever shed: {r:?}");
     };
     r.assert_problem(503, "overloaded");
     sleeper.join().unwrap();
