@@ -171,15 +171,37 @@ fn build_store(s: &Settings) -> Result<StoreConfig, ConfigError> {
         }
         _ => redis_mode.unwrap_or(RedisMode::Standalone),
     };
+    if kind == StoreKind::Dynamodb {
+        check_dynamodb(&s.dynamodb_table, s.dynamodb_endpoint.as_deref())?;
+    }
     Ok(StoreConfig {
         kind,
         data_dir: s.data_dir.clone(),
         redis_urls,
         redis_mode,
+        dynamodb_table: s.dynamodb_table.clone(),
+        dynamodb_endpoint: s.dynamodb_endpoint.clone(),
         // Often enough that the file stays small, rarely enough to cost nothing.
         sweep_interval: Duration::from_secs(u64::from(s.lease_ttl.as_secs() / 2).clamp(1, 30)),
         op_timeout: Duration::from_secs(5),
     })
+}
+
+/// DynamoDB's own rules for table names, checked here so that a typo is a
+/// one-line error at start rather than an SDK validation error later.
+fn check_dynamodb(table: &str, endpoint: Option<&str>) -> Result<(), ConfigError> {
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if !(3..=255).contains(&table.len()) || !table.chars().all(valid_char) {
+        return Err(ConfigError(format!(
+            "--dynamodb-table {table:?}: a table name is 3 to 255 characters of a-z, A-Z, 0-9, '_', '-' and '.'"
+        )));
+    }
+    if let Some(url) = endpoint
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(ConfigError(format!("--dynamodb-endpoint {url:?} is not an http:// or https:// URL")));
+    }
+    Ok(())
 }
 
 fn check_redis_urls(urls: &[String], mode: RedisMode) -> Result<(), ConfigError> {

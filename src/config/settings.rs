@@ -52,7 +52,7 @@ pub(super) struct Settings {
     /// Address to listen on, HOST:PORT [default: 127.0.0.1:8080]
     #[arg(long, env = "STREAMCAP_LISTEN", value_name = "ADDR")]
     pub listen: String,
-    /// Lease store: memory, sqlite or redis [default: sqlite]
+    /// Lease store: memory, sqlite, redis or dynamodb [default: sqlite]
     #[arg(long, env = "STREAMCAP_STORE", value_name = "STORE", value_parser = flag::<StoreKind>)]
     #[serde(deserialize_with = "key")]
     pub store: StoreKind,
@@ -66,6 +66,12 @@ pub(super) struct Settings {
     // Text until `build`: checked only when Redis is the store.
     #[arg(long, env = "STREAMCAP_REDIS_MODE", value_name = "MODE")]
     pub redis_mode: String,
+    /// DynamoDB table of the dynamodb store [default: streamcap]
+    #[arg(long, env = "STREAMCAP_DYNAMODB_TABLE", value_name = "TABLE")]
+    pub dynamodb_table: String,
+    /// DynamoDB endpoint URL instead of the region's, e.g. DynamoDB Local
+    #[arg(long, env = "STREAMCAP_DYNAMODB_ENDPOINT", value_name = "URL")]
+    pub dynamodb_endpoint: Option<String>,
     /// When the store cannot answer: deny (503) or allow (grant, "degraded": true) [default: deny]
     #[arg(long, env = "STREAMCAP_ON_STORE_ERROR", value_name = "POLICY", value_parser = flag::<OnStoreError>)]
     #[serde(deserialize_with = "key")]
@@ -206,6 +212,8 @@ impl Default for Settings {
             data_dir: "./streamcap-data".into(),
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_mode: RedisMode::Standalone.name().into(),
+            dynamodb_table: "streamcap".into(),
+            dynamodb_endpoint: None,
             on_store_error: OnStoreError::Deny,
             limits: LimitSettings::default(),
             lease_ttl: Ttl::from_secs(60).expect("in range"),

@@ -75,7 +75,14 @@ fn errors_are_one_line_and_name_the_culprit() {
         (vec!["serve".into(), "--lease-ttl".into(), "86401".into()], "--lease-ttl"),
         (vec!["serve".into(), "--lease-ttl".into(), "abc".into()], "--lease-ttl"),
         (vec!["serve".into(), "--store".into(), "mongo".into()], "--store"),
-        (vec!["serve".into(), "--store".into(), "dynamodb".into()], "--store"),
+        (
+            vec!["serve".into(), "--store".into(), "dynamodb".into(), "--dynamodb-table".into(), "a b".into()],
+            if cfg!(feature = "dynamodb") { "--dynamodb-table" } else { "--store dynamodb is not built" },
+        ),
+        (
+            vec!["serve".into(), "--store".into(), "dynamodb".into(), "--dynamodb-endpoint".into(), "localhost".into()],
+            if cfg!(feature = "dynamodb") { "--dynamodb-endpoint" } else { "--store dynamodb is not built" },
+        ),
         (
             vec!["serve".into(), "--store".into(), "redis".into(), "--redis-mode".into(), "sentinel".into()],
             "--redis-mode",
@@ -125,7 +132,7 @@ fn file_errors_name_the_key() {
         ("lease_ttl = 0\n", "lease_ttl"),
         ("colour = \"red\"\n", "colour"),
         ("default_limit = \"three\"\n", "line 1"),
-        ("store = \"dynamodb\"\n", "store in"),
+        ("store = \"dynamodb\"\ndynamodb_table = \"x\"\n", "dynamodb"),
         ("store = \"redis\"\nredis_mode = \"ring\"\n", "--redis-mode"),
     ] {
         let f = file(text);
@@ -157,7 +164,7 @@ fn every_table_names_the_key_and_line_of_a_bad_value() {
         ),
         ("[protection]\nuser_rate_limit = -1\n".into(), vec!["protection.user_rate_limit", "(line 2)"]),
         ("[auth]\nmode = \"oauth\"\n".into(), vec!["auth.mode in", "(line 2)", "\"oauth\" is not none or jwt"]),
-        ("store = \"mongo\"\n".into(), vec!["store in", "\"mongo\" is not memory, sqlite or redis"]),
+        ("store = \"mongo\"\n".into(), vec!["store in", "\"mongo\" is not memory, sqlite, redis or dynamodb"]),
         ("log_format = \"xml\"\n".into(), vec!["log_format in", "(line 1)", "\"xml\" is not text or json"]),
         ("on_store_error = \"maybe\"\n".into(), vec!["on_store_error in", "\"maybe\" is not deny or allow"]),
         ("listen = \n".into(), vec!["config file", "(line 1)"]),
@@ -196,7 +203,7 @@ fn flags_are_checked_by_the_same_constructors_as_keys() {
         (["--request-timeout", "301"], ["--request-timeout", "1..=300"]),
         (["--max-concurrent-requests", "0"], ["--max-concurrent-requests", "1..=1000000"]),
         (["--auth-mode", "oauth"], ["--auth-mode", "\"oauth\" is not none or jwt"]),
-        (["--store", "mongo"], ["--store", "\"mongo\" is not memory, sqlite or redis"]),
+        (["--store", "mongo"], ["--store", "\"mongo\" is not memory, sqlite, redis or dynamodb"]),
         (["--default-limit", "0"], ["--default-limit", "0 is out of range 1..=1000"]),
         (["--lease-ttl", "0"], ["--lease-ttl", "0 is out of range 1..=86400"]),
     ] {

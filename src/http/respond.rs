@@ -95,6 +95,8 @@ mod tests {
             data_dir: dir.path().to_path_buf(),
             redis_urls: Vec::new(),
             redis_mode: RedisMode::Standalone,
+            dynamodb_table: String::new(),
+            dynamodb_endpoint: None,
             sweep_interval: Duration::from_secs(60),
             op_timeout: Duration::from_secs(5),
         };

@@ -34,16 +34,18 @@ pub enum StoreKind {
     Memory,
     Sqlite,
     Redis,
+    Dynamodb,
 }
 
 impl StoreKind {
-    pub const ALL: [StoreKind; 3] = [Self::Memory, Self::Sqlite, Self::Redis];
+    pub const ALL: [StoreKind; 4] = [Self::Memory, Self::Sqlite, Self::Redis, Self::Dynamodb];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Memory => "memory",
             Self::Sqlite => "sqlite",
             Self::Redis => "redis",
+            Self::Dynamodb => "dynamodb",
         }
     }
 }
@@ -76,6 +78,11 @@ pub struct StoreConfig {
     /// One URL, or a cluster's seed nodes (redis only).
     pub redis_urls: Vec<String>,
     pub redis_mode: RedisMode,
+    /// The DynamoDB table (dynamodb only).
+    pub dynamodb_table: String,
+    /// An endpoint URL instead of the region's, such as DynamoDB Local
+    /// (dynamodb only).
+    pub dynamodb_endpoint: Option<String>,
     /// How often expired leases are removed in the background.
     pub sweep_interval: Duration,
     /// How long one operation may take before it answers "unavailable".
@@ -89,6 +96,8 @@ impl std::fmt::Debug for StoreConfig {
             .field("data_dir", &self.data_dir)
             .field("redis_urls", &self.redis_urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>())
             .field("redis_mode", &self.redis_mode)
+            .field("dynamodb_table", &self.dynamodb_table)
+            .field("dynamodb_endpoint", &self.dynamodb_endpoint)
             .field("sweep_interval", &self.sweep_interval)
             .field("op_timeout", &self.op_timeout)
             .finish()
@@ -286,6 +295,9 @@ pub fn built_in() -> Vec<&'static str> {
     }
     if cfg!(feature = "redis") {
         v.push("redis");
+    }
+    if cfg!(feature = "dynamodb") {
+        v.push("dynamodb");
     }
     v
 }

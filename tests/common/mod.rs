@@ -72,6 +72,8 @@ impl Server {
             data_dir: dir.path().join("data"),
             redis_urls: redis.iter().map(redis::RedisServer::url).collect(),
             redis_mode: RedisMode::Standalone,
+            dynamodb_table: "streamcap".into(),
+            dynamodb_endpoint: None,
             sweep_interval: Duration::from_secs(1),
             op_timeout: Duration::from_secs(5),
         };
