@@ -234,7 +234,13 @@ async fn health_endpoints_follow_the_store() {
     for kind in STORES {
         let s = Server::start(kind, 3, 60).await;
         assert_eq!(s.get("/livez").await.status, 200);
-        assert_eq!(s.get("/readyz").await.status, 200);
+        let ready = s.get("/readyz").await;
+        assert_eq!(ready.status, 200);
+        let clock = &ready.json()["clock"];
+        let decides = if kind == StoreKind::Redis { "redis" } else { "instance" };
+        assert_eq!(clock["decides"], decides, "{ready:?}");
+        assert!(clock["source"].is_string() && clock["synchronized"].is_boolean(), "{ready:?}");
+        assert!(clock["max_error_ms"].as_f64().is_some_and(|e| e >= 0.0), "{ready:?}");
         if kind == StoreKind::Sqlite {
             // A store that can no longer write answers 503, never a guess.
             s.store.close().await.unwrap();

@@ -203,7 +203,9 @@ async fn a_redis_outage_is_503_or_degraded_as_configured_and_heals() {
     let r = put(&client, allow.url("/v1/users/u/streams/c"), json!({})).await;
     assert_eq!(r.status, 201);
     assert!(r.json().get("degraded").is_none());
-    assert_eq!(client.get(deny.url("/readyz")).send().await.unwrap().status(), 200);
+    let ready = Reply::from(client.get(deny.url("/readyz")).send().await.unwrap()).await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["clock"]["decides"], "redis", "Redis's clock judges expiry: {ready:?}");
 }
 
 #[test]

@@ -177,11 +177,37 @@ pub struct ProblemBody {
     pub retry_after_seconds: Option<u64>,
 }
 
-/// `GET /livez` and `GET /readyz`.
+/// `GET /livez`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StatusBody {
     #[schema(example = "ok")]
     pub status: String,
+}
+
+/// `GET /readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadyBody {
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    pub clock: ClockBody,
+}
+
+/// The clock that judges lease expiry, and how far it can be trusted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClockBody {
+    /// `instance`: this process's clock decides (memory, sqlite, dynamodb;
+    /// instances sharing a table must agree on time). `redis`: Redis's
+    /// own clock decides, the same for every instance.
+    #[schema(example = "instance")]
+    pub decides: &'static str,
+    /// This host's kernel clocksource (Linux), e.g. `tsc` or `kvm-clock`.
+    #[schema(example = "kvm-clock")]
+    pub source: Option<String>,
+    /// Whether the kernel considers this host's clock synchronized.
+    pub synchronized: Option<bool>,
+    /// The kernel's bound on this host's clock error, in milliseconds.
+    #[schema(example = 16.5)]
+    pub max_error_ms: Option<f64>,
 }
 
 /// How a [`LimitSource`] is spelled on the wire.

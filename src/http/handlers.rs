@@ -17,13 +17,14 @@ use super::AppState;
 use super::access::{Authed, Need, Whose, admit, resolve};
 #[allow(unused_imports)] // some are named only in #[utoipa::path] attributes
 use super::dto::{
-    self, AcquireBody, LeaseBody, LimitBody, ListBody, PlanQuery, ProblemBody, RevokedBody, SetLimitBody, StatusBody,
-    StreamView,
+    self, AcquireBody, ClockBody, LeaseBody, LimitBody, ListBody, PlanQuery, ProblemBody, ReadyBody, RevokedBody,
+    SetLimitBody, StatusBody, StreamView,
 };
 use super::extract::{OptionalJson, PathIds, PlanParam};
 use super::problem::{ApiError, Problem};
 use super::respond;
 use crate::auth::Caller;
+use crate::clock::TimeSource;
 use crate::limiter::{Acquire, Label, Limit, StreamId, UserId};
 use crate::policy::OnStoreError;
 use crate::store::StoreError;
@@ -304,14 +305,23 @@ pub(super) async fn livez() -> impl IntoResponse {
     tag = "operations",
     summary = "Readiness: 200 when the store answers",
     responses(
-        (status = 200, description = "Ready", body = StatusBody),
+        (status = 200, description = "Ready, with the clock that judges expiry", body = ReadyBody),
         (status = 503, description = "The store does not answer", body = ProblemBody, content_type = "application/problem+json")
     )
 )]
 pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
     // Readiness must answer quickly even when the store hangs.
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => Ok(axum::Json(json!({"status": "ready"}))),
+        Ok(Ok(())) => {
+            let host = TimeSource::read();
+            let clock = ClockBody {
+                decides: state.store.clock_owner(),
+                source: host.clocksource,
+                synchronized: host.synchronized,
+                max_error_ms: host.max_error_ms,
+            };
+            Ok(axum::Json(ReadyBody { status: "ready", clock }))
+        }
         Ok(Err(e)) => Err(ApiError::Store(e)),
         Err(_) => Err(ApiError::Store(StoreError::Unavailable("ping timed out".into()))),
     }

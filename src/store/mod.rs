@@ -244,6 +244,12 @@ impl Store {
         }
     }
 
+    /// Whose clock judges expiry: `"instance"` (this process's) or
+    /// `"redis"` (the server's, the same for every instance).
+    pub fn clock_owner(&self) -> &'static str {
+        self.inner.backend.clock_owner()
+    }
+
     /// Answers when the backend can serve requests.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.timed(self.inner.backend.ping()).await
@@ -359,6 +365,11 @@ trait Backend: Send + Sync + 'static {
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// See [`Store::clock_owner`].
+    fn clock_owner(&self) -> &'static str {
+        "instance"
+    }
 
     /// Flushes and releases resources. Idempotent.
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;

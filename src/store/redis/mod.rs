@@ -217,6 +217,10 @@ impl Backend for RedisBackend {
         true
     }
 
+    fn clock_owner(&self) -> &'static str {
+        if self.test_clock.is_some() { "instance" } else { "redis" }
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let fail = |e: redis::RedisError| StoreError::Unavailable(format!("redis: {e}"));
