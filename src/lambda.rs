@@ -35,7 +35,6 @@ use axum::response::Response;
 use lambda_http::request::RequestContext;
 use lambda_http::{RequestExt, Service};
 use tower::ServiceExt;
-use tracing::Instrument;
 
 use crate::clock::SystemClock;
 use crate::config::{self, Config, Invocation};
@@ -164,9 +163,11 @@ pub async fn run(config: Config) -> Result<(), String> {
     closed.map_err(|e| format!("closing the store: {e}"))
 }
 
-/// `app` as a `lambda_http` service. Each request gets the API's own path
-/// and runs inside a span that names the invocation; a `Location` in the
-/// answer gets back the stage prefix the path lost.
+/// `app` as a `lambda_http` service. Each request gets the API's own path,
+/// and a `Location` in the answer gets back the stage prefix the path lost.
+/// (`lambda_runtime` runs each invocation inside a span named `Lambda
+/// runtime invoke` with its `requestId`, so the edge's request span and
+/// every log line under it name the invocation.)
 fn handler(
     app: Router,
 ) -> impl Service<
@@ -191,11 +192,9 @@ fn handler(
         if let Ok(uri) = Uri::try_from(uri) {
             *req.uri_mut() = uri;
         }
-        let aws_request_id = req.lambda_context_ref().map(|c| c.request_id.clone()).unwrap_or_default();
-        let span = tracing::info_span!("lambda", aws_request_id);
         let app = app.clone();
         async move {
-            let Ok(mut res) = app.oneshot(req).instrument(span).await;
+            let Ok(mut res) = app.oneshot(req).await;
             if let Some(prefix) = prefix {
                 restage_location(&mut res, &prefix);
             }
