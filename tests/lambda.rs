@@ -383,11 +383,12 @@ struct Http {
     stage: &'static str,
     headers: BTreeMap<String, String>,
     body: Option<Value>,
+    base64: bool,
 }
 
 impl Http {
     fn new(method: &'static str, target: &str) -> Http {
-        Http { method, target: target.into(), stage: "$default", headers: BTreeMap::new(), body: None }
+        Http { method, target: target.into(), stage: "$default", headers: BTreeMap::new(), body: None, base64: false }
     }
 
     fn get(target: &str) -> Http {
@@ -414,6 +415,13 @@ impl Http {
     fn json(mut self, body: Value) -> Http {
         self.body = Some(body);
         self.header("content-type", "application/json")
+    }
+
+    /// With the body base64-encoded, as API Gateway sends bodies it does
+    /// not take for text.
+    fn base64(mut self) -> Http {
+        self.base64 = true;
+        self
     }
 
     /// Through a named stage: the path, which must start with it, is what
@@ -460,10 +468,14 @@ impl Http {
                 "time": "01/Jan/2026:00:00:00 +0000",
                 "timeEpoch": 1_767_225_600_000_u64,
             },
-            "isBase64Encoded": false,
+            "isBase64Encoded": self.base64,
         });
         if let Some(body) = &self.body {
-            event["body"] = json!(body.to_string());
+            let text = body.to_string();
+            event["body"] = match self.base64 {
+                true => json!(base64::engine::general_purpose::STANDARD.encode(text)),
+                false => json!(text),
+            };
         }
         event
     }
@@ -539,13 +551,15 @@ async fn acquire_renew_refuse_release_and_auth(deployment: Deployment) {
     assert_eq!(r.json()["active_streams"], 1);
 
     // Full, then refused: 409 with the limit and the live streams.
-    let r = f.call(Http::put("/v1/users/alice/streams/phone").bearer(&alice)).await;
+    let phone = Http::put("/v1/users/alice/streams/phone").bearer(&alice).json(json!({ "device_id": "phone-1" }));
+    let r = f.call(phone.base64()).await;
     assert_eq!((r.status, r.json()["active_streams"].as_u64()), (201, Some(2)), "{r:?}");
     let r = f.call(Http::put("/v1/users/alice/streams/laptop").bearer(&alice)).await;
     let problem = r.assert_problem(409, "stream-limit-reached");
     assert_eq!(problem["limit"], 2);
     assert_eq!(ids(&problem["active_streams"]), ["tv", "phone"]);
     assert_eq!(problem["active_streams"][0]["device_id"], "tv-1");
+    assert_eq!(problem["active_streams"][1]["device_id"], "phone-1");
 
     // Release: 204 with no body, twice; the seat is free again.
     for _ in 0..2 {
