@@ -332,9 +332,9 @@ fn spawn(cmd: &mut Command) -> (Child, Arc<Mutex<String>>) {
     (child, log)
 }
 
-/// Runs the function until it exits by itself: its status, its stderr, and
-/// the Runtime API it was given (to see what it reported and whether it
-/// ever asked for an event).
+/// Runs a function that must exit at start, before it asks for any event:
+/// its status, its stderr, and the Runtime API it was given (to see what
+/// it reported).
 async fn run_to_exit(deployment: &Deployment, with_runtime_api: bool) -> (ExitStatus, String, RuntimeApi) {
     let api = RuntimeApi::start().await;
     let (mut child, log) = spawn(&mut command(with_runtime_api.then_some(&api), &deployment.env));
@@ -343,9 +343,11 @@ async fn run_to_exit(deployment: &Deployment, with_runtime_api: bool) -> (ExitSt
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        if Instant::now() > deadline {
+        let serving = api.polls() > 0;
+        if serving || Instant::now() > deadline {
             let _ = child.kill();
-            panic!("streamcap-lambda did not exit within 30 s:\n{}", log.lock().unwrap());
+            let why = if serving { "asked for an event instead of exiting" } else { "did not exit within 30 s" };
+            panic!("streamcap-lambda {why}:\n{}", log.lock().unwrap());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
@@ -358,9 +360,9 @@ async fn run_to_exit(deployment: &Deployment, with_runtime_api: bool) -> (ExitSt
     (status, log, api)
 }
 
-/// Asserts a refusal at start: exit 2, `expected` on stderr in one line
-/// without a panic, the same message reported as an init error, and no
-/// event ever asked for.
+/// Asserts a refusal at start, before any event is asked for: exit 2,
+/// `expected` on stderr in one line without a panic, and the same message
+/// reported as an init error.
 async fn assert_refused(deployment: &Deployment, expected: &str) {
     let (status, stderr, api) = run_to_exit(deployment, true).await;
     assert_eq!(status.code(), Some(2), "{stderr}");
@@ -373,7 +375,6 @@ async fn assert_refused(deployment: &Deployment, expected: &str) {
     assert_eq!(reported[0].body["errorType"], "Runtime.ConfigInvalid");
     let message = reported[0].body["errorMessage"].as_str().unwrap();
     assert!(stderr.trim_end().ends_with(message), "{message:?} vs {stderr:?}");
-    assert_eq!(api.polls(), 0, "asked for an event after refusing to start");
 }
 
 /// One HTTP request, as API Gateway hands it to the function.
@@ -670,7 +671,6 @@ async fn an_unreachable_store_is_reported_as_an_init_error() {
     assert_eq!(reported.len(), 1, "{reported:?}");
     assert_eq!(reported[0].error_type.as_deref(), Some("Runtime.InitError"));
     assert!(reported[0].body["errorMessage"].as_str().unwrap().contains("cannot connect to redis"), "{reported:?}");
-    assert_eq!(api.polls(), 0);
 }
 
 #[tokio::test]
