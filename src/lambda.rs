@@ -15,7 +15,7 @@
 //! - Auth mode `none` is refused unless `STREAMCAP_INSECURE_NO_AUTH=true`:
 //!   a function behind API Gateway has no loopback to hide on.
 //! - The router sees the API's own path: the event's `rawPath`, without the
-//!   prefix a named stage puts there (see [`api_path`]).
+//!   prefix a named stage puts there (see `api_path`).
 //!
 //! It builds no response of its own: every answer, error or not, is the
 //! router's. A refusal at start is one line on stderr, reported to the
@@ -91,7 +91,7 @@ fn check_environment() -> Result<(), String> {
 }
 
 /// The rules a Lambda function adds to `serve`'s.
-pub fn check(config: &Config) -> Result<(), String> {
+fn check(config: &Config) -> Result<(), String> {
     let kind = config.store.kind;
     if !STORES.contains(&kind) {
         return Err(format!(
@@ -208,10 +208,10 @@ fn handler(
 /// An HTTP API puts a named stage at the start of `rawPath`
 /// (`/prod/v1/…` for the stage `prod`). The `$default` stage has no
 /// prefix, and neither has a request through a custom domain's API
-/// mapping, so the path is taken off only where it is there. (lambda_http's
+/// mapping, so the prefix is taken off only where it is there. (lambda_http's
 /// own URI adds the stage where it is missing, which is why the router
 /// does not see that URI's path.)
-pub fn api_path<'a>(raw_path: &'a str, stage: Option<&str>) -> (&'a str, Option<&'a str>) {
+fn api_path<'a>(raw_path: &'a str, stage: Option<&str>) -> (&'a str, Option<&'a str>) {
     let path = if raw_path.is_empty() { "/" } else { raw_path };
     let Some(stage) = stage.filter(|s| !s.is_empty() && *s != "$default") else {
         return (path, None);
