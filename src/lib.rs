@@ -24,11 +24,15 @@
 //! - [`metrics`]: Prometheus names and the recorder; labels never carry ids.
 //! - [`telemetry`]: log format and optional OTLP trace export.
 //! - [`shutdown`]: the SIGTERM/SIGINT future that starts a graceful stop.
+//! - `lambda` (cargo feature `lambda`): the same router on AWS Lambda, for
+//!   the `streamcap-lambda` binary.
 
 pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod http;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod limiter;
 pub mod metrics;
 pub mod policy;

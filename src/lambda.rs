@@ -1,0 +1,354 @@
+//! streamcap on AWS Lambda: the router of [`http::app`], edge and all,
+//! served through the Lambda Runtime API by `lambda_http`, for API Gateway
+//! HTTP API events (payload format 2.0) and function URLs.
+//!
+//! This module owns what differs from `serve`, and nothing else:
+//!
+//! - The configuration comes from the environment alone: the same
+//!   `STREAMCAP_*` variables (and the file `STREAMCAP_CONFIG` names, which
+//!   may be bundled with the function), read by `config`. No address is
+//!   listened on.
+//! - The store must be one that every instance shares and that expires
+//!   state by itself, dynamodb or redis ([`STORES`]), so that no instance
+//!   runs a sweeper: expiry happens on write, and key expiry or TTL clears
+//!   the rest. Memory and sqlite are refused at start.
+//! - Auth mode `none` is refused unless `STREAMCAP_INSECURE_NO_AUTH=true`:
+//!   a function behind API Gateway has no loopback to hide on.
+//! - The router sees the API's own path: the event's `rawPath`, without the
+//!   prefix a named stage puts there (see `api_path`).
+//!
+//! It builds no response of its own: every answer, error or not, is the
+//! router's. A refusal at start is one line on stderr, reported to the
+//! Runtime API as an init error, and a non-zero exit before any event is
+//! taken.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderValue, Uri, header};
+use axum::response::Response;
+use lambda_http::request::RequestContext;
+use lambda_http::{RequestExt, Service};
+use tower::ServiceExt;
+
+use crate::clock::SystemClock;
+use crate::config::{self, Config, Invocation};
+use crate::http::{self, AppState};
+use crate::store::{Store, StoreKind};
+
+/// The stores a function may use. Both are shared by every instance, and
+/// both expire state by themselves (Redis key expiry, DynamoDB's TTL
+/// attribute), so `Store::open` starts no sweeper for them; a sweeper
+/// would run in every frozen and thawed instance, and over DynamoDB it
+/// would need a Scan that the function's IAM policy does not grant.
+pub const STORES: [StoreKind; 2] = [StoreKind::Dynamodb, StoreKind::Redis];
+
+/// The Runtime API's address, set by Lambda.
+const RUNTIME_API: &str = "AWS_LAMBDA_RUNTIME_API";
+
+/// Reads and checks the configuration: no arguments, the Lambda
+/// environment present, the `STREAMCAP_*` settings valid, and the Lambda
+/// rules (the store, auth) met. The error is one line for an operator.
+pub fn configure<I>(mut args: I) -> Result<Config, String>
+where
+    I: Iterator<Item = std::ffi::OsString>,
+{
+    let program = args.next().unwrap_or_else(|| "streamcap-lambda".into());
+    if args.next().is_some() {
+        return Err("takes no arguments; it is configured by STREAMCAP_* environment variables".into());
+    }
+    check_environment()?;
+    let config = match config::from_args([program]).map_err(|e| e.to_string())? {
+        Invocation::Serve(config) => *config,
+        Invocation::PrintOpenapi | Invocation::Printed => return Err("takes no command".into()),
+    };
+    check(&config)?;
+    Ok(config)
+}
+
+/// The variables Lambda sets for a function's runtime. `lambda_runtime`
+/// panics without them; this says what is wrong in one line instead.
+fn check_environment() -> Result<(), String> {
+    for var in [RUNTIME_API, "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_VERSION"] {
+        if std::env::var_os(var).is_none() {
+            return Err(format!(
+                "{var} is not set: streamcap-lambda runs inside AWS Lambda (or a Runtime API emulator), \
+                 which sets it; to serve HTTP directly, run `streamcap serve`"
+            ));
+        }
+    }
+    let memory = "AWS_LAMBDA_FUNCTION_MEMORY_SIZE";
+    match std::env::var(memory).map(|m| m.parse::<i32>()) {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) => Err(format!("{memory} is not a number of megabytes")),
+        Err(_) => Err(format!("{memory} is not set: streamcap-lambda runs inside AWS Lambda, which sets it")),
+    }
+}
+
+/// The rules a Lambda function adds to `serve`'s.
+fn check(config: &Config) -> Result<(), String> {
+    let kind = config.store.kind;
+    if !STORES.contains(&kind) {
+        return Err(format!(
+            "store {:?} cannot serve on Lambda: set STREAMCAP_STORE to dynamodb or redis \
+             (a store that every instance shares and that expires leases by itself)",
+            kind.name()
+        ));
+    }
+    if config.auth.is_open() && !config.insecure_no_auth {
+        return Err("refusing to serve without authentication on Lambda: set STREAMCAP_AUTH_MODE=jwt, \
+                    or list API keys ([[auth.api_keys]] in the STREAMCAP_CONFIG file), \
+                    or set STREAMCAP_INSECURE_NO_AUTH=true"
+            .into());
+    }
+    Ok(())
+}
+
+/// Opens the store and serves invocations until the Runtime API fails.
+/// A store that cannot be opened is reported as an init error.
+pub async fn run(config: Config) -> Result<(), String> {
+    if config.auth.is_open() {
+        tracing::warn!(
+            "!!! INSECURE: serving WITHOUT AUTHENTICATION on Lambda (STREAMCAP_INSECURE_NO_AUTH=true). \
+             Anyone who can reach the function's API can acquire, release or revoke any user's streams."
+        );
+    }
+    if let Some(addr) = &config.metrics_listen {
+        tracing::warn!(%addr, "STREAMCAP_METRICS_LISTEN is ignored on Lambda: a function listens on nothing");
+    }
+    let store = match Store::open(&config.store, Arc::new(SystemClock)).await {
+        Ok(store) => store,
+        Err(e) => {
+            let e = e.to_string();
+            report_init_error("Runtime.InitError", &e);
+            return Err(e);
+        }
+    };
+    tracing::info!(
+        store = config.store.kind.name(),
+        on_store_error = config.policy.on_store_error.name(),
+        default_limit = config.policy.default_limit.get(),
+        lease_ttl = config.policy.lease_ttl.as_secs(),
+        on_limit = config.policy.on_limit.name(),
+        plans = config.policy.plans.len(),
+        enforce = config.policy.enforce,
+        "serving Lambda invocations"
+    );
+    if !config.policy.enforce {
+        tracing::warn!("shadow mode: limits are reported (would_deny) but not enforced");
+    }
+    let mut state = AppState::new(store.clone(), config.policy, config.auth, config.protection);
+    // One instance's counters, reached through a load balancer that picks
+    // instances at random, would mislead; and the API is public.
+    state.expose_metrics = false;
+    // Idle rate-limit buckets are forgotten once a minute, as under `serve`
+    // (a frozen instance catches up when it thaws).
+    let rate = state.rate.clone();
+    let tidy = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            rate.tidy();
+        }
+    });
+    let served = lambda_http::run(handler(http::app(state))).await;
+    tidy.abort();
+    let closed = store.close().await;
+    served.map_err(|e| format!("the Lambda Runtime API failed: {e}"))?;
+    closed.map_err(|e| format!("closing the store: {e}"))
+}
+
+/// `app` as a `lambda_http` service. Each request gets the API's own path,
+/// and a `Location` in the answer gets back the stage prefix the path lost.
+/// (`lambda_runtime` runs each invocation inside a span named `Lambda
+/// runtime invoke` with its `requestId`, so the edge's request span and
+/// every log line under it name the invocation.)
+fn handler(
+    app: Router,
+) -> impl Service<
+    lambda_http::Request,
+    Response = Response,
+    Error = Infallible,
+    Future: Future<Output = Result<Response, Infallible>> + Send,
+> {
+    tower::service_fn(move |mut req: lambda_http::Request| {
+        let stage = match req.request_context_ref() {
+            Some(RequestContext::ApiGatewayV2(context)) => context.stage.clone(),
+            _ => None,
+        };
+        let (path, prefix) = api_path(req.raw_http_path(), stage.as_deref());
+        let prefix = prefix.map(str::to_owned);
+        let uri = match req.uri().query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_owned(),
+        };
+        // A raw path that is not a valid URI path cannot come over HTTP;
+        // should one come, the router answers lambda_http's URI instead.
+        if let Ok(uri) = Uri::try_from(uri) {
+            *req.uri_mut() = uri;
+        }
+        let app = app.clone();
+        async move {
+            let Ok(mut res) = app.oneshot(req).await;
+            if let Some(prefix) = prefix {
+                restage_location(&mut res, &prefix);
+            }
+            Ok(res)
+        }
+    })
+}
+
+/// The API's own path of an event, and the stage prefix taken off it.
+///
+/// An HTTP API puts a named stage at the start of `rawPath`
+/// (`/prod/v1/…` for the stage `prod`). The `$default` stage has no
+/// prefix, and neither has a request through a custom domain's API
+/// mapping, so the prefix is taken off only where it is there. (lambda_http's
+/// own URI adds the stage where it is missing, which is why the router
+/// does not see that URI's path.)
+fn api_path<'a>(raw_path: &'a str, stage: Option<&str>) -> (&'a str, Option<&'a str>) {
+    let path = if raw_path.is_empty() { "/" } else { raw_path };
+    let Some(stage) = stage.filter(|s| !s.is_empty() && *s != "$default") else {
+        return (path, None);
+    };
+    let prefix_len = 1 + stage.len();
+    let has_prefix = path.strip_prefix('/').and_then(|p| p.strip_prefix(stage)).is_some_and(|rest| {
+        // `/prod` or `/prod/…`, not `/production`.
+        rest.is_empty() || rest.starts_with('/')
+    });
+    match has_prefix {
+        true if path.len() == prefix_len => ("/", Some(path)),
+        true => (&path[prefix_len..], Some(&path[..prefix_len])),
+        false => (path, None),
+    }
+}
+
+/// A path-absolute `Location` (`/v1/users/…`) names the API's own path;
+/// the client reached the API under `prefix`, so it gets that back.
+fn restage_location(res: &mut Response, prefix: &str) {
+    let Some(location) = res.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()) else { return };
+    if !location.starts_with('/') || location.starts_with("//") {
+        return;
+    }
+    if let Ok(v) = HeaderValue::try_from(format!("{prefix}{location}")) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+}
+
+/// Tells the Runtime API that initialization failed
+/// (`POST /2018-06-01/runtime/init/error`), so that Lambda reports
+/// `message` rather than a bare exit status. Best effort, and a no-op
+/// outside Lambda: the process exits non-zero either way. Plain HTTP/1.1
+/// over std, because it may run before there is an async runtime.
+pub fn report_init_error(error_type: &str, message: &str) {
+    let Ok(api) = std::env::var(RUNTIME_API) else { return };
+    if let Err(e) = post_init_error(&api, error_type, message) {
+        eprintln!("streamcap-lambda: could not report the init error to the Runtime API at {api}: {e}");
+    }
+}
+
+fn post_init_error(api: &str, error_type: &str, message: &str) -> std::io::Result<()> {
+    let body = serde_json::json!({ "errorType": error_type, "errorMessage": message, "stackTrace": [] }).to_string();
+    let request = format!(
+        "POST /2018-06-01/runtime/init/error HTTP/1.1\r\nHost: {api}\r\n\
+         Lambda-Runtime-Function-Error-Type: {error_type}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let addr =
+        api.to_socket_addrs()?.next().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
+    let timeout = Duration::from_secs(2);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(request.as_bytes())?;
+    let mut head = Vec::new();
+    stream.take(64).read_to_end(&mut head)?;
+    let status = String::from_utf8_lossy(&head).split_whitespace().nth(1).unwrap_or("").to_owned();
+    if !status.starts_with('2') {
+        let status = if status.is_empty() { "no status".to_owned() } else { status };
+        return Err(std::io::Error::other(format!("answered {status}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::routing::{get, put};
+
+    use super::*;
+
+    #[test]
+    fn a_named_stage_prefix_is_taken_off_the_path_and_the_default_stage_has_none() {
+        assert_eq!(api_path("/v1/users/a/streams", Some("$default")), ("/v1/users/a/streams", None));
+        assert_eq!(api_path("/v1/users/a/streams", None), ("/v1/users/a/streams", None));
+        assert_eq!(api_path("/prod/v1/users/a/streams", Some("prod")), ("/v1/users/a/streams", Some("/prod")));
+        assert_eq!(api_path("/prod", Some("prod")), ("/", Some("/prod")));
+        // A custom domain's mapping leaves the stage out of rawPath.
+        assert_eq!(api_path("/v1/users/a/streams", Some("prod")), ("/v1/users/a/streams", None));
+        // Only a whole segment is a prefix.
+        assert_eq!(api_path("/production/livez", Some("prod")), ("/production/livez", None));
+        assert_eq!(api_path("", None), ("/", None));
+    }
+
+    /// An HTTP API (payload 2.0) event, parsed as `lambda_http` parses it.
+    fn event(stage: &str, method: &str, raw_path: &str, query: &str) -> lambda_http::Request {
+        let event = serde_json::json!({
+            "version": "2.0",
+            "routeKey": "$default",
+            "rawPath": raw_path,
+            "rawQueryString": query,
+            "headers": { "host": "abc123.execute-api.eu-west-1.amazonaws.com" },
+            "requestContext": {
+                "apiId": "abc123",
+                "domainName": "abc123.execute-api.eu-west-1.amazonaws.com",
+                "http": { "method": method, "path": raw_path, "protocol": "HTTP/1.1", "sourceIp": "192.0.2.1" },
+                "requestId": "req-1",
+                "routeKey": "$default",
+                "stage": stage,
+            },
+            "isBase64Encoded": false,
+        });
+        lambda_http::request::from_str(&event.to_string()).unwrap()
+    }
+
+    /// A router that answers with the path and query it saw, and a
+    /// `Location` on PUT.
+    fn echo() -> Router {
+        let seen = |uri: Uri| async move { uri.path_and_query().map(|p| p.to_string()).unwrap_or_default() };
+        let created = |uri: Uri| async move {
+            Response::builder().status(201).header(header::LOCATION, uri.path()).body(Body::empty()).unwrap()
+        };
+        Router::new().route("/v1/users/{user}/streams", get(seen)).route("/v1/users/{user}/streams/{s}", put(created))
+    }
+
+    async fn call(req: lambda_http::Request) -> Response {
+        handler(echo()).oneshot(req).await.unwrap()
+    }
+
+    async fn text(res: Response) -> String {
+        String::from_utf8(axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_router_sees_the_raw_path_and_query_without_the_stage() {
+        let res = call(event("$default", "GET", "/v1/users/alice/streams", "plan=gold")).await;
+        assert_eq!(text(res).await, "/v1/users/alice/streams?plan=gold");
+        let res = call(event("prod", "GET", "/prod/v1/users/alice/streams", "")).await;
+        assert_eq!(text(res).await, "/v1/users/alice/streams");
+    }
+
+    #[tokio::test]
+    async fn a_location_gets_the_stage_prefix_back() {
+        let res = call(event("prod", "PUT", "/prod/v1/users/alice/streams/tv", "")).await;
+        assert_eq!(res.headers()[header::LOCATION], "/prod/v1/users/alice/streams/tv");
+        let res = call(event("$default", "PUT", "/v1/users/alice/streams/tv", "")).await;
+        assert_eq!(res.headers()[header::LOCATION], "/v1/users/alice/streams/tv");
+    }
+}
