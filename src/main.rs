@@ -166,7 +166,8 @@ fn create_dynamodb_table(table: &str, endpoint: Option<String>) -> ExitCode {
         }
     };
     let mut say = |line: &str| println!("{line}");
-    let done = runtime.block_on(dynamodb::create_table(table, endpoint.as_deref(), &dynamodb::Aws::StandardChain, &mut say));
+    let done =
+        runtime.block_on(dynamodb::create_table(table, endpoint.as_deref(), &dynamodb::Aws::StandardChain, &mut say));
     match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

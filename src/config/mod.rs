@@ -53,7 +53,10 @@ pub enum Invocation {
     /// `streamcap openapi`.
     PrintOpenapi,
     /// `streamcap dynamodb create-table`: create or check this table.
-    CreateDynamodbTable { table: String, endpoint: Option<String> },
+    CreateDynamodbTable {
+        table: String,
+        endpoint: Option<String>,
+    },
     /// `--help` or `--version`: already printed, exit 0.
     Printed,
 }

@@ -443,7 +443,8 @@ fn create_table_takes_the_table_settings_of_serve() {
         return;
     }
     assert_eq!(create_table(&[]).unwrap(), ("streamcap".into(), None));
-    let f = file("store = \"dynamodb\"\ndynamodb_table = \"from-file\"\ndynamodb_endpoint = \"http://127.0.0.1:8000\"\n");
+    let f =
+        file("store = \"dynamodb\"\ndynamodb_table = \"from-file\"\ndynamodb_endpoint = \"http://127.0.0.1:8000\"\n");
     let p = f.path().to_str().unwrap();
     assert_eq!(create_table(&["--config", p]).unwrap(), ("from-file".into(), Some("http://127.0.0.1:8000".into())));
     let flagged = create_table(&["--config", p, "--dynamodb-table", "from-flag"]).unwrap();

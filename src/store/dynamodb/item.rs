@@ -240,7 +240,10 @@ mod tests {
         };
         UserState::new(
             vec![lease("tv", Some("living room")), lease("phone", None)],
-            vec![tomb("old", RevokeReason::Revoked), tomb("older", RevokeReason::EvictedBy(StreamId::new("tv").unwrap()))],
+            vec![
+                tomb("old", RevokeReason::Revoked),
+                tomb("older", RevokeReason::EvictedBy(StreamId::new("tv").unwrap())),
+            ],
             None,
         )
     }
@@ -264,8 +267,7 @@ mod tests {
         let expected = Stored { state, version: 7, write_id: Some("w1".into()) };
         assert_eq!(sorted(back), sorted(expected));
 
-        let with_override =
-            UserState::new(sample().leases().to_vec(), Vec::new(), Some(Limit::new(0).unwrap()));
+        let with_override = UserState::new(sample().leases().to_vec(), Vec::new(), Some(Limit::new(0).unwrap()));
         let item = encode(&u, &with_override, 1, "w2");
         assert!(!item.contains_key(TTL), "an override keeps the item for good");
         assert_eq!(decode(&u, &item).unwrap().state.limit_override(), Limit::new(0));
@@ -274,7 +276,11 @@ mod tests {
     #[test]
     fn ttl_rounds_up_to_whole_seconds() {
         let at = |us| {
-            let t = Tombstone { stream_id: StreamId::new("a").unwrap(), reason: RevokeReason::Revoked, until: Timestamp::from_micros(us) };
+            let t = Tombstone {
+                stream_id: StreamId::new("a").unwrap(),
+                reason: RevokeReason::Revoked,
+                until: Timestamp::from_micros(us),
+            };
             ttl_seconds(&UserState::new(Vec::new(), vec![t], None))
         };
         assert_eq!(at(2_000_000), Some(2));

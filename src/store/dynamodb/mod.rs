@@ -417,9 +417,13 @@ pub async fn create_table(
                 .create_table()
                 .table_name(table)
                 .billing_mode(BillingMode::PayPerRequest)
-                .key_schema(KeySchemaElement::builder().attribute_name(KEY).key_type(KeyType::Hash).build().map_err(
-                    |e| fail("cannot create table", e.to_string()),
-                )?)
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name(KEY)
+                        .key_type(KeyType::Hash)
+                        .build()
+                        .map_err(|e| fail("cannot create table", e.to_string()))?,
+                )
                 .attribute_definitions(
                     AttributeDefinition::builder()
                         .attribute_name(KEY)
@@ -478,11 +482,7 @@ pub async fn create_table(
     Ok(())
 }
 
-fn check_schema(
-    table: &str,
-    keys: &[KeySchemaElement],
-    attributes: &[AttributeDefinition],
-) -> Result<(), OpenFailure> {
+fn check_schema(table: &str, keys: &[KeySchemaElement], attributes: &[AttributeDefinition]) -> Result<(), OpenFailure> {
     let type_of = |name: &str| attributes.iter().find(|a| a.attribute_name() == name).map(|a| a.attribute_type());
     let right = matches!(keys, [k] if k.attribute_name() == KEY && *k.key_type() == KeyType::Hash)
         && type_of(KEY) == Some(&ScalarAttributeType::S);
