@@ -9,7 +9,7 @@ use streamcap::clock::SystemClock;
 use streamcap::config::{self, Config, Invocation};
 use streamcap::http::{self, AppState};
 use streamcap::shutdown;
-use streamcap::store::{OpenFailure, Store};
+use streamcap::store::{OpenFailure, Store, StoreKind};
 use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
@@ -114,6 +114,13 @@ async fn run(config: Config) -> Result<(), Failure> {
         enforce = config.policy.enforce,
         "listening"
     );
+    if config.store.kind == StoreKind::Dynamodb {
+        tracing::info!(
+            table = %config.store.dynamodb_table,
+            endpoint = config.store.dynamodb_endpoint.as_deref().unwrap_or("the region's"),
+            "dynamodb store"
+        );
+    }
     if !config.policy.enforce {
         tracing::warn!("shadow mode: limits are reported (would_deny) but not enforced");
     }

@@ -341,4 +341,23 @@ async fn a_dynamodb_outage_is_503_or_degraded_as_configured() {
         r.assert_problem(503, "store-unavailable");
     }
     assert!(deny.log().contains("store unavailable"), "{}", deny.log());
+
+    // DynamoDB comes back on the same address (empty: it ran in memory),
+    // and the table is made again: both serve again without a restart.
+    let local = DynamoLocal::start_on(local.port);
+    let (code, out, err) = create_table(&["--dynamodb-table", &table, "--dynamodb-endpoint", &local.endpoint()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = put(deny.url("/v1/users/u/streams/b"), json!({})).await;
+        if r.status == 201 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no recovery: {r:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let r = put(allow.url("/v1/users/u/streams/c"), json!({})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert!(r.json().get("degraded").is_none(), "{r:?}");
+    assert_eq!(get(deny.url("/readyz")).await.status, 200);
 }

@@ -37,7 +37,13 @@ impl DynamoLocal {
     /// Starts DynamoDB Local in memory on a free port and waits until it
     /// answers.
     pub fn start() -> DynamoLocal {
-        Self::launch(false)
+        Self::launch(false, None)
+    }
+
+    /// Starts DynamoDB Local on `port`, such as the port of one that was
+    /// killed (it starts empty: `-inMemory`).
+    pub fn start_on(port: u16) -> DynamoLocal {
+        Self::launch(false, Some(port))
     }
 
     /// One DynamoDB Local shared by the tests of this test binary that do
@@ -47,17 +53,17 @@ impl DynamoLocal {
     /// shell's stdin closes (even on SIGKILL).
     pub fn shared() -> &'static DynamoLocal {
         static SHARED: OnceLock<DynamoLocal> = OnceLock::new();
-        SHARED.get_or_init(|| Self::launch(true))
+        SHARED.get_or_init(|| Self::launch(true, None))
     }
 
-    fn launch(watched: bool) -> DynamoLocal {
+    fn launch(watched: bool, fixed_port: Option<u16>) -> DynamoLocal {
         let jar = jar();
         let lib = jar.parent().unwrap().join("DynamoDBLocal_lib");
         let java = binary("java");
         // Retry on the rare race where another process takes the port
         // between our probe and Java's bind.
         for _ in 0..3 {
-            let port = free_port();
+            let port = fixed_port.unwrap_or_else(free_port);
             let mut cmd = if watched {
                 let mut sh = Command::new("sh");
                 // `$0` is java, the rest its arguments; the shell waits for
