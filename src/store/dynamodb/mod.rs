@@ -508,9 +508,11 @@ fn check_schema(table: &str, keys: &[KeySchemaElement], attributes: &[AttributeD
 struct Turns {
     // A std mutex around the map: it is held only to find or drop an entry,
     // never across an await.
-    shards: Box<[Mutex<HashMap<UserId, Arc<tokio::sync::Mutex<()>>>>]>,
+    shards: Box<[Mutex<TurnMap>]>,
     hasher: RandomState,
 }
+
+type TurnMap = HashMap<UserId, Arc<tokio::sync::Mutex<()>>>;
 
 struct Turn<'a> {
     turns: &'a Turns,
@@ -526,7 +528,7 @@ impl Turns {
         Self { shards: (0..Self::SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), hasher: RandomState::new() }
     }
 
-    fn shard(&self, user: &UserId) -> MutexGuard<'_, HashMap<UserId, Arc<tokio::sync::Mutex<()>>>> {
+    fn shard(&self, user: &UserId) -> MutexGuard<'_, TurnMap> {
         let i = (self.hasher.hash_one(user) as usize) % Self::SHARDS;
         // A panic while holding a shard cannot leave the map incoherent.
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
