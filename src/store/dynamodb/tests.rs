@@ -132,11 +132,13 @@ fn conflicts() -> u64 {
     line.and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse::<f64>().ok()).unwrap_or(0.0) as u64
 }
 
-/// A write whose answer was lost but which did land (as after a timed-out
-/// attempt the SDK retried) is recognised as ours: the answer is the one
-/// its decision made, not a second decision on top of it.
+/// What a write whose answer was lost relies on: a second write of the
+/// same decision (as the SDK sends after a timed-out attempt that did
+/// land) fails its condition instead of applying twice, and the item then
+/// carries the first write's version and write id, by which `decide`
+/// recognises it as its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_landed_write_whose_answer_was_lost_is_recognised() {
+async fn a_repeated_write_conflicts_and_the_item_names_the_first() {
     let local = DynamoLocal::shared();
     let clock = ManualClock::new(T0);
     let table = table(local).await;
