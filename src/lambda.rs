@@ -39,7 +39,7 @@ use tower::ServiceExt;
 use crate::clock::SystemClock;
 use crate::config::{self, Config, Invocation};
 use crate::http::{self, AppState};
-use crate::store::{Store, StoreKind};
+use crate::store::{OpenFailure, Store, StoreKind};
 
 /// The stores a function may use. Both are shared by every instance, and
 /// both expire state by themselves (Redis key expiry, DynamoDB's TTL
@@ -65,7 +65,9 @@ where
     check_environment()?;
     let config = match config::from_args([program]).map_err(|e| e.to_string())? {
         Invocation::Serve(config) => *config,
-        Invocation::PrintOpenapi | Invocation::Printed => return Err("takes no command".into()),
+        Invocation::PrintOpenapi | Invocation::Printed | Invocation::CreateDynamodbTable { .. } => {
+            return Err("takes no command".into());
+        }
     };
     check(&config)?;
     Ok(config)
@@ -124,11 +126,25 @@ pub async fn run(config: Config) -> Result<(), String> {
     let store = match Store::open(&config.store, Arc::new(SystemClock)).await {
         Ok(store) => store,
         Err(e) => {
+            // A missing table is a configuration error; an unreachable
+            // store may heal, and Lambda will try a new instance.
+            let kind = match e {
+                OpenFailure::Misconfigured(_) => "Runtime.ConfigInvalid",
+                OpenFailure::Failed(_) => "Runtime.InitError",
+            };
             let e = e.to_string();
-            report_init_error("Runtime.InitError", &e);
+            report_init_error(kind, &e);
             return Err(e);
         }
     };
+    if store.sweeps() {
+        // `STORES` holds only stores that expire by themselves; a sweeper
+        // would run in every frozen and thawed instance.
+        let e =
+            format!("store {:?} would need a background sweeper, which Lambda cannot run", config.store.kind.name());
+        report_init_error("Runtime.ConfigInvalid", &e);
+        return Err(e);
+    }
     tracing::info!(
         store = config.store.kind.name(),
         on_store_error = config.policy.on_store_error.name(),

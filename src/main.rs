@@ -9,13 +9,14 @@ use streamcap::clock::SystemClock;
 use streamcap::config::{self, Config, Invocation};
 use streamcap::http::{self, AppState};
 use streamcap::shutdown;
-use streamcap::store::Store;
+use streamcap::store::{OpenFailure, Store, StoreKind};
 use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
     let config = match config::from_args(std::env::args_os()) {
         Ok(Invocation::Serve(c)) => c,
         Ok(Invocation::Printed) => return ExitCode::SUCCESS,
+        Ok(Invocation::CreateDynamodbTable { table, endpoint }) => return create_dynamodb_table(&table, endpoint),
         Ok(Invocation::PrintOpenapi) => {
             return match http::openapi().to_pretty_json() {
                 Ok(doc) => {
@@ -45,12 +46,48 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
-            ExitCode::FAILURE
+            e.exit_code()
         }
     }
 }
 
-async fn run(config: Config) -> Result<(), String> {
+/// Why `serve` stopped with an error.
+enum Failure {
+    /// The configuration names a store that cannot work (exit 2, as for
+    /// any other configuration error).
+    Misconfigured(String),
+    Other(String),
+}
+
+impl Failure {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::Misconfigured(_) => ExitCode::from(2),
+            Self::Other(_) => ExitCode::FAILURE,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Misconfigured(m) | Self::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self::Other(message)
+    }
+}
+
+async fn run(config: Config) -> Result<(), Failure> {
+    // The store first: when it cannot open, its error is the only line.
+    let store = Store::open(&config.store, Arc::new(SystemClock)).await.map_err(|e| match e {
+        OpenFailure::Misconfigured(m) => Failure::Misconfigured(m),
+        OpenFailure::Failed(e) => Failure::Other(e.to_string()),
+    })?;
     if config.auth.is_open() {
         if config.insecure_no_auth {
             tracing::warn!(
@@ -62,7 +99,6 @@ async fn run(config: Config) -> Result<(), String> {
             tracing::info!("auth mode none: open access, loopback only");
         }
     }
-    let store = Store::open(&config.store, Arc::new(SystemClock)).await.map_err(|e| e.to_string())?;
     let listener =
         TcpListener::bind(&config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -78,6 +114,13 @@ async fn run(config: Config) -> Result<(), String> {
         enforce = config.policy.enforce,
         "listening"
     );
+    if config.store.kind == StoreKind::Dynamodb {
+        tracing::info!(
+            table = %config.store.dynamodb_table,
+            endpoint = config.store.dynamodb_endpoint.as_deref().unwrap_or("the region's"),
+            "dynamodb store"
+        );
+    }
     if !config.policy.enforce {
         tracing::warn!("shadow mode: limits are reported (would_deny) but not enforced");
     }
@@ -114,4 +157,39 @@ async fn run(config: Config) -> Result<(), String> {
     closed.map_err(|e| format!("closing the store: {e}"))?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// `streamcap dynamodb create-table`: one line on stdout per step, an
+/// error as one line on stderr; exit 2 when the table exists but cannot
+/// serve streamcap.
+#[cfg(feature = "dynamodb")]
+fn create_dynamodb_table(table: &str, endpoint: Option<String>) -> ExitCode {
+    use streamcap::store::dynamodb;
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("streamcap: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut say = |line: &str| println!("{line}");
+    let done =
+        runtime.block_on(dynamodb::create_table(table, endpoint.as_deref(), &dynamodb::Aws::StandardChain, &mut say));
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("streamcap: {e}");
+            match e {
+                OpenFailure::Misconfigured(_) => ExitCode::from(2),
+                OpenFailure::Failed(_) => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+/// Config refuses the command when the dynamodb store is not built in.
+#[cfg(not(feature = "dynamodb"))]
+fn create_dynamodb_table(_: &str, _: Option<String>) -> ExitCode {
+    eprintln!("streamcap: the dynamodb store is not built into this binary");
+    ExitCode::from(2)
 }

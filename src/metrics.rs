@@ -69,6 +69,10 @@ fn describe() {
     describe_counter!("streamcap_degraded_grants_total", "Grants made unchecked because the store was down.");
     describe_counter!("streamcap_auth_failures_total", "Requests refused with 401.");
     describe_counter!("streamcap_rate_limited_total", "Requests refused with 429, by bucket.");
+    describe_counter!(
+        "streamcap_store_conflicts_total",
+        "DynamoDB conditional writes that lost a race with another writer and were decided again."
+    );
     describe_counter!("streamcap_sqlite_commits_total", "SQLite group commits (one fsync each).");
     describe_counter!("streamcap_sqlite_jobs_total", "Operations carried by SQLite group commits.");
 }
@@ -135,6 +139,12 @@ pub fn rate_limited(bucket: &'static str) {
     counter!("streamcap_rate_limited_total", "bucket" => bucket).increment(1);
 }
 
+/// A conditional write that found another version than it had read; the
+/// operation runs again (or gives up after its last try).
+pub fn store_conflict() {
+    handles().store_conflicts.get(|| counter!("streamcap_store_conflicts_total")).increment(1);
+}
+
 pub fn sqlite_commit(jobs: u64) {
     let h = handles();
     h.sqlite_commits.get(|| counter!("streamcap_sqlite_commits_total")).increment(1);
@@ -173,6 +183,7 @@ struct Handles {
     would_deny: Slot<Counter>,
     would_evict: Slot<Counter>,
     auth_failures: Slot<Counter>,
+    store_conflicts: Slot<Counter>,
     sqlite_commits: Slot<Counter>,
     sqlite_jobs: Slot<Counter>,
 }

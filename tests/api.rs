@@ -121,7 +121,9 @@ async fn sixty_four_concurrent_puts_grant_exactly_the_limit() {
 #[tokio::test]
 async fn a_lease_expires_when_heartbeats_stop() {
     for kind in STORES {
-        let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_795_000_000_000)));
+        // Ahead of the real clock, as DynamoDB's TTL (which DynamoDB Local
+        // applies within a second) must not find these leases expired.
+        let clock = Arc::new(ManualClock::new(Timestamp::from_millis(4_102_444_800_000)));
         let policy = Policy::uniform(Limit::new(1).unwrap(), Ttl::from_secs(1).unwrap());
         let s = Server::with_clock(kind, policy, Authenticator::none(), Protection::unlimited(), clock.clone()).await;
         assert_eq!(s.put(&stream("a"), None).await.status, 201);

@@ -226,6 +226,27 @@ fn redis() -> Deployment {
     Deployment::new(&[("STREAMCAP_STORE", "redis"), ("STREAMCAP_REDIS_URL", &redis.url())]).keep(redis)
 }
 
+/// A table of this test's own on the test binary's shared DynamoDB Local,
+/// made by `streamcap dynamodb create-table` as an operator would.
+#[cfg(feature = "dynamodb")]
+fn dynamodb() -> Deployment {
+    use common::dynamodb::{CLIENT_ENV, DynamoLocal, table_name};
+    let endpoint = DynamoLocal::shared().endpoint();
+    let table = table_name("lambda");
+    let deployment = Deployment::new(&CLIENT_ENV)
+        .with("STREAMCAP_STORE", "dynamodb")
+        .with("STREAMCAP_DYNAMODB_TABLE", &table)
+        .with("STREAMCAP_DYNAMODB_ENDPOINT", &endpoint);
+    let made = Command::new(env!("CARGO_BIN_EXE_streamcap"))
+        .args(["dynamodb", "create-table"])
+        .env_clear()
+        .envs(deployment.env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "create-table: {}", String::from_utf8_lossy(&made.stderr));
+    deployment
+}
+
 /// JWT (HS256, the secret in `STREAMCAP_JWT_SECRET`) and one service API
 /// key, whose digest comes in the file `STREAMCAP_CONFIG` names, as a file
 /// bundled with the function would.
@@ -627,6 +648,12 @@ async fn on_redis_acquire_renew_refuse_release_and_auth() {
     acquire_renew_refuse_release_and_auth(redis()).await;
 }
 
+#[cfg(feature = "dynamodb")]
+#[tokio::test]
+async fn on_dynamodb_acquire_renew_refuse_release_and_auth() {
+    acquire_renew_refuse_release_and_auth(dynamodb()).await;
+}
+
 #[tokio::test]
 async fn the_memory_store_is_refused_at_start() {
     assert_refused(
@@ -681,4 +708,22 @@ async fn outside_lambda_it_says_so_in_one_line() {
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.starts_with("streamcap-lambda: AWS_LAMBDA_RUNTIME_API is not set"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[cfg(feature = "dynamodb")]
+#[tokio::test]
+async fn a_missing_table_is_reported_as_a_configuration_error() {
+    use common::dynamodb::{CLIENT_ENV, DynamoLocal};
+    let deployment = with_auth(
+        Deployment::new(&CLIENT_ENV)
+            .with("STREAMCAP_STORE", "dynamodb")
+            .with("STREAMCAP_DYNAMODB_TABLE", "no-such-table")
+            .with("STREAMCAP_DYNAMODB_ENDPOINT", &DynamoLocal::shared().endpoint()),
+    );
+    let (status, stderr, api) = run_to_exit(&deployment, true).await;
+    assert_ne!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("no-such-table") && stderr.contains("does not exist"), "{stderr}");
+    let reported = api.init_errors();
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert_eq!(reported[0].error_type.as_deref(), Some("Runtime.ConfigInvalid"), "{reported:?}");
 }

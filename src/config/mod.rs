@@ -52,6 +52,11 @@ pub enum Invocation {
     Serve(Box<Config>),
     /// `streamcap openapi`.
     PrintOpenapi,
+    /// `streamcap dynamodb create-table`: create or check this table.
+    CreateDynamodbTable {
+        table: String,
+        endpoint: Option<String>,
+    },
     /// `--help` or `--version`: already printed, exit 0.
     Printed,
 }
@@ -73,10 +78,38 @@ where
     };
     let serve = match matches.subcommand() {
         Some(("openapi", _)) => return Ok(Invocation::PrintOpenapi),
+        Some(("dynamodb", m)) => return dynamodb_command(m),
         Some((_serve, m)) => m,
         None => &matches,
     };
     build(settings(serve)?).map(|c| Invocation::Serve(Box::new(c)))
+}
+
+/// `streamcap dynamodb create-table`: the file, then the table's flags and
+/// env vars, as for `serve`; the file's other keys are checked but unused.
+fn dynamodb_command(matches: &ArgMatches) -> Result<Invocation, ConfigError> {
+    let Some(("create-table", m)) = matches.subcommand() else {
+        return Err(ConfigError("`streamcap dynamodb` takes a command: create-table".into()));
+    };
+    let mut s = match m.get_one::<PathBuf>("config") {
+        Some(path) => settings::read_file(path)?,
+        None => Settings::default(),
+    };
+    if let Some(table) = m.get_one::<String>("dynamodb_table") {
+        s.dynamodb_table = table.clone();
+    }
+    if let Some(url) = m.get_one::<String>("dynamodb_endpoint") {
+        s.dynamodb_endpoint = Some(url.clone());
+    }
+    let built = store::built_in();
+    if !built.contains(&StoreKind::Dynamodb.name()) {
+        return Err(ConfigError(format!(
+            "`streamcap dynamodb create-table`: the dynamodb store is not built into this binary (available: {})",
+            built.join(", ")
+        )));
+    }
+    check_dynamodb(&s.dynamodb_table, s.dynamodb_endpoint.as_deref())?;
+    Ok(Invocation::CreateDynamodbTable { table: s.dynamodb_table, endpoint: s.dynamodb_endpoint })
 }
 
 /// Defaults, then the file if there is one, then flags and env.

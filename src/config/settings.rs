@@ -25,19 +25,33 @@ use crate::policy::{OnStoreError, Protection};
 use crate::store::{RedisMode, StoreKind};
 use crate::telemetry::LogFormat;
 
-/// `streamcap [serve] [FLAGS]` and `streamcap openapi`. Built "for update":
-/// no flag is required, and each one overwrites what the file set.
+/// `streamcap [serve] [FLAGS]`, `streamcap openapi` and `streamcap dynamodb
+/// create-table`. Built "for update": no flag is required, and each one
+/// overwrites what the file set.
 pub(super) fn command() -> Command {
     // The `about` goes last: `Settings`' doc comment would replace it.
     let serve = Settings::augment_args_for_update(Command::new("serve"))
         .about("Run the HTTP service (the default when no command is given)");
     let openapi = Command::new("openapi").about("Print the OpenAPI 3.1 document of the HTTP API and exit");
+    // The table's settings are serve's own: the same flags, env vars and
+    // file keys, declared once in `Settings`.
+    let setting = |id: &str| serve.get_arguments().find(|a| a.get_id() == id).cloned().expect("a Settings field");
+    let create_table = Command::new("create-table")
+        .about(
+            "Create the table of the dynamodb store (on-demand billing, partition key user_id, TTL on \
+             expires_at), or check the one that exists, and print what was done",
+        )
+        .args([setting("config"), setting("dynamodb_table"), setting("dynamodb_endpoint")]);
+    let dynamodb = Command::new("dynamodb")
+        .about("Administer the DynamoDB table of the dynamodb store")
+        .subcommand_required(true)
+        .subcommand(create_table);
     // With no command, `streamcap [FLAGS]` is `streamcap serve [FLAGS]`.
     Settings::augment_args_for_update(Command::new("streamcap"))
         .version(env!("CARGO_PKG_VERSION"))
         .about("Concurrent-stream limits for video platforms")
         .args_conflicts_with_subcommands(true)
-        .subcommands([serve, openapi])
+        .subcommands([serve, openapi, dynamodb])
 }
 
 /// The flags of `streamcap serve` and the top level of the `--config` file.

@@ -12,7 +12,9 @@ use crate::limiter::OnLimit;
 fn parse(args: &[&str]) -> Result<Config, ConfigError> {
     match from_args(std::iter::once("streamcap").chain(args.iter().copied()))? {
         Invocation::Serve(c) => Ok(*c),
-        Invocation::Printed | Invocation::PrintOpenapi => panic!("printed something"),
+        Invocation::Printed | Invocation::PrintOpenapi | Invocation::CreateDynamodbTable { .. } => {
+            panic!("not serve")
+        }
     }
 }
 
@@ -421,4 +423,39 @@ fn a_known_store_left_out_of_the_build_is_named_as_such() {
     assert!(super::check_built_in(StoreKind::Redis, &["memory", "sqlite", "redis"]).is_ok());
     let e = super::check_built_in(StoreKind::Redis, &["memory", "sqlite"]).unwrap_err().0;
     assert_eq!(e, "--store redis is not built into this binary (available: memory, sqlite)");
+}
+
+fn create_table(args: &[&str]) -> Result<(String, Option<String>), ConfigError> {
+    let args = ["streamcap", "dynamodb", "create-table"].into_iter().chain(args.iter().copied());
+    match from_args(args)? {
+        Invocation::CreateDynamodbTable { table, endpoint } => Ok((table, endpoint)),
+        _ => panic!("not create-table"),
+    }
+}
+
+/// `streamcap dynamodb create-table` reads the table's settings as serve
+/// does: flag over file over default.
+#[test]
+fn create_table_takes_the_table_settings_of_serve() {
+    if !cfg!(feature = "dynamodb") {
+        let err = create_table(&[]).unwrap_err().0;
+        assert!(err.contains("not built into this binary"), "{err}");
+        return;
+    }
+    assert_eq!(create_table(&[]).unwrap(), ("streamcap".into(), None));
+    let f =
+        file("store = \"dynamodb\"\ndynamodb_table = \"from-file\"\ndynamodb_endpoint = \"http://127.0.0.1:8000\"\n");
+    let p = f.path().to_str().unwrap();
+    assert_eq!(create_table(&["--config", p]).unwrap(), ("from-file".into(), Some("http://127.0.0.1:8000".into())));
+    let flagged = create_table(&["--config", p, "--dynamodb-table", "from-flag"]).unwrap();
+    assert_eq!(flagged, ("from-flag".into(), Some("http://127.0.0.1:8000".into())));
+    let err = create_table(&["--dynamodb-table", "a b"]).unwrap_err().0;
+    assert!(err.contains("--dynamodb-table"), "{err}");
+    let err = create_table(&["--dynamodb-endpoint", "localhost:8000"]).unwrap_err().0;
+    assert!(err.contains("--dynamodb-endpoint"), "{err}");
+    // Only the table's settings are flags of this command.
+    let err = create_table(&["--default-limit", "3"]).unwrap_err().0;
+    assert!(err.contains("--default-limit"), "{err}");
+    let err = from_args(["streamcap", "dynamodb"]).err().map(|e| e.0).unwrap_or_default();
+    assert!(err.contains("create-table") || err.contains("subcommand"), "{err}");
 }

@@ -19,6 +19,8 @@ use crate::clock::Clock;
 use crate::limiter::{Acquire, Decision, Lease, Limit, LimitSource, Op, Reply, StreamId, Ttl, UserId};
 use crate::metrics;
 
+#[cfg(feature = "dynamodb")]
+pub mod dynamodb;
 mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
@@ -115,10 +117,23 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// The store could not be opened. The message is meant for an operator.
+/// A backend could not be opened. The message is meant for an operator.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct OpenError(pub String);
+
+/// Why [`Store::open`] failed, as one line for an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenFailure {
+    /// The configuration names a store that cannot work as it is, such as
+    /// a DynamoDB table that does not exist or has the wrong key schema.
+    /// Trying again will not help; `serve` exits 2, as for a bad setting.
+    #[error("{0}")]
+    Misconfigured(String),
+    /// The store could not be reached, read or locked.
+    #[error(transparent)]
+    Failed(#[from] OpenError),
+}
 
 /// The store could not answer. Never a denial: denials are [`Decision`]s.
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +159,7 @@ struct Inner {
 impl Store {
     /// Opens the configured backend and starts its background sweeper.
     /// Must be called inside a tokio runtime.
-    pub async fn open(config: &StoreConfig, clock: Arc<dyn Clock>) -> Result<Store, OpenError> {
+    pub async fn open(config: &StoreConfig, clock: Arc<dyn Clock>) -> Result<Store, OpenFailure> {
         let backend: Box<dyn Backend> = match config.kind {
             StoreKind::Memory => Box::new(memory::MemoryBackend::new(clock)),
             #[cfg(feature = "sqlite")]
@@ -152,22 +167,31 @@ impl Store {
             // Redis reads its own clock (TIME), so that every instance agrees.
             #[cfg(feature = "redis")]
             StoreKind::Redis => Box::new(redis::RedisBackend::open(&config.redis_urls, config.redis_mode).await?),
+            // Region and credentials come from the standard AWS chain.
+            #[cfg(feature = "dynamodb")]
+            StoreKind::Dynamodb => return dynamodb::open(config, &dynamodb::Aws::StandardChain, clock).await,
             #[allow(unreachable_patterns)]
             kind => {
-                return Err(OpenError(format!(
+                return Err(OpenFailure::Misconfigured(format!(
                     "store `{}` is not built into this binary (built with: {})",
                     kind.name(),
                     built_in().join(", ")
                 )));
             }
         };
+        Ok(Store::start(backend, config))
+    }
+
+    /// The handle around an open backend; spawns its sweeper unless the
+    /// backend expires state by itself.
+    fn start(backend: Box<dyn Backend>, config: &StoreConfig) -> Store {
         let (stop_sweeper, stop) = watch::channel(false);
         let sweeps = !backend.expires_by_itself();
         let store = Store { inner: Arc::new(Inner { backend, op_timeout: config.op_timeout, stop_sweeper }) };
         if sweeps {
             tokio::spawn(sweeper(store.clone(), config.sweep_interval, stop));
         }
-        Ok(store)
+        store
     }
 
     /// Acquires or renews `req.stream_id` for `user`, atomically.
@@ -242,6 +266,12 @@ impl Store {
             Reply::Limit { .. } | Reply::Done => Ok(()),
             other => Err(mismatch(&other)),
         }
+    }
+
+    /// True when a background sweeper removes expired state; false for
+    /// backends whose state expires by itself (Redis, DynamoDB).
+    pub fn sweeps(&self) -> bool {
+        !self.inner.backend.expires_by_itself()
     }
 
     /// Whose clock judges expiry: `"instance"` (this process's) or

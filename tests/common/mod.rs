@@ -1,10 +1,14 @@
 //! The shared test harness: a streamcap server on a real socket, either
 //! in-process ([`Server`]) or as the real binary ([`Process`]), and real
-//! Redis processes ([`redis`]).
+//! Redis and DynamoDB Local processes ([`redis`], [`dynamodb`]).
 #![allow(dead_code)] // each test crate uses a different part of it
 
 #[path = "../../src/store/redis/harness.rs"]
 pub mod redis;
+
+#[cfg(feature = "dynamodb")]
+#[path = "../../src/store/dynamodb/harness.rs"]
+pub mod dynamodb;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -24,8 +28,12 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 /// The stores every API test runs against. Redis runs standalone here; the
-/// cluster has tests of its own.
+/// cluster has tests of its own. DynamoDB (a table of its own per server,
+/// on one DynamoDB Local per test binary) when the feature is on.
+#[cfg(not(feature = "dynamodb"))]
 pub const STORES: [StoreKind; 3] = [StoreKind::Memory, StoreKind::Sqlite, StoreKind::Redis];
+#[cfg(feature = "dynamodb")]
+pub const STORES: [StoreKind; 4] = [StoreKind::Memory, StoreKind::Sqlite, StoreKind::Redis, StoreKind::Dynamodb];
 
 /// An in-process server on 127.0.0.1:0, stopped on drop.
 pub struct Server {
@@ -55,9 +63,11 @@ impl Server {
         Self::with_clock(kind, policy, auth, protection, Arc::new(SystemClock)).await
     }
 
-    /// A server whose store (memory and sqlite) and degraded grants read
-    /// `clock`. Redis always reads its own clock (TIME), so a Redis server
-    /// ignores it.
+    /// A server whose store (memory, sqlite and dynamodb) and degraded
+    /// grants read `clock`. Redis always reads its own clock (TIME), so a
+    /// Redis server ignores it. A dynamodb server gets a new table, made by
+    /// `create_table` (so with TTL: a manual clock must not be behind the
+    /// real one, or DynamoDB Local deletes its items as expired).
     pub async fn with_clock(
         kind: StoreKind,
         policy: Policy,
@@ -67,7 +77,8 @@ impl Server {
     ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let redis = (kind == StoreKind::Redis).then(|| redis::RedisServer::start(&[]));
-        let config = StoreConfig {
+        #[cfg_attr(not(feature = "dynamodb"), allow(unused_mut))]
+        let mut config = StoreConfig {
             kind,
             data_dir: dir.path().join("data"),
             redis_urls: redis.iter().map(redis::RedisServer::url).collect(),
@@ -77,7 +88,19 @@ impl Server {
             sweep_interval: Duration::from_secs(1),
             op_timeout: Duration::from_secs(5),
         };
-        let store = Store::open(&config, clock.clone()).await.unwrap();
+        let store = match kind {
+            #[cfg(feature = "dynamodb")]
+            StoreKind::Dynamodb => {
+                use streamcap::store::dynamodb as ddb;
+                let local = dynamodb::DynamoLocal::shared();
+                config.dynamodb_table = dynamodb::table_name("api");
+                config.dynamodb_endpoint = Some(local.endpoint());
+                let aws = dynamodb_aws();
+                ddb::create_table(&config.dynamodb_table, Some(&local.endpoint()), &aws, &mut |_| {}).await.unwrap();
+                ddb::open(&config, &aws, clock.clone()).await.unwrap()
+            }
+            _ => Store::open(&config, clock.clone()).await.unwrap(),
+        };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -111,6 +134,18 @@ impl Server {
 
     pub async fn delete(&self, path: &str) -> Reply {
         Reply::from(self.client.delete(self.url(path)).send().await.unwrap()).await
+    }
+}
+
+/// Static credentials for DynamoDB Local, the ones the harness gives
+/// child processes.
+#[cfg(feature = "dynamodb")]
+pub fn dynamodb_aws() -> streamcap::store::dynamodb::Aws {
+    let env = |k: &str| dynamodb::CLIENT_ENV.iter().find(|(name, _)| *name == k).unwrap().1.to_owned();
+    streamcap::store::dynamodb::Aws::Static {
+        region: env("AWS_REGION"),
+        access_key_id: env("AWS_ACCESS_KEY_ID"),
+        secret_access_key: env("AWS_SECRET_ACCESS_KEY"),
     }
 }
 

