@@ -40,6 +40,8 @@ pub struct Config {
     /// Serving without authentication on a non-loopback address, on purpose.
     pub insecure_no_auth: bool,
     pub protection: Protection,
+    /// Serve the demo page at `/demo`.
+    pub demo: bool,
 }
 
 /// A configuration error, as one line for an operator.
@@ -161,6 +163,7 @@ fn build(s: Settings) -> Result<Config, ConfigError> {
         auth: Arc::new(auth),
         insecure_no_auth,
         protection: s.protection.into(),
+        demo: s.demo,
     })
 }
 

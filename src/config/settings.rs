@@ -105,6 +105,10 @@ pub(super) struct Settings {
     /// Serve /metrics on this address only, instead of on --listen
     #[arg(long, env = "STREAMCAP_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// Serve the demo player page at /demo (for trying streamcap out) [default: false]
+    #[arg(long, env = "STREAMCAP_DEMO", value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub demo: bool,
     #[command(flatten)]
     pub auth: AuthSettings,
     #[command(flatten)]
@@ -233,6 +237,7 @@ impl Default for Settings {
             lease_ttl: Ttl::from_secs(60).expect("in range"),
             log_format: LogFormat::Text,
             metrics_listen: None,
+            demo: false,
             auth: AuthSettings::default(),
             protection: ProtectionSettings::default(),
         }

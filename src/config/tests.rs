@@ -459,3 +459,21 @@ fn create_table_takes_the_table_settings_of_serve() {
     let err = from_args(["streamcap", "dynamodb"]).err().map(|e| e.0).unwrap_or_default();
     assert!(err.contains("create-table") || err.contains("subcommand"), "{err}");
 }
+
+/// The demo page is off unless asked for, and comes under the same rule as
+/// the API: no authentication on a non-loopback address is refused.
+#[test]
+fn the_demo_is_off_by_default_and_refused_without_auth_off_loopback() {
+    assert!(!parse(&["serve"]).unwrap().demo);
+    assert!(parse(&["serve", "--demo"]).unwrap().demo);
+    assert!(!parse(&["serve", "--demo", "false"]).unwrap().demo);
+    let f = file("demo = true\n");
+    let p = f.path().to_str().unwrap();
+    assert!(parse(&["serve", "--config", p]).unwrap().demo);
+    assert!(!parse(&["serve", "--config", p, "--demo", "false"]).unwrap().demo);
+
+    let e = parse(&["serve", "--demo", "--listen", "0.0.0.0:8080"]).unwrap_err().0;
+    assert!(e.contains("refusing to serve without authentication on non-loopback address 0.0.0.0:8080"), "{e}");
+    let c = parse(&["serve", "--demo", "--listen", "0.0.0.0:8080", "--insecure-no-auth"]).unwrap();
+    assert!(c.demo && c.insecure_no_auth);
+}
