@@ -137,6 +137,10 @@ async fn run(config: Config) -> Result<(), Failure> {
         }
     };
     let mut state = AppState::new(store.clone(), config.policy, config.auth, config.protection);
+    state.demo = config.demo;
+    if config.demo {
+        tracing::info!(url = %format_args!("http://{addr}/demo"), "serving the demo page");
+    }
     let metrics_server = match &config.metrics_listen {
         Some(addr) => {
             let l = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;

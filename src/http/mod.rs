@@ -24,6 +24,7 @@ use crate::store::Store;
 use axum::http::HeaderName;
 
 mod access;
+mod demo;
 pub mod dto;
 mod edge;
 mod extract;
@@ -54,21 +55,30 @@ pub struct AppState {
     /// Serve `/metrics` on this router (off when a separate metrics
     /// listener is configured).
     pub expose_metrics: bool,
+    /// Serve the demo page at `/demo` (`--demo`).
+    pub demo: bool,
 }
 
 impl AppState {
     pub fn new(store: Store, policy: Policy, auth: Arc<Authenticator>, protection: Protection) -> Self {
         let rate = Arc::new(RateLimits::new(&protection));
         let clock = Arc::new(SystemClock);
-        Self { store, policy: Arc::new(policy), auth, protection, rate, clock, expose_metrics: true }
+        Self { store, policy: Arc::new(policy), auth, protection, rate, clock, expose_metrics: true, demo: false }
     }
 }
 
-/// The whole API as one router.
+/// The whole API as one router, with the demo page when `state.demo`.
 pub fn app(state: AppState) -> Router {
     let protection = state.protection;
-    let (router, doc) = api_router(state.expose_metrics).split_for_parts();
-    let edge = edge::Edge::new(doc.paths.paths.keys().map(String::as_str), &protection);
+    let (mut router, doc) = api_router(state.expose_metrics).split_for_parts();
+    let mut routes: Vec<&str> = doc.paths.paths.keys().map(String::as_str).collect();
+    // The demo page is not part of the API: it sits beside the documented
+    // routes, never in the OpenAPI document.
+    if state.demo {
+        router = router.merge(demo::router());
+        routes.extend(demo::ROUTES);
+    }
+    let edge = edge::Edge::new(routes, &protection);
     router
         .fallback(not_found)
         // One Arc: a handler's `State` costs one reference count, not one per field.

@@ -1,0 +1,50 @@
+//! The demo page, served only with `--demo`: a player page in plain
+//! HTML, CSS and JavaScript on which each browser tab plays a fake stream
+//! through the JavaScript client (`clients/js/streamcap.js`), shows its
+//! state and the user's streams, and offers "watch here instead".
+//!
+//! The page is not part of the API. Its routes are mounted beside the
+//! documented router, so they are in neither the OpenAPI document nor the
+//! drift test that holds the router to it. The files are compiled into the
+//! binary; the page loads nothing from anywhere else, and talks to the API
+//! on its own origin like any player would.
+
+use axum::Router;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+
+/// The route templates, for the edge's latency labels.
+pub(super) const ROUTES: [&str; 4] = ["/demo", "/demo/", "/demo/demo.js", "/demo/demo.css"];
+
+const INDEX_HTML: &str = include_str!("demo/index.html");
+const DEMO_JS: &str = include_str!("demo/demo.js");
+const DEMO_CSS: &str = include_str!("demo/demo.css");
+
+/// The page, its assets and the client module.
+pub(super) fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route("/demo", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
+        // Relative links in the page resolve against `/demo`, not `/demo/`.
+        .route("/demo/", get(|| async { Redirect::permanent("../demo") }))
+        .route("/demo/demo.js", get(|| async { asset(JAVASCRIPT, DEMO_JS) }))
+        .route("/demo/demo.css", get(|| async { asset("text/css; charset=utf-8", DEMO_CSS) }))
+}
+
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
+
+/// Scripts, styles and connections from this origin only; no inline code,
+/// no framing. `no-cache` so that a new binary's page is seen at once.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut res = body.into_response();
+    let headers = res.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    res
+}
