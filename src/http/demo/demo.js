@@ -10,9 +10,9 @@ const $ = (id) => document.getElementById(id);
 // front of streamcap keeps working).
 const baseUrl = location.origin + location.pathname.replace(/\/demo\/?$/, '');
 
-// One stream id per tab, kept across reloads of this tab only.
-const streamId = sessionStorage.getItem('streamcap-demo-stream') || `tab-${randomHex(4)}`;
-sessionStorage.setItem('streamcap-demo-stream', streamId);
+// A random stream id per playback: a new one for each page load, and after
+// an eviction or a revocation, whose tombstone refuses the old id for a while.
+let streamId = `tab-${randomHex(4)}`;
 
 const CONTENT_ID = 'demo-film';
 const DEVICE_ID = `${browserName()} tab`;
@@ -27,6 +27,8 @@ const STATE_TEXT = {
   evicted: 'stopped: watching on another device',
   revoked: 'stopped: revoked by the service',
   stopped: 'stopped',
+  reconnecting: 'reconnecting…',
+  suspended: 'paused: this tab is hidden',
   error: 'error',
 };
 
@@ -62,6 +64,7 @@ function settings() {
   return {
     userId: $('user').value.trim(),
     mode: $('mode').value,
+    onHidden: $('on-hidden').value,
     token: $('token').value.trim(),
   };
 }
@@ -76,7 +79,7 @@ function setState(next, detail = '') {
   el.textContent = next === 'error' && detail ? `error: ${detail}` : STATE_TEXT[next];
   $('detail').textContent = next === 'error' ? '' : detail;
   $('refused').hidden = next !== 'refused';
-  const playing = next === 'starting' || next === 'watching';
+  const playing = ['starting', 'watching', 'reconnecting', 'suspended'].includes(next);
   $('play').disabled = playing;
   $('stop').disabled = !playing;
   document.title = `${titleMark(next)} ${STATE_TEXT[next]} · streamcap demo`;
@@ -84,7 +87,8 @@ function setState(next, detail = '') {
 }
 
 function titleMark(s) {
-  return { watching: '▶', refused: '⛔', starting: '…', evicted: '■', revoked: '■', stopped: '■', error: '⚠' }[s] || '';
+  const marks = { watching: '▶', refused: '⛔', starting: '…', reconnecting: '…', suspended: '⏸', error: '⚠' };
+  return marks[s] || '■';
 }
 
 function log(message) {
@@ -106,10 +110,16 @@ async function play(evict = []) {
     setState('error', 'enter a user id, or a token to play as its user');
     return;
   }
+  const fresh = state === 'evicted' || state === 'revoked';
+  setState('starting', `${s.mode === 'websocket' ? 'WebSocket' : 'heartbeat'} mode`);
   // The same stream id plays again: its old lease is released first.
   const previous = client;
   client = null;
   if (previous) await previous.stop();
+  if (fresh) {
+    streamId = `tab-${randomHex(4)}`;
+    $('stream-id').textContent = streamId;
+  }
   const c = new StreamcapClient({
     baseUrl,
     userId: s.userId || undefined,
@@ -118,6 +128,7 @@ async function play(evict = []) {
     deviceId: DEVICE_ID,
     contentId: CONTENT_ID,
     mode: s.mode,
+    onHidden: s.onHidden,
   });
   client = c;
   // Events of a client this tab has since replaced are ignored.
@@ -127,7 +138,7 @@ async function play(evict = []) {
   on('refused', refused);
   on('revoked', revoked);
   on('error', failed);
-  setState('starting', `${s.mode === 'websocket' ? 'WebSocket' : 'heartbeat'} mode`);
+  on('state', changed);
   log(evict.length ? `take-over: asking to stop ${evict.join(', ')}` : `start (${s.mode})`);
   if (evict.length) c.takeOver(evict);
   else c.start();
@@ -142,6 +153,7 @@ function listen(c, name, handle) {
 function granted(lease) {
   const takeOver = $('take-over');
   if (takeOver.dataset.clickedAt && !takeOver.dataset.answeredAt) takeOver.dataset.answeredAt = String(now());
+  if (lease.limit != null) limit = lease.limit;
   const evicted = (lease.evicted || []).map((e) => e.stream_id ?? e);
   const counted = lease.active_streams == null ? '' : `; ${lease.active_streams} of ${lease.limit} streams`;
   setState('watching', `lease until ${clock(lease.expires_at)}${counted}`);
@@ -149,10 +161,11 @@ function granted(lease) {
   refreshStreams();
 }
 
+// Also after a reconnection that got the lease again.
 function renewed(r) {
-  if (state !== 'watching') return;
   const counted = r.active_streams == null ? '' : `; ${r.active_streams} of ${limit ?? '?'} streams`;
-  $('detail').textContent = `lease until ${clock(r.expires_at)}${counted}`;
+  if (state === 'watching') $('detail').textContent = `lease until ${clock(r.expires_at)}${counted}`;
+  else setState('watching', `lease until ${clock(r.expires_at)}${counted}`);
   log('renewed');
   refreshStreams();
 }
@@ -172,12 +185,29 @@ function revoked(r) {
   refreshStreams();
 }
 
-function failed(problem) {
-  const status = problem.status ? ` (${problem.status})` : '';
-  const what = problem.title || problem.message || String(problem);
-  const hint = problem.status === 401 ? ': enter a token' : '';
-  setState('error', `${what}${status}${hint}`);
-  log(`error: ${what}${status}${problem.detail ? `: ${problem.detail}` : ''}`);
+// The client retries what may pass (429, 503, a lost connection) by itself
+// and says when; anything else ends this attempt.
+function failed(e) {
+  const problem = e.problem || {};
+  const status = e.status ?? problem.status;
+  const what = problem.title || e.cause?.message || (e.cause ? String(e.cause) : 'failed');
+  const about = `${what}${status ? ` (${status})` : ''}`;
+  if (e.retryInMs != null) {
+    $('detail').textContent = `${about}; retrying in ${(e.retryInMs / 1000).toFixed(1)} s`;
+    log(`${e.phase || 'request'} failed: ${about}; retrying in ${Math.round(e.retryInMs)} ms`);
+    return;
+  }
+  log(`${e.phase || 'request'} failed: ${about}${problem.detail ? `: ${problem.detail}` : ''}`);
+  if (e.phase === 'release') return;
+  setState('error', `${about}${status === 401 ? ': enter a token' : ''}`);
+}
+
+// The client's own states that the events above do not cover.
+function changed({ state: next }) {
+  if (next === 'reconnecting' || next === 'suspended') {
+    setState(next);
+    log(next === 'suspended' ? 'released: the tab is hidden' : 'reconnecting');
+  }
 }
 
 async function stop() {
@@ -349,6 +379,7 @@ function readQuery() {
   const q = new URLSearchParams(location.search);
   $('user').value = q.has('user') ? q.get('user') : 'demo-user';
   $('mode').value = q.get('mode') === 'heartbeat' ? 'heartbeat' : 'websocket';
+  $('on-hidden').value = q.get('hidden') === 'release' ? 'release' : 'keep';
   $('stream-id').textContent = streamId;
   updateLinks();
 }
@@ -357,7 +388,7 @@ function readQuery() {
 // another tab opens the same way.
 function updateLinks() {
   const s = settings();
-  const q = new URLSearchParams({ user: s.userId, mode: s.mode });
+  const q = new URLSearchParams({ user: s.userId, mode: s.mode, hidden: s.onHidden });
   history.replaceState(null, '', `${location.pathname}?${q}`);
   $('another-tab').href = `${location.pathname}?${q}`;
 }
