@@ -229,7 +229,10 @@ async fn evictions_and_revocations_reach_the_socket_at_once() {
         // A revoke-all.
         let (mut phone, _) = held(&s, &socket("carol", "phone")).await;
         assert_eq!(s.delete("/v1/users/carol/streams").await.json(), json!({"revoked": ["phone"]}));
-        assert_eq!(expect(&mut phone, "revoked").await, json!({"type": "revoked", "reason": "revoked", "by_stream_id": null}));
+        assert_eq!(
+            expect(&mut phone, "revoked").await,
+            json!({"type": "revoked", "reason": "revoked", "by_stream_id": null})
+        );
         assert_eq!(close_code(&mut phone).await, 4410, "{kind:?}");
     }
 }
@@ -393,8 +396,14 @@ async fn a_client_that_stops_answering_is_dropped_and_its_lease_expires() {
         // On a manual clock, a lease that was not released stays live
         // until the test moves the clock; Redis reads its own clock.
         let clock = ManualClock::new(now());
-        let s = Server::with_clock(kind, policy(3, 3), Authenticator::none(), Protection::unlimited(), Arc::new(clock.clone()))
-            .await;
+        let s = Server::with_clock(
+            kind,
+            policy(3, 3),
+            Authenticator::none(),
+            Protection::unlimited(),
+            Arc::new(clock.clone()),
+        )
+        .await;
         let mut raw = RawClient::connect(&s, &socket("alice", "tv")).await;
         // Answer pings until the first renewal.
         loop {
@@ -433,9 +442,10 @@ async fn shutdown_closes_every_socket_with_1001_after_releasing_its_lease() {
         let (mut tv, _) = held(&s, &socket("alice", "tv")).await;
         let (mut phone, _) = held(&s, &socket("alice", "phone")).await;
         // Read while the server shuts down, as a player would.
-        let readers = [tokio::spawn(async move { close_code(&mut tv).await }), tokio::spawn(async move {
-            close_code(&mut phone).await
-        })];
+        let readers = [
+            tokio::spawn(async move { close_code(&mut tv).await }),
+            tokio::spawn(async move { close_code(&mut phone).await }),
+        ];
         s.shut_down().await;
         // serve returned: every lease is released already.
         let alice = UserId::new("alice").unwrap();
@@ -496,8 +506,12 @@ const SECRET: &str = "a-websocket-test-secret-of-at-least-32-bytes";
 fn token(sub: &str) -> String {
     let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 300;
     let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
-    jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &json!({"sub": sub, "exp": exp}), &key)
-        .unwrap()
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": sub, "exp": exp}),
+        &key,
+    )
+    .unwrap()
 }
 
 fn jwt_auth() -> Authenticator {
@@ -535,7 +549,8 @@ async fn authentication_by_header_or_subprotocol() {
     // The subprotocols, as a browser offers them: the answer is
     // streamcap.v1, and the token is never echoed.
     let offer = format!("streamcap.v1, streamcap.bearer.{alice}");
-    let (mut ws, res) = open_with(&s.ws_url("/v1/me/streams/phone/socket"), &[("sec-websocket-protocol", &offer)]).await;
+    let (mut ws, res) =
+        open_with(&s.ws_url("/v1/me/streams/phone/socket"), &[("sec-websocket-protocol", &offer)]).await;
     let granted = expect(&mut ws, "granted").await;
     assert_eq!((granted["user_id"].as_str(), granted["stream_id"].as_str()), (Some("alice"), Some("phone")));
     assert_eq!(res.headers()["sec-websocket-protocol"], "streamcap.v1");
@@ -547,10 +562,20 @@ async fn authentication_by_header_or_subprotocol() {
     let cases: [(&str, Vec<(&str, String)>, u16, &str); 6] = [
         (&socket("alice", "a"), vec![], 4401, "unauthorized"),
         (&socket("alice", "a"), vec![("authorization", "Bearer not.a.token".into())], 4401, "unauthorized"),
-        (&socket("alice", "a"), vec![("sec-websocket-protocol", "streamcap.v1, streamcap.bearer.x.y.z".into())], 4401, "unauthorized"),
+        (
+            &socket("alice", "a"),
+            vec![("sec-websocket-protocol", "streamcap.v1, streamcap.bearer.x.y.z".into())],
+            4401,
+            "unauthorized",
+        ),
         (&socket("bob", "a"), vec![("authorization", bearer.clone())], 4403, "forbidden"),
         ("/v1/me/streams/a/socket", vec![], 4401, "unauthorized"),
-        (&socket("alice", "a"), vec![("authorization", bearer.clone()), ("sec-websocket-protocol", offer.clone())], 4400, "invalid-request"),
+        (
+            &socket("alice", "a"),
+            vec![("authorization", bearer.clone()), ("sec-websocket-protocol", offer.clone())],
+            4400,
+            "invalid-request",
+        ),
     ];
     for (path, headers, code, slug) in cases {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
@@ -563,7 +588,8 @@ async fn authentication_by_header_or_subprotocol() {
 
     // Subprotocols without streamcap.v1 are refused before the upgrade.
     let mut req = s.ws_url(&socket("alice", "a")).into_client_request().unwrap();
-    req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_str(&format!("streamcap.bearer.{alice}")).unwrap());
+    req.headers_mut()
+        .insert("sec-websocket-protocol", HeaderValue::from_str(&format!("streamcap.bearer.{alice}")).unwrap());
     match connect_async(req).await {
         Err(tungstenite::Error::Http(res)) => assert_eq!(res.status(), 400),
         other => panic!("expected a 400, got {other:?}"),
@@ -619,4 +645,153 @@ async fn two_instances_on_one_redis_tell_the_socket_at_its_next_renewal() {
     b.put("/v1/users/carol/streams/phone", None).await.assert_problem(409, "stream-limit-reached");
     stop(ws).await;
     assert_eq!(b.put("/v1/users/carol/streams/phone", None).await.status, 201);
+}
+
+#[tokio::test]
+async fn the_edge_bounds_the_upgrade_request_but_not_the_socket() {
+    // A socket outlives the request timeout: the upgrade request ended
+    // with its 101.
+    let quick = Protection { request_timeout: Duration::from_secs(1), ..Protection::unlimited() };
+    let s = Server::with_everything(StoreKind::Memory, policy(3, 3), Authenticator::none(), quick).await;
+    let (mut ws, _) = held(&s, &socket("alice", "tv")).await;
+    for _ in 0..3 {
+        expect(&mut ws, "renewed").await;
+    }
+    stop(ws).await;
+    // The upgrade request is shed like any request.
+    let full = Protection { max_concurrent_requests: 0, ..Protection::unlimited() };
+    let s = Server::with_everything(StoreKind::Memory, policy(3, 3), Authenticator::none(), full).await;
+    match connect_async(s.ws_url(&socket("alice", "tv"))).await {
+        Err(tungstenite::Error::Http(res)) => assert_eq!(res.status(), 503),
+        other => panic!("expected a 503, got {other:?}"),
+    }
+}
+
+/// A runtime for the tests that drive the real binary.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn ws_base(p: &common::Process) -> String {
+    p.base.replacen("http://", "ws://", 1)
+}
+
+#[test]
+fn the_binary_releases_socket_leases_before_it_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::data_dir_arg(dir.path());
+    let args = ["--store", "sqlite", "--data-dir", data.as_str()];
+    let p = common::Process::start(&args);
+    let rt = runtime();
+    let url = format!("{}{}", ws_base(&p), socket("alice", "tv"));
+    let mut ws = rt.block_on(async {
+        let (mut ws, _) = open_with(&url, &[]).await;
+        expect(&mut ws, "granted").await;
+        ws
+    });
+    let list = |base: &str| {
+        let url = format!("{base}/v1/users/alice/streams");
+        rt.block_on(async { ids(&reqwest::get(url).await.unwrap().json::<Value>().await.unwrap()["active_streams"]) })
+    };
+    assert_eq!(list(&p.base), ["tv"]);
+    let (status, log) = p.terminate();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("stopped cleanly"), "{log}");
+    // The close frame came before the exit.
+    assert_eq!(rt.block_on(close_code(&mut ws)), 1001);
+    // The release reached the file before the store closed.
+    let again = common::Process::start(&args);
+    assert!(list(&again.base).is_empty());
+}
+
+#[test]
+fn tokens_stay_out_of_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("hs.secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let p = common::Process::start_cmd(
+        common::binary()
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--auth-mode", "jwt"])
+            .args(["--jwt-secret-file", secret.to_str().unwrap()])
+            .env("RUST_LOG", "trace"),
+    );
+    let (alice, bob) = (token("alice"), token("bob"));
+    let forged = {
+        let key = jsonwebtoken::EncodingKey::from_secret(b"another-secret-another-secret-another");
+        let claims = json!({"sub": "alice", "exp": 4_000_000_000u64});
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key).unwrap()
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        let base = ws_base(&p);
+        let tv = format!("{base}{}", socket("alice", "tv"));
+        let header = format!("Bearer {alice}");
+        let (mut ws, _) = open_with(&tv, &[("authorization", &header)]).await;
+        expect(&mut ws, "granted").await;
+        stop(ws).await;
+        let offer = format!("streamcap.v1, streamcap.bearer.{bob}");
+        let (mut ws, _) =
+            open_with(&format!("{base}/v1/me/streams/phone/socket"), &[("sec-websocket-protocol", &offer)]).await;
+        expect(&mut ws, "granted").await;
+        stop(ws).await;
+        let offer = format!("streamcap.v1, streamcap.bearer.{forged}");
+        let (mut ws, _) = open_with(&tv, &[("sec-websocket-protocol", &offer)]).await;
+        assert_eq!(expect(&mut ws, "error").await["status"], 401);
+        // Refused before the upgrade, token and all.
+        let mut req = tv.as_str().into_client_request().unwrap();
+        let offer = HeaderValue::from_str(&format!("streamcap.bearer.{alice}")).unwrap();
+        req.headers_mut().insert("sec-websocket-protocol", offer);
+        assert!(connect_async(req).await.is_err());
+    });
+    let (status, log) = p.terminate();
+    assert!(status.success(), "{log}");
+    assert!(log.lines().all(|line| line.starts_with('{')), "JSON lines only:\n{log}");
+    assert!(log.contains("/v1/me/streams/{stream_id}/socket"), "the socket requests were logged:\n{log}");
+    for secret in [alice.as_str(), bob.as_str(), forged.as_str(), SECRET] {
+        // Each token's signature alone would be enough to find it.
+        let signature = secret.rsplit('.').next().unwrap();
+        assert!(!log.contains(signature), "a token leaked into the log:\n{log}");
+    }
+}
+
+/// The value of the metric line that starts with `series ` (0 when absent).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+}
+
+#[test]
+fn the_metrics_count_open_sockets_and_closes_by_code() {
+    let p = common::Process::start(&["--store", "memory", "--default-limit", "1"]);
+    let rt = runtime();
+    let scrape = || rt.block_on(async { reqwest::get(p.url("/metrics")).await.unwrap().text().await.unwrap() });
+    let wait_for = |what: &str, check: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = scrape();
+            if check(&text) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "{what}:\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let base = ws_base(&p);
+    let tv = rt.block_on(async {
+        let (mut ws, _) = open_with(&format!("{base}{}", socket("alice", "tv")), &[]).await;
+        expect(&mut ws, "granted").await;
+        ws
+    });
+    wait_for("one socket open", &|m| metric(m, "streamcap_websockets_open") == 1.0);
+    let code = rt.block_on(async {
+        let (mut ws, _) = open_with(&format!("{base}{}", socket("alice", "phone")), &[]).await;
+        expect(&mut ws, "refused").await;
+        close_code(&mut ws).await
+    });
+    assert_eq!(code, 4409);
+    let m = wait_for("the refusal counted", &|m| metric(m, "streamcap_websocket_closes_total{code=\"4409\"}") == 1.0);
+    assert_eq!(metric(&m, "streamcap_websockets_open"), 1.0, "{m}");
+    rt.block_on(stop(tv));
+    let m = wait_for("the close counted", &|m| metric(m, "streamcap_websocket_closes_total{code=\"1000\"}") == 1.0);
+    assert_eq!(metric(&m, "streamcap_websockets_open"), 0.0, "{m}");
+    assert!(!m.contains("alice") && !m.contains("phone"), "no ids in labels:\n{m}");
 }

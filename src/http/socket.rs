@@ -616,10 +616,8 @@ async fn renew(state: &AppState, ws: &mut WebSocket, seat: &Seat) -> Option<u16>
         // Granted: the lease had gone (released elsewhere, or expired
         // while the store was down) and there was room to take it again.
         Ok(Decision::Renewed(grant) | Decision::Granted(grant)) => {
-            let renewed = RenewedMessage {
-                expires_at: rfc3339(grant.lease.expires_at),
-                active_streams: grant.active_streams,
-            };
+            let renewed =
+                RenewedMessage { expires_at: rfc3339(grant.lease.expires_at), active_streams: grant.active_streams };
             if send(ws, Message::text(message(&SocketMessage::Renewed(renewed)))).await {
                 return None;
             }
@@ -714,7 +712,54 @@ async fn close_with(ws: &mut WebSocket, code: u16, reason: &str) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::body::{Body, to_bytes};
+    use axum::http::{Request, StatusCode, header};
+    use serde_json::Value;
+    use tower::ServiceExt;
+
     use super::tagged;
+    use crate::auth::Authenticator;
+    use crate::clock::SystemClock;
+    use crate::http::{AppState, app};
+    use crate::limiter::{Limit, Ttl};
+    use crate::policy::{Policy, Protection};
+    use crate::store::{RedisMode, Store, StoreConfig, StoreKind};
+
+    /// A request that comes without a connection to upgrade, as every
+    /// request does through API Gateway and streamcap-lambda, gets a 426
+    /// that says so, even with every WebSocket header in place.
+    #[tokio::test]
+    async fn without_a_connection_to_upgrade_the_answer_is_426() {
+        let config = StoreConfig {
+            kind: StoreKind::Memory,
+            data_dir: std::env::temp_dir(),
+            redis_urls: Vec::new(),
+            redis_mode: RedisMode::Standalone,
+            dynamodb_table: String::new(),
+            dynamodb_endpoint: None,
+            sweep_interval: Duration::from_secs(60),
+            op_timeout: Duration::from_secs(5),
+        };
+        let store = Store::open(&config, Arc::new(SystemClock)).await.unwrap();
+        let policy = Policy::uniform(Limit::new(2).unwrap(), Ttl::from_secs(60).unwrap());
+        let state = AppState::new(store, policy, Arc::new(Authenticator::none()), Protection::unlimited());
+        let req = Request::get("/v1/users/alice/streams/tv/socket")
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_VERSION, "13")
+            .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(Body::empty())
+            .unwrap();
+        let res = app(state).oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(res.headers()[header::UPGRADE], "websocket");
+        let body: Value = serde_json::from_slice(&to_bytes(res.into_body(), 1 << 16).await.unwrap()).unwrap();
+        assert_eq!(body["type"], "https://streamcap.dev/problems/upgrade-required");
+        assert!(body["detail"].as_str().unwrap().contains("streamcap-lambda"), "{body}");
+    }
 
     #[test]
     fn tagged_puts_the_type_first() {
