@@ -528,6 +528,14 @@ fn jwt_auth() -> Authenticator {
     Authenticator::new(AuthMode::Jwt, Some(JwtVerifier::new(config).unwrap()), Vec::new())
 }
 
+/// Asserts that a socket gets an `error` of the problem `slug`, then `code`.
+async fn error_then_close(s: &Server, path: &str, headers: &[(&str, &str)], code: u16, slug: &str) {
+    let (m, closed) = refused_with(s, path, headers).await;
+    assert_eq!(m["type"], "error", "{path} {m}");
+    assert_eq!(m["problem_type"], format!("https://streamcap.dev/problems/{slug}"), "{path} {m}");
+    assert_eq!((closed, m["status"].as_u64()), (code, Some(u64::from(code - 4000))), "{path} {m}");
+}
+
 /// The first message and the close code of a socket that must be refused.
 async fn refused_with(s: &Server, path: &str, headers: &[(&str, &str)]) -> (Value, u16) {
     let (mut ws, _) = open_with(&s.ws_url(path), headers).await;
@@ -559,32 +567,15 @@ async fn authentication_by_header_or_subprotocol() {
     }
 
     // Missing or bad credentials, someone else's streams, two credentials.
-    let cases: [(&str, Vec<(&str, String)>, u16, &str); 6] = [
-        (&socket("alice", "a"), vec![], 4401, "unauthorized"),
-        (&socket("alice", "a"), vec![("authorization", "Bearer not.a.token".into())], 4401, "unauthorized"),
-        (
-            &socket("alice", "a"),
-            vec![("sec-websocket-protocol", "streamcap.v1, streamcap.bearer.x.y.z".into())],
-            4401,
-            "unauthorized",
-        ),
-        (&socket("bob", "a"), vec![("authorization", bearer.clone())], 4403, "forbidden"),
-        ("/v1/me/streams/a/socket", vec![], 4401, "unauthorized"),
-        (
-            &socket("alice", "a"),
-            vec![("authorization", bearer.clone()), ("sec-websocket-protocol", offer.clone())],
-            4400,
-            "invalid-request",
-        ),
-    ];
-    for (path, headers, code, slug) in cases {
-        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        let (m, closed) = refused_with(&s, path, &headers).await;
-        assert_eq!(m["type"], "error", "{path} {m}");
-        assert_eq!(m["problem_type"], format!("https://streamcap.dev/problems/{slug}"), "{path} {m}");
-        assert_eq!(closed, code, "{path} {m}");
-        assert_eq!(m["status"], code - 4000);
-    }
+    let (me, alice_a, bob_a) = ("/v1/me/streams/a/socket", socket("alice", "a"), socket("bob", "a"));
+    let forged = "streamcap.v1, streamcap.bearer.x.y.z";
+    let (auth, protocol) = ("authorization", "sec-websocket-protocol");
+    error_then_close(&s, &alice_a, &[], 4401, "unauthorized").await;
+    error_then_close(&s, me, &[], 4401, "unauthorized").await;
+    error_then_close(&s, &alice_a, &[(auth, "Bearer not.a.token")], 4401, "unauthorized").await;
+    error_then_close(&s, &alice_a, &[(protocol, forged)], 4401, "unauthorized").await;
+    error_then_close(&s, &bob_a, &[(auth, &bearer)], 4403, "forbidden").await;
+    error_then_close(&s, &alice_a, &[(auth, &bearer), (protocol, &offer)], 4400, "invalid-request").await;
 
     // Subprotocols without streamcap.v1 are refused before the upgrade.
     let mut req = s.ws_url(&socket("alice", "a")).into_client_request().unwrap();
