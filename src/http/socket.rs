@@ -98,6 +98,9 @@ struct Shared {
 struct Slot {
     /// The socket holding the lease, if one does.
     owner: Option<Owner>,
+    /// A loss that came while a socket was acquiring the lease, before it
+    /// could own it: that socket hears of it as soon as it registers.
+    pending: Option<Loss>,
     /// Serializes this instance's acquire-and-register and release of the
     /// lease, so that a socket's release never lands after a newer
     /// socket's acquire of the same stream.
@@ -169,13 +172,19 @@ impl Sockets {
         }
         for stream in streams {
             let key = (user.clone(), stream.clone());
-            if let Some(slot) = held.get_mut(&key)
-                && let Some(owner) = slot.owner.take()
-            {
-                let _ = owner.tell.send(loss.clone());
-                if slot.turns == 0 {
-                    held.remove(&key);
+            let Some(slot) = held.get_mut(&key) else { continue };
+            match slot.owner.take() {
+                Some(owner) => {
+                    let _ = owner.tell.send(loss.clone());
                 }
+                // Someone holds the turn: perhaps a socket whose acquire
+                // made this lease, and which is about to register. Any
+                // acquire that starts later meets the tombstone instead.
+                None if slot.turns > 0 => slot.pending = Some(loss.clone()),
+                None => {}
+            }
+            if slot.turns == 0 {
+                held.remove(&key);
             }
         }
     }
@@ -186,6 +195,7 @@ impl Sockets {
             let mut held = self.lock();
             let slot = held.entry(key.clone()).or_insert_with(|| Slot {
                 owner: None,
+                pending: None,
                 turn: Arc::new(tokio::sync::Mutex::new(())),
                 turns: 0,
             });
@@ -198,16 +208,23 @@ impl Sockets {
         turn
     }
 
-    /// Makes the socket about to hold `turn`'s lease its owner. An older
-    /// socket that owned it is told that it was replaced.
+    /// Makes the socket that just acquired `turn`'s lease its owner. An
+    /// older socket that owned it is told that it was replaced; a loss
+    /// that came during the acquire is told to the new owner at once.
     fn register(&self, turn: &Turn) -> (u64, oneshot::Receiver<Loss>) {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tell, told) = oneshot::channel();
         let mut held = self.lock();
-        if let Some(slot) = held.get_mut(&turn.key)
-            && let Some(older) = slot.owner.replace(Owner { id, tell })
-        {
-            let _ = older.tell.send(Loss::Replaced);
+        let slot = held.get_mut(&turn.key).expect("a turn keeps its slot");
+        match slot.pending.take() {
+            Some(loss) => {
+                let _ = tell.send(loss);
+            }
+            None => {
+                if let Some(older) = slot.owner.replace(Owner { id, tell }) {
+                    let _ = older.tell.send(Loss::Replaced);
+                }
+            }
         }
         (id, told)
     }
@@ -720,11 +737,11 @@ mod tests {
     use serde_json::Value;
     use tower::ServiceExt;
 
-    use super::tagged;
+    use super::{Loss, Sockets, tagged};
     use crate::auth::Authenticator;
     use crate::clock::SystemClock;
     use crate::http::{AppState, app};
-    use crate::limiter::{Limit, Ttl};
+    use crate::limiter::{Limit, StreamId, Ttl, UserId};
     use crate::policy::{Policy, Protection};
     use crate::store::{RedisMode, Store, StoreConfig, StoreKind};
 
@@ -759,6 +776,36 @@ mod tests {
         let body: Value = serde_json::from_slice(&to_bytes(res.into_body(), 1 << 16).await.unwrap()).unwrap();
         assert_eq!(body["type"], "https://streamcap.dev/problems/upgrade-required");
         assert!(body["detail"].as_str().unwrap().contains("streamcap-lambda"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn the_registry_tells_owners_and_acquirers_of_their_losses() {
+        let sockets = Sockets::new();
+        let key = (UserId::new("alice").unwrap(), StreamId::new("tv").unwrap());
+        let register = || async {
+            let turn = sockets.turn(key.clone()).await;
+            sockets.register(&turn)
+        };
+        let (first, mut first_lost) = register().await;
+        assert!(sockets.owns(&key, first));
+        // A newer socket for the stream replaces the older one.
+        let (second, mut second_lost) = register().await;
+        assert!(matches!(first_lost.try_recv(), Ok(Loss::Replaced)));
+        assert!(!sockets.owns(&key, first) && sockets.owns(&key, second));
+        // A revocation reaches the owner, which owns nothing after it.
+        sockets.revoked(&key.0, std::slice::from_ref(&key.1));
+        assert!(matches!(second_lost.try_recv(), Ok(Loss::Revoked)));
+        assert!(!sockets.owns(&key, second));
+        // A loss during an acquire reaches the socket as it registers.
+        let turn = sockets.turn(key.clone()).await;
+        sockets.revoked(&key.0, std::slice::from_ref(&key.1));
+        let (third, mut third_lost) = sockets.register(&turn);
+        drop(turn);
+        assert!(matches!(third_lost.try_recv(), Ok(Loss::Revoked)));
+        assert!(!sockets.owns(&key, third));
+        // Nothing is left behind.
+        sockets.leave(&key, third);
+        assert!(sockets.lock().is_empty());
     }
 
     #[test]
