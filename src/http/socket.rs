@@ -73,6 +73,11 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Client messages are ignored; a longer one ends the socket.
 const MAX_CLIENT_MESSAGE: usize = super::MAX_BODY_BYTES;
 
+/// The read buffer each socket allocates up front. Clients send little
+/// more than pongs, and the library's default (128 KiB) would cost that
+/// much memory per open socket.
+const READ_BUFFER: usize = 4 * 1024;
+
 /// A lease as the registry names it.
 type Key = (UserId, StreamId);
 
@@ -346,6 +351,9 @@ pub(super) async fn open(
     let span = tracing::Span::current();
     upgrade
         .protocols([PROTOCOL])
+        .read_buffer_size(READ_BUFFER)
+        // Each message is written at once: the server sends few and small.
+        .write_buffer_size(0)
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_failed_upgrade(move |error| {
@@ -440,7 +448,15 @@ async fn connect(
     query: Result<SocketQuery, ApiError>,
 ) -> Start {
     let admitted = credential(headers, bearers).and_then(|credential| {
-        let caller = authenticate(state, credential.as_deref())?;
+        let caller = authenticate(state, credential.as_deref()).map_err(|e| match (e, &credential) {
+            // The usual wording names only the header, which a browser
+            // cannot send on a WebSocket.
+            (ApiError::Unauthorized(_), None) => ApiError::Unauthorized(format!(
+                "this socket needs a credential: an Authorization: Bearer header, or the subprotocols \
+                 {PROTOCOL}, {BEARER_PROTOCOL}<token>"
+            )),
+            (e, _) => e,
+        })?;
         let (whose, stream) = target?;
         acquire_request(state, &caller, whose, stream, query?.into_body())
     });
