@@ -296,8 +296,11 @@ impl Drop for Running {
     }
 }
 
-/// A socket's hold on its lease.
+/// A socket's hold on its lease. Dropping it leaves the registry, so that
+/// no path out of a socket leaves an owner behind; only [`release`] gives
+/// the lease back.
 struct Seat {
+    sockets: Sockets,
     key: Key,
     /// This socket's number in the registry.
     id: u64,
@@ -307,6 +310,12 @@ struct Seat {
     /// Told when the lease is lost to an eviction, a revocation or a newer
     /// socket.
     lost: oneshot::Receiver<Loss>,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.sockets.leave(&self.key, self.id);
+    }
 }
 
 /// How a socket starts, decided before the upgrade completes.
@@ -471,10 +480,12 @@ async fn connect(
     if !answer.status().is_success() {
         return Start::Refused(refusal(answer).await);
     }
+    let first = tagged("granted", &body_text(answer).await);
+    // Nothing awaits from here on, so a cancelled request cannot leave
+    // an owner behind that no socket holds.
     let (id, lost) = state.sockets.register(&turn);
     drop(turn);
-    let first = tagged("granted", &body_text(answer).await);
-    Start::Holding { first, seat: Seat { key, id, renew, lost } }
+    Start::Holding { first, seat: Seat { sockets: state.sockets.clone(), key, id, renew, lost } }
 }
 
 /// A refusal as the socket tells it: a message, then a close.
@@ -596,7 +607,6 @@ async fn hold(state: &AppState, ws: &mut WebSocket, first: String, mut seat: Sea
                 return close::GOING_AWAY;
             }
             loss = &mut seat.lost => {
-                state.sockets.leave(&seat.key, seat.id);
                 revoke(ws, &seat.key.1, loss.unwrap_or(Loss::Replaced)).await;
                 return close::REVOKED;
             }
@@ -625,7 +635,6 @@ async fn hold(state: &AppState, ws: &mut WebSocket, first: String, mut seat: Sea
                 if heard.elapsed() >= ttl {
                     // Silent for a whole TTL: drop it without a word, and
                     // let its lease expire as any unrenewed lease does.
-                    state.sockets.leave(&seat.key, seat.id);
                     return close::ABNORMAL;
                 }
                 if answered && let Some(code) = renew(state, ws, &seat).await {
@@ -659,13 +668,11 @@ async fn renew(state: &AppState, ws: &mut WebSocket, seat: &Seat) -> Option<u16>
         }
         // The lease had gone and its seat was taken meanwhile.
         Ok(Decision::Denied(denial)) => {
-            state.sockets.leave(&seat.key, seat.id);
             let answer = ApiError::LimitReached(user.clone(), denial).into_response();
             Some(refuse(ws, refusal(answer).await).await)
         }
         // Evicted or revoked, here or on another instance.
         Ok(Decision::Gone(tombstone)) => {
-            state.sockets.leave(&seat.key, seat.id);
             let loss = match tombstone.reason {
                 RevokeReason::EvictedBy(by) => Loss::Evicted(by),
                 RevokeReason::Revoked => Loss::Revoked,
