@@ -1,7 +1,6 @@
 //! Prometheus metrics. Every name starts with `streamcap_`; labels are
 //! small closed sets (outcome, route template, method, status, close
-//! code), never a
-//! user or stream id and never a credential.
+//! code), never a user or stream id and never a credential.
 //!
 //! The recorder is process-global (the `metrics` facade is), installed once
 //! by [`handle`]; code anywhere records through the helpers below.
