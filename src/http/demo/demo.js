@@ -26,6 +26,7 @@ const STATE_TEXT = {
   refused: 'refused: the account is full',
   evicted: 'stopped: watching on another device',
   revoked: 'stopped: revoked by the service',
+  replaced: 'stopped: this stream was opened again elsewhere',
   stopped: 'stopped',
   reconnecting: 'reconnecting…',
   suspended: 'paused: this tab is hidden',
@@ -110,7 +111,7 @@ async function play(evict = []) {
     setState('error', 'enter a user id, or a token to play as its user');
     return;
   }
-  const fresh = state === 'evicted' || state === 'revoked';
+  const fresh = state === 'evicted' || state === 'revoked' || state === 'replaced';
   setState('starting', `${s.mode === 'websocket' ? 'WebSocket' : 'heartbeat'} mode`);
   // The same stream id plays again: its old lease is released first.
   const previous = client;
@@ -179,9 +180,9 @@ function refused(problem) {
 }
 
 function revoked(r) {
-  const evicted = r.reason !== 'revoked';
-  setState(evicted ? 'evicted' : 'revoked', r.by_stream_id ? `stream ${r.by_stream_id} took this seat` : '');
-  log(evicted ? `evicted by ${r.by_stream_id ?? 'another stream'}` : 'revoked');
+  const next = { evicted_by_new_stream: 'evicted', replaced: 'replaced' }[r.reason] || 'revoked';
+  setState(next, r.by_stream_id ? `stream ${r.by_stream_id} took this seat` : '');
+  log(next === 'evicted' ? `evicted by ${r.by_stream_id ?? 'another stream'}` : `${next} (${r.reason})`);
   refreshStreams();
 }
 
