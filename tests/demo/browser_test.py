@@ -15,6 +15,10 @@ on a free port and, with one user, checks what a viewer would see:
 - closing a tab frees its seat, well before its lease could expire, and a
   fresh tab is then granted.
 
+Then, on a server with JWT auth, a tab without a token says it needs one,
+and plays once given one (as the token's user, over /v1/me), the token
+never in the page's address or the server's log.
+
 Every wait polls for a state with a deadline; nothing sleeps for a fixed
 time. On failure it prints the server's log and every tab's state and
 event log, and saves a screenshot of each tab next to --screenshot.
@@ -263,6 +267,38 @@ def scenario(browser, server, mode, user, screenshot):
     return measured
 
 
+def scenario_jwt(browser, server, secret):
+    """A server with JWT auth: the page says a token is needed, then plays
+    with one as the token's user (/v1/me), the token sent as a WebSocket
+    subprotocol; it never shows up in the page's address or the log."""
+    token = jwt_hs256(secret, {"sub": "jwt-user", "exp": int(time.time()) + 3600})
+    browser.open_tab("1", f"{server.base}/demo?user=jwt-user&mode=websocket")
+    page = browser.wait_state("1", "error")
+    check("401" in page["text"] and "token" in page["text"], f"without a token the tab reads {page['text']!r}")
+    d = browser.driver
+    d.find_element(By.ID, "user").clear()
+    d.find_element(By.ID, "token").send_keys(token)
+    d.find_element(By.CSS_SELECTOR, "#settings button[type=submit]").click()
+    page = browser.wait_state("1", "watching")
+    page = browser.wait_for("1", "its stream in the list", lambda p: p["listed"] == [p["stream"]])
+    check(token not in d.current_url, "the token is in the page's address")
+    check(token not in server.log(), "the token is in the server's log")
+    return {}
+
+
+def jwt_hs256(secret, claims):
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(json.dumps(claims).encode())
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64(signature)
+
+
 # Heartbeat mode runs with a short TTL, so that the evicted tab's next
 # heartbeat (ttl/3) comes soon; still far longer than the close deadline.
 TTL_HEARTBEAT = 30
@@ -273,23 +309,33 @@ def main():
     parser.add_argument("--binary", required=True, help="the streamcap binary")
     parser.add_argument("--screenshot", required=True,
                         help="where to write the PNG of the refused tab (of the first mode)")
-    parser.add_argument("--modes", default="websocket,heartbeat")
+    parser.add_argument("--modes", default="websocket,heartbeat,jwt")
     args = parser.parse_args()
     out_dir = os.path.dirname(os.path.abspath(args.screenshot))
     ok = True
     modes = args.modes.split(",")
+    secret_file = os.path.join(out_dir, "demo-jwt.secret")
+    secret = os.urandom(32).hex().encode()
+    with open(secret_file, "wb") as f:
+        f.write(secret)
     for mode in modes:
-        ttl = ["--lease-ttl", str(TTL_HEARTBEAT)] if mode == "heartbeat" else []
-        server = Server(args.binary, ttl)
+        extra = {
+            "heartbeat": ["--lease-ttl", str(TTL_HEARTBEAT)],
+            "jwt": ["--auth-mode", "jwt", "--jwt-secret-file", secret_file],
+        }.get(mode, [])
+        server = Server(args.binary, extra)
         browser = None
         started = time.monotonic()
         try:
             browser = Browser()
             shot = args.screenshot if mode == modes[0] else None
-            measured = scenario(browser, server, mode, f"demo-{mode}", shot)
+            if mode == "jwt":
+                measured = scenario_jwt(browser, server, secret)
+            else:
+                measured = scenario(browser, server, mode, f"demo-{mode}", shot)
             took = time.monotonic() - started
-            parts = ", ".join(f"{k} {v:.1f}" for k, v in measured.items())
-            print(f"{mode}: passed in {took:.1f} s; {parts}", flush=True)
+            parts = "".join(f"; {k} {v:.1f}" for k, v in measured.items())
+            print(f"{mode}: passed in {took:.1f} s{parts}", flush=True)
         except Exception as e:
             ok = False
             print(f"{mode}: FAILED: {e}", flush=True)
@@ -302,6 +348,7 @@ def main():
             if browser:
                 browser.quit()
             server.stop()
+    os.remove(secret_file)
     return 0 if ok else 1
 
 
