@@ -152,21 +152,23 @@ export class StreamcapClient extends EventTarget {
    * every timer and forgets the page listeners. Idempotent; never rejects.
    */
   stop() {
-    if (this.#stopping) return this.#stopping;
-    if (this.#state === 'stopped') return Promise.resolve();
+    if (this.#state === 'stopped') return this.#stopping ?? Promise.resolve();
     const run = this.#run;
     this.#run = null;
     this.#unlistenPage();
     this.#lease = null;
     this.#setState('stopped');
     this.#settle(null);
-    this.#stopping = (async () => {
+    const earlier = this.#stopping;
+    const stopping = (async () => {
+      await earlier;
       if (run) await run.end(true, false);
       await this.#releasing;
     })().finally(() => {
-      this.#stopping = null;
+      if (this.#stopping === stopping) this.#stopping = null;
     });
-    return this.#stopping;
+    this.#stopping = stopping;
+    return stopping;
   }
 
   /**
