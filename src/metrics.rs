@@ -1,6 +1,6 @@
 //! Prometheus metrics. Every name starts with `streamcap_`; labels are
-//! small closed sets (outcome, route template, method, status), never a
-//! user or stream id and never a credential.
+//! small closed sets (outcome, route template, method, status, close
+//! code), never a user or stream id and never a credential.
 //!
 //! The recorder is process-global (the `metrics` facade is), installed once
 //! by [`handle`]; code anywhere records through the helpers below.
@@ -8,7 +8,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use ::metrics::{Counter, Histogram, counter, gauge, histogram};
+use ::metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Decision outcomes, as the `outcome` label of `streamcap_decisions_total`.
@@ -73,6 +73,8 @@ fn describe() {
         "streamcap_store_conflicts_total",
         "DynamoDB conditional writes that lost a race with another writer and were decided again."
     );
+    describe_gauge!("streamcap_websockets_open", "WebSockets open on this instance, lease-holding or closing.");
+    describe_counter!("streamcap_websocket_closes_total", "WebSockets closed, by close code.");
     describe_counter!("streamcap_sqlite_commits_total", "SQLite group commits (one fsync each).");
     describe_counter!("streamcap_sqlite_jobs_total", "Operations carried by SQLite group commits.");
 }
@@ -145,6 +147,24 @@ pub fn store_conflict() {
     handles().store_conflicts.get(|| counter!("streamcap_store_conflicts_total")).increment(1);
 }
 
+/// The `code` label of `streamcap_websocket_closes_total`: the close codes a
+/// socket ends with. Any other code counts as `other`.
+pub const CLOSE_CODES: [&str; 12] =
+    ["1000", "1001", "1005", "1006", "4400", "4401", "4403", "4409", "4410", "4429", "4503", "other"];
+
+pub fn websocket_opened() {
+    handles().websockets_open.get(|| gauge!("streamcap_websockets_open")).increment(1.0);
+}
+
+/// A socket ended with close code `code` (1006 when no close frame was
+/// exchanged).
+pub fn websocket_closed(code: u16) {
+    let h = handles();
+    h.websockets_open.get(|| gauge!("streamcap_websockets_open")).decrement(1.0);
+    let i = CLOSE_CODES.iter().position(|c| c.parse::<u16>() == Ok(code)).unwrap_or(CLOSE_CODES.len() - 1);
+    h.websocket_closes[i].get(|| counter!("streamcap_websocket_closes_total", "code" => CLOSE_CODES[i])).increment(1);
+}
+
 pub fn sqlite_commit(jobs: u64) {
     let h = handles();
     h.sqlite_commits.get(|| counter!("streamcap_sqlite_commits_total")).increment(1);
@@ -184,6 +204,8 @@ struct Handles {
     would_evict: Slot<Counter>,
     auth_failures: Slot<Counter>,
     store_conflicts: Slot<Counter>,
+    websockets_open: Slot<Gauge>,
+    websocket_closes: [Slot<Counter>; CLOSE_CODES.len()],
     sqlite_commits: Slot<Counter>,
     sqlite_jobs: Slot<Counter>,
 }

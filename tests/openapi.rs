@@ -47,14 +47,15 @@ async fn send(s: &Server, method: &str, path: &str) -> Reply {
 async fn the_router_serves_exactly_the_documented_routes() {
     let s = Server::start(StoreKind::Memory, 3, 60).await;
     let documented = documented();
-    assert_eq!(documented.len(), 14, "{documented:?}");
+    assert_eq!(documented.len(), 16, "{documented:?}");
     let paths: BTreeSet<&str> = documented.iter().map(|(p, _)| p.as_str()).collect();
     for path in paths {
         for method in METHODS {
             let r = send(&s, method, &concrete(path)).await;
             let is_documented = documented.iter().any(|(p, m)| p == path && m == method);
             if is_documented {
-                // /v1/me needs a user token here, so 401 is the route answering.
+                // /v1/me needs a user token here, so 401 is the route
+                // answering; a WebSocket route answers a plain GET with 426.
                 assert!(![404, 405].contains(&r.status), "{method} {path} is documented but not served: {r:?}");
             } else {
                 assert_eq!(r.status, 405, "{method} {path} is served but not documented: {r:?}");
@@ -72,11 +73,45 @@ async fn the_router_serves_exactly_the_documented_routes() {
 fn bodies_problems_and_auth_are_documented() {
     let doc: Value = serde_json::from_str(&generated()).unwrap();
     let schemas = doc["components"]["schemas"].as_object().unwrap();
-    for name in ["AcquireBody", "LeaseBody", "ListBody", "LimitBody", "SetLimitBody", "RevokedBody", "ProblemBody"] {
+    for name in [
+        "AcquireBody",
+        "LeaseBody",
+        "ListBody",
+        "LimitBody",
+        "SetLimitBody",
+        "RevokedBody",
+        "ProblemBody",
+        "SocketMessage",
+        "RenewedMessage",
+        "RevokedMessage",
+        "SocketProblem",
+    ] {
         assert!(schemas.contains_key(name), "schema {name} missing");
     }
     let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
     assert!(schemes.contains_key("bearer_jwt") && schemes.contains_key("api_key"));
+    assert_eq!(schemes["bearer_subprotocol"]["name"], "Sec-WebSocket-Protocol");
+    // The message types, each named by its `type`.
+    let kinds: Vec<&str> = schemas["SocketMessage"]["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["allOf"][1]["properties"]["type"]["enum"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["granted", "renewed", "refused", "revoked", "error"]);
+    // The upgrade routes answer 101, with the query of the PUT's body.
+    for path in ["/v1/users/{user_id}/streams/{stream_id}/socket", "/v1/me/streams/{stream_id}/socket"] {
+        let get = &doc["paths"][path]["get"];
+        assert!(get["responses"]["101"].is_object(), "{path}");
+        assert!(get["responses"]["426"].is_object(), "{path}");
+        let params: Vec<&str> =
+            get["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        for name in ["device_id", "content_id", "plan", "evict"] {
+            assert!(params.contains(&name), "{path} lacks ?{name}");
+        }
+        let security = get["security"].as_array().unwrap();
+        assert!(security.iter().any(|s| s.get("bearer_subprotocol").is_some()), "{path}");
+    }
     let description = doc["info"]["description"].as_str().unwrap();
     for slug in [
         "invalid-request",
@@ -89,6 +124,7 @@ fn bodies_problems_and_auth_are_documented() {
         "stream-revoked",
         "payload-too-large",
         "unsupported-media-type",
+        "upgrade-required",
         "rate-limited",
         "headers-too-large",
         "internal-error",

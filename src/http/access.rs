@@ -30,20 +30,27 @@ impl FromRequestParts<Arc<AppState>> for Authed {
             None => None,
             Some(v) => Some(v.to_str().map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?),
         };
-        let caller = state.auth.authenticate(header).map_err(|e| {
-            metrics::auth_failure();
-            match e {
-                AuthError::Missing | AuthError::Invalid(_) => ApiError::Unauthorized(e.to_string()),
-            }
-        })?;
-        if let Some(key) = caller.credential_key() {
-            state.rate.check_credential(&key).map_err(|wait| {
-                metrics::rate_limited("credential");
-                ApiError::RateLimited(wait)
-            })?;
-        }
-        Ok(Self(caller))
+        authenticate(state, header).map(Self)
     }
+}
+
+/// The caller behind an `Authorization` value (`Bearer <token or key>`),
+/// charged one token of its per-credential rate limit. The extractor and
+/// the WebSocket routes, whose browsers send the token another way, share it.
+pub(super) fn authenticate(state: &AppState, authorization: Option<&str>) -> Result<Caller, ApiError> {
+    let caller = state.auth.authenticate(authorization).map_err(|e| {
+        metrics::auth_failure();
+        match e {
+            AuthError::Missing | AuthError::Invalid(_) => ApiError::Unauthorized(e.to_string()),
+        }
+    })?;
+    if let Some(key) = caller.credential_key() {
+        state.rate.check_credential(&key).map_err(|wait| {
+            metrics::rate_limited("credential");
+            ApiError::RateLimited(wait)
+        })?;
+    }
+    Ok(caller)
 }
 
 /// Whose streams a request acts on.

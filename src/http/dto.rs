@@ -27,6 +27,39 @@ pub struct AcquireBody {
     pub evict: Option<Vec<String>>,
 }
 
+/// The query of the WebSocket routes: the `PUT` body's fields, with the
+/// same meaning and validation. Unknown parameters are a 400, as unknown
+/// body fields are.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SocketQuery {
+    /// Free text, at most 128 characters; kept with the lease.
+    #[param(max_length = 128, example = "living-room-tv")]
+    pub device_id: Option<String>,
+    /// Free text, at most 128 characters; kept with the lease.
+    #[param(max_length = 128, example = "movie-42")]
+    pub content_id: Option<String>,
+    /// The user's plan (services only; a token's plan claim always wins).
+    #[param(example = "premium")]
+    pub plan: Option<String>,
+    /// Take-over: the stream ids to revoke to make room, separated by
+    /// commas (a comma is not in the id alphabet). Empty means none.
+    #[param(example = "tv-1,laptop-1")]
+    pub evict: Option<String>,
+}
+
+impl SocketQuery {
+    /// The `PUT` body these parameters stand for.
+    pub fn into_body(self) -> AcquireBody {
+        let evict = self.evict.map(|list| match list.as_str() {
+            "" => Vec::new(),
+            list => list.split(',').map(str::to_owned).collect(),
+        });
+        AcquireBody { device_id: self.device_id, content_id: self.content_id, plan: self.plan, evict }
+    }
+}
+
 /// `PUT /v1/users/{user_id}/limit` body.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -174,6 +207,73 @@ pub struct ProblemBody {
     /// `stream-revoked` after an eviction: the stream that took the seat.
     pub by_stream_id: Option<String>,
     /// `rate-limited`: also sent as the `Retry-After` header.
+    pub retry_after_seconds: Option<u64>,
+}
+
+/// What the server sends on a lease's WebSocket: JSON text messages, each
+/// with a `type`. `renewed` and `revoked` are built from this type;
+/// `granted`, `refused` and `error` are built from the very answer a `PUT`
+/// gives, so that they cannot drift from it.
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[allow(dead_code)] // `Granted`, `Refused` and `Error` document, never built
+pub enum SocketMessage<'a> {
+    /// The first message when the lease is held (acquired, or renewed for a
+    /// stream that still held a live lease): the `PUT`'s 201/200 body.
+    Granted(LeaseBody<'a>),
+    /// After each renewal, every ttl/3 while the client answers pings.
+    Renewed(RenewedMessage),
+    /// The account is full, as the `PUT`'s 409; the socket then closes
+    /// with 4409.
+    Refused(SocketProblem),
+    /// The stream was evicted or revoked (or is held by a newer socket);
+    /// the socket then closes with 4410.
+    Revoked(RevokedMessage),
+    /// Any other refusal, as the `PUT`'s problem of that status; the
+    /// socket then closes with 4000 + `status`.
+    Error(SocketProblem),
+}
+
+/// `{"type":"renewed", ...}`: the lease was renewed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RenewedMessage {
+    /// RFC 3339, UTC, microseconds: the lease's new expiry.
+    #[schema(example = "2026-11-24T05:30:50.123456Z")]
+    pub expires_at: String,
+    /// Live leases of the user, this one included.
+    pub active_streams: u32,
+}
+
+/// `{"type":"revoked", ...}`: the stream must stop.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevokedMessage {
+    /// `evicted_by_new_stream` (evict-oldest or a take-over), `revoked`
+    /// (revoke-all), or `replaced` (a newer socket holds this stream).
+    #[schema(example = "evicted_by_new_stream")]
+    pub reason: String,
+    /// The stream that took the seat; `null` after a revoke-all. For
+    /// `replaced`, this same stream.
+    #[schema(required = true)]
+    pub by_stream_id: Option<String>,
+}
+
+/// A problem document's fields on a WebSocket (`refused`, `error`): the
+/// problem's `type` URI is `problem_type`, since `type` names the message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SocketProblem {
+    /// `https://streamcap.dev/problems/<slug>`.
+    #[schema(example = "https://streamcap.dev/problems/stream-limit-reached")]
+    pub problem_type: String,
+    pub title: String,
+    /// The HTTP status the `PUT` would have answered; the close code is
+    /// 4000 + `status`.
+    pub status: u16,
+    pub detail: String,
+    /// `refused`: the effective limit.
+    pub limit: Option<u32>,
+    /// `refused`: the user's live streams, oldest first.
+    pub active_streams: Option<Vec<StreamView<'static>>>,
+    /// 429 and 503: when to try again.
     pub retry_after_seconds: Option<u64>,
 }
 

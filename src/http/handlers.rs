@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -18,14 +20,14 @@ use super::access::{Authed, Need, Whose, admit, resolve};
 #[allow(unused_imports)] // some are named only in #[utoipa::path] attributes
 use super::dto::{
     self, AcquireBody, ClockBody, LeaseBody, LimitBody, ListBody, PlanQuery, ProblemBody, ReadyBody, RevokedBody,
-    SetLimitBody, StatusBody, StreamView,
+    SetLimitBody, SocketMessage, SocketQuery, StatusBody, StreamView,
 };
 use super::extract::{OptionalJson, PathIds, PlanParam};
 use super::problem::{ApiError, Problem};
 use super::respond;
 use crate::auth::Caller;
 use crate::clock::TimeSource;
-use crate::limiter::{Acquire, Label, Limit, StreamId, UserId};
+use crate::limiter::{Acquire, Decision, Label, Limit, StreamId, UserId};
 use crate::policy::OnStoreError;
 use crate::store::StoreError;
 
@@ -105,6 +107,79 @@ pub(super) async fn acquire_mine(
     acquire_for(&state, &caller, Whose::Mine, stream, body).await
 }
 
+/// The answers of the WebSocket routes, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // a documentation type: never built
+enum SocketAnswers {
+    /// Switching Protocols: the connection is a WebSocket. The lease was
+    /// acquired as the `PUT` acquires it, and the first text message says
+    /// how that went (`SocketMessage`: `granted`, or `refused`, `revoked`
+    /// or `error` followed by a close with 4000 + the `PUT`'s status).
+    /// While the lease is held, the server renews it every ttl/3 and pings
+    /// the client at the same pace, sending `renewed`; it renews only while
+    /// the client answers. Closing the socket releases the lease. The
+    /// subprotocol `streamcap.v1` is chosen when offered.
+    #[response(status = 101)]
+    Upgraded,
+    /// Subprotocols were offered without `streamcap.v1`
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(ProblemBody),
+    /// Not a WebSocket upgrade (`upgrade-required`, with `Upgrade: websocket`)
+    #[response(status = 426, content_type = "application/problem+json")]
+    UpgradeRequired(ProblemBody),
+    /// Too many requests in flight (`overloaded`)
+    #[response(status = 503, content_type = "application/problem+json")]
+    Overloaded(ProblemBody),
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user_id}/streams/{stream_id}/socket",
+    tag = "streams",
+    summary = "Hold a stream's lease for as long as a WebSocket stays open",
+    description = "The same acquire as the `PUT`, with the body's fields as query parameters, and the same \
+authorization. Browsers, which cannot set headers on a WebSocket, offer the subprotocols \
+`streamcap.v1, streamcap.bearer.<token>` instead of `Authorization`. Every refusal after a valid upgrade \
+is a message and a close code, never an HTTP status: see `SocketMessage`.",
+    params(
+        ("user_id" = String, Path, description = "1-128 of [A-Za-z0-9._~:@-]"),
+        ("stream_id" = String, Path, description = "1-128 of [A-Za-z0-9._~:@-]"),
+        SocketQuery,
+    ),
+    responses(SocketAnswers),
+    security((), ("bearer_jwt" = []), ("api_key" = []), ("bearer_subprotocol" = []))
+)]
+pub(super) async fn socket(
+    State(state): State<Arc<AppState>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    headers: HeaderMap,
+    path: Result<PathIds<(UserId, StreamId)>, ApiError>,
+    query: Result<PlanParam<SocketQuery>, ApiError>,
+) -> Response {
+    let target = path.map(|PathIds((user, stream))| (Whose::User(user), stream));
+    super::socket::open(state, upgrade, &headers, target, query.map(|PlanParam(q)| q)).await
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/me/streams/{stream_id}/socket",
+    tag = "me",
+    summary = "Hold a stream's lease over a WebSocket, for the user of the token",
+    params(("stream_id" = String, Path, description = "1-128 of [A-Za-z0-9._~:@-]"), SocketQuery),
+    responses(SocketAnswers),
+    security(("bearer_jwt" = []), ("bearer_subprotocol" = []))
+)]
+pub(super) async fn socket_mine(
+    State(state): State<Arc<AppState>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    headers: HeaderMap,
+    path: Result<PathIds<StreamId>, ApiError>,
+    query: Result<PlanParam<SocketQuery>, ApiError>,
+) -> Response {
+    let target = path.map(|PathIds(stream)| (Whose::Mine, stream));
+    super::socket::open(state, upgrade, &headers, target, query.map(|PlanParam(q)| q)).await
+}
+
 #[utoipa::path(
     delete,
     path = "/v1/users/{user_id}/streams/{stream_id}",
@@ -165,6 +240,7 @@ pub(super) async fn revoke_all(
 ) -> Result<Response, ApiError> {
     let user = admit(&state, &caller, Whose::User(user), Need::Admin)?;
     let revoked = state.store.revoke_all(&user, state.policy.lease_ttl).await?;
+    state.sockets.revoked(&user, &revoked);
     let body = RevokedBody { revoked: revoked.iter().map(StreamId::as_str).collect() };
     Ok(axum::Json(body).into_response())
 }
@@ -342,12 +418,29 @@ async fn acquire_for(
     stream: StreamId,
     body: AcquireBody,
 ) -> Result<Response, ApiError> {
-    let user = admit(state, caller, whose, Need::ActFor)?;
-    let req = acquire_request(state, caller, stream, body)?;
+    let (user, req) = acquire_request(state, caller, whose, stream, body)?;
+    acquired(state, user, req).await
+}
+
+/// The answer to an admitted, validated acquire, exactly as the `PUT`
+/// gives it: 201, 200, 409, 410, 503, or a degraded 201 when the policy
+/// fails open. The `PUT` and the WebSocket routes share it.
+pub(super) async fn acquired(state: &AppState, user: UserId, req: Acquire) -> Result<Response, ApiError> {
     // A degraded grant needs the request that the store call consumes.
     let fallback = (state.policy.on_store_error == OnStoreError::Allow).then(|| req.clone());
-    let answer = state.store.acquire(&user, req).await;
+    let answer = acquire_lease(state, &user, req).await;
     respond::acquired(state, user, answer, fallback)
+}
+
+/// The store's acquire, with this instance's sockets told at once about
+/// the leases it evicted. Every acquire, from a `PUT` or a socket, goes
+/// through here.
+pub(super) async fn acquire_lease(state: &AppState, user: &UserId, req: Acquire) -> Result<Decision, StoreError> {
+    let answer = state.store.acquire(user, req).await;
+    if let Ok(Decision::Granted(grant)) = &answer {
+        state.sockets.evicted(user, grant);
+    }
+    answer
 }
 
 async fn release_for(
@@ -373,14 +466,18 @@ async fn list_for(state: &AppState, caller: &Caller, whose: Whose, query: PlanQu
     Ok(axum::Json(body).into_response())
 }
 
-/// An acquire body validated into limiter types, with the policy of the
-/// plan that applies.
-fn acquire_request(
+/// The user an acquire acts on, once the caller is admitted for it, and
+/// the acquire body validated into limiter types with the policy of the
+/// plan that applies. The `PUT` and the WebSocket routes share it, so both
+/// follow the same rules in the same order.
+pub(super) fn acquire_request(
     state: &AppState,
     caller: &Caller,
+    whose: Whose,
     stream: StreamId,
     body: AcquireBody,
-) -> Result<Acquire, ApiError> {
+) -> Result<(UserId, Acquire), ApiError> {
+    let user = admit(state, caller, whose, Need::ActFor)?;
     let label = |field: &str, v: Option<String>| {
         v.map(|s| Label::new(&s).map_err(|e| ApiError::BadRequest(format!("{field} {e}")))).transpose()
     };
@@ -391,7 +488,7 @@ fn acquire_request(
         .map(|s| StreamId::new(s).map_err(|e| ApiError::BadRequest(format!("evict: stream id {s:?} {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
     let policy = resolve(state, caller, body.plan.as_deref())?;
-    Ok(Acquire {
+    let req = Acquire {
         stream_id: stream,
         device_id: label("device_id", body.device_id)?,
         content_id: label("content_id", body.content_id)?,
@@ -400,5 +497,6 @@ fn acquire_request(
         on_limit: policy.on_limit,
         evict,
         enforce: state.policy.enforce,
-    })
+    };
+    Ok((user, req))
 }

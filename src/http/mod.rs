@@ -3,7 +3,9 @@
 //! [`app`] builds the router shared by `main` and the tests; [`serve`] runs
 //! it on a listener until a shutdown future resolves. Handlers validate
 //! input into limiter types, resolve the limit and TTL, call the store and
-//! turn its answer into JSON. They never decide anything themselves.
+//! turn its answer into JSON. They never decide anything themselves. The
+//! WebSocket routes hold a lease for as long as a socket stays open
+//! (`socket`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,10 +34,12 @@ mod openapi;
 pub mod problem;
 pub mod protect;
 mod respond;
+mod socket;
 
 use crate::policy::Protection;
 use handlers::*;
 use protect::RateLimits;
+use socket::Sockets;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -54,13 +58,16 @@ pub struct AppState {
     /// Serve `/metrics` on this router (off when a separate metrics
     /// listener is configured).
     pub expose_metrics: bool,
+    /// This instance's socket-held leases and open sockets.
+    sockets: Sockets,
 }
 
 impl AppState {
     pub fn new(store: Store, policy: Policy, auth: Arc<Authenticator>, protection: Protection) -> Self {
         let rate = Arc::new(RateLimits::new(&protection));
         let clock = Arc::new(SystemClock);
-        Self { store, policy: Arc::new(policy), auth, protection, rate, clock, expose_metrics: true }
+        let sockets = Sockets::new();
+        Self { store, policy: Arc::new(policy), auth, protection, rate, clock, expose_metrics: true, sockets }
     }
 }
 
@@ -83,7 +90,8 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Serves `app(state)` on `listener` until `shutdown` resolves, then lets
-/// in-flight requests finish. The caller closes the store afterwards.
+/// in-flight requests finish, and closes every WebSocket with 1001 once
+/// its lease is released. The caller closes the store afterwards.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -98,7 +106,18 @@ pub async fn serve(
             rate.tidy();
         }
     });
+    // An upgraded socket outlives its HTTP connection, so axum's graceful
+    // shutdown does not wait for it: the sockets close on the same signal,
+    // and are waited for here.
+    let sockets = state.sockets.clone();
+    let closing = sockets.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.close_all();
+    };
     let served = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await;
+    sockets.close_all();
+    sockets.all_closed().await;
     tidy.abort();
     served
 }
@@ -112,6 +131,8 @@ fn api_router(with_metrics: bool) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(get_limit, set_limit, clear_limit))
         .routes(routes!(acquire_mine, release_mine))
         .routes(routes!(list_mine))
+        .routes(routes!(socket))
+        .routes(routes!(socket_mine))
         .routes(routes!(livez))
         .routes(routes!(readyz))
         .routes(routes!(openapi_json));

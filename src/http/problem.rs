@@ -97,6 +97,8 @@ pub enum ApiError {
     PayloadTooLarge,
     /// 415: a body that is not JSON.
     UnsupportedMediaType(String),
+    /// 426: a WebSocket route asked without a WebSocket upgrade.
+    UpgradeRequired(String),
     /// 429: out of tokens; retry after this long.
     RateLimited(std::time::Duration),
     /// 503: the store did not answer. Detail is logged only.
@@ -132,6 +134,7 @@ impl IntoResponse for ApiError {
                 let p = Problem::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE);
                 Problem { detail, ..p }.into_response()
             }
+            Self::UpgradeRequired(detail) => upgrade_required(detail),
             Self::RateLimited(wait) => rate_limited(wait),
             Self::Store(e) => store_unavailable(&e),
         }
@@ -170,6 +173,16 @@ fn revoked(tombstone: &Tombstone) -> Problem {
                 .with("reason", json!("revoked"))
         }
     }
+}
+
+/// 426 `upgrade-required`, naming the protocol to upgrade to (RFC 9110
+/// section 15.5.22) and the WebSocket version spoken (RFC 6455 section 4.4).
+fn upgrade_required(detail: String) -> Response {
+    let mut res =
+        Problem::new(StatusCode::UPGRADE_REQUIRED, "upgrade-required", "Upgrade required", detail).into_response();
+    res.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    res.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    res
 }
 
 /// 429 `rate-limited`, with `Retry-After`.

@@ -41,6 +41,7 @@ pub struct Server {
     pub store: Store,
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
     pub redis: Option<redis::RedisServer>,
 }
@@ -75,13 +76,34 @@ impl Server {
         protection: Protection,
         clock: Arc<dyn Clock>,
     ) -> Server {
-        let dir = tempfile::tempdir().unwrap();
         let redis = (kind == StoreKind::Redis).then(|| redis::RedisServer::start(&[]));
+        let url = redis.as_ref().map(redis::RedisServer::url);
+        let mut server = Self::serving(kind, url, policy, auth, protection, clock).await;
+        server.redis = redis;
+        server
+    }
+
+    /// A second instance on the Redis server that `first` started.
+    pub async fn sharing_redis(first: &Server, policy: Policy) -> Server {
+        let url = first.redis.as_ref().expect("the first server runs on its own Redis").url();
+        let (auth, protection) = (Authenticator::none(), Protection::unlimited());
+        Self::serving(StoreKind::Redis, Some(url), policy, auth, protection, Arc::new(SystemClock)).await
+    }
+
+    async fn serving(
+        kind: StoreKind,
+        redis_url: Option<String>,
+        policy: Policy,
+        auth: Authenticator,
+        protection: Protection,
+        clock: Arc<dyn Clock>,
+    ) -> Server {
+        let dir = tempfile::tempdir().unwrap();
         #[cfg_attr(not(feature = "dynamodb"), allow(unused_mut))]
         let mut config = StoreConfig {
             kind,
             data_dir: dir.path().join("data"),
-            redis_urls: redis.iter().map(redis::RedisServer::url).collect(),
+            redis_urls: redis_url.into_iter().collect(),
             redis_mode: RedisMode::Standalone,
             dynamodb_table: "streamcap".into(),
             dynamodb_endpoint: None,
@@ -106,18 +128,42 @@ impl Server {
         let (stop, stopped) = oneshot::channel::<()>();
         let mut state = AppState::new(store.clone(), policy, Arc::new(auth), protection);
         state.clock = clock;
-        tokio::spawn(async move {
+        let served = tokio::spawn(async move {
             streamcap::http::serve(listener, state, async {
                 let _ = stopped.await;
             })
             .await
             .unwrap();
         });
-        Server { base, store, client: reqwest::Client::new(), stop: Some(stop), _dir: dir, redis }
+        Server {
+            base,
+            store,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            served: Some(served),
+            _dir: dir,
+            redis: None,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The `ws://` URL of `path`.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("{}{path}", self.base.replacen("http://", "ws://", 1))
+    }
+
+    /// Shuts the server down as a signal would, and waits until `serve`
+    /// has returned. The store stays open, for the test to look at.
+    pub async fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(served) = self.served.take() {
+            served.await.unwrap();
+        }
     }
 
     pub async fn put(&self, path: &str, body: Option<Value>) -> Reply {

@@ -1,0 +1,839 @@
+//! WebSocket-held leases: a lease that lives exactly as long as a WebSocket
+//! connection.
+//!
+//! The upgrade request goes through the edge like any request, and is
+//! authenticated, admitted, validated and acquired by the very functions
+//! the `PUT` uses; the `PUT`'s answer becomes the socket's first message
+//! (`granted`, `refused`, `revoked` or `error`). While the socket is open,
+//! the lease is renewed every ttl/3 as long as the client answers pings,
+//! and closing the socket releases it. [`Sockets`] is this instance's
+//! registry of socket-held leases: an acquire that evicts one of them, or a
+//! revoke-all that revokes one, tells its socket at once, and a newer
+//! socket for the same stream takes the lease over from an older one.
+//!
+//! A socket never releases a lease it no longer owns: not after an
+//! eviction or a revocation, and not after a newer socket took it over.
+//! Nothing here decides: every answer is the store's, through the rules.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+use tokio::sync::{OwnedMutexGuard, oneshot, watch};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
+use tracing::Instrument;
+
+use super::AppState;
+use super::access::{Whose, authenticate};
+use super::dto::{RenewedMessage, RevokedMessage, SocketMessage, SocketQuery, rfc3339};
+use super::handlers::{acquire_lease, acquire_request, acquired};
+use super::problem::{ApiError, TYPE_BASE};
+use crate::limiter::{Acquire, Decision, Grant, RevokeReason, StreamId, UserId};
+use crate::metrics;
+
+/// The subprotocol streamcap speaks; the server chooses it whenever the
+/// client offers it.
+pub const PROTOCOL: &str = "streamcap.v1";
+
+/// A browser's credential: the subprotocol `streamcap.bearer.<token>`,
+/// offered next to [`PROTOCOL`] and never chosen, so never echoed.
+pub const BEARER_PROTOCOL: &str = "streamcap.bearer.";
+
+/// The close codes a socket ends with. A refusal closes with 4000 plus the
+/// status the `PUT` would have answered.
+pub mod close {
+    /// The client ended the lease.
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down (or a browser left the page).
+    pub const GOING_AWAY: u16 = 1001;
+    /// The client's close frame carried no code.
+    pub const NO_STATUS: u16 = 1005;
+    /// No close frame: the connection dropped, or the server dropped a
+    /// client that stopped answering. Never sent; recorded in metrics.
+    pub const ABNORMAL: u16 = 1006;
+    /// `revoked`: the stream was evicted, revoked or replaced.
+    pub const REVOKED: u16 = 4410;
+    /// A client's close code that is none of the above (for metrics).
+    pub const OTHER: u16 = 0;
+}
+
+/// The longest a send may wait for a client that does not read.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest the server waits for the client's half of a close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Client messages are ignored; a longer one ends the socket.
+const MAX_CLIENT_MESSAGE: usize = super::MAX_BODY_BYTES;
+
+/// The read buffer each socket allocates up front. Clients send little
+/// more than pongs, and the library's default (128 KiB) would cost that
+/// much memory per open socket.
+const READ_BUFFER: usize = 4 * 1024;
+
+/// A lease as the registry names it.
+type Key = (UserId, StreamId);
+
+/// This instance's socket-held leases, and its open sockets. Cheap to
+/// clone; every clone is the same registry.
+#[derive(Clone)]
+pub(super) struct Sockets {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// One slot per lease that a socket holds, or is acquiring or
+    /// releasing. A sync mutex: nothing awaits while it is held.
+    held: Mutex<HashMap<Key, Slot>>,
+    next_id: AtomicU64,
+    /// True once the server shuts down.
+    closing: watch::Sender<bool>,
+    /// Sockets accepted and not yet finished, releases included.
+    running: watch::Sender<usize>,
+}
+
+/// One lease's entry in the registry.
+struct Slot {
+    /// The socket holding the lease, if one does.
+    owner: Option<Owner>,
+    /// A loss that came while a socket was acquiring the lease, before it
+    /// could own it: that socket hears of it as soon as it registers.
+    pending: Option<Loss>,
+    /// Serializes this instance's acquire-and-register and release of the
+    /// lease, so that a socket's release never lands after a newer
+    /// socket's acquire of the same stream.
+    turn: Arc<tokio::sync::Mutex<()>>,
+    /// Turns taken or awaited; the slot goes once this is 0 and nobody
+    /// owns the lease.
+    turns: usize,
+}
+
+struct Owner {
+    id: u64,
+    tell: oneshot::Sender<Loss>,
+}
+
+/// Why a socket lost its lease to someone else.
+#[derive(Clone, Debug)]
+enum Loss {
+    /// Evict-oldest or a take-over gave the seat to this stream.
+    Evicted(StreamId),
+    /// A revoke-all.
+    Revoked,
+    /// A newer socket for the same stream holds the lease now.
+    Replaced,
+}
+
+impl Sockets {
+    pub(super) fn new() -> Self {
+        let shared = Shared {
+            held: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            closing: watch::Sender::new(false),
+            running: watch::Sender::new(0),
+        };
+        Self { shared: Arc::new(shared) }
+    }
+
+    /// Tells the sockets that held the leases `grant` evicted that they
+    /// lost them. Called with every grant; costs nothing without evictions.
+    pub(super) fn evicted(&self, user: &UserId, grant: &Grant) {
+        if !grant.evicted.is_empty() {
+            let loss = Loss::Evicted(grant.lease.stream_id.clone());
+            self.tell(user, grant.evicted.iter().map(|lease| &lease.stream_id), &loss);
+        }
+    }
+
+    /// Tells the sockets that held `streams` that a revoke-all took them.
+    pub(super) fn revoked(&self, user: &UserId, streams: &[StreamId]) {
+        if !streams.is_empty() {
+            self.tell(user, streams.iter(), &Loss::Revoked);
+        }
+    }
+
+    /// Tells every socket to close with 1001 and release its lease; a socket
+    /// that opens from now on closes at once.
+    pub(super) fn close_all(&self) {
+        self.shared.closing.send_replace(true);
+    }
+
+    /// Waits until every socket has finished, its release included.
+    pub(super) async fn all_closed(&self) {
+        let mut running = self.shared.running.subscribe();
+        let _ = running.wait_for(|n| *n == 0).await;
+    }
+
+    fn tell<'a>(&self, user: &UserId, streams: impl Iterator<Item = &'a StreamId>, loss: &Loss) {
+        let mut held = self.lock();
+        if held.is_empty() {
+            return;
+        }
+        for stream in streams {
+            let key = (user.clone(), stream.clone());
+            let Some(slot) = held.get_mut(&key) else { continue };
+            match slot.owner.take() {
+                Some(owner) => {
+                    let _ = owner.tell.send(loss.clone());
+                }
+                // Someone holds the turn: perhaps a socket whose acquire
+                // made this lease, and which is about to register. Any
+                // acquire that starts later meets the tombstone instead.
+                None if slot.turns > 0 => slot.pending = Some(loss.clone()),
+                None => {}
+            }
+            if slot.turns == 0 {
+                held.remove(&key);
+            }
+        }
+    }
+
+    /// Waits for this instance's turn at `key`'s lease.
+    async fn turn(&self, key: Key) -> Turn {
+        let lock = {
+            let mut held = self.lock();
+            let slot = held.entry(key.clone()).or_insert_with(|| Slot {
+                owner: None,
+                pending: None,
+                turn: Arc::new(tokio::sync::Mutex::new(())),
+                turns: 0,
+            });
+            slot.turns += 1;
+            slot.turn.clone()
+        };
+        // Counted before the wait, so that a cancelled wait uncounts itself.
+        let mut turn = Turn { sockets: self.clone(), key, _guard: None };
+        turn._guard = Some(lock.lock_owned().await);
+        turn
+    }
+
+    /// Makes the socket that just acquired `turn`'s lease its owner. An
+    /// older socket that owned it is told that it was replaced; a loss
+    /// that came during the acquire is told to the new owner at once.
+    fn register(&self, turn: &Turn) -> (u64, oneshot::Receiver<Loss>) {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tell, told) = oneshot::channel();
+        let mut held = self.lock();
+        let slot = held.get_mut(&turn.key).expect("a turn keeps its slot");
+        match slot.pending.take() {
+            Some(loss) => {
+                let _ = tell.send(loss);
+            }
+            None => {
+                if let Some(older) = slot.owner.replace(Owner { id, tell }) {
+                    let _ = older.tell.send(Loss::Replaced);
+                }
+            }
+        }
+        (id, told)
+    }
+
+    fn owns(&self, key: &Key, id: u64) -> bool {
+        self.lock().get(key).and_then(|slot| slot.owner.as_ref()).is_some_and(|owner| owner.id == id)
+    }
+
+    /// The socket `id` no longer holds `key`'s lease, if it still did.
+    fn leave(&self, key: &Key, id: u64) {
+        let mut held = self.lock();
+        if let Some(slot) = held.get_mut(key) {
+            if slot.owner.as_ref().is_some_and(|owner| owner.id == id) {
+                slot.owner = None;
+            }
+            if slot.owner.is_none() && slot.turns == 0 {
+                held.remove(key);
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Slot>> {
+        // The map stays consistent at every step, so a panic elsewhere
+        // leaves nothing half-done behind.
+        self.shared.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_closing(&self) -> bool {
+        *self.shared.closing.borrow()
+    }
+
+    /// Counts a socket as running until the returned value is dropped.
+    fn track(&self) -> Running {
+        self.shared.running.send_modify(|n| *n += 1);
+        Running(self.clone())
+    }
+}
+
+/// A turn at one lease; the next waiter gets it on drop.
+struct Turn {
+    sockets: Sockets,
+    key: Key,
+    _guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut held = self.sockets.lock();
+        if let Some(slot) = held.get_mut(&self.key) {
+            slot.turns -= 1;
+            if slot.turns == 0 && slot.owner.is_none() {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A socket that shutdown waits for.
+struct Running(Sockets);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.shared.running.send_modify(|n| *n -= 1);
+    }
+}
+
+/// A socket's hold on its lease. Dropping it leaves the registry, so that
+/// no path out of a socket leaves an owner behind; only [`release`] gives
+/// the lease back.
+struct Seat {
+    sockets: Sockets,
+    key: Key,
+    /// This socket's number in the registry.
+    id: u64,
+    /// The connect's request without its take-over list: renewals evict
+    /// nobody by name.
+    renew: Acquire,
+    /// Told when the lease is lost to an eviction, a revocation or a newer
+    /// socket.
+    lost: oneshot::Receiver<Loss>,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.sockets.leave(&self.key, self.id);
+    }
+}
+
+/// How a socket starts, decided before the upgrade completes.
+enum Start {
+    /// The lease is held; `first` is the `granted` message.
+    Holding { first: String, seat: Seat },
+    /// The acquire was refused.
+    Refused(Refusal),
+    /// The server is shutting down: close with 1001 at once.
+    ShuttingDown,
+}
+
+/// Answers a WebSocket route. A request that is not an upgrade gets 426,
+/// and one whose subprotocols leave out [`PROTOCOL`] gets 400. Any other
+/// is upgraded, whatever the acquire answered, so that a browser can read
+/// why it failed from the first message.
+pub(super) async fn open(
+    state: Arc<AppState>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    headers: &HeaderMap,
+    target: Result<(Whose, StreamId), ApiError>,
+    query: Result<SocketQuery, ApiError>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return not_an_upgrade(&rejection).into_response(),
+    };
+    let bearers = match offered_bearers(&upgrade) {
+        Ok(bearers) => bearers,
+        Err(e) => return e.into_response(),
+    };
+    // Counted from here, so that shutdown waits for a socket whose
+    // upgrade is still under way.
+    let running = state.sockets.track();
+    let start = match state.sockets.is_closing() {
+        true => Start::ShuttingDown,
+        false => connect(&state, headers, bearers, target, query).await,
+    };
+    // Exactly one of the two callbacks runs; whichever does takes these.
+    let pending = Arc::new(Mutex::new(Some((start, running))));
+    let failed = (pending.clone(), state.clone());
+    let span = tracing::Span::current();
+    upgrade
+        .protocols([PROTOCOL])
+        .read_buffer_size(READ_BUFFER)
+        // Each message is written at once: the server sends few and small.
+        .write_buffer_size(0)
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_failed_upgrade(move |error| {
+            let (pending, state) = failed;
+            tracing::debug!(%error, "the WebSocket upgrade failed");
+            if let Some((Start::Holding { seat, .. }, running)) = take(&pending) {
+                // Nobody will hold this lease: give it back.
+                tokio::spawn(async move {
+                    release(&state, &seat).await;
+                    drop(running);
+                });
+            }
+        })
+        .on_upgrade(move |ws| {
+            async move {
+                if let Some((start, _running)) = take(&pending) {
+                    run(&state, ws, start).await;
+                }
+            }
+            .instrument(span)
+        })
+}
+
+fn take<T>(pending: &Mutex<Option<T>>) -> Option<T> {
+    pending.lock().unwrap_or_else(PoisonError::into_inner).take()
+}
+
+/// 426 `upgrade-required`, saying what the route needs.
+fn not_an_upgrade(rejection: &WebSocketUpgradeRejection) -> ApiError {
+    ApiError::UpgradeRequired(match rejection {
+        WebSocketUpgradeRejection::ConnectionNotUpgradable(_) => {
+            "this connection cannot become a WebSocket: connect over HTTP/1.1 to `streamcap serve` \
+             (an API Gateway HTTP API, and so streamcap-lambda, carries no WebSockets)"
+                .to_owned()
+        }
+        other => format!(
+            "this route is a WebSocket: connect with a WebSocket client (a GET with `Connection: Upgrade`, \
+             `Upgrade: websocket`, `Sec-WebSocket-Version: 13` and a `Sec-WebSocket-Key`); {}",
+            other.body_text()
+        ),
+    })
+}
+
+/// The tokens of the `streamcap.bearer.<token>` subprotocols offered; a
+/// 400 when subprotocols are offered but [`PROTOCOL`] is not, since no
+/// WebSocket client accepts an answer without one of its own.
+fn offered_bearers(upgrade: &WebSocketUpgrade) -> Result<Vec<String>, ApiError> {
+    let (mut offered, mut speaks, mut bearers) = (false, false, Vec::new());
+    for protocol in upgrade.requested_protocols() {
+        offered = true;
+        let protocol = protocol.to_str().unwrap_or("");
+        if protocol == PROTOCOL {
+            speaks = true;
+        } else if let Some(token) = protocol.strip_prefix(BEARER_PROTOCOL) {
+            bearers.push(token.to_owned());
+        }
+    }
+    if offered && !speaks {
+        return Err(ApiError::BadRequest(format!(
+            "the offered subprotocols do not include {PROTOCOL}; offer {PROTOCOL} \
+             (with {BEARER_PROTOCOL}<token> to authenticate from a browser), or no subprotocol"
+        )));
+    }
+    Ok(bearers)
+}
+
+/// The `Authorization` value a socket authenticates with: the header's, or
+/// `Bearer <token>` from the one bearer subprotocol. Never both.
+fn credential(headers: &HeaderMap, bearers: Vec<String>) -> Result<Option<String>, ApiError> {
+    let header = headers.get(header::AUTHORIZATION);
+    match (header, bearers.as_slice()) {
+        (None, []) => Ok(None),
+        (Some(value), []) => match value.to_str() {
+            Ok(value) => Ok(Some(value.to_owned())),
+            Err(_) => Err(ApiError::Unauthorized("malformed Authorization header".into())),
+        },
+        (None, [token]) => Ok(Some(format!("Bearer {token}"))),
+        (None, _) => Err(ApiError::BadRequest(format!("offer one {BEARER_PROTOCOL}<token> subprotocol, not several"))),
+        (Some(_), _) => Err(ApiError::BadRequest(format!(
+            "send the credential once: in the Authorization header or in a {BEARER_PROTOCOL}<token> subprotocol"
+        ))),
+    }
+}
+
+/// Acquires the lease as the `PUT` would, with the same checks in the same
+/// order, and registers the socket as its owner when it is held.
+async fn connect(
+    state: &AppState,
+    headers: &HeaderMap,
+    bearers: Vec<String>,
+    target: Result<(Whose, StreamId), ApiError>,
+    query: Result<SocketQuery, ApiError>,
+) -> Start {
+    let admitted = credential(headers, bearers).and_then(|credential| {
+        let caller = authenticate(state, credential.as_deref()).map_err(|e| match (e, &credential) {
+            // The usual wording names only the header, which a browser
+            // cannot send on a WebSocket.
+            (ApiError::Unauthorized(_), None) => ApiError::Unauthorized(format!(
+                "this socket needs a credential: an Authorization: Bearer header, or the subprotocols \
+                 {PROTOCOL}, {BEARER_PROTOCOL}<token>"
+            )),
+            (e, _) => e,
+        })?;
+        let (whose, stream) = target?;
+        acquire_request(state, &caller, whose, stream, query?.into_body())
+    });
+    let (user, req) = match admitted {
+        Ok(admitted) => admitted,
+        Err(e) => return Start::Refused(refusal(e.into_response()).await),
+    };
+    let key = (user.clone(), req.stream_id.clone());
+    let renew = Acquire { evict: Vec::new(), ..req.clone() };
+    let turn = state.sockets.turn(key.clone()).await;
+    let answer = acquired(state, user, req).await.unwrap_or_else(IntoResponse::into_response);
+    if !answer.status().is_success() {
+        return Start::Refused(refusal(answer).await);
+    }
+    let first = tagged("granted", &body_text(answer).await);
+    // Nothing awaits from here on, so a cancelled request cannot leave
+    // an owner behind that no socket holds.
+    let (id, lost) = state.sockets.register(&turn);
+    drop(turn);
+    Start::Holding { first, seat: Seat { sockets: state.sockets.clone(), key, id, renew, lost } }
+}
+
+/// A refusal as the socket tells it: a message, then a close.
+struct Refusal {
+    message: String,
+    code: u16,
+    /// The close frame's reason: the problem's slug.
+    reason: String,
+}
+
+/// The refusal that stands for a refusing answer of the `PUT`: 409 is
+/// `refused`, 410 `revoked` and any other `error`, each closed with 4000
+/// plus the status.
+async fn refusal(answer: Response) -> Refusal {
+    let status = answer.status();
+    let retry_after = answer.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mut fields: Map<String, Value> = serde_json::from_str(&body_text(answer).await).unwrap_or_default();
+    let code = 4000 + status.as_u16();
+    let slug = match fields.remove("type") {
+        Some(Value::String(uri)) => {
+            let slug = uri.strip_prefix(TYPE_BASE).unwrap_or("").to_owned();
+            fields.insert("problem_type".into(), Value::String(uri));
+            slug
+        }
+        _ => String::new(),
+    };
+    if status == StatusCode::GONE {
+        let text = |v: Option<Value>| match v {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        };
+        let revoked = RevokedMessage {
+            reason: text(fields.remove("reason")).unwrap_or_else(|| "revoked".into()),
+            by_stream_id: text(fields.remove("by_stream_id")),
+        };
+        return Refusal { message: message(&SocketMessage::Revoked(revoked)), code, reason: slug };
+    }
+    if let Some(seconds) = retry_after {
+        fields.entry("retry_after_seconds").or_insert(Value::from(seconds));
+    }
+    let kind = if status == StatusCode::CONFLICT { "refused" } else { "error" };
+    Refusal { message: tagged(kind, &Value::Object(fields).to_string()), code, reason: slug }
+}
+
+async fn body_text(answer: Response) -> String {
+    let bytes = axum::body::to_bytes(answer.into_body(), 1 << 20).await.unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// `{"type":"<kind>", ...}`: the JSON object `body` with `type` in front.
+fn tagged(kind: &str, body: &str) -> String {
+    let rest = body.trim().strip_prefix('{').unwrap_or("}");
+    let comma = if rest.trim_start().starts_with('}') { "" } else { "," };
+    format!("{{\"type\":\"{kind}\"{comma}{rest}")
+}
+
+fn message(m: &SocketMessage<'_>) -> String {
+    serde_json::to_string(m).expect("messages serialize")
+}
+
+/// The socket's life, from its first message to its close.
+async fn run(state: &AppState, mut ws: WebSocket, start: Start) {
+    let mut open = Open::counted();
+    open.code = match start {
+        Start::ShuttingDown => {
+            close_with(&mut ws, close::GOING_AWAY, "server shutting down").await;
+            close::GOING_AWAY
+        }
+        Start::Refused(refusal) => refuse(&mut ws, refusal).await,
+        Start::Holding { first, seat } => hold(state, &mut ws, first, seat).await,
+    };
+    tracing::debug!(code = open.code, "socket closed");
+}
+
+/// An open socket in the metrics, until dropped with the code it ended
+/// with.
+struct Open {
+    code: u16,
+}
+
+impl Open {
+    fn counted() -> Self {
+        metrics::websocket_opened();
+        Self { code: close::ABNORMAL }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        metrics::websocket_closed(self.code);
+    }
+}
+
+/// Holds the lease while the socket is open: renews it every ttl/3 while
+/// the client answers pings, and releases it when the client leaves.
+async fn hold(state: &AppState, ws: &mut WebSocket, first: String, mut seat: Seat) -> u16 {
+    let ttl = Duration::from_secs(seat.renew.ttl.as_secs().into());
+    let period = (ttl / 3).max(Duration::from_millis(1));
+    let mut closing = state.sockets.shared.closing.subscribe();
+    if !(send(ws, Message::text(first)).await && send(ws, ping()).await) {
+        release(state, &seat).await;
+        return close::ABNORMAL;
+    }
+    let mut ticks = interval_at(Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Whether the client answered (a pong or any message) since the last
+    // ping, and when it last did.
+    let mut answered = false;
+    let mut heard = Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            () = shutting_down(&mut closing) => {
+                // Released first, so that a client reconnecting elsewhere
+                // at the 1001 finds the seat free rather than losing it to
+                // this release.
+                release(state, &seat).await;
+                close_with(ws, close::GOING_AWAY, "server shutting down").await;
+                return close::GOING_AWAY;
+            }
+            loss = &mut seat.lost => {
+                revoke(ws, &seat.key.1, loss.unwrap_or(Loss::Replaced)).await;
+                return close::REVOKED;
+            }
+            read = ws.recv() => match read {
+                Some(Ok(Message::Close(frame))) => {
+                    // Released before the close is answered, so that the
+                    // client finds the seat free once its close completes.
+                    release(state, &seat).await;
+                    let _ = timeout(CLOSE_TIMEOUT, ws.recv()).await;
+                    return match frame.map(|f| f.code) {
+                        None => close::NO_STATUS,
+                        Some(code @ (close::NORMAL | close::GOING_AWAY)) => code,
+                        Some(_) => close::OTHER,
+                    };
+                }
+                Some(Ok(_)) => {
+                    answered = true;
+                    heard = Instant::now();
+                }
+                Some(Err(_)) | None => {
+                    release(state, &seat).await;
+                    return close::ABNORMAL;
+                }
+            },
+            _ = ticks.tick() => {
+                if heard.elapsed() >= ttl {
+                    // Silent for a whole TTL: drop it without a word, and
+                    // let its lease expire as any unrenewed lease does.
+                    return close::ABNORMAL;
+                }
+                if answered && let Some(code) = renew(state, ws, &seat).await {
+                    return code;
+                }
+                answered = false;
+                if !send(ws, ping()).await {
+                    release(state, &seat).await;
+                    return close::ABNORMAL;
+                }
+            }
+        }
+    }
+}
+
+/// Renews the socket's lease and says so; `Some(code)` when the socket
+/// closed instead. A store error is retried at the next tick.
+async fn renew(state: &AppState, ws: &mut WebSocket, seat: &Seat) -> Option<u16> {
+    let (user, stream) = &seat.key;
+    match acquire_lease(state, user, seat.renew.clone()).await {
+        // Granted: the lease had gone (released elsewhere, or expired
+        // while the store was down) and there was room to take it again.
+        Ok(Decision::Renewed(grant) | Decision::Granted(grant)) => {
+            let renewed =
+                RenewedMessage { expires_at: rfc3339(grant.lease.expires_at), active_streams: grant.active_streams };
+            if send(ws, Message::text(message(&SocketMessage::Renewed(renewed)))).await {
+                return None;
+            }
+            release(state, seat).await;
+            Some(close::ABNORMAL)
+        }
+        // The lease had gone and its seat was taken meanwhile.
+        Ok(Decision::Denied(denial)) => {
+            let answer = ApiError::LimitReached(user.clone(), denial).into_response();
+            Some(refuse(ws, refusal(answer).await).await)
+        }
+        // Evicted or revoked, here or on another instance.
+        Ok(Decision::Gone(tombstone)) => {
+            let loss = match tombstone.reason {
+                RevokeReason::EvictedBy(by) => Loss::Evicted(by),
+                RevokeReason::Revoked => Loss::Revoked,
+            };
+            revoke(ws, stream, loss).await;
+            Some(close::REVOKED)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "renewing a socket's lease failed; retrying at the next tick");
+            None
+        }
+    }
+}
+
+/// Tells the client why it holds no lease, and closes; returns the code.
+async fn refuse(ws: &mut WebSocket, refusal: Refusal) -> u16 {
+    if send(ws, Message::text(refusal.message)).await {
+        close_with(ws, refusal.code, &refusal.reason).await;
+    }
+    refusal.code
+}
+
+/// Tells the client why its stream must stop, and closes with 4410.
+async fn revoke(ws: &mut WebSocket, stream: &StreamId, loss: Loss) {
+    let (reason, by) = match loss {
+        Loss::Evicted(by) => ("evicted_by_new_stream", Some(by.as_str().to_owned())),
+        Loss::Revoked => ("revoked", None),
+        Loss::Replaced => ("replaced", Some(stream.as_str().to_owned())),
+    };
+    let revoked = RevokedMessage { reason: reason.to_owned(), by_stream_id: by };
+    if send(ws, Message::text(message(&SocketMessage::Revoked(revoked)))).await {
+        close_with(ws, close::REVOKED, "stream-revoked").await;
+    }
+}
+
+/// Releases the socket's lease, as a `DELETE` does, unless it was lost to
+/// an eviction, a revocation or a newer socket.
+async fn release(state: &AppState, seat: &Seat) {
+    let sockets = &state.sockets;
+    let _turn = sockets.turn(seat.key.clone()).await;
+    if sockets.owns(&seat.key, seat.id) {
+        let (user, stream) = &seat.key;
+        if let Err(e) = state.store.release(user, stream.clone()).await {
+            tracing::warn!(error = %e, "releasing a socket's lease failed; it expires on its own");
+        }
+    }
+    sockets.leave(&seat.key, seat.id);
+}
+
+async fn shutting_down(closing: &mut watch::Receiver<bool>) {
+    let _ = closing.wait_for(|closing| *closing).await;
+}
+
+fn ping() -> Message {
+    Message::Ping(Bytes::new())
+}
+
+/// Sends `message`; false when the client is gone or does not read.
+async fn send(ws: &mut WebSocket, message: Message) -> bool {
+    matches!(timeout(SEND_TIMEOUT, ws.send(message)).await, Ok(Ok(())))
+}
+
+/// Sends a close frame and waits, briefly, for the client's.
+async fn close_with(ws: &mut WebSocket, code: u16, reason: &str) {
+    if !send(ws, Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await {
+        return;
+    }
+    let _ = timeout(CLOSE_TIMEOUT, async {
+        while let Some(Ok(message)) = ws.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::body::{Body, to_bytes};
+    use axum::http::{Request, StatusCode, header};
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    use super::{Loss, Sockets, tagged};
+    use crate::auth::Authenticator;
+    use crate::clock::SystemClock;
+    use crate::http::{AppState, app};
+    use crate::limiter::{Limit, StreamId, Ttl, UserId};
+    use crate::policy::{Policy, Protection};
+    use crate::store::{RedisMode, Store, StoreConfig, StoreKind};
+
+    /// A request that comes without a connection to upgrade, as every
+    /// request does through API Gateway and streamcap-lambda, gets a 426
+    /// that says so, even with every WebSocket header in place.
+    #[tokio::test]
+    async fn without_a_connection_to_upgrade_the_answer_is_426() {
+        let config = StoreConfig {
+            kind: StoreKind::Memory,
+            data_dir: std::env::temp_dir(),
+            redis_urls: Vec::new(),
+            redis_mode: RedisMode::Standalone,
+            dynamodb_table: String::new(),
+            dynamodb_endpoint: None,
+            sweep_interval: Duration::from_secs(60),
+            op_timeout: Duration::from_secs(5),
+        };
+        let store = Store::open(&config, Arc::new(SystemClock)).await.unwrap();
+        let policy = Policy::uniform(Limit::new(2).unwrap(), Ttl::from_secs(60).unwrap());
+        let state = AppState::new(store, policy, Arc::new(Authenticator::none()), Protection::unlimited());
+        let req = Request::get("/v1/users/alice/streams/tv/socket")
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_VERSION, "13")
+            .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(Body::empty())
+            .unwrap();
+        let res = app(state).oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(res.headers()[header::UPGRADE], "websocket");
+        let body: Value = serde_json::from_slice(&to_bytes(res.into_body(), 1 << 16).await.unwrap()).unwrap();
+        assert_eq!(body["type"], "https://streamcap.dev/problems/upgrade-required");
+        assert!(body["detail"].as_str().unwrap().contains("streamcap-lambda"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn the_registry_tells_owners_and_acquirers_of_their_losses() {
+        let sockets = Sockets::new();
+        let key = (UserId::new("alice").unwrap(), StreamId::new("tv").unwrap());
+        let register = || async {
+            let turn = sockets.turn(key.clone()).await;
+            sockets.register(&turn)
+        };
+        let (first, mut first_lost) = register().await;
+        assert!(sockets.owns(&key, first));
+        // A newer socket for the stream replaces the older one.
+        let (second, mut second_lost) = register().await;
+        assert!(matches!(first_lost.try_recv(), Ok(Loss::Replaced)));
+        assert!(!sockets.owns(&key, first) && sockets.owns(&key, second));
+        // A revocation reaches the owner, which owns nothing after it.
+        sockets.revoked(&key.0, std::slice::from_ref(&key.1));
+        assert!(matches!(second_lost.try_recv(), Ok(Loss::Revoked)));
+        assert!(!sockets.owns(&key, second));
+        // A loss during an acquire reaches the socket as it registers.
+        let turn = sockets.turn(key.clone()).await;
+        sockets.revoked(&key.0, std::slice::from_ref(&key.1));
+        let (third, mut third_lost) = sockets.register(&turn);
+        drop(turn);
+        assert!(matches!(third_lost.try_recv(), Ok(Loss::Revoked)));
+        assert!(!sockets.owns(&key, third));
+        // Nothing is left behind.
+        sockets.leave(&key, third);
+        assert!(sockets.lock().is_empty());
+    }
+
+    #[test]
+    fn tagged_puts_the_type_first() {
+        assert_eq!(tagged("granted", r#"{"a":1}"#), r#"{"type":"granted","a":1}"#);
+        assert_eq!(tagged("error", "{}"), r#"{"type":"error"}"#);
+    }
+}
