@@ -121,7 +121,7 @@ export interface LimitProblem extends Problem {
 export interface RevokedProblem extends Problem {
   status: 410;
   reason: RevokeReason;
-  by_stream_id?: string;
+  by_stream_id?: string | null;
 }
 
 /** 429 `rate-limited`. */
@@ -130,7 +130,11 @@ export interface RateLimitedProblem extends Problem {
   retry_after_seconds: number;
 }
 
-export type RevokeReason = 'evicted_by_new_stream' | 'revoked';
+/**
+ * `evicted_by_new_stream`: evict-oldest or a take-over gave the seat to `by_stream_id`; `revoked`: a revoke-all;
+ * `replaced` (WebSocket only): a newer socket for the same stream holds the lease now.
+ */
+export type RevokeReason = 'evicted_by_new_stream' | 'revoked' | 'replaced';
 
 /** The lease: the body of the PUT's 200/201, or of the WebSocket `granted` message, updated by `renewed`. */
 export interface Lease {
@@ -158,9 +162,9 @@ export interface Lease {
 /** The detail of `revoked`. */
 export interface RevokedDetail {
   reason: RevokeReason;
-  /** The stream that took the seat, for an eviction. */
+  /** The stream that took the seat, for an eviction (this stream, for `replaced`). */
   by_stream_id?: string;
-  /** The 410 problem (heartbeat) or the `revoked` message's fields as a problem (websocket). */
+  /** The 410 problem (heartbeat), or the `revoked` message's fields as a 410 problem (websocket). */
   problem: RevokedProblem;
 }
 

@@ -581,7 +581,7 @@ class SocketRun {
         if (outcome) return finish(outcome);
         if (code >= 4000 && code < 5000) {
           const status = code - 4000;
-          const p = problemOf({ status, detail: `the server closed the socket with code ${code}` }, status);
+          const p = problemOf({ status, detail: `the server closed the socket with code ${code} ${reason}`.trim() }, status);
           return finish(fromStatus(phase(), status, p, null));
         }
         const cause = new Error(`the socket closed with code ${code}${reason ? `: ${reason}` : ''}`);
@@ -670,16 +670,21 @@ function retryDelay(attempt, retryAfterMs, initial, cap) {
   return Math.round(Math.max(jittered, retryAfterMs * (1 + 0.2 * Math.random())));
 }
 
-/** The problem from a message whose `type` field names the message: the problem type comes from the status. */
+/**
+ * The problem document of a socket message or close code, shaped as the
+ * PUT's: on a socket, `type` names the message and the problem type is
+ * `problem_type` (the status's usual one when a message has none).
+ */
 function problemOf(fields, status) {
-  const s = Number.isInteger(fields.status) ? fields.status : status;
+  const { problem_type, ...rest } = fields;
+  const s = Number.isInteger(rest.status) ? rest.status : status;
   const slug = SLUGS[s];
-  return { type: slug ? PROBLEMS + slug : 'about:blank', status: s, ...fields };
+  return { ...rest, type: problem_type ?? (slug ? PROBLEMS + slug : 'about:blank'), status: s };
 }
 
 function revokedDetail(problem) {
   const detail = { reason: problem?.reason ?? 'revoked', problem };
-  if (problem?.by_stream_id !== undefined) detail.by_stream_id = problem.by_stream_id;
+  if (typeof problem?.by_stream_id === 'string') detail.by_stream_id = problem.by_stream_id;
   return detail;
 }
 

@@ -221,6 +221,27 @@ export function mintJwt(secret, sub, claims = {}) {
   return `${head}.${body}.${sig}`;
 }
 
+/**
+ * A stand-in for a browser page: the events the client listens to.
+ * `set('hidden')` changes the visibility and fires visibilitychange;
+ * `pageEvent('pagehide', persisted)` fires pagehide or pageshow.
+ */
+export function fakePage() {
+  const window = new EventTarget();
+  const document = new EventTarget();
+  document.visibilityState = 'visible';
+  const set = (state) => {
+    document.visibilityState = state;
+    document.dispatchEvent(new Event('visibilitychange'));
+  };
+  const pageEvent = (type, persisted) => {
+    const event = new Event(type);
+    event.persisted = persisted;
+    window.dispatchEvent(event);
+  };
+  return { page: { window, document }, set, pageEvent };
+}
+
 /** A user id no other test uses. */
 let users = 0;
 export function newUser(prefix = 'u') {

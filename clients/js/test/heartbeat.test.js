@@ -8,6 +8,7 @@ import { after, afterEach, before, describe, test } from 'node:test';
 
 import { StreamcapClient as Client } from '../streamcap.js';
 import {
+  fakePage,
   jwtSecret,
   liveStreams,
   mintJwt,
@@ -360,23 +361,6 @@ describe('heartbeat mode: page lifecycle', () => {
     server = await startStreamcap(['--auth-mode', 'jwt', '--jwt-secret-file', jwt.file]);
   });
   after(() => server.stop());
-
-  /** A stand-in for a browser page: the events the client listens to. */
-  function fakePage() {
-    const window = new EventTarget();
-    const document = new EventTarget();
-    document.visibilityState = 'visible';
-    const set = (state) => {
-      document.visibilityState = state;
-      document.dispatchEvent(new Event('visibilitychange'));
-    };
-    const pageEvent = (type, persisted) => {
-      const event = new Event(type);
-      event.persisted = persisted;
-      window.dispatchEvent(event);
-    };
-    return { page: { window, document }, set, pageEvent };
-  }
 
   test('hidden releases at once with a keepalive DELETE carrying the credential; visible acquires again', async () => {
     const user = newUser('alice');

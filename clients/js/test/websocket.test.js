@@ -10,6 +10,7 @@ import { after, afterEach, before, describe, test } from 'node:test';
 import { StreamcapClient as Client } from '../streamcap.js';
 import {
   deadline,
+  fakePage,
   freePort,
   jwtSecret,
   liveStreams,
@@ -18,6 +19,7 @@ import {
   nextEvent,
   record,
   sleep,
+  startRedis,
   startStreamcap,
   waitUntil,
 } from '../test-support/harness.js';
@@ -117,6 +119,8 @@ describe('websocket mode', () => {
     assert.equal(c.state, 'refused');
     assert.equal(problem.status, 409);
     assert.equal(problem.type, `${PROBLEM}stream-limit-reached`);
+    assert.equal(problem.problem_type, undefined, 'shaped as the PUT answers it');
+    assert.equal(problem.title, 'Stream limit reached');
     assert.equal(problem.limit, 2);
     assert.deepEqual(
       problem.active_streams.map((s) => [s.stream_id, s.device_id]),
@@ -155,18 +159,60 @@ describe('websocket mode', () => {
     const b = client(user, 'phone-1');
     await deadline(Promise.all([a.start(), b.start()]), 10_000, 'two grants');
     const aEvents = record(a);
+    // Subscribed before the take-over: the server tells the socket before it answers the PUT.
+    const revoked = nextEvent(b, 'revoked', 5_000);
     const h = new StreamcapClient({ baseUrl: server.base, userId: user, streamId: 'laptop-1' });
+    const askedAt = Date.now();
     const lease = await h.takeOver(['phone-1']);
-    const tookAt = Date.now();
     assert.deepEqual(lease.evicted.map((s) => s.stream_id), ['phone-1']);
-    const revoked = await nextEvent(b, 'revoked', 5_000);
-    const latency = Date.now() - tookAt;
-    assert.equal(revoked.by_stream_id, 'laptop-1');
-    assert.ok(latency < 1_000, `told ${latency} ms after the take-over`);
+    const detail = await revoked;
+    const latency = Date.now() - askedAt;
+    assert.equal(detail.reason, 'evicted_by_new_stream');
+    assert.equal(detail.by_stream_id, 'laptop-1');
+    assert.ok(latency < 1_000, `told ${latency} ms after the take-over was sent`);
     assert.equal(b.state, 'revoked');
     assert.equal(a.state, 'active');
     assert.deepEqual(aEvents.filter((e) => e.type === 'revoked'), []);
     await Promise.all([a.stop(), b.stop(), h.stop()]);
+  });
+});
+
+describe('websocket mode: revocations', () => {
+  let server;
+  before(async () => {
+    server = await startStreamcap([]);
+  });
+  after(() => server.stop());
+
+  test('a revoke-all closes every socket of the user with revoked', async () => {
+    const user = newUser();
+    const a = new StreamcapClient({ baseUrl: server.base, userId: user, streamId: 'tv-1', mode: 'websocket' });
+    await deadline(a.start(), 10_000, 'the grant');
+    const revoked = nextEvent(a, 'revoked', 5_000);
+    const res = await fetch(`${server.base}/v1/users/${user}/streams`, { method: 'DELETE' });
+    assert.equal(res.status, 200);
+    const detail = await revoked;
+    assert.equal(detail.reason, 'revoked');
+    assert.equal(detail.by_stream_id, undefined);
+    assert.equal(detail.problem.status, 410);
+    assert.equal(detail.problem.type, `${PROBLEM}stream-revoked`);
+    assert.equal(a.state, 'revoked');
+  });
+
+  test('a second socket for the same stream replaces the first', async () => {
+    const user = newUser();
+    const first = new StreamcapClient({ baseUrl: server.base, userId: user, streamId: 'tv-1', mode: 'websocket' });
+    const lease = await deadline(first.start(), 10_000, 'the grant');
+    const revoked = nextEvent(first, 'revoked', 5_000);
+    const second = new StreamcapClient({ baseUrl: server.base, userId: user, streamId: 'tv-1', mode: 'websocket' });
+    const again = await deadline(second.start(), 10_000, 'the second grant');
+    assert.equal(again.started_at, lease.started_at, 'the second socket renewed the lease');
+    const detail = await revoked;
+    assert.equal(detail.reason, 'replaced');
+    assert.equal(first.state, 'revoked');
+    assert.equal(second.state, 'active');
+    await first.stop();
+    assert.deepEqual(await liveStreams(server.base, user), ['tv-1'], 'the replaced client releases nothing');
   });
 });
 
@@ -190,6 +236,31 @@ describe('websocket mode: a long TTL', () => {
     assert.ok(await deadline(c.start(), 10_000, 'the second grant'));
     assert.deepEqual(await liveStreams(server.base, user), ['tv-1']);
     await c.stop();
+  });
+
+  test('a hidden page closes its socket, which releases at once; visible again acquires again', async () => {
+    const user = newUser();
+    const { page, set } = fakePage();
+    const spy = spyWebSocket();
+    const c = new StreamcapClient({
+      baseUrl: server.base,
+      userId: user,
+      streamId: 'tv-1',
+      mode: 'websocket',
+      page,
+      WebSocket: spy.WebSocket,
+    });
+    const first = await deadline(c.start(), 10_000, 'the grant');
+    set('hidden');
+    assert.equal(c.state, 'suspended');
+    assert.equal(spy.opened[0].socket.readyState, WebSocket.CLOSING, 'closed in the event itself');
+    await waitUntil(async () => (await liveStreams(server.base, user)).length === 0, 2_000, 'the release');
+    const granted = nextEvent(c, 'granted');
+    set('visible');
+    const again = await granted;
+    assert.ok(Date.parse(again.started_at) > Date.parse(first.started_at), 'a new lease');
+    assert.equal(spy.opened.length, 2);
+    assert.deepEqual(await liveStreams(server.base, user), ['tv-1']);
   });
 
   test('the server shutting down (1001) makes the client reconnect, to a new server on the same address', async () => {
@@ -225,6 +296,32 @@ describe('websocket mode: a long TTL', () => {
       await c.stop();
       await s.stop();
     }
+  });
+});
+
+describe('websocket mode: a store that is down', () => {
+  test('4503: backs off for retry_after_seconds, and connects once the store is back', async (t) => {
+    const redis = await startRedis();
+    let store = redis;
+    const server = await startStreamcap(['--store', 'redis', '--redis-url', redis.url]);
+    t.after(async () => {
+      await server.stop();
+      await store.stop();
+    });
+    await redis.stop();
+    const c = new StreamcapClient({ baseUrl: server.base, userId: newUser(), streamId: 'tv-1', mode: 'websocket' });
+    const error = nextEvent(c, 'error');
+    const started = c.start();
+    const detail = await error;
+    assert.equal(detail.status, 503);
+    assert.equal(detail.phase, 'acquire');
+    assert.equal(detail.problem.type, `${PROBLEM}store-unavailable`);
+    assert.equal(detail.problem.retry_after_seconds, 1);
+    assert.ok(detail.retryInMs >= 1_000, `retryInMs ${detail.retryInMs} honours retry_after_seconds`);
+    assert.equal(c.state, 'acquiring');
+    store = await startRedis(redis.port);
+    assert.ok(await deadline(started, 15_000, 'the grant once the store is back'));
+    assert.equal(c.state, 'active');
   });
 });
 
