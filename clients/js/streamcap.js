@@ -232,7 +232,6 @@ export class StreamcapClient extends EventTarget {
         return this.#token;
       },
       cachedToken: () => this.#token,
-      current,
       granted: (run, lease, first) => {
         if (!current(run)) return;
         this.#lease = lease;
