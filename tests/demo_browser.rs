@@ -8,8 +8,10 @@
 //!   heartbeat mode: four tabs with limit 3 leave the fourth refused,
 //!   listing three streams; "watch here instead" stops the oldest tab (in
 //!   WebSocket mode within 1 s, measured in the browser); closing a tab
-//!   frees its seat. It writes a screenshot of the refused tab to
-//!   `target/tmp/demo.png` (the one in docs/ is a copy of one).
+//!   frees its seat. On a server with JWT auth, the page plays once given
+//!   a token, which stays out of its address and of the server's log. It
+//!   writes a screenshot of the refused tab to `target/tmp/demo.png` (the
+//!   one in docs/ is a copy of one).
 //!
 //! Chromium, chromedriver and selenium must be installed; ./scripts/test
 //! installs them. When one is missing, the browser test fails and says how
@@ -41,6 +43,7 @@ async fn the_demo_is_served_only_with_the_flag_and_outside_the_api() {
         ("/demo", "text/html; charset=utf-8", "<canvas id=\"screen\""),
         ("/demo/demo.js", "text/javascript; charset=utf-8", "from './streamcap.js'"),
         ("/demo/demo.css", "text/css; charset=utf-8", "#state"),
+        ("/demo/streamcap.js", "text/javascript; charset=utf-8", "export class StreamcapClient"),
     ] {
         let r = get(on.url(path)).await;
         assert_eq!(r.status(), 200, "{path}");

@@ -15,11 +15,12 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 
 /// The route templates, for the edge's latency labels.
-pub(super) const ROUTES: [&str; 4] = ["/demo", "/demo/", "/demo/demo.js", "/demo/demo.css"];
+pub(super) const ROUTES: [&str; 5] = ["/demo", "/demo/", "/demo/demo.js", "/demo/demo.css", "/demo/streamcap.js"];
 
 const INDEX_HTML: &str = include_str!("demo/index.html");
 const DEMO_JS: &str = include_str!("demo/demo.js");
 const DEMO_CSS: &str = include_str!("demo/demo.css");
+const CLIENT_JS: &str = include_str!("../../clients/js/streamcap.js");
 
 /// The page, its assets and the client module.
 pub(super) fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
@@ -29,6 +30,7 @@ pub(super) fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/demo/", get(|| async { Redirect::permanent("../demo") }))
         .route("/demo/demo.js", get(|| async { asset(JAVASCRIPT, DEMO_JS) }))
         .route("/demo/demo.css", get(|| async { asset("text/css; charset=utf-8", DEMO_CSS) }))
+        .route("/demo/streamcap.js", get(|| async { asset(JAVASCRIPT, CLIENT_JS) }))
 }
 
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";

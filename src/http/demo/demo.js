@@ -236,7 +236,13 @@ function takeOver(ids) {
     return;
   }
   setState('starting', 'take-over');
-  log(`take-over: asking to stop ${ids.join(', ') || 'nothing'}`);
+  // A seat freed meanwhile: nothing to stop.
+  if (ids.length === 0) {
+    log('a seat is free: start');
+    client.start();
+    return;
+  }
+  log(`take-over: asking to stop ${ids.join(', ')}`);
   client.takeOver(ids);
 }
 
