@@ -36,10 +36,12 @@ pub(super) fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 
 /// Scripts, styles and connections from this origin only; no inline code,
-/// no framing. `no-cache` so that a new binary's page is seen at once.
+/// no framing.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
+/// A file of the page. `no-cache`, so that a new binary's page is seen at
+/// once.
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     let mut res = body.into_response();
     let headers = res.headers_mut();
