@@ -81,7 +81,7 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct Args {
-    /// Short phases and 100,000 leases and Redis users instead of 1,000,000 (about 1.5 minutes).
+    /// Short phases and 100,000 leases and Redis users instead of 1,000,000 (about 2 minutes).
     #[arg(long)]
     quick: bool,
     /// The server binary (built by scripts/bench).
