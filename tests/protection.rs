@@ -1,7 +1,8 @@
 //! The time and concurrency limits at the edge, over real sockets, made
-//! deterministic by stalling a real redis-server with DEBUG SLEEP. Each
-//! test waits for the condition it needs (Redis stalled, the slot taken),
-//! never for a fixed time. The edge's own unit tests cover the same limits
+//! deterministic by stalling a real redis-server with DEBUG SLEEP (the
+//! timeout) or by a request whose body the test holds back (the
+//! concurrency limit). Each test waits for the condition it needs (Redis
+//! stalled, the slot taken), never for a fixed time. The edge's own unit tests cover the same limits
 //! on paused time.
 
 mod common;
@@ -58,23 +59,36 @@ async fn a_request_past_the_timeout_is_a_408_problem() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_concurrency_limit_are_shed_with_503() {
-    let s = stalled_server(Protection { max_concurrent_requests: 1, ..Protection::unlimited() }).await;
-    let sleeper = stall(&s, "2");
-    let first = {
-        let url = s.url("/v1/users/u/streams/a");
-        tokio::spawn(async move { reqwest::Client::new().put(url).send().await.unwrap().status().as_u16() })
-    };
-    // Once the first request holds the only slot, /livez is shed.
+    let policy = Policy::uniform(Limit::new(3).unwrap(), Ttl::from_secs(60).unwrap());
+    let protection = Protection { max_concurrent_requests: 1, ..Protection::unlimited() };
+    let s = Server::with_everything(StoreKind::Memory, policy, Authenticator::none(), protection).await;
+    // The first request holds the only slot for as long as the test keeps
+    // its body unfinished: its headers are in, two bytes of body are owed.
+    let addr = s.url("").trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let mut first = TcpStream::connect(&addr).unwrap();
+    first
+        .write_all(b"PUT /v1/users/u/streams/a HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n")
+        .unwrap();
+    // Once the server has taken it in, /livez is shed.
     let deadline = Instant::now() + Duration::from_secs(10);
     let r = loop {
         let r = Reply::from(s.client.get(s.url("/livez")).send().await.unwrap()).await;
         if r.status != 200 || Instant::now() > deadline {
             break r;
         }
-        assert!(!first.is_finished(), "the first request finished before /livez was ever shed: {r:?}");
     };
     r.assert_problem(503, "overloaded");
-    sleeper.join().unwrap();
-    assert_eq!(first.await.unwrap(), 201, "the admitted request completes");
+    // The body arrives; the admitted request completes, and the slot is free.
+    first.write_all(b"{}").unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    first.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = first.read(&mut buf).unwrap();
+        assert!(n > 0, "the connection closed without an answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&answer);
+    assert!(head.starts_with("HTTP/1.1 201"), "the admitted request completes: {head}");
     assert_eq!(s.get("/livez").await.status, 200);
 }
