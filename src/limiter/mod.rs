@@ -209,6 +209,24 @@ pub struct Acquire {
     pub enforce: bool,
 }
 
+#[cfg(test)]
+impl Acquire {
+    /// A plain acquire for tests: limit `limit`, TTL 60 s, reject when
+    /// full, no metadata, no take-over, enforced.
+    pub(crate) fn for_test(stream: &str, limit: u32) -> Acquire {
+        Acquire {
+            stream_id: StreamId::new(stream).unwrap(),
+            device_id: None,
+            content_id: None,
+            limit: Limit::new(limit).unwrap(),
+            ttl: Ttl::from_secs(60).unwrap(),
+            on_limit: OnLimit::Reject,
+            evict: Vec::new(),
+            enforce: true,
+        }
+    }
+}
+
 /// One operation on one user. Every store executes exactly these.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {

@@ -170,16 +170,7 @@ mod tests {
     }
 
     fn req(s: &str, limit: u32) -> Acquire {
-        Acquire {
-            stream_id: sid(s),
-            device_id: None,
-            content_id: None,
-            limit: Limit::new(limit).unwrap(),
-            ttl: Ttl::from_secs(60).unwrap(),
-            on_limit: OnLimit::Reject,
-            evict: Vec::new(),
-            enforce: true,
-        }
+        Acquire::for_test(s, limit)
     }
 
     fn acq(s: &str, limit: u32) -> Op {

@@ -24,16 +24,7 @@ fn stream(s: &str) -> StreamId {
 }
 
 fn req(s: &str, limit: u32, ttl: u32) -> Acquire {
-    Acquire {
-        stream_id: stream(s),
-        device_id: None,
-        content_id: None,
-        limit: Limit::new(limit).unwrap(),
-        ttl: Ttl::from_secs(ttl).unwrap(),
-        on_limit: OnLimit::Reject,
-        evict: Vec::new(),
-        enforce: true,
-    }
+    Acquire { ttl: Ttl::from_secs(ttl).unwrap(), ..Acquire::for_test(s, limit) }
 }
 
 fn names(live: &[limiter::Lease]) -> Vec<&str> {

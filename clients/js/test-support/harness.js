@@ -9,6 +9,9 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { afterEach } from 'node:test';
+
+import { StreamcapClient as Client } from '../streamcap.js';
 
 /** The streamcap binary under test. */
 export function binary() {
@@ -250,3 +253,16 @@ export function newUser(prefix = 'u') {
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** The prefix of every problem type URI. */
+export const PROBLEM = 'https://streamcap.dev/problems/';
+
+/** The client under test; every one is stopped after its test, passed or failed, so that no retry outlives it. */
+const clients = [];
+export class StreamcapClient extends Client {
+  constructor(options) {
+    super(options);
+    clients.push(this);
+  }
+}
+afterEach(() => Promise.all(clients.splice(0).map((c) => c.stop())));

@@ -4,9 +4,8 @@
 // document) and, where a test says so, the network are stubbed.
 
 import assert from 'node:assert/strict';
-import { after, afterEach, before, describe, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 
-import { StreamcapClient as Client } from '../streamcap.js';
 import {
   fakePage,
   jwtSecret,
@@ -20,19 +19,10 @@ import {
   startRedis,
   startStreamcap,
   waitUntil,
+  PROBLEM,
+  StreamcapClient,
 } from '../test-support/harness.js';
 
-const PROBLEM = 'https://streamcap.dev/problems/';
-
-/** The client under test; every one is stopped after its test, passed or failed, so that no retry outlives it. */
-const clients = [];
-class StreamcapClient extends Client {
-  constructor(options) {
-    super(options);
-    clients.push(this);
-  }
-}
-afterEach(() => Promise.all(clients.splice(0).map((c) => c.stop())));
 
 describe('heartbeat mode', () => {
   let server;

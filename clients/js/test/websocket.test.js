@@ -5,9 +5,8 @@
 // WebSocket records what the client opened.
 
 import assert from 'node:assert/strict';
-import { after, afterEach, before, describe, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 
-import { StreamcapClient as Client } from '../streamcap.js';
 import {
   deadline,
   fakePage,
@@ -22,19 +21,10 @@ import {
   startRedis,
   startStreamcap,
   waitUntil,
+  PROBLEM,
+  StreamcapClient,
 } from '../test-support/harness.js';
 
-const PROBLEM = 'https://streamcap.dev/problems/';
-
-/** The client under test; every one is stopped after its test, passed or failed, so that no retry outlives it. */
-const clients = [];
-class StreamcapClient extends Client {
-  constructor(options) {
-    super(options);
-    clients.push(this);
-  }
-}
-afterEach(() => Promise.all(clients.splice(0).map((c) => c.stop())));
 
 if (typeof globalThis.WebSocket !== 'function') {
   throw new Error('no global WebSocket: run node 20 with --experimental-websocket (cargo test --test js_client does)');

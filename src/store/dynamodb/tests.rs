@@ -12,7 +12,7 @@ use super::harness::{self, DynamoLocal};
 use super::item::Item;
 use super::*;
 use crate::clock::ManualClock;
-use crate::limiter::{Acquire, Decision, Label, Limit, OnLimit, StreamId, Timestamp, Ttl, UserState, apply};
+use crate::limiter::{Acquire, Decision, Label, Limit, Timestamp, Ttl, UserState, apply};
 use crate::store::conformance;
 
 const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
@@ -52,21 +52,8 @@ fn user(s: &str) -> UserId {
     UserId::new(s).unwrap()
 }
 
-fn stream(s: &str) -> StreamId {
-    StreamId::new(s).unwrap()
-}
-
 fn acquire(s: &str, limit: u32) -> Acquire {
-    Acquire {
-        stream_id: stream(s),
-        device_id: None,
-        content_id: None,
-        limit: Limit::new(limit).unwrap(),
-        ttl: Ttl::from_secs(60).unwrap(),
-        on_limit: OnLimit::Reject,
-        evict: Vec::new(),
-        enforce: true,
-    }
+    Acquire::for_test(s, limit)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -276,16 +276,7 @@ mod tests {
     }
 
     fn acquire(s: &str, limit: u32) -> Acquire {
-        Acquire {
-            stream_id: stream(s),
-            device_id: None,
-            content_id: None,
-            limit: Limit::new(limit).unwrap(),
-            ttl: Ttl::from_secs(60).unwrap(),
-            on_limit: OnLimit::Reject,
-            evict: Vec::new(),
-            enforce: true,
-        }
+        Acquire::for_test(s, limit)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
