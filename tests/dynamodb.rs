@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 
 use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
 use common::dynamodb::{self, CLIENT_ENV, DynamoLocal};
-use common::{Process, Reply, binary, run_to_exit};
+use common::{Process, Reply, binary, run_to_exit, two_instances};
 use serde_json::{Value, json};
 
 /// The binary with DynamoDB Local's region and credentials.
@@ -197,72 +196,15 @@ async fn two_instances_on_one_table_keep_every_user_atomic() {
     let table = new_table(local);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("streamcap.toml");
-    std::fs::write(
-        &config,
-        "[limits]\ndefault = 3\nplans = { evictor = 2 }\n[limits.on_limit_by_plan]\nevictor = \"evict_oldest\"\n",
-    )
-    .unwrap();
+    std::fs::write(&config, two_instances::CONFIG).unwrap();
     let a = serve(local, &table, &["--config", config.to_str().unwrap()]);
     let b = serve(local, &table, &["--config", config.to_str().unwrap()]);
 
-    // 64 concurrent acquires for one user, alternating between instances.
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..64 {
-        let url = if i % 2 == 0 { a.url("") } else { b.url("") };
-        set.spawn(async move { put(format!("{url}/v1/users/racer/streams/s{i}"), json!({})).await });
-    }
-    let mut statuses = Vec::new();
-    while let Some(r) = set.join_next().await {
-        let r = r.unwrap();
-        if r.status == 409 {
-            r.assert_problem(409, "stream-limit-reached");
-        }
-        statuses.push(r.status);
-    }
-    assert_eq!(statuses.iter().filter(|&&s| s == 201).count(), 3, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|&&s| s == 409).count(), 61, "{statuses:?}");
-    for p in [&a, &b] {
-        let list = get(p.url("/v1/users/racer/streams")).await.json();
-        assert_eq!(ids(&list["active_streams"]).len(), 3, "both instances see the same state");
-    }
+    two_instances::acquires_grant_exactly_the_limit(&a.url(""), &b.url("")).await;
     let raced = conflicts(&a).await + conflicts(&b).await;
     eprintln!("64 acquires on two instances: {raced} conflicts retried");
 
-    // Evict-oldest and take-over races across instances keep the limit,
-    // and every grant is accounted for.
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..64 {
-        let url = if i % 2 == 0 { a.url("") } else { b.url("") };
-        let body = if i % 3 == 0 {
-            json!({"plan": "evictor", "evict": [format!("e{}", i - 1), format!("e{}", i + 1)]})
-        } else {
-            json!({"plan": "evictor"})
-        };
-        set.spawn(async move { put(format!("{url}/v1/users/crowd/streams/e{i}"), body).await });
-    }
-    let (mut granted, mut evicted) = (BTreeSet::new(), BTreeSet::new());
-    while let Some(r) = set.join_next().await {
-        let r = r.unwrap();
-        match r.status {
-            201 => {
-                let body = r.json();
-                assert!(body["active_streams"].as_u64().unwrap() <= 2, "{body}");
-                granted.insert(body["stream_id"].as_str().unwrap().to_owned());
-                for e in ids(&body["evicted"]) {
-                    assert!(evicted.insert(e), "evicted twice");
-                }
-            }
-            409 => {
-                r.assert_problem(409, "stream-limit-reached");
-            }
-            other => panic!("{other}: {r:?}"),
-        }
-    }
-    let list = get(a.url("/v1/users/crowd/streams")).await.json();
-    let live: BTreeSet<String> = ids(&list["active_streams"]).into_iter().collect();
-    assert!(live.len() <= 2, "{live:?}");
-    assert_eq!(live.union(&evicted).cloned().collect::<BTreeSet<_>>(), granted);
-    assert!(live.is_disjoint(&evicted));
+    two_instances::evictions_keep_the_limit(&a.url(""), &b.url("")).await;
     eprintln!(
         "64 evicting acquires on two instances: {} conflicts retried",
         conflicts(&a).await + conflicts(&b).await - raced

@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::redis::{RedisCluster, RedisServer};
-use common::{Process, Reply, binary};
+use common::{Process, Reply, binary, two_instances};
 use serde_json::{Value, json};
 
 fn cluster_args(cluster: &RedisCluster) -> Vec<String> {
@@ -33,82 +32,19 @@ async fn put(client: &reqwest::Client, url: String, body: Value) -> Reply {
     Reply::from(client.put(url).json(&body).send().await.unwrap()).await
 }
 
-fn ids(v: &Value) -> Vec<String> {
-    v.as_array().map(|a| a.iter().map(|l| l["stream_id"].as_str().unwrap().to_owned()).collect()).unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_cluster_keep_every_user_atomic() {
     let cluster = RedisCluster::start(3, 0);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("streamcap.toml");
-    std::fs::write(
-        &config,
-        "[limits]\ndefault = 3\nplans = { evictor = 2 }\n[limits.on_limit_by_plan]\nevictor = \"evict_oldest\"\n",
-    )
-    .unwrap();
+    std::fs::write(&config, two_instances::CONFIG).unwrap();
     let mut args = cluster_args(&cluster);
     args.extend(["--config".into(), config.to_str().unwrap().into()]);
     let a = start(&args, &[]);
     let b = start(&args, &[]);
 
-    // 64 concurrent acquires for one user, alternating between instances.
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..64 {
-        let url = if i % 2 == 0 { a.url("") } else { b.url("") };
-        set.spawn(async move {
-            put(&reqwest::Client::new(), format!("{url}/v1/users/racer/streams/s{i}"), json!({})).await.status
-        });
-    }
-    let mut statuses = Vec::new();
-    while let Some(s) = set.join_next().await {
-        statuses.push(s.unwrap());
-    }
-    assert_eq!(statuses.iter().filter(|&&s| s == 201).count(), 3, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|&&s| s == 409).count(), 61, "{statuses:?}");
-    let client = reqwest::Client::new();
-    for p in [&a, &b] {
-        let list: Value = client.get(p.url("/v1/users/racer/streams")).send().await.unwrap().json().await.unwrap();
-        assert_eq!(list["active_streams"].as_array().unwrap().len(), 3, "both instances see the same state");
-    }
-
-    // Evict-oldest and take-over races across instances keep the limit,
-    // and every grant is accounted for.
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..64 {
-        let url = if i % 2 == 0 { a.url("") } else { b.url("") };
-        let body = if i % 3 == 0 {
-            json!({"plan": "evictor", "evict": [format!("e{}", i - 1), format!("e{}", i + 1)]})
-        } else {
-            json!({"plan": "evictor"})
-        };
-        set.spawn(
-            async move { put(&reqwest::Client::new(), format!("{url}/v1/users/crowd/streams/e{i}"), body).await },
-        );
-    }
-    let (mut granted, mut evicted) = (BTreeSet::new(), BTreeSet::new());
-    while let Some(r) = set.join_next().await {
-        let r = r.unwrap();
-        match r.status {
-            201 => {
-                let body = r.json();
-                assert!(body["active_streams"].as_u64().unwrap() <= 2, "{body}");
-                granted.insert(body["stream_id"].as_str().unwrap().to_owned());
-                for e in ids(&body["evicted"]) {
-                    assert!(evicted.insert(e), "evicted twice");
-                }
-            }
-            409 => {
-                r.assert_problem(409, "stream-limit-reached");
-            }
-            other => panic!("{other}: {r:?}"),
-        }
-    }
-    let list: Value = client.get(a.url("/v1/users/crowd/streams")).send().await.unwrap().json().await.unwrap();
-    let live: BTreeSet<String> = ids(&list["active_streams"]).into_iter().collect();
-    assert!(live.len() <= 2, "{live:?}");
-    assert_eq!(live.union(&evicted).cloned().collect::<BTreeSet<_>>(), granted);
-    assert!(live.is_disjoint(&evicted));
+    two_instances::acquires_grant_exactly_the_limit(&a.url(""), &b.url("")).await;
+    two_instances::evictions_keep_the_limit(&a.url(""), &b.url("")).await;
 }
 
 /// Killing the primary that holds a user makes requests fail with 503 while

@@ -10,6 +10,8 @@ pub mod redis;
 #[path = "../../src/store/dynamodb/harness.rs"]
 pub mod dynamodb;
 
+pub mod two_instances;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
