@@ -202,27 +202,36 @@ mod tests {
         assert!(Head::parse(b"SSH-2.0\r\n\r\n").is_err());
     }
 
-    #[tokio::test]
-    async fn reads_length_and_chunked_bodies_over_a_socket() {
+    /// A server on a free port that answers each request on one connection
+    /// with the next of `replies`; with `split`, in two writes, so that the
+    /// client must read more than once.
+    async fn scripted(replies: [&'static [u8]; 3], split: bool) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
             let mut buf = [0u8; 1024];
-            let replies: [&[u8]; 3] = [
-                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
-                b"HTTP/1.1 409 Conflict\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
-                b"HTTP/1.1 204 No Content\r\n\r\n",
-            ];
             for reply in replies {
                 let _ = s.read(&mut buf).await.unwrap();
-                // Split the reply, so the client must read more than once.
-                let (a, b) = reply.split_at(reply.len() / 2);
+                let (a, b) = reply.split_at(if split { reply.len() / 2 } else { reply.len() });
                 s.write_all(a).await.unwrap();
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                s.write_all(b).await.unwrap();
+                if split {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    s.write_all(b).await.unwrap();
+                }
             }
         });
+        (addr, server)
+    }
+
+    #[tokio::test]
+    async fn reads_length_and_chunked_bodies_over_a_socket() {
+        let replies: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+            b"HTTP/1.1 409 Conflict\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        ];
+        let (addr, server) = scripted(replies, true).await;
         let mut c = Conn::connect(addr).await.unwrap();
         for want in [200, 409, 204] {
             assert_eq!(c.roundtrip(b"GET / HTTP/1.1\r\n\r\n").await.unwrap(), (want, true));
@@ -232,21 +241,12 @@ mod tests {
 
     #[tokio::test]
     async fn returns_the_body_of_a_probe() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 1024];
-            let replies: [&[u8]; 3] = [
-                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
-                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
-                b"HTTP/1.1 204 No Content\r\n\r\n",
-            ];
-            for reply in replies {
-                let _ = s.read(&mut buf).await.unwrap();
-                s.write_all(reply).await.unwrap();
-            }
-        });
+        let replies: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        ];
+        let (addr, server) = scripted(replies, false).await;
         let mut c = Conn::connect(addr).await.unwrap();
         assert_eq!(c.fetch(b"GET / HTTP/1.1\r\n\r\n").await.unwrap(), (200, b"hello".to_vec()));
         assert_eq!(c.fetch(b"GET / HTTP/1.1\r\n\r\n").await.unwrap(), (200, b"abcde".to_vec()));
