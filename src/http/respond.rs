@@ -62,6 +62,9 @@ fn degraded(state: &AppState, user: &UserId, req: Acquire, error: &StoreError) -
         stream_id: req.stream_id,
         device_id: req.device_id,
         content_id: req.content_id,
+        device_class: req.device_class,
+        content_kind: req.content_kind,
+        plan: req.plan,
         started_at: now,
         expires_at: now.plus(req.ttl),
     };

@@ -8,6 +8,8 @@
 //! it runs a Lua translation of these rules inside one script call, and the
 //! differential tests hold that translation to [`apply`].
 
+use std::sync::Arc;
+
 mod ids;
 #[cfg(test)]
 mod model_tests;
@@ -92,6 +94,12 @@ pub struct Lease {
     pub stream_id: StreamId,
     pub device_id: Option<Label>,
     pub content_id: Option<Label>,
+    /// What kind of device plays it ("tv", "mobile"), for rules' scopes.
+    pub device_class: Option<Label>,
+    /// What kind of content it plays ("live", "download"), for rules' scopes.
+    pub content_kind: Option<Label>,
+    /// The plan of the request that holds it, if one was named.
+    pub plan: Option<Label>,
     pub started_at: Timestamp,
     pub expires_at: Timestamp,
 }
@@ -148,6 +156,32 @@ pub enum LimitSource {
     Default,
 }
 
+/// A limit on part of a user's streams: those that match its scope, or
+/// with `per_content`, those that match it and play one title. A rule
+/// with neither `device_class` nor `content_kind` matches every stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub name: Label,
+    /// Scope: only streams of this device class match.
+    pub device_class: Option<Label>,
+    /// Scope: only streams of this content kind match.
+    pub content_kind: Option<Label>,
+    /// The limit applies to each `content_id` separately. Streams without
+    /// a content id are outside such a rule.
+    pub per_content: bool,
+    pub limit: Limit,
+    /// Matching streams do not count toward the user's total.
+    pub exempt: bool,
+}
+
+/// A rule that refused a stream (or would have, in shadow mode), as the
+/// answer names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleHit {
+    pub name: Label,
+    pub limit: Limit,
+}
+
 /// Everything the rules know about one user. Stores load it, hand it to
 /// [`apply`] and persist the returned [`Write`]s, all inside one atomic step.
 /// It may hold expired leases and tombstones; the rules ignore and remove them.
@@ -198,8 +232,14 @@ pub struct Acquire {
     pub stream_id: StreamId,
     pub device_id: Option<Label>,
     pub content_id: Option<Label>,
+    pub device_class: Option<Label>,
+    pub content_kind: Option<Label>,
+    /// The plan the request named, kept on the lease.
+    pub plan: Option<Label>,
     /// The plan's limit or the default. A per-user override wins over it.
     pub limit: Limit,
+    /// The plan's rules or the default ones, in configured order.
+    pub rules: Arc<[Rule]>,
     pub ttl: Ttl,
     /// What to do when the account is full.
     pub on_limit: OnLimit,
@@ -218,7 +258,11 @@ impl Acquire {
             stream_id: StreamId::new(stream).unwrap(),
             device_id: None,
             content_id: None,
+            device_class: None,
+            content_kind: None,
+            plan: None,
             limit: Limit::new(limit).unwrap(),
+            rules: Arc::from([]),
             ttl: Ttl::from_secs(60).unwrap(),
             on_limit: OnLimit::Reject,
             evict: Vec::new(),
@@ -262,7 +306,10 @@ pub enum Decision {
     Granted(Grant),
     /// The stream already held a live lease; its expiry moved to now + ttl.
     Renewed(Grant),
-    /// The account is full and this stream is not one of its live leases.
+    /// A scope the new stream must fit in is full. A live stream is
+    /// refused only when its renewal moves it into a full scope (a new
+    /// device class, content kind or title); it then keeps its lease as
+    /// it was.
     Denied(Denial),
     /// The stream was evicted or revoked and must stop.
     Gone(Tombstone),
@@ -279,15 +326,21 @@ pub struct Grant {
     pub evicted: Vec<Lease>,
     /// Shadow mode: enforcing would have refused this grant.
     pub would_deny: bool,
+    /// Shadow mode: the rule that would have refused it (`None` when it
+    /// was the total, or nothing).
+    pub would_deny_rule: Option<RuleHit>,
     /// Shadow mode: enforcing would have evicted these streams.
     pub would_evict: Vec<StreamId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Denial {
-    /// The effective limit.
+    /// The effective total limit.
     pub limit: Limit,
-    /// The user's live leases, oldest first.
+    /// The rule that is full, or `None` when the total is.
+    pub rule: Option<RuleHit>,
+    /// The live leases in the full scope (the rule's, or those that count
+    /// toward the total), oldest first.
     pub live: Vec<Lease>,
 }
 

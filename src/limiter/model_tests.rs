@@ -231,7 +231,8 @@ proptest! {
                     };
                     let op = Op::Acquire(Acquire {
                         stream_id: StreamId::new(&r.stream).unwrap(),
-                        device_id: None, content_id: None, limit: limit_v, ttl,
+                        device_id: None, content_id: None, device_class: None, content_kind: None, plan: None,
+                        limit: limit_v, rules: Default::default(), ttl,
                         on_limit: if evict_oldest { OnLimit::EvictOldest } else { OnLimit::Reject },
                         evict: r.evict.iter().map(|s| StreamId::new(s).unwrap()).collect(),
                         enforce,
@@ -299,7 +300,8 @@ proptest! {
                 Step::Advance(ms) => { now += i64::from(ms); continue; }
                 Step::Acquire { stream, evict_oldest, evict, .. } => Op::Acquire(Acquire {
                     stream_id: StreamId::new(&sid(stream)).unwrap(),
-                    device_id: None, content_id: None, limit: Limit::new(limit).unwrap(), ttl,
+                    device_id: None, content_id: None, device_class: None, content_kind: None, plan: None,
+                    limit: Limit::new(limit).unwrap(), rules: Default::default(), ttl,
                     on_limit: if evict_oldest { OnLimit::EvictOldest } else { OnLimit::Reject },
                     evict: evict.iter().map(|&i| StreamId::new(&sid(i)).unwrap()).collect(),
                     enforce: true,

@@ -1,8 +1,8 @@
 //! The rules themselves: [`apply`] is the one place where decisions are made.
 
 use super::{
-    Acquire, Decision, Denial, Grant, Lease, Limit, LimitSource, OnLimit, Op, Outcome, Reply, RevokeReason, StreamId,
-    Timestamp, Tombstone, UserState, Write,
+    Acquire, Decision, Denial, Grant, Label, Lease, Limit, LimitSource, OnLimit, Op, Outcome, Reply, RevokeReason,
+    Rule, RuleHit, StreamId, Timestamp, Tombstone, UserState, Write,
 };
 
 /// Runs `op` against `state` at time `now`. `state` is updated in place and
@@ -81,51 +81,140 @@ fn lease_of(state: &UserState, stream: &StreamId) -> Option<usize> {
     state.leases.iter().position(|l| &l.stream_id == stream)
 }
 
+/// What rules look at in a stream.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Traits<'a> {
+    device_class: Option<&'a Label>,
+    content_kind: Option<&'a Label>,
+    content_id: Option<&'a Label>,
+}
+
+impl<'a> Traits<'a> {
+    fn of(lease: &'a Lease) -> Self {
+        Self {
+            device_class: lease.device_class.as_ref(),
+            content_kind: lease.content_kind.as_ref(),
+            content_id: lease.content_id.as_ref(),
+        }
+    }
+}
+
+impl Rule {
+    fn matches(&self, t: Traits) -> bool {
+        self.device_class.as_ref().is_none_or(|c| t.device_class == Some(c))
+            && self.content_kind.as_ref().is_none_or(|k| t.content_kind == Some(k))
+    }
+}
+
+/// A set of a user's streams under one limit, which a new stream must fit
+/// in.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// The streams a rule matches; for a per-title rule, those that also
+    /// play this title.
+    Rule(&'a Rule, Option<&'a Label>),
+    /// The streams that count toward the user's total: all but those an
+    /// exempt rule matches.
+    Total(&'a [Rule], Limit),
+}
+
+impl Scope<'_> {
+    fn contains(self, t: Traits) -> bool {
+        match self {
+            Scope::Rule(rule, title) => rule.matches(t) && (!rule.per_content || t.content_id == title),
+            Scope::Total(rules, _) => !exempt(rules, t),
+        }
+    }
+
+    fn limit(self) -> Limit {
+        match self {
+            Scope::Rule(rule, _) => rule.limit,
+            Scope::Total(_, limit) => limit,
+        }
+    }
+
+    fn hit(self) -> Option<RuleHit> {
+        match self {
+            Scope::Rule(rule, _) => Some(RuleHit { name: rule.name.clone(), limit: rule.limit }),
+            Scope::Total(..) => None,
+        }
+    }
+
+    /// The leases of `live` in this scope, leaving out `skip`, in order.
+    fn members<'l>(self, live: &'l [Lease], skip: &[&Lease]) -> Vec<&'l Lease> {
+        live.iter()
+            .filter(|l| self.contains(Traits::of(l)) && !skip.iter().any(|s| s.stream_id == l.stream_id))
+            .collect()
+    }
+
+    fn is_full(self, live: &[Lease], skip: &[&Lease]) -> bool {
+        self.members(live, skip).len() >= self.limit().get() as usize
+    }
+}
+
+fn exempt(rules: &[Rule], t: Traits) -> bool {
+    rules.iter().any(|r| r.exempt && r.matches(t))
+}
+
+/// The scopes a stream with traits `t` must fit in, in the order they are
+/// checked: its rules in configured order, then the total unless the
+/// stream is exempt from it. A per-title rule does not apply to a stream
+/// without a title.
+fn scopes<'a>(rules: &'a [Rule], total: Limit, t: Traits<'a>) -> Vec<Scope<'a>> {
+    let mut scopes: Vec<Scope> = rules
+        .iter()
+        .filter(|r| r.matches(t) && (!r.per_content || t.content_id.is_some()))
+        .map(|r| Scope::Rule(r, t.content_id.filter(|_| r.per_content)))
+        .collect();
+    if !exempt(rules, t) {
+        scopes.push(Scope::Total(rules, total));
+    }
+    scopes
+}
+
 /// `state` holds only live leases and tombstones here.
 fn acquire(state: &mut UserState, req: Acquire, now: Timestamp, writes: &mut Vec<Write>) -> Decision {
     if let Some(t) = state.tombstones.iter().find(|t| t.stream_id == req.stream_id) {
         return Decision::Gone(t.clone());
     }
     let limit = state.limit_override.unwrap_or(req.limit);
-    let expires_at = now.plus(req.ttl);
     if let Some(i) = lease_of(state, &req.stream_id) {
-        // A live stream always renews, even when a lowered limit now
-        // leaves the account over it: nobody is cut off by a limit change.
-        let lease = &mut state.leases[i];
-        lease.expires_at = expires_at;
-        if req.device_id.is_some() {
-            lease.device_id = req.device_id;
-        }
-        if req.content_id.is_some() {
-            lease.content_id = req.content_id;
-        }
-        let lease = lease.clone();
-        writes.push(Write::PutLease(lease.clone()));
-        return Decision::Renewed(grant(state, lease, limit));
+        return renew(state, i, req, limit, now, writes);
     }
 
     let live = state.live(now);
-    let seats = limit.get() as usize;
-    // Which leases must go for this one to fit, or None if it cannot fit.
-    let victims: Option<Vec<Lease>> = if !req.evict.is_empty() {
-        // Take-over: the named live streams go, but only if that frees a seat.
-        let named: Vec<Lease> = live.iter().filter(|l| req.evict.contains(&l.stream_id)).cloned().collect();
-        (live.len() - named.len() < seats).then_some(named)
-    } else if live.len() < seats {
-        Some(Vec::new())
-    } else if req.on_limit == OnLimit::EvictOldest && live.len() == seats && seats > 0 {
-        // Exactly full: the oldest makes room. Over the limit (after an
-        // override was lowered), nobody is evicted and new streams wait.
-        Some(live[..1].to_vec())
+    let t = Traits {
+        device_class: req.device_class.as_ref(),
+        content_kind: req.content_kind.as_ref(),
+        content_id: req.content_id.as_ref(),
+    };
+    let scopes = scopes(&req.rules, limit, t);
+    // The leases that must go for this one to fit, or the scope it cannot
+    // fit in.
+    let verdict: Result<Vec<&Lease>, Scope> = if !req.evict.is_empty() {
+        // Take-over: the named live streams go, but only if that frees a
+        // seat in every scope.
+        let named: Vec<&Lease> = live.iter().filter(|l| req.evict.contains(&l.stream_id)).collect();
+        match scopes.iter().find(|s| s.is_full(&live, &named)) {
+            Some(&full) => Err(full),
+            None => Ok(named),
+        }
     } else {
-        None
+        match scopes.iter().find(|s| s.is_full(&live, &[])) {
+            None => Ok(Vec::new()),
+            Some(&full) if req.on_limit == OnLimit::Reject => Err(full),
+            Some(_) => evict_oldest(&scopes, &live),
+        }
     };
 
-    let (would_deny, would_evict, victims) = match (victims, req.enforce) {
-        (None, true) => return Decision::Denied(Denial { limit, live }),
-        (None, false) => (true, Vec::new(), Vec::new()),
-        (Some(v), true) => (false, Vec::new(), v),
-        (Some(v), false) => (false, v.into_iter().map(|l| l.stream_id).collect(), Vec::new()),
+    let (would_deny, would_evict, victims) = match (verdict, req.enforce) {
+        (Err(full), true) => {
+            let live = full.members(&live, &[]).into_iter().cloned().collect();
+            return Decision::Denied(Denial { limit, rule: full.hit(), live });
+        }
+        (Err(full), false) => (Some(full.hit()), Vec::new(), Vec::new()),
+        (Ok(v), true) => (None, Vec::new(), v.into_iter().cloned().collect()),
+        (Ok(v), false) => (None, v.into_iter().map(|l| l.stream_id.clone()).collect(), Vec::new()),
     };
     for v in &victims {
         let reason = RevokeReason::EvictedBy(req.stream_id.clone());
@@ -135,12 +224,92 @@ fn acquire(state: &mut UserState, req: Acquire, now: Timestamp, writes: &mut Vec
         stream_id: req.stream_id,
         device_id: req.device_id,
         content_id: req.content_id,
+        device_class: req.device_class,
+        content_kind: req.content_kind,
+        plan: req.plan,
         started_at: now,
-        expires_at,
+        expires_at: now.plus(req.ttl),
     };
     state.leases.push(lease.clone());
     writes.push(Write::PutLease(lease.clone()));
-    Decision::Granted(Grant { evicted: victims, would_deny, would_evict, ..grant(state, lease, limit) })
+    Decision::Granted(Grant {
+        evicted: victims,
+        would_deny: would_deny.is_some(),
+        would_deny_rule: would_deny.flatten(),
+        would_evict,
+        ..grant(state, lease, limit)
+    })
+}
+
+/// `evict_oldest` on a full account: in each full scope, in order, the
+/// oldest stream not already chosen makes room. A scope over its limit
+/// (after a limit was lowered) or with no seats at all evicts nobody, and
+/// the new stream is refused.
+fn evict_oldest<'l, 'a>(scopes: &[Scope<'a>], live: &'l [Lease]) -> Result<Vec<&'l Lease>, Scope<'a>> {
+    let mut victims: Vec<&Lease> = Vec::new();
+    for &scope in scopes {
+        let members = scope.members(live, &victims);
+        let seats = scope.limit().get() as usize;
+        if members.len() < seats {
+            continue;
+        }
+        if members.len() > seats || seats == 0 {
+            return Err(scope);
+        }
+        victims.push(members[0]);
+    }
+    // Oldest first, as `live` is.
+    victims.sort_by_key(|v| live.iter().position(|l| l.stream_id == v.stream_id));
+    Ok(victims)
+}
+
+/// Renews the live lease at `i`. A live stream always renews, even when a
+/// lowered limit leaves a scope over it: nobody is cut off by a limit
+/// change. But a renewal that gives the stream a new device class,
+/// content kind or title must fit in every scope that this moves it into.
+fn renew(
+    state: &mut UserState,
+    i: usize,
+    req: Acquire,
+    limit: Limit,
+    now: Timestamp,
+    writes: &mut Vec<Write>,
+) -> Decision {
+    let old = &state.leases[i];
+    let mut new = old.clone();
+    new.expires_at = now.plus(req.ttl);
+    for (field, given) in [
+        (&mut new.device_id, req.device_id),
+        (&mut new.content_id, req.content_id),
+        (&mut new.device_class, req.device_class),
+        (&mut new.content_kind, req.content_kind),
+        (&mut new.plan, req.plan),
+    ] {
+        if given.is_some() {
+            *field = given;
+        }
+    }
+    let mut blocked = None;
+    if Traits::of(&new) != Traits::of(old) {
+        let others: Vec<Lease> = state.live(now).into_iter().filter(|l| l.stream_id != old.stream_id).collect();
+        for scope in scopes(&req.rules, limit, Traits::of(&new)) {
+            if !scope.contains(Traits::of(old)) && scope.is_full(&others, &[]) {
+                if req.enforce {
+                    let live = scope.members(&others, &[]).into_iter().cloned().collect();
+                    return Decision::Denied(Denial { limit, rule: scope.hit(), live });
+                }
+                blocked = Some(scope.hit());
+                break;
+            }
+        }
+    }
+    state.leases[i] = new.clone();
+    writes.push(Write::PutLease(new.clone()));
+    Decision::Renewed(Grant {
+        would_deny: blocked.is_some(),
+        would_deny_rule: blocked.flatten(),
+        ..grant(state, new, limit)
+    })
 }
 
 /// Removes `lease` and leaves a tombstone in its place.
@@ -157,11 +326,21 @@ fn revoke(state: &mut UserState, lease: &Lease, reason: RevokeReason, until: Tim
 fn grant(state: &UserState, lease: Lease, limit: Limit) -> Grant {
     // Only live leases remain in `state` at this point.
     let active_streams = u32::try_from(state.leases.len()).unwrap_or(u32::MAX);
-    Grant { lease, active_streams, limit, evicted: Vec::new(), would_deny: false, would_evict: Vec::new() }
+    Grant {
+        lease,
+        active_streams,
+        limit,
+        evicted: Vec::new(),
+        would_deny: false,
+        would_deny_rule: None,
+        would_evict: Vec::new(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::limiter::Ttl;
 
@@ -369,5 +548,257 @@ mod tests {
         }
         assert_eq!(s.live(at(12)).len(), 4);
         assert!(s.tombstones.is_empty());
+    }
+
+    fn label(s: &str) -> Label {
+        Label::new(s).unwrap()
+    }
+
+    fn rule(name: &str, limit: u32) -> Rule {
+        Rule {
+            name: label(name),
+            device_class: None,
+            content_kind: None,
+            per_content: false,
+            limit: Limit::new(limit).unwrap(),
+            exempt: false,
+        }
+    }
+
+    fn tv(limit: u32) -> Rule {
+        Rule { device_class: Some(label("tv")), ..rule("tv", limit) }
+    }
+
+    /// An acquire of `stream` under `rules` with total `limit`, on a
+    /// device of `class` playing `title` of `kind` (each optional).
+    fn on(
+        stream: &str,
+        limit: u32,
+        rules: &[Rule],
+        class: Option<&str>,
+        kind: Option<&str>,
+        title: Option<&str>,
+    ) -> Acquire {
+        Acquire {
+            device_class: class.map(label),
+            content_kind: kind.map(label),
+            content_id: title.map(label),
+            rules: Arc::from(rules),
+            ..req(stream, limit)
+        }
+    }
+
+    fn hit(name: &str, limit: u32) -> Option<RuleHit> {
+        Some(RuleHit { name: label(name), limit: Limit::new(limit).unwrap() })
+    }
+
+    #[test]
+    fn a_rule_caps_its_scope_inside_the_total() {
+        // "4 streams, but at most 2 on TVs".
+        let rules = [tv(2)];
+        let mut s = UserState::default();
+        let go = |s: &mut UserState, stream: &str, class: &str, ms| {
+            decision(apply(s, Op::Acquire(on(stream, 4, &rules, Some(class), None, None)), at(ms)))
+        };
+        assert!(matches!(go(&mut s, "tv1", "tv", 0), Decision::Granted(_)));
+        assert!(matches!(go(&mut s, "tv2", "tv", 1), Decision::Granted(_)));
+        match go(&mut s, "tv3", "tv", 2) {
+            Decision::Denied(d) => {
+                assert_eq!(d.rule, hit("tv", 2));
+                assert_eq!(d.limit.get(), 4);
+                assert_eq!(ids(&d.live), ["tv1", "tv2"]);
+            }
+            d => panic!("{d:?}"),
+        }
+        assert!(matches!(go(&mut s, "m1", "mobile", 3), Decision::Granted(_)));
+        assert!(matches!(go(&mut s, "m2", "mobile", 4), Decision::Granted(_)));
+        match go(&mut s, "m3", "mobile", 5) {
+            Decision::Denied(d) => {
+                assert_eq!(d.rule, None);
+                assert_eq!(ids(&d.live), ["tv1", "tv2", "m1", "m2"]);
+            }
+            d => panic!("{d:?}"),
+        }
+        // A stream with no device class is outside the TV rule.
+        apply(&mut s, Op::Release(sid("m2")), at(6));
+        assert!(matches!(decision(apply(&mut s, acq("x", 4), at(7))), Decision::Granted(_)));
+    }
+
+    #[test]
+    fn a_per_title_rule_counts_each_title_apart_and_skips_untitled_streams() {
+        let rules = [Rule { per_content: true, ..rule("one-per-title", 1) }];
+        let mut s = UserState::default();
+        let go = |s: &mut UserState, stream: &str, title: Option<&str>| {
+            decision(apply(s, Op::Acquire(on(stream, 4, &rules, None, None, title)), at(0)))
+        };
+        assert!(matches!(go(&mut s, "a", Some("film")), Decision::Granted(_)));
+        match go(&mut s, "b", Some("film")) {
+            Decision::Denied(d) => assert_eq!((d.rule, ids(&d.live)), (hit("one-per-title", 1), vec!["a"])),
+            d => panic!("{d:?}"),
+        }
+        assert!(matches!(go(&mut s, "c", Some("show")), Decision::Granted(_)));
+        assert!(matches!(go(&mut s, "d", None), Decision::Granted(_)));
+        assert!(matches!(go(&mut s, "e", None), Decision::Granted(_)));
+        // The total still holds: four live.
+        assert!(matches!(go(&mut s, "f", Some("other")), Decision::Denied(Denial { rule: None, .. })));
+    }
+
+    #[test]
+    fn exempt_streams_skip_the_total_but_keep_their_own_limit() {
+        // "downloads don't count", up to 2 of them; total 1.
+        let downloads = Rule { content_kind: Some(label("download")), exempt: true, ..rule("downloads", 2) };
+        let rules = [downloads];
+        let mut s = UserState::default();
+        let go = |s: &mut UserState, stream: &str, kind: Option<&str>| {
+            decision(apply(s, Op::Acquire(on(stream, 1, &rules, None, kind, None)), at(0)))
+        };
+        assert!(matches!(go(&mut s, "watch", None), Decision::Granted(_)));
+        assert!(matches!(go(&mut s, "dl1", Some("download")), Decision::Granted(_)));
+        assert!(matches!(go(&mut s, "dl2", Some("download")), Decision::Granted(_)));
+        match go(&mut s, "dl3", Some("download")) {
+            Decision::Denied(d) => {
+                assert_eq!((d.limit.get(), d.rule, ids(&d.live)), (1, hit("downloads", 2), vec!["dl1", "dl2"]))
+            }
+            d => panic!("{d:?}"),
+        }
+        // The total lists only the streams that count toward it.
+        match go(&mut s, "watch2", Some("vod")) {
+            Decision::Denied(d) => assert_eq!((d.rule, ids(&d.live)), (None, vec!["watch"])),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn a_zero_rule_forbids_its_scope() {
+        let live = Rule { content_kind: Some(label("live")), ..rule("no-live", 0) };
+        let mut s = UserState::default();
+        let evicting = Acquire { on_limit: OnLimit::EvictOldest, ..on("a", 3, &[live], None, Some("live"), None) };
+        match decision(apply(&mut s, Op::Acquire(evicting), T0)) {
+            Decision::Denied(d) => assert_eq!((d.rule, d.live), (hit("no-live", 0), vec![])),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn evict_oldest_evicts_within_the_full_scope() {
+        let rules = [tv(2)];
+        let mut s = UserState::default();
+        for (i, (stream, class)) in [("m1", "mobile"), ("tv1", "tv"), ("tv2", "tv")].into_iter().enumerate() {
+            apply(&mut s, Op::Acquire(on(stream, 4, &rules, Some(class), None, None)), at(i as i64));
+        }
+        let op = Acquire { on_limit: OnLimit::EvictOldest, ..on("tv3", 4, &rules, Some("tv"), None, None) };
+        match decision(apply(&mut s, Op::Acquire(op), at(10))) {
+            // m1 is older, but evicting it would not free a TV seat.
+            Decision::Granted(g) => assert_eq!(ids(&g.evicted), ["tv1"]),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn evict_oldest_frees_a_seat_in_every_full_scope() {
+        // TV full (tv1, tv2) and the title full (m-film on a phone), total 4.
+        let rules = [tv(2), Rule { per_content: true, ..rule("one-per-title", 1) }];
+        let mut s = UserState::default();
+        let start = [("tv1", "tv", "a"), ("m-film", "mobile", "film"), ("tv2", "tv", "b")];
+        for (i, (stream, class, title)) in start.into_iter().enumerate() {
+            apply(&mut s, Op::Acquire(on(stream, 4, &rules, Some(class), None, Some(title))), at(i as i64));
+        }
+        let op = Acquire { on_limit: OnLimit::EvictOldest, ..on("new", 4, &rules, Some("tv"), None, Some("film")) };
+        match decision(apply(&mut s, Op::Acquire(op), at(10))) {
+            Decision::Granted(g) => assert_eq!(ids(&g.evicted), ["tv1", "m-film"]),
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(ids(&s.live(at(10))), ["tv2", "new"]);
+    }
+
+    #[test]
+    fn take_over_must_free_a_seat_in_every_full_scope() {
+        let rules = [tv(1)];
+        let mut s = UserState::default();
+        for (i, (stream, class)) in [("tv1", "tv"), ("m1", "mobile")].into_iter().enumerate() {
+            apply(&mut s, Op::Acquire(on(stream, 2, &rules, Some(class), None, None)), at(i as i64));
+        }
+        let take = |evict: &str| Acquire { evict: vec![sid(evict)], ..on("tv2", 2, &rules, Some("tv"), None, None) };
+        // Taking over the phone frees a seat in the total, not on the TV.
+        let before = s.clone();
+        match decision(apply(&mut s, Op::Acquire(take("m1")), at(5))) {
+            Decision::Denied(d) => assert_eq!((d.rule, ids(&d.live)), (hit("tv", 1), vec!["tv1"])),
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(s, before);
+        match decision(apply(&mut s, Op::Acquire(take("tv1")), at(6))) {
+            Decision::Granted(g) => assert_eq!(ids(&g.evicted), ["tv1"]),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn shadow_mode_names_the_rule_it_would_have_applied() {
+        let rules = [tv(1)];
+        let mut s = UserState::default();
+        let shadow = |stream| Acquire { enforce: false, ..on(stream, 4, &rules, Some("tv"), None, None) };
+        apply(&mut s, Op::Acquire(shadow("tv1")), T0);
+        match decision(apply(&mut s, Op::Acquire(shadow("tv2")), T0)) {
+            Decision::Granted(g) => assert_eq!((g.would_deny, g.would_deny_rule), (true, hit("tv", 1))),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn a_renewal_cannot_move_a_stream_into_a_full_scope() {
+        let rules = [tv(1), Rule { per_content: true, ..rule("one-per-title", 1) }];
+        let mut s = UserState::default();
+        let go = |s: &mut UserState, stream: &str, class: Option<&str>, title: Option<&str>, ms| {
+            decision(apply(s, Op::Acquire(on(stream, 4, &rules, class, None, title)), at(ms)))
+        };
+        assert!(matches!(go(&mut s, "tv1", Some("tv"), Some("a"), 0), Decision::Granted(_)));
+        assert!(matches!(go(&mut s, "m1", Some("mobile"), Some("b"), 1), Decision::Granted(_)));
+        // Switching the phone to the TV's title, or calling it a TV, is refused;
+        // the lease stays as it was, unrenewed.
+        let before = s.clone();
+        match go(&mut s, "m1", None, Some("a"), 2) {
+            Decision::Denied(d) => assert_eq!((d.rule, ids(&d.live)), (hit("one-per-title", 1), vec!["tv1"])),
+            d => panic!("{d:?}"),
+        }
+        assert!(matches!(go(&mut s, "m1", Some("tv"), None, 3), Decision::Denied(Denial { .. })));
+        assert_eq!(s, before);
+        // The next episode of its own title is fine, and so is a plain renewal.
+        match go(&mut s, "m1", None, Some("c"), 4) {
+            Decision::Renewed(g) => assert_eq!(g.lease.content_id, Some(label("c"))),
+            d => panic!("{d:?}"),
+        }
+        assert!(matches!(go(&mut s, "tv1", None, None, 5), Decision::Renewed(_)));
+    }
+
+    #[test]
+    fn a_renewal_keeps_its_seat_in_a_scope_over_its_limit() {
+        let mut s = UserState::default();
+        for (i, stream) in ["tv1", "tv2"].into_iter().enumerate() {
+            apply(&mut s, Op::Acquire(on(stream, 4, &[tv(2)], Some("tv"), None, None)), at(i as i64));
+        }
+        // The rule was lowered to 1 since: both TVs keep renewing.
+        let lowered = [tv(1)];
+        for stream in ["tv1", "tv2"] {
+            let op = Op::Acquire(on(stream, 4, &lowered, Some("tv"), None, Some("x")));
+            assert!(matches!(decision(apply(&mut s, op, at(10))), Decision::Renewed(_)));
+        }
+    }
+
+    #[test]
+    fn leases_keep_their_attributes_and_plan() {
+        let mut s = UserState::default();
+        let first =
+            Acquire { plan: Some(label("premium")), ..on("a", 4, &[], Some("tv"), Some("live"), Some("match")) };
+        apply(&mut s, Op::Acquire(first), T0);
+        match decision(apply(&mut s, acq("a", 4), at(1))) {
+            Decision::Renewed(g) => {
+                let l = g.lease;
+                assert_eq!(l.device_class, Some(label("tv")));
+                assert_eq!(l.content_kind, Some(label("live")));
+                assert_eq!(l.content_id, Some(label("match")));
+                assert_eq!(l.plan, Some(label("premium")));
+            }
+            d => panic!("{d:?}"),
+        }
     }
 }

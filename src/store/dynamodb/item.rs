@@ -173,6 +173,9 @@ fn decode_lease(at: &str, stream_id: StreamId, m: &Item) -> Result<Lease, Decode
         stream_id,
         device_id,
         content_id,
+        device_class: None,
+        content_kind: None,
+        plan: None,
         started_at: started.ok_or_else(|| missing("s"))?,
         expires_at: expires.ok_or_else(|| missing("e"))?,
     })
@@ -230,6 +233,9 @@ mod tests {
             stream_id: StreamId::new(s).unwrap(),
             device_id: d.map(|d| Label::new(d).unwrap()),
             content_id: Some(Label::new("").unwrap()),
+            device_class: None,
+            content_kind: None,
+            plan: None,
             started_at: Timestamp::from_micros(1_700_000_000_000_001),
             expires_at: Timestamp::from_micros(1_700_000_060_000_001),
         };

@@ -506,6 +506,9 @@ mod tests {
             stream_id: stream("tv-1"),
             device_id: label("living-room-tv"),
             content_id: label("movie-42"),
+            device_class: None,
+            content_kind: None,
+            plan: None,
             started_at: Timestamp::from_micros(1_795_502_182_235_866),
             expires_at: Timestamp::from_micros(1_795_502_242_235_866),
         };
@@ -513,6 +516,9 @@ mod tests {
             stream_id: stream("laptop-1"),
             device_id: None,
             content_id: None,
+            device_class: None,
+            content_kind: None,
+            plan: None,
             started_at: Timestamp::from_micros(1_795_502_182_255_934),
             expires_at: Timestamp::from_micros(1_795_502_242_255_934),
         };
@@ -532,6 +538,7 @@ mod tests {
             limit: five,
             evicted: vec![],
             would_deny: false,
+            would_deny_rule: None,
             would_evict: vec![],
         };
         assert_eq!(store.acquire(&u, acquire("tv-1", 3)).await.unwrap(), Decision::Renewed(expected));

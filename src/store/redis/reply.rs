@@ -55,6 +55,9 @@ fn decision(req: Acquire, kind: &[u8], r: &mut Reader<'_>) -> Result<Decision, S
                 stream_id: req.stream_id,
                 device_id: req.device_id,
                 content_id: req.content_id,
+                device_class: req.device_class,
+                content_kind: req.content_kind,
+                plan: req.plan,
             };
             let would_deny = r.bool()?;
             let evicted = (0..r.count()?).map(|_| r.lease()).collect::<Result<_, _>>()?;
@@ -62,7 +65,15 @@ fn decision(req: Acquire, kind: &[u8], r: &mut Reader<'_>) -> Result<Decision, S
             while !r.is_empty() {
                 would_evict.push(r.stream()?);
             }
-            Decision::Granted(Grant { lease, active_streams, limit, evicted, would_deny, would_evict })
+            Decision::Granted(Grant {
+                lease,
+                active_streams,
+                limit,
+                evicted,
+                would_deny,
+                would_deny_rule: None,
+                would_evict,
+            })
         }
         b"renewed" => {
             let active_streams = r.count()?;
@@ -73,11 +84,22 @@ fn decision(req: Acquire, kind: &[u8], r: &mut Reader<'_>) -> Result<Decision, S
                 device_id: r.label(req.device_id.as_ref())?,
                 content_id: r.label(req.content_id.as_ref())?,
                 stream_id: req.stream_id,
+                device_class: None,
+                content_kind: None,
+                plan: None,
             };
             let (evicted, would_evict) = (Vec::new(), Vec::new());
-            Decision::Renewed(Grant { lease, active_streams, limit, evicted, would_deny: false, would_evict })
+            Decision::Renewed(Grant {
+                lease,
+                active_streams,
+                limit,
+                evicted,
+                would_deny: false,
+                would_deny_rule: None,
+                would_evict,
+            })
         }
-        b"denied" => Decision::Denied(Denial { limit: r.limit()?, live: r.leases()? }),
+        b"denied" => Decision::Denied(Denial { limit: r.limit()?, rule: None, live: r.leases()? }),
         b"gone" => {
             let until = r.time()?;
             let reason = match r.opt_str()? {
@@ -229,6 +251,9 @@ impl<'a> Reader<'a> {
             expires_at: self.time()?,
             device_id: self.label(None)?,
             content_id: self.label(None)?,
+            device_class: None,
+            content_kind: None,
+            plan: None,
         })
     }
 

@@ -165,6 +165,9 @@ fn lease(r: &Row<'_>) -> rusqlite::Result<Result<Lease, String>> {
             stream_id: stream_id("stream_id", stream.as_str().ok())?,
             device_id: label("device_id", device.as_str_or_null().ok())?,
             content_id: label("content_id", content.as_str_or_null().ok())?,
+            device_class: None,
+            content_kind: None,
+            plan: None,
             started_at: time("started_at", started_at.as_i64().ok())?,
             expires_at: time("expires_at", expires_at.as_i64().ok())?,
         })

@@ -185,6 +185,9 @@ fn decode(bytes: &[u8]) -> Result<UserState, Undecodable> {
             stream_id: r.stream()?,
             device_id: r.label()?,
             content_id: r.label()?,
+            device_class: None,
+            content_kind: None,
+            plan: None,
             started_at,
             expires_at,
         });
@@ -296,6 +299,9 @@ mod tests {
             stream_id: sid(s),
             device_id: device.map(|d| Label::new(d).unwrap()),
             content_id: content.map(|c| Label::new(c).unwrap()),
+            device_class: None,
+            content_kind: None,
+            plan: None,
             started_at: Timestamp::from_micros(t),
             expires_at: Timestamp::from_micros(t + 60_000_000),
         };
