@@ -501,6 +501,8 @@ pub(super) fn acquire_request(
         on_limit: policy.on_limit,
         evict,
         enforce: state.policy.enforce,
+        plans: None,
+        held: false,
     };
     Ok((user, req))
 }

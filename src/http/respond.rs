@@ -45,6 +45,7 @@ pub(super) fn acquired(
         Ok(Decision::Renewed(grant)) => Ok(Json(LeaseBody::new(&user, &grant, ttl, enforced)).into_response()),
         Ok(Decision::Denied(denial)) => Err(ApiError::LimitReached(user, denial)),
         Ok(Decision::Gone(tombstone)) => Err(ApiError::Revoked(tombstone)),
+        Ok(Decision::NotHeld) => Err(ApiError::NotHeld),
         Err(e) => match fallback {
             Some(req) => Ok(degraded(state, &user, req, &e)),
             None => Err(e.into()),

@@ -667,6 +667,8 @@ async fn renew(state: &AppState, ws: &mut WebSocket, seat: &Seat) -> Option<u16>
             Some(close::ABNORMAL)
         }
         // The lease had gone and its seat was taken meanwhile.
+        // A socket's renewals never say they hold the lease.
+        Ok(Decision::NotHeld) => unreachable!("a socket renewal is not held-only"),
         Ok(Decision::Denied(denial)) => {
             let answer = ApiError::LimitReached(user.clone(), denial).into_response();
             Some(refuse(ws, refusal(answer).await).await)

@@ -73,7 +73,7 @@ id_type!(
 
 /// Free-form metadata carried on a lease (`device_id`, `content_id`):
 /// any text of at most 128 characters.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Label(Arc<str>);
 
 impl Label {

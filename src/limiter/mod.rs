@@ -8,6 +8,7 @@
 //! it runs a Lua translation of these rules inside one script call, and the
 //! differential tests hold that translation to [`apply`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 mod ids;
@@ -174,6 +175,17 @@ pub struct Rule {
     pub exempt: bool,
 }
 
+/// What a plan sets, as the rules apply it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Terms {
+    pub limit: Limit,
+    pub on_limit: OnLimit,
+    pub rules: Arc<[Rule]>,
+}
+
+/// The configured plans by name.
+pub type Plans = BTreeMap<Label, Terms>;
+
 /// A rule that refused a stream (or would have, in shadow mode), as the
 /// answer names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -247,6 +259,14 @@ pub struct Acquire {
     pub evict: Vec<StreamId>,
     /// `false` is shadow mode: never deny, never evict, only report.
     pub enforce: bool,
+    /// Set when the request named no plan: the configured plans, so that a
+    /// renewal keeps the plan its lease was acquired with and a new stream
+    /// takes the plan of the user's newest live lease. The fields above
+    /// hold the default's terms, which apply when that lease has no plan
+    /// or its plan is no longer configured.
+    pub plans: Option<Arc<Plans>>,
+    /// The caller says it holds this stream: renew it, never start it.
+    pub held: bool,
 }
 
 #[cfg(test)]
@@ -267,6 +287,8 @@ impl Acquire {
             on_limit: OnLimit::Reject,
             evict: Vec::new(),
             enforce: true,
+            plans: None,
+            held: false,
         }
     }
 }
@@ -313,6 +335,9 @@ pub enum Decision {
     Denied(Denial),
     /// The stream was evicted or revoked and must stop.
     Gone(Tombstone),
+    /// The caller said it holds the stream, but it has no live lease:
+    /// nothing changed.
+    NotHeld,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -36,19 +36,32 @@ impl MRule {
     }
 }
 
+/// A plan of the model: its limit, its rules and whether it evicts the
+/// oldest.
+type MPlan = (u32, Vec<MRule>, bool);
+
 /// The reference. Times are ms; every map is keyed by stream name.
 #[derive(Default)]
 struct Model {
+    /// The default rules, and plans 1 and 2.
+    default_rules: Vec<MRule>,
+    plans: Vec<MPlan>,
+    /// The rules and the limit (before an override) that apply to the
+    /// request at hand.
     rules: Vec<MRule>,
-    /// stream -> (started_at, expires_at, traits)
-    leases: BTreeMap<String, (i64, i64, Traits)>,
+    base: u32,
+    /// stream -> (started_at, expires_at, traits, plan or 0)
+    leases: BTreeMap<String, (i64, i64, Traits, u8)>,
     /// stream -> (evicted by, or None when revoked; until)
     tombs: BTreeMap<String, (Option<String>, i64)>,
     limit_override: Option<u32>,
 }
 
-/// The rule (by index in the set) that refused, or `None` for the total.
+/// A rule by its index in the set that applies, or `None` for the total.
 type Hit = Option<usize>;
+
+/// The rule that refused, by index and limit, or `None` for the total.
+type Named = Option<(usize, u32)>;
 
 #[derive(Debug, PartialEq)]
 enum Seen {
@@ -58,7 +71,8 @@ enum Seen {
         active: u32,
         limit: u32,
         evicted: Vec<String>,
-        would: (Option<Hit>, Vec<String>),
+        would: (Option<Named>, Vec<String>),
+        plan: u8,
     },
     Renewed {
         started: i64,
@@ -66,11 +80,13 @@ enum Seen {
         active: u32,
         limit: u32,
         traits: Traits,
-        would: Option<Hit>,
+        would: Option<Named>,
+        plan: u8,
     },
+    NotHeld,
     Denied {
         limit: u32,
-        rule: Hit,
+        rule: Named,
         live: Vec<String>,
     },
     Gone {
@@ -92,6 +108,12 @@ enum Seen {
 struct Req {
     stream: String,
     traits: Traits,
+    /// A named plan (1 or 2), or 0.
+    plan: u8,
+    /// With no plan named, the plans are passed for the lease's own or the
+    /// newest lease's plan to apply.
+    sticky: bool,
+    held: bool,
     limit: u32,
     ttl: i64,
     evict_oldest: bool,
@@ -112,7 +134,7 @@ impl Model {
     }
 
     fn kill(&mut self, stream: &str, by: Option<String>, ttl: i64) {
-        let (_, expires, _) = self.leases.remove(stream).unwrap();
+        let (_, expires, _, _) = self.leases.remove(stream).unwrap();
         self.tombs.insert(stream.to_owned(), (by, expires + ttl));
     }
 
@@ -142,6 +164,10 @@ impl Model {
         v
     }
 
+    fn named(&self, rule: Hit) -> Named {
+        rule.map(|i| (i, self.rules[i].limit))
+    }
+
     fn cap(&self, scope: (Hit, u8), total: u32) -> u32 {
         scope.0.map_or(total, |i| self.rules[i].limit)
     }
@@ -155,10 +181,22 @@ impl Model {
         if let Some((by, until)) = self.tombs.get(&r.stream).filter(|t| now < t.1) {
             return Seen::Gone { by: by.clone(), until: *until };
         }
-        let limit = self.effective(r.limit);
         let live = self.live(now);
+        let mut plan = r.plan;
+        if plan == 0 && r.sticky {
+            let source = if live.contains(&r.stream) { Some(&r.stream) } else { live.last() };
+            plan = source.map_or(0, |s| self.leases[s].3);
+        }
+        let (base, rules, evict_oldest) = if plan == 0 {
+            (r.limit, self.default_rules.clone(), r.evict_oldest)
+        } else {
+            self.plans[plan as usize - 1].clone()
+        };
+        (self.rules, self.base) = (rules, base);
+        let limit = self.effective(base);
         if live.contains(&r.stream) {
-            let (started, _, old) = self.leases[&r.stream];
+            let (started, _, old, old_plan) = self.leases[&r.stream];
+            let plan = if plan == 0 { old_plan } else { plan };
             let new = Traits {
                 class: if r.traits.class == 0 { old.class } else { r.traits.class },
                 kind: if r.traits.kind == 0 { old.kind } else { r.traits.kind },
@@ -171,16 +209,19 @@ impl Model {
                     let others = self.members(scope, &live, me);
                     if !self.within(scope, old) && others.len() as u32 >= self.cap(scope, limit) {
                         if r.enforce {
-                            return Seen::Denied { limit, rule: scope.0, live: others };
+                            return Seen::Denied { limit, rule: self.named(scope.0), live: others };
                         }
-                        would = Some(scope.0);
+                        would = Some(self.named(scope.0));
                         break;
                     }
                 }
             }
-            self.leases.insert(r.stream.clone(), (started, now + r.ttl, new));
+            self.leases.insert(r.stream.clone(), (started, now + r.ttl, new, plan));
             let active = live.len() as u32;
-            return Seen::Renewed { started, expires: now + r.ttl, active, limit, traits: new, would };
+            return Seen::Renewed { started, expires: now + r.ttl, active, limit, traits: new, would, plan };
+        }
+        if r.held {
+            return Seen::NotHeld;
         }
         let scopes = self.scopes(r.traits);
         let full = |m: &Model, but: &[String]| {
@@ -194,7 +235,7 @@ impl Model {
             }
         } else if full(self, &[]).is_none() {
             Ok(vec![])
-        } else if r.evict_oldest {
+        } else if evict_oldest {
             let mut v: Vec<String> = Vec::new();
             let mut blocked = None;
             for &s in &scopes {
@@ -215,23 +256,35 @@ impl Model {
             Err(full(self, &[]).unwrap())
         };
         let (evicted, would) = match victims {
-            Err(s) if r.enforce => return Seen::Denied { limit, rule: s.0, live: self.members(s, &live, &[]) },
-            Err(s) => (vec![], (Some(s.0), vec![])),
+            Err(s) if r.enforce => {
+                return Seen::Denied { limit, rule: self.named(s.0), live: self.members(s, &live, &[]) };
+            }
+            Err(s) => (vec![], (Some(self.named(s.0)), vec![])),
             Ok(v) if r.enforce => (v, (None, vec![])),
             Ok(v) => (vec![], (None, v)),
         };
         for v in &evicted {
             self.kill(v, Some(r.stream.clone()), r.ttl);
         }
-        self.leases.insert(r.stream.clone(), (now, now + r.ttl, r.traits));
+        self.leases.insert(r.stream.clone(), (now, now + r.ttl, r.traits, plan));
         let active = self.live(now).len() as u32;
-        Seen::Granted { started: now, expires: now + r.ttl, active, limit, evicted, would }
+        Seen::Granted { started: now, expires: now + r.ttl, active, limit, evicted, would, plan }
     }
 }
 
 #[derive(Debug, Clone)]
 enum Step {
-    Acquire { stream: u8, traits: Traits, evict_oldest: bool, evict: Vec<u8>, enforce: bool },
+    /// `plan`: 0 names none, 1 names none but passes the plans (sticky),
+    /// 2 and 3 name plan 1 and 2.
+    Acquire {
+        stream: u8,
+        traits: Traits,
+        plan: u8,
+        held: bool,
+        evict_oldest: bool,
+        evict: Vec<u8>,
+        enforce: bool,
+    },
     Release(u8),
     RevokeAll,
     SetOverride(Option<u32>),
@@ -242,10 +295,10 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        8 => (0u8..8, traits(), any::<bool>(),
+        8 => ((0u8..8, traits(), 0u8..4, prop::bool::weighted(0.15)), any::<bool>(),
               prop_oneof![3 => Just(vec![]), 1 => prop::collection::vec(0u8..10, 1..3)], prop::bool::weighted(0.85))
-            .prop_map(|(stream, traits, evict_oldest, evict, enforce)| {
-                Step::Acquire { stream, traits, evict_oldest, evict, enforce }
+            .prop_map(|((stream, traits, plan, held), evict_oldest, evict, enforce)| {
+                Step::Acquire { stream, traits, plan, held, evict_oldest, evict, enforce }
             }),
         2 => (0u8..8).prop_map(Step::Release),
         1 => Just(Step::RevokeAll),
@@ -277,6 +330,10 @@ fn number(prefix: &str, l: &Option<Label>) -> u8 {
     l.as_ref().map_or(0, |l| l.as_str().strip_prefix(prefix).unwrap().parse().unwrap())
 }
 
+fn plan_of(l: &Lease) -> u8 {
+    number("plan", &l.plan)
+}
+
 fn traits_of(l: &Lease) -> Traits {
     Traits {
         class: number("class", &l.device_class),
@@ -301,19 +358,15 @@ fn real_rules(rules: &[MRule]) -> Arc<[Rule]> {
         .collect()
 }
 
-fn hit(rule: Option<RuleHit>, rules: &[Rule]) -> Hit {
-    rule.map(|h| {
-        let i = rules.iter().position(|r| r.name == h.name).unwrap();
-        assert_eq!(rules[i].limit, h.limit);
-        i
-    })
+fn hit(rule: Option<RuleHit>) -> Named {
+    rule.map(|h| (h.name.as_str().strip_prefix('r').unwrap().parse().unwrap(), h.limit.get()))
 }
 
 fn names(v: &[Lease]) -> Vec<String> {
     v.iter().map(|l| l.stream_id.to_string()).collect()
 }
 
-fn seen(reply: Reply, rules: &[Rule]) -> Seen {
+fn seen(reply: Reply) -> Seen {
     match reply {
         Reply::Decision(Decision::Granted(g)) => {
             assert!(g.would_deny || g.would_deny_rule.is_none());
@@ -324,9 +377,10 @@ fn seen(reply: Reply, rules: &[Rule]) -> Seen {
                 limit: g.limit.get(),
                 evicted: names(&g.evicted),
                 would: (
-                    g.would_deny.then(|| hit(g.would_deny_rule, rules)),
+                    g.would_deny.then(|| hit(g.would_deny_rule)),
                     g.would_evict.iter().map(ToString::to_string).collect(),
                 ),
+                plan: plan_of(&g.lease),
             }
         }
         Reply::Decision(Decision::Renewed(g)) => {
@@ -337,12 +391,14 @@ fn seen(reply: Reply, rules: &[Rule]) -> Seen {
                 active: g.active_streams,
                 limit: g.limit.get(),
                 traits: traits_of(&g.lease),
-                would: g.would_deny.then(|| hit(g.would_deny_rule, rules)),
+                would: g.would_deny.then(|| hit(g.would_deny_rule)),
+                plan: plan_of(&g.lease),
             }
         }
         Reply::Decision(Decision::Denied(d)) => {
-            Seen::Denied { limit: d.limit.get(), rule: hit(d.rule, rules), live: names(&d.live) }
+            Seen::Denied { limit: d.limit.get(), rule: hit(d.rule), live: names(&d.live) }
         }
+        Reply::Decision(Decision::NotHeld) => Seen::NotHeld,
         Reply::Decision(Decision::Gone(t)) => Seen::Gone {
             by: match t.reason {
                 RevokeReason::EvictedBy(s) => Some(s.to_string()),
@@ -409,14 +465,22 @@ proptest! {
         limit in 0u32..5,
         ttl_secs in 1u32..90,
         model_rules in rules(),
+        model_plans in prop::collection::vec((0u32..5, rules(), any::<bool>()), 2),
         steps in prop::collection::vec(step(), 1..150),
     ) {
         let limit_v = Limit::new(limit).unwrap();
         let ttl = Ttl::from_secs(ttl_secs).unwrap();
         let rules = real_rules(&model_rules);
+        let terms = |(limit, rules, evict_oldest): &MPlan| Terms {
+            limit: Limit::new(*limit).unwrap(),
+            on_limit: if *evict_oldest { OnLimit::EvictOldest } else { OnLimit::Reject },
+            rules: real_rules(rules),
+        };
+        let plans: Arc<Plans> =
+            Arc::new(model_plans.iter().enumerate().map(|(i, p)| (label_of("plan", i as u8 + 1).unwrap(), terms(p))).collect());
         let mut now = 1_700_000_000_000i64;
         let mut state = UserState::default();
-        let mut model = Model { rules: model_rules, ..Model::default() };
+        let mut model = Model { default_rules: model_rules, plans: model_plans.clone(), ..Model::default() };
         let mut persisted = Persisted::default();
 
         for step in steps {
@@ -424,10 +488,16 @@ proptest! {
             let t = Timestamp::from_millis(now);
             let (op, expected) = match step {
                 Step::Advance(ms) => { now += i64::from(ms); continue; }
-                Step::Acquire { stream, traits, evict_oldest, evict, enforce } => {
+                Step::Acquire { stream, traits, plan, held, evict_oldest, evict, enforce } => {
+                    let named = plan.saturating_sub(1);
                     let r = Req {
-                        stream: sid(stream), traits, limit, ttl: ttl.as_millis(), evict_oldest,
-                        evict: evict.iter().map(|&i| sid(i)).collect(), enforce,
+                        stream: sid(stream), traits, plan: named, sticky: plan == 1, held, limit,
+                        ttl: ttl.as_millis(), evict_oldest, evict: evict.iter().map(|&i| sid(i)).collect(), enforce,
+                    };
+                    let on_limit = if evict_oldest { OnLimit::EvictOldest } else { OnLimit::Reject };
+                    let resolved = match named {
+                        0 => Terms { limit: limit_v, on_limit, rules: rules.clone() },
+                        p => terms(&model_plans[p as usize - 1]),
                     };
                     let op = Op::Acquire(Acquire {
                         stream_id: StreamId::new(&r.stream).unwrap(),
@@ -435,11 +505,13 @@ proptest! {
                         content_id: label_of("title", traits.title),
                         device_class: label_of("class", traits.class),
                         content_kind: label_of("kind", traits.kind),
-                        plan: None,
-                        limit: limit_v, rules: rules.clone(), ttl,
-                        on_limit: if evict_oldest { OnLimit::EvictOldest } else { OnLimit::Reject },
+                        plan: label_of("plan", named),
+                        limit: resolved.limit, rules: resolved.rules, ttl,
+                        on_limit: resolved.on_limit,
                         evict: r.evict.iter().map(|s| StreamId::new(s).unwrap()).collect(),
                         enforce,
+                        plans: r.sticky.then(|| plans.clone()),
+                        held,
                     });
                     (op, model.acquire(&r, now))
                 }
@@ -473,7 +545,7 @@ proptest! {
             };
             let outcome = apply(&mut state, op, t);
             persisted.replay(outcome.writes);
-            let got = seen(outcome.reply, &rules);
+            let got = seen(outcome.reply);
 
             // Invariant: an enforced grant never leaves a scope of the new
             // stream over its limit.
@@ -483,7 +555,7 @@ proptest! {
                 let live = model.live(now);
                 for scope in model.scopes(model.leases[&sid(*stream)].2) {
                     let n = model.members(scope, &live, &[]).len() as u32;
-                    let cap = model.cap(scope, model.effective(limit));
+                    let cap = model.cap(scope, model.effective(model.base));
                     prop_assert!(n <= cap, "{n} live in scope {scope:?} > {cap}");
                 }
             }
@@ -521,6 +593,8 @@ proptest! {
                     on_limit: if evict_oldest { OnLimit::EvictOldest } else { OnLimit::Reject },
                     evict: evict.iter().map(|&i| StreamId::new(&sid(i)).unwrap()).collect(),
                     enforce: true,
+                    plans: None,
+                    held: false,
                 }),
                 Step::Release(i) => Op::Release(StreamId::new(&sid(i)).unwrap()),
                 Step::RevokeAll => Op::RevokeAll { ttl },

@@ -1,8 +1,8 @@
 //! The rules themselves: [`apply`] is the one place where decisions are made.
 
 use super::{
-    Acquire, Decision, Denial, Grant, Label, Lease, Limit, LimitSource, OnLimit, Op, Outcome, Reply, RevokeReason,
-    Rule, RuleHit, StreamId, Timestamp, Tombstone, UserState, Write,
+    Acquire, Decision, Denial, Grant, Label, Lease, Limit, LimitSource, OnLimit, Op, Outcome, Plans, Reply,
+    RevokeReason, Rule, RuleHit, StreamId, Timestamp, Tombstone, UserState, Write,
 };
 
 /// Runs `op` against `state` at time `now`. `state` is updated in place and
@@ -177,9 +177,16 @@ fn acquire(state: &mut UserState, req: Acquire, now: Timestamp, writes: &mut Vec
     if let Some(t) = state.tombstones.iter().find(|t| t.stream_id == req.stream_id) {
         return Decision::Gone(t.clone());
     }
+    let mut req = req;
+    if let Some(plans) = req.plans.take() {
+        inherit(state, &mut req, &plans);
+    }
     let limit = state.limit_override.unwrap_or(req.limit);
     if let Some(i) = lease_of(state, &req.stream_id) {
         return renew(state, i, req, limit, now, writes);
+    }
+    if req.held {
+        return Decision::NotHeld;
     }
 
     let live = state.live(now);
@@ -239,6 +246,22 @@ fn acquire(state: &mut UserState, req: Acquire, now: Timestamp, writes: &mut Vec
         would_evict,
         ..grant(state, lease, limit)
     })
+}
+
+/// For a request that named no plan: the terms of the plan that the
+/// stream's own lease holds, or else that the user's newest live lease
+/// holds, if that plan is still configured. The plan sticks to the new or
+/// renewed lease.
+fn inherit(state: &UserState, req: &mut Acquire, plans: &Plans) {
+    let own = state.leases.iter().find(|l| l.stream_id == req.stream_id);
+    let newest = || state.leases.iter().max_by(|a, b| (a.started_at, &a.stream_id).cmp(&(b.started_at, &b.stream_id)));
+    let Some(name) = own.or_else(newest).and_then(|l| l.plan.as_ref()) else { return };
+    if let Some(terms) = plans.get(name) {
+        req.limit = terms.limit;
+        req.on_limit = terms.on_limit;
+        req.rules = terms.rules.clone();
+        req.plan = Some(name.clone());
+    }
 }
 
 /// `evict_oldest` on a full account: in each full scope, in order, the
@@ -342,7 +365,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::limiter::Ttl;
+    use crate::limiter::{Terms, Ttl};
 
     fn sid(s: &str) -> StreamId {
         StreamId::new(s).unwrap()
@@ -800,5 +823,46 @@ mod tests {
             }
             d => panic!("{d:?}"),
         }
+    }
+
+    fn plans() -> Arc<Plans> {
+        let premium = Terms { limit: Limit::new(4).unwrap(), on_limit: OnLimit::Reject, rules: Arc::from([tv(2)]) };
+        Arc::new([(label("premium"), premium)].into_iter().collect())
+    }
+
+    #[test]
+    fn a_request_without_a_plan_keeps_the_plan_of_the_lease_or_the_newest_one() {
+        let mut s = UserState::default();
+        let premium = Acquire { plan: Some(label("premium")), ..req("a", 4) };
+        apply(&mut s, Op::Acquire(premium), T0);
+        // A heartbeat without a plan is judged, and answered, as premium.
+        let sticky = |stream: &str| Acquire { plans: Some(plans()), ..req(stream, 1) };
+        match decision(apply(&mut s, Op::Acquire(sticky("a")), at(1))) {
+            Decision::Renewed(g) => assert_eq!((g.limit.get(), g.lease.plan), (4, Some(label("premium")))),
+            d => panic!("{d:?}"),
+        }
+        // So is a new stream: the default would allow 1.
+        match decision(apply(&mut s, Op::Acquire(sticky("b")), at(2))) {
+            Decision::Granted(g) => assert_eq!((g.limit.get(), g.lease.plan), (4, Some(label("premium")))),
+            d => panic!("{d:?}"),
+        }
+        // Without the plans (a plan was named elsewhere), nothing is inherited.
+        assert!(matches!(decision(apply(&mut s, acq("c", 1), at(3))), Decision::Denied(_)));
+        // A plan no longer configured falls back to the default.
+        let mut t = UserState::default();
+        apply(&mut t, Op::Acquire(Acquire { plan: Some(label("gold")), ..req("a", 4) }), T0);
+        assert!(matches!(decision(apply(&mut t, Op::Acquire(sticky("b")), at(1))), Decision::Denied(_)));
+    }
+
+    #[test]
+    fn a_held_request_renews_but_never_starts_a_stream() {
+        let mut s = UserState::default();
+        let held = |stream: &str| Op::Acquire(Acquire { held: true, ..req(stream, 2) });
+        assert_eq!(decision(apply(&mut s, held("a"), T0)), Decision::NotHeld);
+        assert!(s.is_empty());
+        apply(&mut s, acq("a", 2), T0);
+        assert!(matches!(decision(apply(&mut s, held("a"), at(1))), Decision::Renewed(_)));
+        // After expiry the seat is gone, and a held request says so.
+        assert_eq!(decision(apply(&mut s, held("a"), at(61_001))), Decision::NotHeld);
     }
 }

@@ -207,6 +207,7 @@ impl Store {
                     Decision::Renewed(_) => metrics::decision("renewed", 1),
                     Decision::Denied(_) => metrics::decision("denied", 1),
                     Decision::Gone(_) => metrics::decision("gone", 1),
+                    Decision::NotHeld => metrics::decision("not_held", 1),
                 }
                 Ok(d)
             }

@@ -57,6 +57,8 @@ fn req(stream: &str) -> Acquire {
         on_limit: OnLimit::Reject,
         evict: Vec::new(),
         enforce: true,
+        plans: None,
+        held: false,
     }
 }
 
