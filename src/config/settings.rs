@@ -80,6 +80,13 @@ pub(super) struct Settings {
     // Text until `build`: checked only when Redis is the store.
     #[arg(long, env = "STREAMCAP_REDIS_MODE", value_name = "MODE")]
     pub redis_mode: String,
+    /// PEM file of CA certificates to trust for rediss:// besides the system's roots
+    #[arg(long, env = "STREAMCAP_REDIS_CA_FILE", value_name = "PATH")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// Skip certificate verification for rediss:// (logs a loud warning; for tests only) [default: false]
+    #[arg(long, env = "STREAMCAP_REDIS_TLS_INSECURE", value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub redis_tls_insecure: bool,
     /// DynamoDB table of the dynamodb store [default: streamcap]
     #[arg(long, env = "STREAMCAP_DYNAMODB_TABLE", value_name = "TABLE")]
     pub dynamodb_table: String,
@@ -230,6 +237,8 @@ impl Default for Settings {
             data_dir: "./streamcap-data".into(),
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_mode: RedisMode::Standalone.name().into(),
+            redis_ca_file: None,
+            redis_tls_insecure: false,
             dynamodb_table: "streamcap".into(),
             dynamodb_endpoint: None,
             on_store_error: OnStoreError::Deny,

@@ -103,7 +103,28 @@ fn errors_are_one_line_and_name_the_culprit() {
             ],
             "--redis-mode cluster",
         ),
-        (vec!["serve".into(), "--store".into(), "redis".into(), "--redis-url".into(), "rediss://h:1".into()], "TLS"),
+        (
+            vec![
+                "serve".into(),
+                "--store".into(),
+                "redis".into(),
+                "--redis-url".into(),
+                "rediss://h:1#insecure".into(),
+            ],
+            "--redis-tls-insecure",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--store".into(),
+                "redis".into(),
+                "--redis-mode".into(),
+                "cluster".into(),
+                "--redis-url".into(),
+                "rediss://a:1,redis://b:2".into(),
+            ],
+            "mixes rediss://",
+        ),
         (vec!["serve".into(), "--on-store-error".into(), "maybe".into()], "--on-store-error"),
         (vec!["serve".into(), "--log-format".into(), "xml".into()], "--log-format"),
         (vec!["serve".into(), "--metrics-listen".into(), "nowhere".into()], "--metrics-listen"),
@@ -476,4 +497,66 @@ fn the_demo_is_off_by_default_and_refused_without_auth_off_loopback() {
     assert!(e.contains("refusing to serve without authentication on non-loopback address 0.0.0.0:8080"), "{e}");
     let c = parse(&["serve", "--demo", "--listen", "0.0.0.0:8080", "--insecure-no-auth"]).unwrap();
     assert!(c.demo && c.insecure_no_auth);
+}
+
+/// A self-signed CA certificate, good for a century.
+const CA_PEM: &str = "\
+-----BEGIN CERTIFICATE-----\n\
+MIIBhDCCASugAwIBAgIUE/8eWoltOXrr1Q00UupEG0HAQjYwCgYIKoZIzj0EAwIw\n\
+FzEVMBMGA1UEAwwMdW5pdC10ZXN0LWNhMCAXDTI2MTEzMDA1MjEwNFoYDzIxMjYx\n\
+MTA2MDUyMTA0WjAXMRUwEwYDVQQDDAx1bml0LXRlc3QtY2EwWTATBgcqhkjOPQIB\n\
+BggqhkjOPQMBBwNCAASFCnsv5TSgUGyT2e1LZhkZrDjrG19Yndp/x8rEbFOAOetC\n\
+DmzFL+b8GdoOmSa4y6RynALsil6j3EHemqM1bfZOo1MwUTAdBgNVHQ4EFgQUYD01\n\
+Gzgyw0lctYFbgVTAHvnUcQMwHwYDVR0jBBgwFoAUYD01Gzgyw0lctYFbgVTAHvnU\n\
+cQMwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNHADBEAiBHgAuOmvrcc7A+\n\
+z0t9SXq2yOT8FPK6s5xVDwMxMLjPqAIgWwPzDzpLBfz4vPZnWUPFZjgEYA+Lxflb\n\
+ym4E0PJHlCo=\n\
+-----END CERTIFICATE-----\n\
+";
+
+#[test]
+fn redis_tls_settings_come_with_rediss_urls_only() {
+    let redis = |extra: &[&str]| {
+        let mut args = vec!["serve", "--store", "redis"];
+        args.extend(extra);
+        parse(&args)
+    };
+    // rediss:// alone trusts the system's roots.
+    let c = redis(&["--redis-url", "rediss://:pw@h:1"]).unwrap();
+    assert_eq!(c.store.redis_tls, RedisTls::default());
+
+    let ca = file(&format!("# the test CA\n{CA_PEM}"));
+    let ca_path = ca.path().to_str().unwrap();
+    let c = redis(&["--redis-url", "rediss://h:1", "--redis-ca-file", ca_path]).unwrap();
+    let (path, certs) = c.store.redis_tls.ca.clone().unwrap();
+    assert_eq!((path.as_path(), certs.len(), c.store.redis_tls.insecure), (ca.path(), 1, false));
+    // The same from the file, and the insecure switch.
+    let f = file(&format!("store = \"redis\"\nredis_url = \"rediss://h:1\"\nredis_ca_file = {ca_path:?}\n"));
+    let c = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap();
+    assert_eq!(c.store.redis_tls.ca.map(|(p, _)| p), Some(ca.path().to_path_buf()));
+    let f = file("store = \"redis\"\nredis_url = \"rediss://h:1\"\nredis_tls_insecure = true\n");
+    let c = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap();
+    assert_eq!(c.store.redis_tls, RedisTls { ca: None, insecure: true });
+    // Other stores ignore the Redis settings, as ever.
+    let c = parse(&["serve", "--store", "memory", "--redis-ca-file", "/nowhere", "--redis-tls-insecure"]).unwrap();
+    assert_eq!(c.store.redis_tls, RedisTls::default());
+
+    let not_pem = file("not a certificate\n");
+    let key_only = file("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+    let broken = file("-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n");
+    let (not_pem, key_only, broken) =
+        (not_pem.path().to_str().unwrap(), key_only.path().to_str().unwrap(), broken.path().to_str().unwrap());
+    for (args, needle) in [
+        (vec!["--redis-url", "rediss://h:1", "--redis-ca-file", not_pem], not_pem),
+        (vec!["--redis-url", "rediss://h:1", "--redis-ca-file", key_only], key_only),
+        (vec!["--redis-url", "rediss://h:1", "--redis-ca-file", broken], broken),
+        (vec!["--redis-url", "rediss://h:1", "--redis-ca-file", "/nowhere/ca.pem"], "/nowhere/ca.pem"),
+        (vec!["--redis-url", "redis://:pw@h:1", "--redis-ca-file", ca_path], "not a rediss:// URL"),
+        (vec!["--redis-url", "redis://:pw@h:1", "--redis-tls-insecure"], "not a rediss:// URL"),
+        (vec!["--redis-url", "rediss://h:1", "--redis-tls-insecure", "--redis-ca-file", ca_path], "contradict"),
+    ] {
+        let e = redis(&args).expect_err(&format!("{args:?} must fail")).0;
+        assert!(e.contains(needle), "{args:?}: {e}");
+        assert!(!e.contains('\n') && !e.contains("pw@"), "{args:?}: {e:?}");
+    }
 }

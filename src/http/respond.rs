@@ -98,6 +98,7 @@ mod tests {
             data_dir: dir.path().to_path_buf(),
             redis_urls: Vec::new(),
             redis_mode: RedisMode::Standalone,
+            redis_tls: Default::default(),
             dynamodb_table: String::new(),
             dynamodb_endpoint: None,
             sweep_interval: Duration::from_secs(60),

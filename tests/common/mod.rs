@@ -107,6 +107,7 @@ impl Server {
             data_dir: dir.path().join("data"),
             redis_urls: redis_url.into_iter().collect(),
             redis_mode: RedisMode::Standalone,
+            redis_tls: Default::default(),
             dynamodb_table: "streamcap".into(),
             dynamodb_endpoint: None,
             sweep_interval: Duration::from_secs(1),

@@ -22,13 +22,14 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, RedisWrite, ServerErrorKind, ToRedisArgs, Value};
 
-use super::{Backend, BoxFuture, OpenError, RedisMode, StoreError, redact_url};
+use super::{Backend, BoxFuture, OpenError, OpenFailure, RedisMode, RedisTls, StoreError, redact_url};
 use crate::clock::Clock;
 use crate::limiter::{Label, OnLimit, Op, Reply, UserId};
 
 #[cfg(test)]
 pub(crate) mod harness;
 mod reply;
+pub(crate) mod tls;
 
 const SCRIPT: &str = include_str!("decide.lua");
 
@@ -47,10 +48,10 @@ enum Conn {
 }
 
 impl RedisBackend {
-    /// Connects to `urls` (one URL, or the seed nodes of a cluster). Every
-    /// decision reads Redis's own clock.
-    pub(super) async fn open(urls: &[String], mode: RedisMode) -> Result<Self, OpenError> {
-        Self::connect(urls, mode, None).await
+    /// Connects to `urls` (one URL, or the seed nodes of a cluster), over
+    /// TLS for `rediss://` URLs. Every decision reads Redis's own clock.
+    pub(super) async fn open(urls: &[String], mode: RedisMode, tls: &RedisTls) -> Result<Self, OpenFailure> {
+        Self::connect(urls, mode, tls, None).await
     }
 
     /// Like `open`, but the script is handed this clock's time instead of
@@ -60,20 +61,34 @@ impl RedisBackend {
         urls: &[String],
         mode: RedisMode,
         clock: Arc<dyn Clock>,
-    ) -> Result<Self, OpenError> {
-        Self::connect(urls, mode, Some(clock)).await
+    ) -> Result<Self, OpenFailure> {
+        Self::connect(urls, mode, &RedisTls::default(), Some(clock)).await
     }
 
-    async fn connect(urls: &[String], mode: RedisMode, test_clock: Option<Arc<dyn Clock>>) -> Result<Self, OpenError> {
+    /// A server certificate that is not trusted is a misconfiguration
+    /// (exit 2): trying again will not help.
+    async fn connect(
+        urls: &[String],
+        mode: RedisMode,
+        tls: &RedisTls,
+        test_clock: Option<Arc<dyn Clock>>,
+    ) -> Result<Self, OpenFailure> {
         let shown = urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(",");
-        let fail =
-            |e: redis::RedisError| OpenError(format!("cannot connect to redis ({}) at {shown}: {e}", mode.name()));
+        let fail = |e: redis::RedisError| {
+            let at = format!("cannot connect to redis ({}) at {shown}", mode.name());
+            let text = e.to_string().replace('\n', " ");
+            match tls::untrusted_certificate(&e) {
+                Some(hint) => OpenFailure::Misconfigured(format!("{at}: TLS handshake failed: {text}; {hint}")),
+                None => OpenFailure::Failed(OpenError(format!("{at}: {text}"))),
+            }
+        };
+        let trust = tls::Trust::new(urls, tls);
         let conn = match mode {
             RedisMode::Standalone => {
                 let [url] = urls else {
-                    return Err(OpenError(format!("standalone redis takes one URL, got {}", urls.len())));
+                    return Err(OpenError(format!("standalone redis takes one URL, got {}", urls.len())).into());
                 };
-                let client = redis::Client::open(url.as_str()).map_err(fail)?;
+                let client = trust.client(url).map_err(fail)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(Duration::from_secs(2)))
                     .set_response_timeout(Some(Duration::from_secs(2)))
@@ -81,12 +96,11 @@ impl RedisBackend {
                 Conn::Standalone(ConnectionManager::new_with_config(client, config).await.map_err(fail)?)
             }
             RedisMode::Cluster => {
-                let client = ClusterClientBuilder::new(urls.to_vec())
+                let builder = ClusterClientBuilder::new(urls.to_vec())
                     .connection_timeout(Duration::from_secs(2))
                     .response_timeout(Duration::from_secs(2))
-                    .retries(3)
-                    .build()
-                    .map_err(fail)?;
+                    .retries(3);
+                let client = trust.cluster(builder).build().map_err(fail)?;
                 Conn::Cluster(client.get_async_connection().await.map_err(fail)?)
             }
         };
