@@ -11,6 +11,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use crate::limiter::{Limit, LimitSource, OnLimit, Ttl};
 
 /// The configured policy. Built and validated by `config`.
@@ -115,10 +117,10 @@ impl OnLimit {
     }
 }
 
-/// The edge limits, as configured: rate limits per user and per
-/// credential, the request timeout and load shedding, which `http` applies
-/// before any store is called.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The edge limits, as configured: rate limits per user, per credential
+/// and on failed authentication per source address, the request timeout
+/// and load shedding, which `http` applies before any store is called.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Protection {
     /// Requests per second per user id (0 = off) and the burst above it.
     pub user_rate: u32,
@@ -126,6 +128,13 @@ pub struct Protection {
     /// Requests per second per credential (0 = off) and the burst above it.
     pub credential_rate: u32,
     pub credential_burst: u32,
+    /// Failed authentications per second per source address (0 = off) and
+    /// the burst above it. A source past it is refused before its
+    /// credential is looked at.
+    pub auth_failure_rate: u32,
+    pub auth_failure_burst: u32,
+    /// The proxies whose `X-Forwarded-For` names the source of a request.
+    pub trusted_proxies: Vec<IpNet>,
     /// A request that takes longer is answered 408.
     pub request_timeout: Duration,
     /// More requests in flight than this are shed with 503.
@@ -139,6 +148,9 @@ impl Default for Protection {
             user_burst: 40,
             credential_rate: 2000,
             credential_burst: 4000,
+            auth_failure_rate: 10,
+            auth_failure_burst: 20,
+            trusted_proxies: Vec::new(),
             request_timeout: Duration::from_secs(10),
             max_concurrent_requests: 1024,
         }
@@ -148,7 +160,7 @@ impl Default for Protection {
 impl Protection {
     /// No rate limits: for benchmarks and tests that are not about them.
     pub fn unlimited() -> Self {
-        Self { user_rate: 0, credential_rate: 0, ..Self::default() }
+        Self { user_rate: 0, credential_rate: 0, auth_failure_rate: 0, ..Self::default() }
     }
 }
 

@@ -9,12 +9,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
+use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Command};
+use ipnet::IpNet;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 
@@ -217,6 +219,17 @@ pub(super) struct ProtectionSettings {
     /// Bucket size per credential: requests allowed at once [default: 4000]
     #[arg(long, env = "STREAMCAP_CREDENTIAL_RATE_BURST", value_name = "N")]
     credential_rate_burst: u32,
+    /// Failed authentications per second per source address, 0 = off [default: 10]
+    #[arg(long, env = "STREAMCAP_AUTH_FAILURE_RATE_LIMIT", value_name = "RPS")]
+    auth_failure_rate_limit: u32,
+    /// Bucket size per source address: failures allowed at once [default: 20]
+    #[arg(long, env = "STREAMCAP_AUTH_FAILURE_RATE_BURST", value_name = "N")]
+    auth_failure_rate_burst: u32,
+    /// Proxies whose X-Forwarded-For names the client: CIDRs, comma-separated or repeated
+    #[arg(long, env = "STREAMCAP_TRUSTED_PROXIES", value_name = "CIDR[,CIDR...]", value_delimiter = ',',
+          value_parser = flag::<TrustedProxy>)]
+    #[serde(deserialize_with = "key_list")]
+    trusted_proxies: Vec<TrustedProxy>,
     /// Seconds before a request is abandoned with 408, 1..=300 [default: 10]
     #[arg(long, env = "STREAMCAP_REQUEST_TIMEOUT", value_name = "SECONDS", value_parser = flag::<RequestTimeout>)]
     #[serde(deserialize_with = "key")]
@@ -292,6 +305,9 @@ impl Default for ProtectionSettings {
             user_rate_burst: p.user_burst,
             credential_rate_limit: p.credential_rate,
             credential_rate_burst: p.credential_burst,
+            auth_failure_rate_limit: p.auth_failure_rate,
+            auth_failure_rate_burst: p.auth_failure_burst,
+            trusted_proxies: p.trusted_proxies.into_iter().map(TrustedProxy).collect(),
             request_timeout: RequestTimeout(p.request_timeout),
             max_concurrent_requests: MaxConcurrentRequests(p.max_concurrent_requests),
         }
@@ -305,6 +321,9 @@ impl From<ProtectionSettings> for Protection {
             user_burst: p.user_rate_burst,
             credential_rate: p.credential_rate_limit,
             credential_burst: p.credential_rate_burst,
+            auth_failure_rate: p.auth_failure_rate_limit,
+            auth_failure_burst: p.auth_failure_rate_burst,
+            trusted_proxies: p.trusted_proxies.into_iter().map(|t| t.0).collect(),
             request_timeout: p.request_timeout.0,
             max_concurrent_requests: p.max_concurrent_requests.0,
         }
@@ -326,6 +345,10 @@ pub(super) struct MaxConcurrentRequests(usize);
 /// An API key's digest.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct Sha256(pub [u8; 32]);
+
+/// A network of trusted proxies: a CIDR, or one address.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct TrustedProxy(pub IpNet);
 
 /// How a type is written in a flag, an env var or the file. Flags and env
 /// vars are read through [`flag`], file keys through [`key`]; both end in
@@ -366,6 +389,22 @@ spelling! {
     Sha256: String => |s: String| {
         parse_sha256_hex(&s).map(Sha256).ok_or_else(|| "must be 64 hex digits (the SHA-256 of the key)".to_owned())
     };
+    TrustedProxy: String => |s: String| cidr(&s).map(TrustedProxy);
+}
+
+/// A CIDR such as `10.0.0.0/8` or `fd00::/8`, or a single address (a /32
+/// or a /128). Host bits set after the prefix are refused rather than
+/// dropped: `10.0.0.1/8` is more likely a typo than a wish.
+pub(super) fn cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    let net: IpNet = s.parse().map_err(|_| format!("{s:?} is not a CIDR such as 10.0.0.0/8 or fd00::/8"))?;
+    if net.trunc() != net {
+        return Err(format!("{s:?} has bits set past its prefix: write {}", net.trunc()));
+    }
+    Ok(net)
 }
 
 /// Reads a flag or env var (a clap value parser).
@@ -387,6 +426,33 @@ fn key_map<'de, D: Deserializer<'de>, T: Spelling>(d: D) -> Result<BTreeMap<Stri
         }
     }
     Ok(BTreeMap::<String, Value<T>>::deserialize(d)?.into_iter().map(|(k, v)| (k, v.0)).collect())
+}
+
+/// Reads a list key: an array of strings, or one comma-separated string
+/// as the flag and env var take it.
+fn key_list<'de, D: Deserializer<'de>, T: Spelling<Raw = String>>(d: D) -> Result<Vec<T>, D::Error> {
+    struct List;
+    impl<'de> serde::de::Visitor<'de> for List {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an array of strings, or one comma-separated string")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Vec<String>, E> {
+            Ok(text.split(',').filter(|s| !s.trim().is_empty()).map(str::to_owned).collect())
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+    let items = d.deserialize_any(List)?;
+    items.into_iter().map(|s| T::check(s).map_err(D::Error::custom)).collect()
 }
 
 /// `s` if it names one of `names`; the error lists them.

@@ -560,3 +560,37 @@ fn redis_tls_settings_come_with_rediss_urls_only() {
         assert!(!e.contains('\n') && !e.contains("pw@"), "{args:?}: {e:?}");
     }
 }
+
+#[test]
+fn trusted_proxies_come_as_a_list_from_flags_or_the_file_and_are_checked_as_cidrs() {
+    let shown = |c: Config| c.protection.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let c = parse(&["serve"]).unwrap();
+    assert_eq!((c.protection.auth_failure_rate, c.protection.auth_failure_burst), (10, 20));
+    assert!(c.protection.trusted_proxies.is_empty(), "no proxy is trusted by default");
+    let c = parse(&["serve", "--trusted-proxies", "10.0.0.0/8, 192.168.1.7", "--trusted-proxies", "fd00::/8"]);
+    assert_eq!(shown(c.unwrap()), ["10.0.0.0/8", "192.168.1.7/32", "fd00::/8"]);
+    let f = file("[protection]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\"]\nauth_failure_rate_limit = 0\n");
+    let c = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap();
+    assert_eq!(c.protection.auth_failure_rate, 0);
+    assert_eq!(shown(c), ["10.0.0.0/8", "2001:db8::/32"]);
+    let f = file("[protection]\ntrusted_proxies = \"10.0.0.0/8,127.0.0.1\"\n");
+    let c = parse(&["serve", "--config", f.path().to_str().unwrap(), "--auth-failure-rate-burst", "5"]).unwrap();
+    assert_eq!(c.protection.auth_failure_burst, 5);
+    assert_eq!(shown(c), ["10.0.0.0/8", "127.0.0.1/32"], "the file may spell the list as the env var does");
+
+    for (bad, needle) in [
+        ("10.0.0.1/8", "\"10.0.0.1/8\" has bits set past its prefix: write 10.0.0.0/8"),
+        ("10.0.0.0/33", "\"10.0.0.0/33\" is not a CIDR"),
+        ("proxy.internal", "\"proxy.internal\" is not a CIDR"),
+        ("", "\"\" is not a CIDR"),
+    ] {
+        let e = parse(&["serve", "--trusted-proxies", bad]).unwrap_err().to_string();
+        assert!(e.contains("--trusted-proxies") && e.contains(needle), "{bad}: {e}");
+        let f = file(&format!("[protection]\ntrusted_proxies = [\"{bad}\"]\n"));
+        let e = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap_err().to_string();
+        assert!(e.contains("protection.trusted_proxies") && e.contains("(line 2)") && e.contains(needle), "{e}");
+    }
+    let f = file("[protection]\ntrusted_proxies = 10\n");
+    let e = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap_err().to_string();
+    assert!(e.contains("an array of strings, or one comma-separated string"), "{e}");
+}

@@ -25,6 +25,7 @@ use super::dto::{
 use super::extract::{OptionalJson, PathIds, PlanParam};
 use super::problem::{ApiError, Problem};
 use super::respond;
+use super::source::Source;
 use crate::auth::Caller;
 use crate::clock::TimeSource;
 use crate::limiter::{Acquire, Decision, Label, Limit, StreamId, UserId};
@@ -153,11 +154,12 @@ pub(super) async fn socket(
     State(state): State<Arc<AppState>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     headers: HeaderMap,
+    source: Source,
     path: Result<PathIds<(UserId, StreamId)>, ApiError>,
     query: Result<PlanParam<SocketQuery>, ApiError>,
 ) -> Response {
     let target = path.map(|PathIds((user, stream))| (Whose::User(user), stream));
-    super::socket::open(state, upgrade, &headers, target, query.map(|PlanParam(q)| q)).await
+    super::socket::open(state, upgrade, &headers, source, target, query.map(|PlanParam(q)| q)).await
 }
 
 #[utoipa::path(
@@ -173,11 +175,12 @@ pub(super) async fn socket_mine(
     State(state): State<Arc<AppState>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     headers: HeaderMap,
+    source: Source,
     path: Result<PathIds<StreamId>, ApiError>,
     query: Result<PlanParam<SocketQuery>, ApiError>,
 ) -> Response {
     let target = path.map(|PathIds(stream)| (Whose::Mine, stream));
-    super::socket::open(state, upgrade, &headers, target, query.map(|PlanParam(q)| q)).await
+    super::socket::open(state, upgrade, &headers, source, target, query.map(|PlanParam(q)| q)).await
 }
 
 #[utoipa::path(
