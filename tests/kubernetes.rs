@@ -1,7 +1,7 @@
 //! The Kubernetes manifests, deploy/kubernetes/, checked three ways.
 //!
 //! - `kubernetes-validate` (PyPI) validates every manifest, and what
-//!   `kubectl kustomize` builds from them, against the schemas of
+//!   the kustomization builds from them, against the schemas of
 //!   Kubernetes 1.30 (the oldest the manifests support: the preStop `sleep`
 //!   action) and of the newest version it bundles, strictly (an unknown
 //!   field is an error). It must say nothing: for a kind or an apiVersion it
@@ -19,9 +19,8 @@
 //!   real Redis, `/readyz` following Redis while `/livez` does not.
 //!
 //! The YAML is read by PyYAML, which comes with kubernetes-validate.
-//! ./scripts/test installs both into target/tools/venv. `kubectl` (with its
-//! built-in kustomize) comes with the machine image; when a tool is missing,
-//! the tests fail and say how to install it.
+//! ./scripts/test installs both into target/tools/venv; when they are
+//! missing, the tests fail and say how to install them.
 
 mod common;
 
@@ -33,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
 use common::{Process, binary, run_to_exit};
+use base64::Engine;
 use serde_json::Value;
 
 const DIR: &str = "deploy/kubernetes";
@@ -91,26 +91,50 @@ fn kustomization() -> Value {
     yaml(&dir().join("kustomization.yaml"))
 }
 
-/// What `kubectl kustomize deploy/kubernetes` builds: the file it wrote,
-/// and its documents.
-fn built() -> (PathBuf, Vec<Value>) {
-    let out = match Command::new("kubectl").arg("kustomize").arg(dir()).output() {
-        Ok(out) => out,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "kubectl is not on PATH; the Kubernetes tests build the kustomization with `kubectl kustomize` \
-             (kubectl 1.27 or newer, with kustomize v5). Install it from Kubernetes' own package repository \
-             (pkgs.k8s.io); Debian's kubernetes-client is too old"
-        ),
-        Err(e) => panic!("cannot run kubectl: {e}"),
-    };
-    assert!(out.status.success(), "kubectl kustomize {DIR} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    // One file per call: the tests run in parallel.
+/// What `kubectl apply -k deploy/kubernetes` applies, rendered here: the
+/// listed manifests and the Secrets of the `secretGenerator`. (The test
+/// renders it rather than run kustomize, which neither Debian nor PyPI
+/// ships in a version new enough; the kustomization uses nothing but
+/// `resources` and `secretGenerator`, which the test checks.) Returns the
+/// files written, one document each, and the documents.
+fn built() -> (Vec<PathBuf>, Vec<Value>) {
+    let kustomization = kustomization();
+    let known: BTreeSet<&str> =
+        kustomization.as_object().expect("a mapping").keys().map(String::as_str).collect();
+    let handled = BTreeSet::from(["apiVersion", "kind", "resources", "secretGenerator"]);
+    assert!(known.is_subset(&handled), "the kustomization uses {known:?}; this test renders only {handled:?}");
+    let mut docs = manifests();
+    for generator in kustomization["secretGenerator"].as_array().expect("a secretGenerator") {
+        let mut data = serde_json::Map::new();
+        for file in strings(&generator["files"]) {
+            let (key, path) = file.split_once('=').unwrap_or((file, file));
+            let bytes = std::fs::read(dir().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+            data.insert(key.to_owned(), Value::from(base64::engine::general_purpose::STANDARD.encode(bytes)));
+        }
+        let labels = generator["options"]["labels"].clone();
+        docs.push(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": { "name": generator["name"], "labels": labels },
+            "type": "Opaque",
+            "data": data,
+        }));
+    }
+    // One file per document and per call: the tests run in parallel. JSON
+    // is YAML.
     static CALLS: AtomicUsize = AtomicUsize::new(0);
     let call = CALLS.fetch_add(1, Ordering::Relaxed);
-    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("kustomize-{}-{call}.yaml", std::process::id()));
-    std::fs::write(&file, &out.stdout).unwrap();
-    let docs = yaml_docs(&file);
-    (file, docs)
+    let files = docs
+        .iter()
+        .enumerate()
+        .map(|(i, doc)| {
+            let name = format!("kustomize-{}-{call}-{i}.yaml", std::process::id());
+            let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+            std::fs::write(&file, serde_json::to_vec_pretty(doc).unwrap()).unwrap();
+            file
+        })
+        .collect();
+    (files, docs)
 }
 
 /// The manifests the kustomization lists, as paths.
@@ -176,7 +200,7 @@ fn port_of(addr: &str) -> u64 {
 fn the_manifests_and_the_kustomize_build_pass_kubernetes_validate_with_no_findings() {
     let (built, docs) = built();
     let mut files = resources(&kustomization(), &dir());
-    files.push(built);
+    files.extend(built);
     let mut cmd = Command::new(venv("kubernetes-validate"));
     cmd.args(["--strict", "--quiet"]);
     for version in KUBERNETES_VERSIONS {
