@@ -14,14 +14,17 @@ use crate::limiter::{Label, Limit, Rule, StreamId};
 /// The longest rule name, in characters.
 pub const MAX_NAME_LEN: usize = 64;
 
-/// The default set and each plan's own set. `plans` are the configured
-/// plan names; a set for any other name is refused.
+/// The default rule set and each plan's own set.
+pub(super) type RuleSets = (Arc<[Rule]>, BTreeMap<String, Arc<[Rule]>>);
+
+/// The default set and each plan's own set. `plans` says which plan names
+/// are configured; a set for any other name is refused.
 pub(super) fn build(
     default: Vec<RuleTable>,
     by_plan: BTreeMap<String, Vec<RuleTable>>,
     plans: &dyn Fn(&str) -> bool,
     in_file: &dyn Fn(&str) -> String,
-) -> Result<(Arc<[Rule]>, BTreeMap<String, Arc<[Rule]>>), ConfigError> {
+) -> Result<RuleSets, ConfigError> {
     let default = set("limits.rules", default, in_file)?;
     let mut sets = BTreeMap::new();
     for (plan, tables) in by_plan {
