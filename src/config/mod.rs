@@ -23,6 +23,7 @@ use crate::policy::{OnStoreError, Plan, Policy, Protection};
 use crate::store::{self, RedisMode, RedisTls, StoreConfig, StoreKind};
 use crate::telemetry::LogFormat;
 
+mod rules;
 mod settings;
 
 use settings::{AuthSettings, LimitSettings, Settings, Spelling};
@@ -311,7 +312,8 @@ fn check_redis_urls(urls: &[String], mode: RedisMode) -> Result<(), ConfigError>
     Ok(())
 }
 
-/// The plans take the global `on_limit` unless `on_limit_by_plan` names them.
+/// The plans take the global `on_limit` unless `on_limit_by_plan` names
+/// them, and the default rules unless `plan_rules` gives them their own.
 fn build_policy(
     limits: LimitSettings,
     lease_ttl: Ttl,
@@ -334,7 +336,17 @@ fn build_policy(
         };
         plan.on_limit = on_limit;
     }
-    Ok(Policy { default_limit: limits.default.0, on_limit, plans, enforce: limits.enforce, lease_ttl, on_store_error })
+    let (rules, plan_rules) = rules::build(limits.rules, limits.plan_rules, &|plan| plans.contains_key(plan), in_file)?;
+    Ok(Policy {
+        default_limit: limits.default.0,
+        on_limit,
+        plans,
+        rules,
+        plan_rules,
+        enforce: limits.enforce,
+        lease_ttl,
+        on_store_error,
+    })
 }
 
 fn build_auth(a: AuthSettings, in_file: &dyn Fn(&str) -> String) -> Result<Authenticator, ConfigError> {

@@ -148,6 +148,66 @@ pub(super) struct LimitSettings {
     #[arg(skip)]
     #[serde(deserialize_with = "key_map")]
     pub on_limit_by_plan: BTreeMap<String, OnLimit>,
+    // The default rule set, `[[limits.rules]]`, in order. File only.
+    #[arg(skip)]
+    pub rules: Vec<RuleTable>,
+    // Plan name → its own rule set, `[[limits.plan_rules.<plan>]]`. File only.
+    #[arg(skip)]
+    pub plan_rules: BTreeMap<String, Vec<RuleTable>>,
+}
+
+/// One `[[limits.rules]]` or `[[limits.plan_rules.<plan>]]` table as
+/// written, each value with its line. Its keys are checked by
+/// `config::rules`, not by serde, so that every error can name the rule
+/// (its index and its name) as well as the key.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct RuleTable {
+    /// In the order written.
+    pub keys: Vec<RuleKey>,
+}
+
+#[derive(Debug, PartialEq)]
+pub(super) struct RuleKey {
+    pub key: String,
+    pub value: toml::Value,
+    /// Where the value starts in the file: a byte offset as read, which
+    /// [`read_file`] turns into a line number.
+    pub line: usize,
+}
+
+impl RuleTable {
+    /// The keys a rule takes.
+    pub const KEYS: &'static [&'static str] = &["name", "device_class", "content_kind", "per", "limit", "exempt"];
+
+    pub fn get(&self, key: &str) -> Option<&RuleKey> {
+        self.keys.iter().find(|k| k.key == key)
+    }
+}
+
+impl<'de> Deserialize<'de> for RuleTable {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = RuleTable;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table with the keys of a rule")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RuleTable, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: toml::Spanned<toml::Value> = map.next_value()?;
+                    let line = value.span().start;
+                    keys.push(RuleKey { key, value: value.into_inner(), line });
+                }
+                // The order written, whatever order the reader hands them in.
+                keys.sort_by_key(|k| k.line);
+                Ok(RuleTable { keys })
+            }
+        }
+        // A struct to serde, so that the keys it takes are known to it;
+        // the visitor reads any key, and `config::rules` refuses the others.
+        d.deserialize_struct("RuleTable", RuleTable::KEYS, Keys)
+    }
 }
 
 /// The `[auth]` table.
@@ -274,6 +334,8 @@ impl Default for LimitSettings {
             on_limit: OnLimit::Reject,
             enforce: true,
             on_limit_by_plan: BTreeMap::new(),
+            rules: Vec::new(),
+            plan_rules: BTreeMap::new(),
         }
     }
 }
@@ -491,5 +553,14 @@ pub(super) fn read_file(path: &Path) -> Result<Settings, ConfigError> {
         ConfigError(format!("{at}{line}: {}", e.message().trim()))
     };
     let file = toml::Deserializer::parse(&text).map_err(|e| error(String::new(), e))?;
-    serde_path_to_error::deserialize(file).map_err(|e| error(e.path().to_string(), e.into_inner()))
+    let mut settings: Settings =
+        serde_path_to_error::deserialize(file).map_err(|e| error(e.path().to_string(), e.into_inner()))?;
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let limits = &mut settings.limits;
+    for table in limits.rules.iter_mut().chain(limits.plan_rules.values_mut().flatten()) {
+        for key in &mut table.keys {
+            key.line = line_of(key.line);
+        }
+    }
+    Ok(settings)
 }
