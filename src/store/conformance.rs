@@ -12,7 +12,8 @@ use super::Store;
 use super::memory::MemoryBackend;
 use crate::clock::{Clock, ManualClock};
 use crate::limiter::{
-    self, Acquire, Decision, Label, Limit, LimitSource, OnLimit, Op, RevokeReason, StreamId, Timestamp, Ttl, UserId,
+    self, Acquire, Decision, Label, Limit, LimitSource, OnLimit, Op, RevokeReason, Rule, StreamId, Timestamp, Ttl,
+    UserId,
 };
 
 fn user(s: &str) -> UserId {
@@ -47,6 +48,9 @@ pub(crate) async fn suite(store: &Store, clock: &ManualClock) {
     overrides_are_kept_and_win(store).await;
     shadow_mode_changes_no_one_else(store).await;
     concurrent_evictions_keep_the_limit(store).await;
+    leases_keep_every_attribute(store, clock).await;
+    rules_apply_in_scope(store).await;
+    concurrent_acquires_fill_each_scope_exactly(store).await;
 }
 
 async fn grants_up_to_the_limit(store: &Store, clock: &ManualClock) {
@@ -277,6 +281,139 @@ async fn concurrent_evictions_keep_the_limit(store: &Store) {
     assert_eq!(granted, live.len() + evicted);
 }
 
+fn label(s: &str) -> Label {
+    Label::new(s).unwrap()
+}
+
+fn rule(name: &str, class: Option<&str>, kind: Option<&str>, per_content: bool, limit: u32, exempt: bool) -> Rule {
+    Rule {
+        name: label(name),
+        device_class: class.map(label),
+        content_kind: kind.map(label),
+        per_content,
+        limit: Limit::new(limit).unwrap(),
+        exempt,
+    }
+}
+
+fn on(s: &str, limit: u32, rules: &[Rule], class: Option<&str>, kind: Option<&str>, title: Option<&str>) -> Acquire {
+    Acquire {
+        device_class: class.map(label),
+        content_kind: kind.map(label),
+        content_id: title.map(label),
+        rules: rules.into(),
+        ..req(s, limit, 60)
+    }
+}
+
+async fn leases_keep_every_attribute(store: &Store, clock: &ManualClock) {
+    let u = user("attributes-user");
+    let full = Acquire {
+        device_id: Some(label("living-room")),
+        plan: Some(label("premium")),
+        ..on("tv", 1, &[], Some("tv"), Some("live"), Some("final"))
+    };
+    let Decision::Granted(g) = store.acquire(&u, full).await.unwrap() else { panic!("not granted") };
+    let expected = |l: &limiter::Lease| {
+        let text = |v: &Option<Label>| v.as_ref().map(|v| v.as_str().to_owned());
+        (text(&l.device_id), text(&l.device_class), text(&l.content_kind), text(&l.content_id), text(&l.plan))
+    };
+    let want = (
+        Some("living-room".to_owned()),
+        Some("tv".to_owned()),
+        Some("live".to_owned()),
+        Some("final".to_owned()),
+        Some("premium".to_owned()),
+    );
+    assert_eq!(expected(&g.lease), want);
+    clock.advance_ms(1);
+    let (_, live) = store.list(&u, Limit::new(1).unwrap()).await.unwrap();
+    assert_eq!(expected(&live[0]), want, "listed");
+    match store.acquire(&u, req("tv", 1, 60)).await.unwrap() {
+        Decision::Renewed(r) => assert_eq!(expected(&r.lease), want, "a bare renewal keeps them"),
+        d => panic!("{d:?}"),
+    }
+    match store.acquire(&u, req("phone", 1, 60)).await.unwrap() {
+        Decision::Denied(d) => assert_eq!(expected(&d.live[0]), want, "a refusal lists them"),
+        d => panic!("{d:?}"),
+    }
+    let evicting = Acquire { on_limit: OnLimit::EvictOldest, ..req("phone", 1, 60) };
+    match store.acquire(&u, evicting).await.unwrap() {
+        Decision::Granted(g) => assert_eq!(expected(&g.evicted[0]), want, "an eviction reports them"),
+        d => panic!("{d:?}"),
+    }
+}
+
+async fn rules_apply_in_scope(store: &Store) {
+    let u = user("rules-user");
+    let tv = [rule("tv", Some("tv"), None, false, 1, false), rule("one-per-title", None, None, true, 1, false)];
+    let go = |s: &str, class: &str, title: &str| on(s, 3, &tv, Some(class), None, Some(title));
+    assert!(matches!(store.acquire(&u, go("tv1", "tv", "a")).await.unwrap(), Decision::Granted(_)));
+    match store.acquire(&u, go("tv2", "tv", "b")).await.unwrap() {
+        Decision::Denied(d) => {
+            assert_eq!(d.rule.map(|r| (r.name.as_str().to_owned(), r.limit.get())), Some(("tv".to_owned(), 1)));
+            assert_eq!(names(&d.live), ["tv1"]);
+        }
+        d => panic!("{d:?}"),
+    }
+    assert!(matches!(store.acquire(&u, go("m1", "mobile", "b")).await.unwrap(), Decision::Granted(_)));
+    // The phone may not switch to the TV's title: refused, and left as it was.
+    match store.acquire(&u, go("m1", "mobile", "a")).await.unwrap() {
+        Decision::Denied(d) => assert_eq!(d.rule.unwrap().name.as_str(), "one-per-title"),
+        d => panic!("{d:?}"),
+    }
+    let (_, live) = store.list(&u, Limit::new(3).unwrap()).await.unwrap();
+    let m1 = live.iter().find(|l| l.stream_id.as_str() == "m1").unwrap();
+    assert_eq!(m1.content_id, Some(label("b")));
+    // evict_oldest makes room inside the full scope only.
+    let evicting = Acquire { on_limit: OnLimit::EvictOldest, ..go("tv3", "tv", "c") };
+    match store.acquire(&u, evicting).await.unwrap() {
+        Decision::Granted(g) => assert_eq!(names(&g.evicted), ["tv1"]),
+        d => panic!("{d:?}"),
+    }
+    // Downloads don't count toward the total of 1.
+    let v = user("downloads-user");
+    let dl = [rule("downloads", None, Some("download"), false, 2, true)];
+    let go = |s: &str, kind: Option<&str>| on(s, 1, &dl, None, kind, None);
+    assert!(matches!(store.acquire(&v, go("watch", None)).await.unwrap(), Decision::Granted(_)));
+    assert!(matches!(store.acquire(&v, go("dl1", Some("download"))).await.unwrap(), Decision::Granted(_)));
+    assert!(matches!(store.acquire(&v, go("dl2", Some("download"))).await.unwrap(), Decision::Granted(_)));
+    assert!(matches!(store.acquire(&v, go("dl3", Some("download"))).await.unwrap(), Decision::Denied(_)));
+    match store.acquire(&v, go("watch2", None)).await.unwrap() {
+        Decision::Denied(d) => assert_eq!((d.rule, names(&d.live)), (None, vec!["watch"])),
+        d => panic!("{d:?}"),
+    }
+}
+
+/// 62 TV and 2 other acquires at once under "4 streams, at most 2 on TVs"
+/// must end with exactly 2 of each: the TV rule caps TVs at 2, and the
+/// total refuses nobody until 4 are live, which needs both others in.
+async fn concurrent_acquires_fill_each_scope_exactly(store: &Store) {
+    let u = user("concurrent-rules-user");
+    let rules = [rule("tv", Some("tv"), None, false, 2, false)];
+    let mut set = JoinSet::new();
+    for i in 0..64 {
+        let (store, u, rules) = (store.clone(), u.clone(), rules.clone());
+        set.spawn(async move {
+            let class = if i % 32 == 7 { "phone" } else { "tv" };
+            let d = store.acquire(&u, on(&format!("s{i}"), 4, &rules, Some(class), None, None)).await.unwrap();
+            (class, d)
+        });
+    }
+    let (mut tv, mut other) = (0, 0);
+    while let Some(r) = set.join_next().await {
+        match r.unwrap() {
+            ("tv", Decision::Granted(_)) => tv += 1,
+            (_, Decision::Granted(_)) => other += 1,
+            ("tv", Decision::Denied(d)) => assert_eq!(d.rule.unwrap().name.as_str(), "tv"),
+            (class, d) => panic!("{class}: {d:?}"),
+        }
+    }
+    assert_eq!((tv, other), (2, 2));
+    let (_, live) = store.list(&u, Limit::new(4).unwrap()).await.unwrap();
+    assert_eq!(live.len(), 4);
+}
+
 /// One step of a differential run.
 #[derive(Clone, Debug)]
 enum Step {
@@ -286,6 +423,9 @@ enum Step {
         limit: u32,
         ttl: u32,
         device: bool,
+        /// Indexes into [`CLASSES`], [`KINDS`], [`TITLES`], [`PLANS`] and
+        /// [`rule_set`].
+        traits: (u8, u8, u8, u8, u8),
         evict_oldest: bool,
         evict: Vec<u8>,
         enforce: bool,
@@ -328,10 +468,18 @@ fn step() -> impl Strategy<Value = Step> {
             limit,
             ttl,
             device,
+            traits: (0, 0, 0, 0, 0),
             evict_oldest,
             evict,
             enforce,
         });
+    let traits = (0u8..3, 0u8..3, 0u8..3, 0u8..3, prop_oneof![1 => Just(0u8), 3 => 1u8..5]);
+    let acquire = (acquire, traits).prop_map(|(mut step, t)| {
+        if let Step::Acquire { traits, .. } = &mut step {
+            *traits = t;
+        }
+        step
+    });
     prop_oneof![
         8 => acquire,
         2 => (0u8..3, 0u8..6).prop_map(|(user, stream)| Step::Release { user, stream }),
@@ -343,13 +491,54 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+const CLASSES: [Option<&str>; 3] = [None, Some("tv"), Some("mobile")];
+const KINDS: [Option<&str>; 3] = [None, Some("live"), Some("download")];
+const TITLES: [Option<&str>; 3] = [None, Some("c0"), Some("c1")];
+const PLANS: [Option<&str>; 3] = [None, Some("basic"), Some("premium")];
+
+/// Small rule sets whose limits bind often: none, a device class, a title,
+/// an exempt kind, and all of them with a forbidden pair.
+fn rule_set(n: u8) -> Vec<Rule> {
+    let tv = rule("tv", Some("tv"), None, false, 1, false);
+    let title = rule("one-per-title", None, None, true, 1, false);
+    let downloads = rule("downloads", None, Some("download"), false, 1, true);
+    match n {
+        0 => vec![],
+        1 => vec![tv],
+        2 => vec![title],
+        3 => vec![downloads],
+        _ => vec![
+            rule("mobile-live", Some("mobile"), Some("live"), false, 0, false),
+            tv,
+            title,
+            rule("live-titles", None, Some("live"), true, 1, false),
+            downloads,
+        ],
+    }
+}
+
 fn op_of(step: Step) -> Option<(u8, Op)> {
     let lim = |n: u32| Limit::new(n).unwrap();
     Some(match step {
         Step::Advance(_) => return None,
-        Step::Acquire { user, stream: s, limit, ttl, device, evict_oldest, evict, enforce } => {
+        Step::Acquire {
+            user,
+            stream: s,
+            limit,
+            ttl,
+            device,
+            traits: (c, k, t, p, rules),
+            evict_oldest,
+            evict,
+            enforce,
+        } => {
             let mut r = req(&format!("s{s}"), limit, ttl);
             r.device_id = device.then(|| Label::new(&format!("d{s}")).unwrap());
+            r.device_class = CLASSES[c as usize].map(label);
+            r.content_kind = KINDS[k as usize].map(label);
+            r.content_id = TITLES[t as usize].map(label);
+            r.plan = PLANS[p as usize].map(label);
+            r.rules = rule_set(rules).into();
             r.on_limit = if evict_oldest { OnLimit::EvictOldest } else { OnLimit::Reject };
             r.evict = evict.iter().map(|e| stream(&format!("s{e}"))).collect();
             r.enforce = enforce;
