@@ -422,8 +422,10 @@ if op == 'acquire' then
       if class then V[at + 6] = class end
       if kind then V[at + 7] = kind end
       if plan then V[at + 8] = plan end
+      local rule = blocked and S[blocked] >= 0 and S[blocked] -- the would-deny rule
       reply = pack('renewed', expired, nl, limit, V[at + 2], expires, V[at + 4], V[at + 5], V[at + 6], V[at + 7],
-        V[at + 8], blocked and true or false) .. (blocked and hit(R, S[blocked]) or pack(false))
+        V[at + 8], blocked and true or false, rule and R[rule + 1])
+      if rule then reply = reply .. pack(R[rule + 5]) end
     end
   elseif not reply then
     -- Which leases must go for this one to fit (their offsets, oldest
@@ -498,8 +500,11 @@ if op == 'acquire' then
       if blocked then r, t = S[blocked], S[blocked + 1] end
     end
     if not fits and enforce then
-      local live = R and members(V, nl, R, nr, r, t, false) or slice(V, 6, 5 + 8 * nl)
-      reply = pack('denied', expired, limit) .. (R and hit(R, r) or pack(false)) .. live
+      if R then
+        reply = pack('denied', expired, limit) .. hit(R, r) .. members(V, nl, R, nr, r, t, false)
+      else
+        reply = pack('denied', expired, limit, false) .. slice(V, 6, 5 + 8 * nl)
+      end
     else
       local gone, tail = 0, '' -- the evicted leases or the would-be victims
       if fits and victims then
@@ -528,8 +533,11 @@ if op == 'acquire' then
       V[b + 1], V[b + 2], V[b + 3], V[b + 4] = stream, now, expires, device
       V[b + 5], V[b + 6], V[b + 7], V[b + 8] = content, class, kind, plan
       n, nl, dirty = n + 8, nl + 1, true
-      local rule = not fits and R and hit(R, r) or pack(false)
-      reply = pack('granted', expired, nl, limit, now, expires, not fits) .. rule .. pack(gone) .. tail
+      if fits or r < 0 then
+        reply = pack('granted', expired, nl, limit, now, expires, not fits, false, gone) .. tail
+      else
+        reply = pack('granted', expired, nl, limit, now, expires, true, R[r + 1], R[r + 5], gone) .. tail
+      end
     end
   end
 elseif op == 'release' then

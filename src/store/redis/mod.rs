@@ -982,6 +982,15 @@ mod tests {
         }
         p.run("attrs", Op::List { limit: Limit::new(4).unwrap() }).await;
 
+        // Long names and scopes take MessagePack's longer string forms.
+        let (name, class) = ("n".repeat(64), "é".repeat(128));
+        let long = [Rule { device_class: label(&class), ..rule(&name, 1) }];
+        p.run("long", go(on("a", 4, &long, Some(&class), None, None))).await;
+        match decision(p.run("long", go(on("b", 4, &long, Some(&class), None, None))).await) {
+            Decision::Denied(d) => assert_eq!((d.rule, names(&d.live)), (hit(&name, 1), vec!["a"])),
+            d => panic!("{d:?}"),
+        }
+
         // An override changes the total, never a rule.
         p.run("over", Op::SetOverride(Limit::new(1))).await;
         p.run("over", go(on("tv1", 4, &tv, Some("tv"), None, None))).await;

@@ -331,6 +331,48 @@ mod tests {
     }
 
     #[test]
+    fn a_named_rule_is_one_of_the_request_s() {
+        let tv = Rule {
+            name: Label::new("tv").unwrap(),
+            device_class: Some(Label::new("tv").unwrap()),
+            content_kind: None,
+            per_content: false,
+            limit: Limit::new(2).unwrap(),
+            exempt: false,
+        };
+        let req = Acquire { rules: std::sync::Arc::from([tv.clone()]), ..Acquire::for_test("s", 4) };
+        let lease = [str("a"), int(1), int(2), vec![0xc2; 2], str("tv"), vec![0xc2; 2]].concat();
+        let denied = [str("denied"), int(0), int(4), str("tv"), int(2), lease].concat();
+        match decode(Op::Acquire(req.clone()), &denied).unwrap() {
+            Reply::Decision(Decision::Denied(d)) => {
+                let rule = d.rule.unwrap();
+                assert_eq!((rule.name.as_str(), rule.limit.get(), d.limit.get()), ("tv", 2, 4));
+                assert_eq!(d.live[0].device_class.as_ref().map(Label::as_str), Some("tv"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The total: false, and nothing else.
+        let total = [str("denied"), int(0), int(4), vec![0xc2]].concat();
+        match decode(Op::Acquire(req.clone()), &total).unwrap() {
+            Reply::Decision(Decision::Denied(d)) => assert_eq!((d.rule, d.live), (None, vec![])),
+            other => panic!("{other:?}"),
+        }
+        let shadow = [str("granted"), int(0), int(3), int(4), int(1), int(2), vec![0xc3], str("tv"), int(2), int(0)];
+        match decode(Op::Acquire(req.clone()), &shadow.concat()).unwrap() {
+            Reply::Decision(Decision::Granted(g)) => {
+                assert!(g.would_deny);
+                assert_eq!(g.would_deny_rule.map(|r| r.name), Some(tv.name.clone()));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A rule the request did not carry, or with another limit, is a broken reply.
+        for (name, limit) in [("radio", 2), ("tv", 3)] {
+            let bytes = [str("denied"), int(0), int(4), str(name), int(limit)].concat();
+            assert!(matches!(decode(Op::Acquire(req.clone()), &bytes), Err(StoreError::Unavailable(_))), "{name}");
+        }
+    }
+
+    #[test]
     fn malformed_replies_are_unavailable() {
         let lease = [str("s"), int(1), int(2), vec![0xc2; 5]].concat();
         let cases: [Vec<u8>; 7] = [
