@@ -12,8 +12,8 @@ use super::Store;
 use super::memory::MemoryBackend;
 use crate::clock::{Clock, ManualClock};
 use crate::limiter::{
-    self, Acquire, Decision, Label, Limit, LimitSource, OnLimit, Op, RevokeReason, Rule, StreamId, Timestamp, Ttl,
-    UserId,
+    self, Acquire, Decision, Label, Limit, LimitSource, OnLimit, Op, Plans, RevokeReason, Rule, StreamId, Terms,
+    Timestamp, Ttl, UserId,
 };
 
 fn user(s: &str) -> UserId {
@@ -51,6 +51,7 @@ pub(crate) async fn suite(store: &Store, clock: &ManualClock) {
     leases_keep_every_attribute(store, clock).await;
     rules_apply_in_scope(store).await;
     concurrent_acquires_fill_each_scope_exactly(store).await;
+    plans_stick_to_leases(store).await;
 }
 
 async fn grants_up_to_the_limit(store: &Store, clock: &ManualClock) {
@@ -414,6 +415,26 @@ async fn concurrent_acquires_fill_each_scope_exactly(store: &Store) {
     assert_eq!(live.len(), 4);
 }
 
+async fn plans_stick_to_leases(store: &Store) {
+    let u = user("sticky-user");
+    let held = |s: &str| Acquire { held: true, ..req(s, 1, 60) };
+    assert_eq!(store.acquire(&u, held("a")).await.unwrap(), Decision::NotHeld);
+    let (_, live) = store.list(&u, Limit::new(1).unwrap()).await.unwrap();
+    assert!(live.is_empty(), "a held request starts nothing");
+    let premium = Acquire { plan: Some(label("premium")), ..req("a", 3, 60) };
+    assert!(matches!(store.acquire(&u, premium).await.unwrap(), Decision::Granted(_)));
+    // Without a plan, the default (1) would refuse b; premium's 3 admit it.
+    let plain = |s: &str| Acquire { plans: Some(plans()), ..req(s, 1, 60) };
+    match store.acquire(&u, plain("b")).await.unwrap() {
+        Decision::Granted(g) => assert_eq!((g.limit.get(), g.lease.plan), (3, Some(label("premium")))),
+        d => panic!("{d:?}"),
+    }
+    match store.acquire(&u, Acquire { held: true, ..plain("a") }).await.unwrap() {
+        Decision::Renewed(g) => assert_eq!((g.limit.get(), g.lease.plan), (3, Some(label("premium")))),
+        d => panic!("{d:?}"),
+    }
+}
+
 /// One step of a differential run.
 #[derive(Clone, Debug)]
 enum Step {
@@ -426,6 +447,10 @@ enum Step {
         /// Indexes into [`CLASSES`], [`KINDS`], [`TITLES`], [`PLANS`] and
         /// [`rule_set`].
         traits: (u8, u8, u8, u8, u8),
+        /// With no plan named, pass [`plans`] (the plan sticks); and
+        /// whether the caller says it holds the stream.
+        sticky: bool,
+        held: bool,
         evict_oldest: bool,
         evict: Vec<u8>,
         enforce: bool,
@@ -469,14 +494,16 @@ fn step() -> impl Strategy<Value = Step> {
             ttl,
             device,
             traits: (0, 0, 0, 0, 0),
+            sticky: false,
+            held: false,
             evict_oldest,
             evict,
             enforce,
         });
-    let traits = (0u8..3, 0u8..3, 0u8..3, 0u8..3, prop_oneof![1 => Just(0u8), 3 => 1u8..5]);
-    let acquire = (acquire, traits).prop_map(|(mut step, t)| {
-        if let Step::Acquire { traits, .. } = &mut step {
-            *traits = t;
+    let traits = (0u8..3, 0u8..3, 0u8..3, 0u8..4, prop_oneof![1 => Just(0u8), 3 => 1u8..5]);
+    let acquire = (acquire, traits, any::<bool>(), prop::bool::weighted(0.15)).prop_map(|(mut step, t, s, h)| {
+        if let Step::Acquire { traits, sticky, held, .. } = &mut step {
+            (*traits, *sticky, *held) = (t, s, h);
         }
         step
     });
@@ -494,7 +521,21 @@ fn step() -> impl Strategy<Value = Step> {
 const CLASSES: [Option<&str>; 3] = [None, Some("tv"), Some("mobile")];
 const KINDS: [Option<&str>; 3] = [None, Some("live"), Some("download")];
 const TITLES: [Option<&str>; 3] = [None, Some("c0"), Some("c1")];
-const PLANS: [Option<&str>; 3] = [None, Some("basic"), Some("premium")];
+/// "gold" is not among [`plans`]: a lease of a plan no longer configured.
+const PLANS: [Option<&str>; 4] = [None, Some("basic"), Some("premium"), Some("gold")];
+
+/// The configured plans a plan-less request passes.
+fn plans() -> Arc<Plans> {
+    let terms = |limit, on_limit, rules| Terms { limit: Limit::new(limit).unwrap(), on_limit, rules };
+    Arc::new(
+        [
+            (label("basic"), terms(1, OnLimit::Reject, rule_set(1).into())),
+            (label("premium"), terms(3, OnLimit::EvictOldest, rule_set(4).into())),
+        ]
+        .into_iter()
+        .collect(),
+    )
+}
 
 /// Small rule sets whose limits bind often: none, a device class, a title,
 /// an exempt kind, and all of them with a forbidden pair.
@@ -528,6 +569,8 @@ fn op_of(step: Step) -> Option<(u8, Op)> {
             ttl,
             device,
             traits: (c, k, t, p, rules),
+            sticky,
+            held,
             evict_oldest,
             evict,
             enforce,
@@ -542,6 +585,8 @@ fn op_of(step: Step) -> Option<(u8, Op)> {
             r.on_limit = if evict_oldest { OnLimit::EvictOldest } else { OnLimit::Reject };
             r.evict = evict.iter().map(|e| stream(&format!("s{e}"))).collect();
             r.enforce = enforce;
+            r.plans = (sticky && r.plan.is_none()).then(plans);
+            r.held = held;
             (user, Op::Acquire(r))
         }
         Step::Release { user, stream: s } => (user, Op::Release(stream(&format!("s{s}")))),
