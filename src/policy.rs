@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::limiter::{Label, Limit, LimitSource, OnLimit, Rule, Ttl};
+use crate::limiter::{Label, Limit, LimitSource, OnLimit, Plans, Rule, Terms, Ttl};
 
 /// The configured policy. Built and validated by `config`.
 #[derive(Clone, Debug)]
@@ -103,6 +103,18 @@ impl Policy {
     }
 
     /// The policy of `plan`, or the default one without a plan.
+    /// Every plan's terms by name, as the rules apply them.
+    pub fn terms(&self) -> Plans {
+        self.plans
+            .iter()
+            .filter_map(|(name, p)| {
+                let rules = self.plan_rules.get(name).unwrap_or(&self.rules).clone();
+                // Plan names are validated as ids by `config`.
+                Some((Label::new(name).ok()?, Terms { limit: p.limit, on_limit: p.on_limit, rules }))
+            })
+            .collect()
+    }
+
     pub fn resolve(&self, plan: Option<&str>) -> Result<Resolved, UnknownPlan> {
         match plan {
             None => Ok(Resolved {

@@ -283,3 +283,108 @@ async fn concurrent_take_overs_and_evictions_keep_the_limit() {
         }
     }
 }
+
+const HS_SECRET: &str = "a-test-secret-that-is-at-least-32-bytes";
+const SERVICE_KEY: &str = "sticky-backend-key";
+
+/// A player token for `user`, with a plan claim when `plan` is given.
+fn token(user: &str, plan: Option<&str>) -> String {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 300;
+    let mut claims = json!({"sub": user, "exp": exp});
+    if let Some(p) = plan {
+        claims["plan"] = json!(p);
+    }
+    let key = jsonwebtoken::EncodingKey::from_secret(HS_SECRET.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key).unwrap()
+}
+
+/// JWTs for players and one service API key, which may name plans.
+async fn sticky_server(kind: StoreKind) -> Server {
+    use sha2::{Digest, Sha256};
+    use streamcap::auth::{ApiKey, AuthMode, Authenticator, JwtConfig, JwtVerifier, KeyScope};
+    let jwt = JwtConfig {
+        secret: Some(HS_SECRET.as_bytes().to_vec()),
+        public_key_pem: None,
+        jwks_json: None,
+        algorithms: None,
+        issuer: None,
+        audience: None,
+        user_claim: "sub".into(),
+        plan_claim: "plan".into(),
+    };
+    let key = ApiKey { name: "backend".into(), sha256: Sha256::digest(SERVICE_KEY).into(), scope: KeyScope::Service };
+    let auth = Authenticator::new(AuthMode::Jwt, Some(JwtVerifier::new(jwt).unwrap()), vec![key]);
+    let protection = streamcap::policy::Protection::unlimited();
+    Server::with_everything(kind, policy(OnLimit::Reject, true), auth, protection).await
+}
+
+async fn put_as(srv: &Server, path: &str, credential: &str, body: Value, if_match: Option<&str>) -> Reply {
+    let mut req = srv.client.put(srv.url(path)).bearer_auth(credential).json(&body);
+    if let Some(v) = if_match {
+        req = req.header("if-match", v);
+    }
+    Reply::from(req.send().await.unwrap()).await
+}
+
+async fn live_as_service(srv: &Server, user: &str) -> Vec<String> {
+    let r = srv.client.get(srv.url(&format!("/v1/users/{user}/streams"))).bearer_auth(SERVICE_KEY).send().await;
+    ids(&Reply::from(r.unwrap()).await.json()["active_streams"])
+}
+
+#[tokio::test]
+async fn a_lease_keeps_its_plan_unless_a_token_names_one() {
+    for kind in STORES {
+        let srv = sticky_server(kind).await;
+        let svc = |path: String, body: Value| {
+            let srv = &srv;
+            async move { put_as(srv, &path, SERVICE_KEY, body, None).await }
+        };
+        // The backend starts a premium (4) stream for u; the default is 3.
+        let r = svc(s("u", "s1"), json!({"plan": "premium"})).await;
+        assert_eq!((r.status, r.json()["limit"].clone()), (201, json!(4)), "{kind:?} {r:?}");
+        // A heartbeat that forgets the plan is still judged as premium.
+        let r = svc(s("u", "s1"), json!({})).await;
+        assert_eq!((r.status, r.json()["limit"].clone()), (200, json!(4)), "{kind:?} {r:?}");
+        // New streams that name no plan take the newest live lease's.
+        for st in ["s2", "s3", "s4"] {
+            let r = svc(s("u", st), json!({})).await;
+            assert_eq!((r.status, r.json()["limit"].clone()), (201, json!(4)), "{kind:?} {st} {r:?}");
+        }
+        let p = svc(s("u", "s5"), json!({})).await.assert_problem(409, "stream-limit-reached");
+        assert_eq!(p["limit"], 4, "{kind:?} {p}");
+        // A player token without a plan claim inherits it too.
+        let r = put_as(&srv, "/v1/me/streams/s1", &token("u", None), json!({}), None).await;
+        assert_eq!((r.status, r.json()["limit"].clone()), (200, json!(4)), "{kind:?} {r:?}");
+        // A token's plan claim wins over the lease's plan: basic (1).
+        let basic = token("u", Some("basic"));
+        let r = put_as(&srv, "/v1/me/streams/s2", &basic, json!({}), None).await;
+        assert_eq!((r.status, r.json()["limit"].clone()), (200, json!(1)), "{kind:?} {r:?}");
+        let p = put_as(&srv, "/v1/me/streams/t", &basic, json!({}), None).await;
+        assert_eq!(p.assert_problem(409, "stream-limit-reached")["limit"], 1, "{kind:?}");
+        // The basic renewal re-stamped s2, but the newest lease (s4) is premium.
+        let r = svc(s("u", "s2"), json!({})).await;
+        assert_eq!(r.json()["limit"], 1, "{kind:?}: s2's own plan is now basic: {r:?}");
+        assert_eq!(live_as_service(&srv, "u").await, ["s1", "s2", "s3", "s4"], "{kind:?}");
+    }
+}
+
+#[tokio::test]
+async fn if_match_star_renews_a_held_lease_and_never_starts_one() {
+    for kind in STORES {
+        let srv = sticky_server(kind).await;
+        let held = |path: String, tag: &'static str| {
+            let srv = &srv;
+            async move { put_as(srv, &path, SERVICE_KEY, json!({}), Some(tag)).await }
+        };
+        let p = held(s("h", "a"), "*").await.assert_problem(412, "lease-not-held");
+        assert!(p["detail"].as_str().unwrap().contains("without If-Match"), "{kind:?} {p}");
+        assert!(live_as_service(&srv, "h").await.is_empty(), "{kind:?}: a held request started nothing");
+        assert_eq!(put_as(&srv, &s("h", "a"), SERVICE_KEY, json!({}), None).await.status, 201);
+        assert_eq!(held(s("h", "a"), "*").await.status, 200, "{kind:?}");
+        // streamcap issues no entity tags, so no other value ever matches.
+        held(s("h", "a"), "\"v1\"").await.assert_problem(412, "lease-not-held");
+        // A player's heartbeat may say so too.
+        let r = put_as(&srv, "/v1/me/streams/a", &token("h", None), json!({}), Some("*")).await;
+        assert_eq!(r.status, 200, "{kind:?} {r:?}");
+    }
+}

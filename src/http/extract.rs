@@ -11,6 +11,26 @@ use serde::de::DeserializeOwned;
 use super::problem::ApiError;
 use crate::limiter::{StreamId, UserId};
 
+/// `If-Match` on an acquire: `*` says the caller holds the stream's lease
+/// and wants it renewed, never started again. streamcap issues no entity
+/// tags, so any other value can never match: 412.
+pub struct IfMatch(pub bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let mut values = parts.headers.get_all(header::IF_MATCH).iter().peekable();
+        if values.peek().is_none() {
+            return Ok(Self(false));
+        }
+        if values.all(|v| v.as_bytes().trim_ascii() == b"*") {
+            return Ok(Self(true));
+        }
+        Err(ApiError::NotHeld("streamcap issues no entity tags: send If-Match: * to renew a lease the stream holds"))
+    }
+}
+
 /// The path's id segments, validated: `PathIds<UserId>` for `{user_id}`,
 /// `PathIds<StreamId>` for `{stream_id}` and `PathIds<(UserId, StreamId)>`
 /// for both.

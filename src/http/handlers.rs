@@ -22,7 +22,7 @@ use super::dto::{
     self, AcquireBody, ClockBody, LeaseBody, LimitBody, ListBody, PlanQuery, ProblemBody, ReadyBody, RevokedBody,
     SetLimitBody, SocketMessage, SocketQuery, StatusBody, StreamView,
 };
-use super::extract::{OptionalJson, PathIds, PlanParam};
+use super::extract::{IfMatch, OptionalJson, PathIds, PlanParam};
 use super::problem::{ApiError, Problem};
 use super::respond;
 use super::source::Source;
@@ -59,11 +59,12 @@ enum CommonErrors {
     path = "/v1/users/{user_id}/streams/{stream_id}",
     tag = "streams",
     summary = "Acquire or renew a stream's lease",
-    params(("user_id" = String, Path, description = "1-128 of [A-Za-z0-9._~:@-]"), ("stream_id" = String, Path, description = "1-128 of [A-Za-z0-9._~:@-]")),
+    params(("user_id" = String, Path, description = "1-128 of [A-Za-z0-9._~:@-]"), ("stream_id" = String, Path, description = "1-128 of [A-Za-z0-9._~:@-]"), ("If-Match" = Option<String>, Header, description = "`*`: renew the stream's live lease, never start a new one (412 when it holds none); a degraded answer to it is 200")),
     request_body(content = Option<AcquireBody>, content_type = "application/json", description = "Optional; an empty body is fine"),
     responses(
         (status = 201, description = "A new lease was granted (Location header set)", body = LeaseBody),
         (status = 200, description = "The live lease was renewed", body = LeaseBody),
+        (status = 412, description = "`If-Match: *` and the stream holds no live lease, or `If-Match` named an entity tag (`lease-not-held`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The account, or the scope of a rule that the stream falls under, is full (`stream-limit-reached`; `rule` and `rule_limit` name the rule)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 410, description = "The stream was evicted or revoked (`stream-revoked`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body over 16 KiB", body = ProblemBody, content_type = "application/problem+json"),
@@ -76,9 +77,10 @@ pub(super) async fn acquire(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
     PathIds((user, stream)): PathIds<(UserId, StreamId)>,
+    IfMatch(held): IfMatch,
     OptionalJson(body): OptionalJson<AcquireBody>,
 ) -> Result<Response, ApiError> {
-    acquire_for(&state, &caller, Whose::User(user), stream, body).await
+    acquire_for(&state, &caller, Whose::User(user), stream, body, held).await
 }
 
 #[utoipa::path(
@@ -86,11 +88,12 @@ pub(super) async fn acquire(
     path = "/v1/me/streams/{stream_id}",
     tag = "me",
     summary = "Acquire or renew, for the user of the token",
-    params(("stream_id" = String, Path, description = "1-128 of [A-Za-z0-9._~:@-]")),
+    params(("stream_id" = String, Path, description = "1-128 of [A-Za-z0-9._~:@-]"), ("If-Match" = Option<String>, Header, description = "`*`: renew the stream's live lease, never start a new one (412 when it holds none); a degraded answer to it is 200")),
     request_body(content = Option<AcquireBody>, content_type = "application/json", description = "Optional; an empty body is fine"),
     responses(
         (status = 201, description = "A new lease was granted", body = LeaseBody),
         (status = 200, description = "The live lease was renewed", body = LeaseBody),
+        (status = 412, description = "`If-Match: *` and the stream holds no live lease (`lease-not-held`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The account, or a rule's scope, is full", body = ProblemBody, content_type = "application/problem+json"),
         (status = 410, description = "The stream was evicted or revoked", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body over 16 KiB", body = ProblemBody, content_type = "application/problem+json"),
@@ -103,9 +106,10 @@ pub(super) async fn acquire_mine(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
     PathIds(stream): PathIds<StreamId>,
+    IfMatch(held): IfMatch,
     OptionalJson(body): OptionalJson<AcquireBody>,
 ) -> Result<Response, ApiError> {
-    acquire_for(&state, &caller, Whose::Mine, stream, body).await
+    acquire_for(&state, &caller, Whose::Mine, stream, body, held).await
 }
 
 /// The answers of the WebSocket routes, for the OpenAPI document.
@@ -420,9 +424,10 @@ async fn acquire_for(
     whose: Whose,
     stream: StreamId,
     body: AcquireBody,
+    held: bool,
 ) -> Result<Response, ApiError> {
     let (user, req) = acquire_request(state, caller, whose, stream, body)?;
-    acquired(state, user, req).await
+    acquired(state, user, Acquire { held, ..req }).await
 }
 
 /// The answer to an admitted, validated acquire, exactly as the `PUT`
@@ -491,6 +496,7 @@ pub(super) fn acquire_request(
         .map(|s| StreamId::new(s).map_err(|e| ApiError::BadRequest(format!("evict: stream id {s:?} {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
     let policy = resolve(state, caller, body.plan.as_deref())?;
+    let policy_named = policy.plan.is_some();
     let req = Acquire {
         stream_id: stream,
         device_id: label("device_id", body.device_id)?,
@@ -504,7 +510,8 @@ pub(super) fn acquire_request(
         on_limit: policy.on_limit,
         evict,
         enforce: state.policy.enforce,
-        plans: None,
+        // A request that names no plan keeps the plan of its lease.
+        plans: if policy_named { None } else { state.plans.clone() },
         held: false,
     };
     Ok((user, req))

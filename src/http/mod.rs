@@ -22,6 +22,7 @@ use utoipa_axum::routes;
 
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
+use crate::limiter::Plans;
 use crate::policy::Policy;
 use crate::store::Store;
 use axum::http::HeaderName;
@@ -65,6 +66,9 @@ pub struct AppState {
     pub demo: bool,
     /// This instance's socket-held leases and open sockets.
     sockets: Sockets,
+    /// Every configured plan's terms, which a request naming no plan
+    /// passes to the rules (`None` when no plan is configured).
+    pub plans: Option<Arc<Plans>>,
 }
 
 impl AppState {
@@ -72,8 +76,9 @@ impl AppState {
         let rate = Arc::new(RateLimits::new(&protection));
         let clock = Arc::new(SystemClock);
         let sockets = Sockets::new();
+        let plans = (!policy.plans.is_empty()).then(|| Arc::new(policy.terms()));
         let policy = Arc::new(policy);
-        Self { store, policy, auth, protection, rate, clock, expose_metrics: true, demo: false, sockets }
+        Self { store, policy, auth, protection, rate, clock, expose_metrics: true, demo: false, sockets, plans }
     }
 }
 

@@ -94,8 +94,9 @@ pub enum ApiError {
     /// ([`Decision::Gone`](crate::limiter::Decision)).
     Revoked(Tombstone),
     /// 412: `If-Match: *` named a stream that holds no live lease
-    /// ([`Decision::NotHeld`](crate::limiter::Decision)).
-    NotHeld,
+    /// ([`Decision::NotHeld`](crate::limiter::Decision)), or `If-Match`
+    /// named an entity tag, which streamcap never issues.
+    NotHeld(&'static str),
     /// 413: the body is over the limit.
     PayloadTooLarge,
     /// 415: a body that is not JSON.
@@ -132,14 +133,10 @@ impl IntoResponse for ApiError {
             }
             Self::LimitReached(user, denial) => limit_reached(&user, &denial).into_response(),
             Self::Revoked(tombstone) => revoked(&tombstone).into_response(),
-            Self::NotHeld => Problem::new(
-                StatusCode::PRECONDITION_FAILED,
-                "lease-not-held",
-                "Lease not held",
-                "the stream holds no live lease (it expired or was released); acquire it again without If-Match"
-                    .to_owned(),
-            )
-            .into_response(),
+            Self::NotHeld(detail) => {
+                { Problem::new(StatusCode::PRECONDITION_FAILED, "lease-not-held", "Lease not held", detail.to_owned()) }
+                    .into_response()
+            }
             Self::PayloadTooLarge => Problem::for_status(StatusCode::PAYLOAD_TOO_LARGE).into_response(),
             Self::UnsupportedMediaType(detail) => {
                 let p = Problem::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE);

@@ -45,7 +45,9 @@ pub(super) fn acquired(
         Ok(Decision::Renewed(grant)) => Ok(Json(LeaseBody::new(&user, &grant, ttl, enforced)).into_response()),
         Ok(Decision::Denied(denial)) => Err(ApiError::LimitReached(user, denial)),
         Ok(Decision::Gone(tombstone)) => Err(ApiError::Revoked(tombstone)),
-        Ok(Decision::NotHeld) => Err(ApiError::NotHeld),
+        Ok(Decision::NotHeld) => Err(ApiError::NotHeld(
+            "the stream holds no live lease (it expired, or was released); acquire it again without If-Match",
+        )),
         Err(e) => match fallback {
             Some(req) => Ok(degraded(state, &user, req, &e)),
             None => Err(e.into()),
@@ -53,8 +55,9 @@ pub(super) fn acquired(
     }
 }
 
-/// Fail open, as configured: a 201 for a lease built from the request and
-/// the app's clock, marked degraded and stored nowhere.
+/// Fail open, as configured: a 201 (200 for a held request) for a lease
+/// built from the request and the app's clock, marked degraded and stored
+/// nowhere.
 fn degraded(state: &AppState, user: &UserId, req: Acquire, error: &StoreError) -> Response {
     tracing::warn!(error = %error, "store unavailable; granting degraded as on_store_error = allow");
     metrics::degraded_grant();
@@ -70,7 +73,10 @@ fn degraded(state: &AppState, user: &UserId, req: Acquire, error: &StoreError) -
         expires_at: now.plus(req.ttl),
     };
     let body = LeaseBody::degraded(user, &lease, req.ttl.as_secs(), req.limit.get(), req.enforce);
-    (StatusCode::CREATED, Json(body)).into_response()
+    // The caller's word is all there is: a stream that says it holds its
+    // lease (`If-Match: *`) is answered as a renewal.
+    let status = if req.held { StatusCode::OK } else { StatusCode::CREATED };
+    (status, Json(body)).into_response()
 }
 
 #[cfg(all(test, feature = "sqlite"))]
@@ -93,12 +99,13 @@ mod tests {
 
     /// An acquire against a store that has stopped answering.
     async fn acquire_with_store_down(on_store_error: OnStoreError) -> (StatusCode, Option<String>, Value) {
-        acquire_with_store_down_of(on_store_error, r#"{"device_id": "living-room"}"#).await
+        acquire_with_store_down_of(on_store_error, r#"{"device_id": "living-room"}"#, None).await
     }
 
     async fn acquire_with_store_down_of(
         on_store_error: OnStoreError,
         body: &str,
+        if_match: Option<&str>,
     ) -> (StatusCode, Option<String>, Value) {
         let dir = tempfile::tempdir().unwrap();
         let config = StoreConfig {
@@ -118,10 +125,11 @@ mod tests {
         let policy = Policy { on_store_error, ..Policy::uniform(Limit::new(2).unwrap(), Ttl::from_secs(60).unwrap()) };
         let mut state = AppState::new(store, policy, Arc::new(Authenticator::none()), Protection::unlimited());
         state.clock = Arc::new(clock);
-        let req = Request::put("/v1/users/alice/streams/tv")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_owned()))
-            .unwrap();
+        let mut req = Request::put("/v1/users/alice/streams/tv").header(header::CONTENT_TYPE, "application/json");
+        if let Some(v) = if_match {
+            req = req.header(header::IF_MATCH, v);
+        }
+        let req = req.body(Body::from(body.to_owned())).unwrap();
         let res = app(state).oneshot(req).await.unwrap();
         let status = res.status();
         let retry_after = res.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned());
@@ -153,11 +161,19 @@ mod tests {
     #[tokio::test]
     async fn a_degraded_grant_keeps_the_requests_traits() {
         let body = r#"{"device_class": "tv", "content_kind": "live", "content_id": "final"}"#;
-        let (status, _, body) = acquire_with_store_down_of(OnStoreError::Allow, body).await;
+        let (status, _, body) = acquire_with_store_down_of(OnStoreError::Allow, body, None).await;
         assert_eq!(status, StatusCode::CREATED);
         assert_eq!((body["device_class"].as_str(), body["content_kind"].as_str()), (Some("tv"), Some("live")));
         assert_eq!((body["content_id"].as_str(), body["degraded"].as_bool()), (Some("final"), Some(true)));
         assert!(body.get("rule").is_none(), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_degraded_answer_to_a_held_stream_is_a_renewal() {
+        let (status, _, body) = acquire_with_store_down_of(OnStoreError::Allow, "{}", Some("*")).await;
+        assert_eq!((status, body["degraded"].as_bool()), (StatusCode::OK, Some(true)));
+        let (status, _, _) = acquire_with_store_down_of(OnStoreError::Deny, "{}", Some("*")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[tokio::test]
