@@ -10,7 +10,8 @@
 --          in production) or a time that tests inject; then, by operation:
 --   acquire       stream, limit, ttl, on_limit ("reject" | "evict_oldest"),
 --                 enforce ("1" | "0"), device, content, device class,
---                 content kind, plan, rules, take-over streams...
+--                 content kind, plan, rules, plans, held ("1" | "0"),
+--                 take-over streams...
 --   release       stream
 --   revoke_all    ttl
 --   list          limit (the plan's or the default; an override wins)
@@ -23,8 +24,16 @@
 -- one MessagePack sequence of six values per rule, in configured order:
 -- name, device class, content kind (each false when the rule does not
 -- scope by it), per_content (a boolean), limit, exempt (a boolean). The
--- five arguments from device class to rules may be left out together when
--- there is no take-over: they are then absent, and there are no rules.
+-- plans are "" unless the request named no plan; then they are the
+-- configured plans, one MessagePack sequence of four values per plan:
+-- name, limit, on_limit (as above), rules (a string holding them as
+-- above). The plan of the stream's own live lease, else of the user's
+-- newest live lease, if it is one of them, replaces the request's limit,
+-- on_limit, rules and plan (limiter::rules::inherit). held is "1" when the
+-- caller says it holds the stream: without a live lease it is not
+-- started. The seven arguments from device class to held may be left out
+-- together when there is no take-over: they are then absent, and there
+-- are no rules, no plans and the request is not held.
 --
 -- The reply is one string: a MessagePack sequence whose first value names
 -- its kind. A lease in it takes eight values, as stored: stream, started,
@@ -32,7 +41,7 @@
 -- an absent label). A rule, where one is named, takes two values, its
 -- name and its limit, and false stands for none (the user's total).
 -- `expired` counts the leases this call found dead and removed.
---   acquire       "granted", expired, active, limit, started, expires,
+--   acquire       "granted", expired, active, limit, started, expires, plan,
 --                   would_deny (a boolean), would-deny rule,
 --                   n, <n evicted leases>, would-evict streams...
 --                 "renewed", expired, active, limit, started, expires,
@@ -40,12 +49,14 @@
 --                   would_deny (a boolean), would-deny rule
 --                 "denied", expired, limit, rule, <live leases in its scope>...
 --                 "gone", expired, until, evicting stream (false when revoked)
+--                 "not_held", expired
 --   release       "done", expired
 --   revoke_all    "revoked", expired, streams...
 --   list          "leases", limit, <live leases>...
 --   get_limit     "limit", override; or "limit" alone when there is none
 --   set_override  "limit", limit; or "done"
--- A granted lease is the requested stream with the request's labels.
+-- A granted lease is the requested stream with the request's labels and
+-- the plan it holds (the request's, or the one it inherited).
 --
 -- The state is a MessagePack sequence too: the format (3), the number of
 -- leases, the number of tombstones, the key's deadline, the override (or
@@ -82,9 +93,11 @@
 -- only when there is no state yet) and writes at most once (SET, and not
 -- at all when nothing changed), keeps the state in one flat table, and
 -- defines functions only where they capture nothing (the rules' helpers,
--- which do, only when the request has rules). A plain renewal rewrites
--- only its lease's expiry in the stored bytes. Without rules, a new stream
--- is judged by counting alone: its one scope is every live lease.
+-- which do, only when the decision has rules). The plans are decoded only
+-- when a live lease holds a plan that a plan-less request may inherit. A
+-- plain renewal rewrites only its lease's expiry in the stored bytes.
+-- Without rules, a new stream is judged by counting alone: its one scope
+-- is every live lease.
 
 local op = ARGV[1]
 local state_key, override_key = KEYS[1], KEYS[2]
@@ -163,71 +176,9 @@ end
 -- rule counts (false otherwise), or r = -1 for the user's total. A stream
 -- is given by its device class, content kind and content id. These
 -- functions call each other, so they are closures over locals: they are
--- made only for a request that has rules.
+-- made (where an acquire has decoded its rules, below) only for a
+-- decision that has rules.
 local matches, is_exempt, within, scopes, count, members, hit
-if op == 'acquire' and ARGV[13] and ARGV[13] ~= '' then
-  -- Does rule r match a stream of this class and kind?
-  function matches(R, r, class, kind)
-    local c, k = R[r + 2], R[r + 3]
-    return (not c or c == class) and (not k or k == kind)
-  end
-
-  -- Does an exempt rule match it?
-  function is_exempt(R, nr, class, kind)
-    for r = 0, nr - 6, 6 do
-      if R[r + 6] and matches(R, r, class, kind) then return true end
-    end
-    return false
-  end
-
-  -- Is the stream in scope (r, t)?
-  function within(R, nr, r, t, class, kind, title)
-    if r < 0 then return not is_exempt(R, nr, class, kind) end
-    return matches(R, r, class, kind) and (not R[r + 4] or title == t)
-  end
-
-  -- The scopes a stream must fit in, as pairs in one list, in the order
-  -- they are checked: its rules in configured order (a per_content rule
-  -- only if it has a title), then the total unless it is exempt.
-  function scopes(R, nr, class, kind, title)
-    local S, m = {}, 0
-    for r = 0, nr - 6, 6 do
-      if matches(R, r, class, kind) and (title or not R[r + 4]) then
-        S[m + 1], S[m + 2], m = r, R[r + 4] and title, m + 2
-      end
-    end
-    if not is_exempt(R, nr, class, kind) then S[m + 1], S[m + 2] = -1, false end
-    return S
-  end
-
-  -- How many of the nl leases of V are in scope (r, t), leaving out the
-  -- offsets in skip, and the offset of the oldest of them.
-  function count(V, nl, R, nr, r, t, skip)
-    local m, first = 0, false
-    for b = 5, 4 + 8 * nl, 8 do
-      if not skip[b] and within(R, nr, r, t, V[b + 6], V[b + 7], V[b + 5]) then
-        m = m + 1
-        first = first or b
-      end
-    end
-    return m, first
-  end
-
-  -- The leases of scope (r, t) except the one at offset skip, as a reply.
-  function members(V, nl, R, nr, r, t, skip)
-    local out = {}
-    for b = 5, 4 + 8 * nl, 8 do
-      if b ~= skip and within(R, nr, r, t, V[b + 6], V[b + 7], V[b + 5]) then out[#out + 1] = slice(V, b + 1, b + 8) end
-    end
-    return table.concat(out)
-  end
-
-  -- A rule as the reply names it, or false for the total.
-  function hit(R, r)
-    if r < 0 then return cmsgpack.pack(false) end
-    return cmsgpack.pack(R[r + 1], R[r + 5])
-  end
-end
 
 if op == 'get_limit' then
   local override = call('GET', override_key)
@@ -351,7 +302,6 @@ local slack = 0
 local reply, spliced
 if op == 'acquire' then
   local stream, ttl = ARGV[3], tonumber(ARGV[5])
-  local limit = V[5] or tonumber(ARGV[4])
   local enforce = ARGV[7] == '1'
   slack = ttl
   for b = 5 + 8 * nl, n - 1, 3 do
@@ -376,10 +326,94 @@ if op == 'acquire' then
   class = class ~= '' and string.sub(class, 2)
   kind = kind ~= '' and string.sub(kind, 2)
   plan = plan ~= '' and string.sub(plan, 2)
+  -- The terms: the request's, or for a request that names no plan, those
+  -- of the plan that the stream's own lease holds, or else the user's
+  -- newest live lease (the last one), if that plan is still configured.
+  -- The table of plans is read only when there is such a plan to find.
+  local total, on_limit, rules = ARGV[4], ARGV[6], ARGV[13]
+  if not reply and ARGV[14] and ARGV[14] ~= '' then
+    local holder = at or (nl > 0 and 8 * nl - 3)
+    local name = holder and V[holder + 8]
+    if name then
+      local P = decode(ARGV[14])
+      for p = 1, #P, 4 do
+        if P[p] == name then
+          total, on_limit, rules, plan = P[p + 1], P[p + 2], P[p + 3], name
+          break
+        end
+      end
+    end
+  end
+  local limit = V[5] or tonumber(total)
   local R, nr = false, 0
-  if ARGV[13] and ARGV[13] ~= '' and not reply then
-    R = decode(ARGV[13])
+  if rules and rules ~= '' and not reply then
+    R = decode(rules)
     nr = #R
+  end
+  if R then
+    -- Does rule r match a stream of this class and kind?
+    function matches(R, r, class, kind)
+      local c, k = R[r + 2], R[r + 3]
+      return (not c or c == class) and (not k or k == kind)
+    end
+
+    -- Does an exempt rule match it?
+    function is_exempt(R, nr, class, kind)
+      for r = 0, nr - 6, 6 do
+        if R[r + 6] and matches(R, r, class, kind) then return true end
+      end
+      return false
+    end
+
+    -- Is the stream in scope (r, t)?
+    function within(R, nr, r, t, class, kind, title)
+      if r < 0 then return not is_exempt(R, nr, class, kind) end
+      return matches(R, r, class, kind) and (not R[r + 4] or title == t)
+    end
+
+    -- The scopes a stream must fit in, as pairs in one list, in the order
+    -- they are checked: its rules in configured order (a per_content rule
+    -- only if it has a title), then the total unless it is exempt.
+    function scopes(R, nr, class, kind, title)
+      local S, m = {}, 0
+      for r = 0, nr - 6, 6 do
+        if matches(R, r, class, kind) and (title or not R[r + 4]) then
+          S[m + 1], S[m + 2], m = r, R[r + 4] and title, m + 2
+        end
+      end
+      if not is_exempt(R, nr, class, kind) then S[m + 1], S[m + 2] = -1, false end
+      return S
+    end
+
+    -- How many of the nl leases of V are in scope (r, t), leaving out the
+    -- offsets in skip, and the offset of the oldest of them.
+    function count(V, nl, R, nr, r, t, skip)
+      local m, first = 0, false
+      for b = 5, 4 + 8 * nl, 8 do
+        if not skip[b] and within(R, nr, r, t, V[b + 6], V[b + 7], V[b + 5]) then
+          m = m + 1
+          first = first or b
+        end
+      end
+      return m, first
+    end
+
+    -- The leases of scope (r, t) except the one at offset skip, as a reply.
+    function members(V, nl, R, nr, r, t, skip)
+      local out = {}
+      for b = 5, 4 + 8 * nl, 8 do
+        if b ~= skip and within(R, nr, r, t, V[b + 6], V[b + 7], V[b + 5]) then
+          out[#out + 1] = slice(V, b + 1, b + 8)
+        end
+      end
+      return table.concat(out)
+    end
+
+    -- A rule as the reply names it, or false for the total.
+    function hit(R, r)
+      if r < 0 then return cmsgpack.pack(false) end
+      return cmsgpack.pack(R[r + 1], R[r + 5])
+    end
   end
   if at then
     -- A live stream always renews, even over a lowered limit, unless it
@@ -427,6 +461,9 @@ if op == 'acquire' then
         V[at + 8], blocked and true or false, rule and R[rule + 1])
       if rule then reply = reply .. pack(R[rule + 5]) end
     end
+  elseif not reply and ARGV[15] == '1' then
+    -- Held, but not live: nothing starts.
+    reply = pack('not_held', expired)
   elseif not reply then
     -- Which leases must go for this one to fit (their offsets, oldest
     -- first), if any, or else the scope that blocks it (rule offset r and
@@ -435,10 +472,10 @@ if op == 'acquire' then
     local r, t = -1, false
     if not R then
       -- No rules: the one scope is the total, and every live lease is in it.
-      if ARGV[14] then
+      if ARGV[16] then
         -- Take-over: the named live streams go, but only if that frees a seat.
         local wanted = {}
-        for i = 14, #ARGV do wanted[ARGV[i]] = true end
+        for i = 16, #ARGV do wanted[ARGV[i]] = true end
         victims = {}
         for b = 5, 4 + 8 * nl, 8 do
           if wanted[V[b + 1]] then victims[#victims + 1] = b end
@@ -446,7 +483,7 @@ if op == 'acquire' then
         fits = nl - #victims < limit
       elseif nl < limit then
         fits = true
-      elseif ARGV[6] == 'evict_oldest' and nl == limit and limit > 0 then
+      elseif on_limit == 'evict_oldest' and nl == limit and limit > 0 then
         -- Exactly full: the oldest makes room. Over the limit (after an
         -- override was lowered), nobody is evicted and new streams wait.
         fits, victims = true, { 5 }
@@ -455,11 +492,11 @@ if op == 'acquire' then
       local S = scopes(R, nr, class, kind, content)
       local skip = {} -- leases that no longer count: the victims
       local blocked = false -- the scope, as its offset in S
-      if ARGV[14] then
+      if ARGV[16] then
         -- Take-over: the named live streams go, but only if that frees a
         -- seat in every scope.
         local wanted = {}
-        for i = 14, #ARGV do wanted[ARGV[i]] = true end
+        for i = 16, #ARGV do wanted[ARGV[i]] = true end
         victims = {}
         for b = 5, 4 + 8 * nl, 8 do
           if wanted[V[b + 1]] then victims[#victims + 1], skip[b] = b, true end
@@ -477,7 +514,7 @@ if op == 'acquire' then
             break
           end
         end
-        if blocked and ARGV[6] == 'evict_oldest' then
+        if blocked and on_limit == 'evict_oldest' then
           -- In each full scope, in order, the oldest stream not already
           -- chosen makes room. A scope over its limit (after a limit was
           -- lowered) or with no seats at all evicts nobody.
@@ -534,9 +571,9 @@ if op == 'acquire' then
       V[b + 5], V[b + 6], V[b + 7], V[b + 8] = content, class, kind, plan
       n, nl, dirty = n + 8, nl + 1, true
       if fits or r < 0 then
-        reply = pack('granted', expired, nl, limit, now, expires, not fits, false, gone) .. tail
+        reply = pack('granted', expired, nl, limit, now, expires, plan, not fits, false, gone) .. tail
       else
-        reply = pack('granted', expired, nl, limit, now, expires, true, R[r + 1], R[r + 5], gone) .. tail
+        reply = pack('granted', expired, nl, limit, now, expires, plan, true, R[r + 1], R[r + 5], gone) .. tail
       end
     end
   end

@@ -14,7 +14,7 @@
 //! script's header documents both.
 
 use std::io::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -24,7 +24,7 @@ use redis::{Cmd, ErrorKind, RedisWrite, ServerErrorKind, ToRedisArgs, Value};
 
 use super::{Backend, BoxFuture, OpenError, OpenFailure, RedisMode, RedisTls, StoreError, redact_url};
 use crate::clock::Clock;
-use crate::limiter::{Label, OnLimit, Op, Reply, Rule, UserId};
+use crate::limiter::{Label, OnLimit, Op, Plans, Reply, Rule, UserId};
 
 #[cfg(test)]
 pub(crate) mod harness;
@@ -39,6 +39,7 @@ pub(super) struct RedisBackend {
     /// Tests inject time; production leaves this `None` and the script
     /// reads Redis's own clock.
     test_clock: Option<Arc<dyn Clock>>,
+    plans: PlansCache,
 }
 
 #[derive(Clone)]
@@ -104,7 +105,7 @@ impl RedisBackend {
                 Conn::Cluster(client.get_async_connection().await.map_err(fail)?)
             }
         };
-        Ok(Self { conn, script: redis::Script::new(SCRIPT), test_clock })
+        Ok(Self { conn, script: redis::Script::new(SCRIPT), test_clock, plans: PlansCache::default() })
     }
 
     /// The EVALSHA of `op` for `user`, built in one buffer.
@@ -119,6 +120,11 @@ impl RedisBackend {
                 cmd.arg(LabelArg(a.device_id.as_ref())).arg(LabelArg(a.content_id.as_ref()));
                 cmd.arg(LabelArg(a.device_class.as_ref())).arg(LabelArg(a.content_kind.as_ref()));
                 cmd.arg(LabelArg(a.plan.as_ref())).arg(RulesArg(&a.rules));
+                match &a.plans {
+                    Some(plans) => cmd.arg(&*self.plans.encoded(plans)),
+                    None => cmd.arg(""),
+                };
+                cmd.arg(if a.held { "1" } else { "0" });
                 for s in &a.evict {
                     cmd.arg(s.as_str());
                 }
@@ -217,28 +223,75 @@ struct RulesArg<'a>(&'a [Rule]);
 impl ToRedisArgs for RulesArg<'_> {
     fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
         let mut buf = Vec::new();
-        for rule in self.0 {
-            msgpack_str(&mut buf, Some(&rule.name));
-            msgpack_str(&mut buf, rule.device_class.as_ref());
-            msgpack_str(&mut buf, rule.content_kind.as_ref());
-            buf.push(msgpack_bool(rule.per_content));
-            // A limit is at most 1000: a positive fixint or a uint 16.
-            match rule.limit.get() {
-                n @ 0..=127 => buf.push(n as u8),
-                n => buf.extend_from_slice(&[0xcd, (n >> 8) as u8, n as u8]),
-            }
-            buf.push(msgpack_bool(rule.exempt));
-        }
+        encode_rules(&mut buf, self.0);
         out.write_arg(&buf);
+    }
+}
+
+fn encode_rules(buf: &mut Vec<u8>, rules: &[Rule]) {
+    for rule in rules {
+        msgpack_str(buf, Some(&rule.name));
+        msgpack_str(buf, rule.device_class.as_ref());
+        msgpack_str(buf, rule.content_kind.as_ref());
+        buf.push(msgpack_bool(rule.per_content));
+        msgpack_limit(buf, rule.limit.get());
+        buf.push(msgpack_bool(rule.exempt));
+    }
+}
+
+/// The configured plans as the script takes them: one MessagePack
+/// sequence of four values per plan (name, limit, on_limit, and its rules
+/// as one string in [`RulesArg`]'s encoding), in name order.
+fn encode_plans(plans: &Plans) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut rules = Vec::new();
+    for (name, terms) in plans {
+        msgpack_str(&mut buf, Some(name));
+        msgpack_limit(&mut buf, terms.limit.get());
+        msgpack_bytes(&mut buf, on_limit_name(terms.on_limit).as_bytes());
+        rules.clear();
+        encode_rules(&mut rules, &terms.rules);
+        msgpack_bytes(&mut buf, &rules);
+    }
+    buf
+}
+
+/// The encoded plans of the last `Arc<Plans>` a request carried. The HTTP
+/// layer hands every request the same `Arc` for the life of the process,
+/// so the table is encoded once, not per request; another `Arc` (after a
+/// reload, or in tests) replaces it. Holding the `Arc` keeps its address
+/// from being reused by another table.
+#[derive(Default)]
+struct PlansCache(Mutex<Option<EncodedPlans>>);
+
+/// A table of plans and its encoding.
+type EncodedPlans = (Arc<Plans>, Arc<[u8]>);
+
+impl PlansCache {
+    fn encoded(&self, plans: &Arc<Plans>) -> Arc<[u8]> {
+        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*last {
+            Some((p, bytes)) if Arc::ptr_eq(p, plans) => bytes.clone(),
+            _ => {
+                let bytes: Arc<[u8]> = encode_plans(plans).into();
+                *last = Some((plans.clone(), bytes.clone()));
+                bytes
+            }
+        }
     }
 }
 
 /// A label as a MessagePack string, or false for `None`.
 fn msgpack_str(buf: &mut Vec<u8>, label: Option<&Label>) {
-    let Some(s) = label.map(Label::as_str) else {
-        buf.push(msgpack_bool(false));
-        return;
-    };
+    match label {
+        Some(l) => msgpack_bytes(buf, l.as_str().as_bytes()),
+        None => buf.push(msgpack_bool(false)),
+    }
+}
+
+/// Bytes as a MessagePack string (which Lua reads as a string, whatever
+/// the bytes).
+fn msgpack_bytes(buf: &mut Vec<u8>, s: &[u8]) {
     let n = s.len();
     match n {
         0..=31 => buf.push(0xa0 | n as u8),
@@ -249,7 +302,15 @@ fn msgpack_str(buf: &mut Vec<u8>, label: Option<&Label>) {
             buf.extend_from_slice(&(n as u32).to_be_bytes());
         }
     }
-    buf.extend_from_slice(s.as_bytes());
+    buf.extend_from_slice(s);
+}
+
+/// A limit, at most 1000: a positive fixint or a uint 16.
+fn msgpack_limit(buf: &mut Vec<u8>, n: u32) {
+    match n {
+        0..=127 => buf.push(n as u8),
+        n => buf.extend_from_slice(&[0xcd, (n >> 8) as u8, n as u8]),
+    }
 }
 
 fn msgpack_bool(b: bool) -> u8 {
@@ -314,7 +375,8 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::limiter::{
-        Acquire, Decision, Denial, Grant, Lease, Limit, LimitSource, RevokeReason, StreamId, Timestamp, Tombstone, Ttl,
+        Acquire, Decision, Denial, Grant, Lease, Limit, LimitSource, RevokeReason, StreamId, Terms, Timestamp,
+        Tombstone, Ttl,
     };
     use crate::store::memory::MemoryBackend;
     use crate::store::{Store, conformance};
@@ -1014,11 +1076,176 @@ mod tests {
         }
     }
 
+    fn terms(limit: u32, on_limit: OnLimit, rules: &[Rule]) -> Terms {
+        Terms { limit: Limit::new(limit).unwrap(), on_limit, rules: Arc::from(rules) }
+    }
+
+    /// Sticky plans and held requests, on Redis and on the rules side by
+    /// side: which lease's plan a plan-less request takes, what it then
+    /// decides with (the plan's limit, on_limit and rules; an override
+    /// still wins), and that a held request renews but never starts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sticky_plans_and_held_requests_match_the_reference() {
+        let redis = RedisServer::start(&[]);
+        let clock = ManualClock::new(T0);
+        let p = Pair::new(&redis, &clock).await;
+        let go = |a: Acquire| Op::Acquire(a);
+        let table = Arc::new(Plans::from([
+            (Label::new("basic").unwrap(), terms(1, OnLimit::Reject, &[])),
+            (Label::new("family").unwrap(), terms(2, OnLimit::EvictOldest, &[])),
+            (Label::new("premium").unwrap(), terms(3, OnLimit::Reject, &[tv_rule(1)])),
+        ]));
+        // A plan-less request under the default: 2 streams, no rules.
+        let plain = |a: Acquire| Acquire { plans: Some(table.clone()), ..a };
+        let named = |a: Acquire, plan: &str| Acquire { plan: label(plan), ..a };
+        let held = |a: Acquire| Acquire { held: true, ..a };
+        let list = || Op::List { limit: Limit::new(2).unwrap() };
+
+        // Held, with nothing live: nothing starts, nothing is stored.
+        assert_eq!(decision(p.run("h", go(held(plain(acquire("a", 2))))).await), Decision::NotHeld);
+        assert_eq!(harness::cli(redis.port, &["EXISTS", "sc:{h}:s"]).trim(), "0");
+        p.run("h", go(acquire("a", 2))).await;
+        clock.advance_ms(1);
+        assert!(matches!(decision(p.run("h", go(held(acquire("a", 2)))).await), Decision::Renewed(_)));
+        // A held renewal that moves into a full scope is refused as a renewal.
+        let tv = [tv_rule(1)];
+        p.run("h", go(on("t", 2, &tv, Some("tv"), None, None))).await;
+        match decision(p.run("h", go(held(on("a", 2, &tv, Some("tv"), None, None)))).await) {
+            Decision::Denied(d) => assert_eq!((d.rule, names(&d.live)), (hit("tv", 1), vec!["t"])),
+            d => panic!("{d:?}"),
+        }
+        // Evicted: gone comes first. Expired: not held, and the expiry is
+        // cleaned up as by any change.
+        p.run("h", go(Acquire { evict: vec![stream("a")], ..acquire("b", 2) })).await;
+        assert!(matches!(decision(p.run("h", go(held(acquire("a", 2)))).await), Decision::Gone(_)));
+        clock.advance_ms(61_000);
+        assert_eq!(decision(p.run("h", go(held(plain(acquire("t", 2))))).await), Decision::NotHeld);
+        p.run("h", list()).await;
+
+        // The newest live lease's plan: premium admits a third stream, and
+        // its TV rule (not the request's, which has none) refuses a second TV.
+        p.run("s", go(named(on("tv1", 2, &[], Some("tv"), None, None), "premium"))).await;
+        clock.advance_ms(1);
+        match decision(p.run("s", go(plain(acquire("m1", 2)))).await) {
+            Decision::Granted(g) => assert_eq!((g.limit.get(), g.lease.plan), (3, label("premium"))),
+            d => panic!("{d:?}"),
+        }
+        clock.advance_ms(1);
+        assert!(matches!(decision(p.run("s", go(plain(acquire("m2", 2)))).await), Decision::Granted(_)));
+        match decision(p.run("s", go(plain(on("tv2", 2, &[], Some("tv"), None, None)))).await) {
+            Decision::Denied(d) => {
+                assert_eq!((d.limit.get(), d.rule, names(&d.live)), (3, hit("tv", 1), vec!["tv1"]))
+            }
+            d => panic!("{d:?}"),
+        }
+        // Shadow mode names the inherited plan's rule.
+        let shadow = Acquire { enforce: false, ..plain(on("tv2", 2, &[], Some("tv"), None, None)) };
+        match decision(p.run("s", go(shadow)).await) {
+            Decision::Granted(g) => assert_eq!((g.would_deny_rule, g.lease.plan), (hit("tv", 1), label("premium"))),
+            d => panic!("{d:?}"),
+        }
+        p.run("s", Op::Release(stream("tv2"))).await;
+        // An override wins over the inherited limit.
+        p.run("s", Op::SetOverride(Limit::new(1))).await;
+        match decision(p.run("s", go(plain(acquire("m1", 2)))).await) {
+            Decision::Renewed(g) => assert_eq!((g.limit.get(), g.lease.plan), (1, label("premium"))),
+            d => panic!("{d:?}"),
+        }
+        p.run("s", Op::SetOverride(None)).await;
+        p.run("s", list()).await;
+        // The family plan evicts the oldest where the request says reject.
+        p.run("f", go(named(acquire("f1", 2), "family"))).await;
+        clock.advance_ms(1);
+        p.run("f", go(plain(acquire("f2", 1)))).await;
+        clock.advance_ms(1);
+        match decision(p.run("f", go(plain(acquire("f3", 1)))).await) {
+            Decision::Granted(g) => assert_eq!((names(&g.evicted), g.lease.plan), (vec!["f1"], label("family"))),
+            d => panic!("{d:?}"),
+        }
+
+        // Only the stream's own lease counts for a renewal, even one without
+        // a plan; and only the newest lease for a new stream.
+        p.run("o", go(named(acquire("old", 3), "premium"))).await;
+        clock.advance_ms(1);
+        p.run("o", go(acquire("mid", 3))).await;
+        clock.advance_ms(1);
+        p.run("o", go(named(acquire("new", 3), "premium"))).await;
+        match decision(p.run("o", go(plain(acquire("mid", 2)))).await) {
+            Decision::Renewed(g) => assert_eq!((g.limit.get(), g.lease.plan), (2, None)),
+            d => panic!("{d:?}"),
+        }
+        match decision(p.run("o", go(plain(acquire("old", 2)))).await) {
+            Decision::Renewed(g) => assert_eq!((g.limit.get(), g.lease.plan), (3, label("premium"))),
+            d => panic!("{d:?}"),
+        }
+        match decision(p.run("o", go(plain(acquire("fourth", 2)))).await) {
+            Decision::Denied(d) => assert_eq!((d.limit.get(), names(&d.live)), (3, vec!["old", "mid", "new"])),
+            d => panic!("{d:?}"),
+        }
+        p.run("o", Op::Release(stream("new"))).await;
+        match decision(p.run("o", go(plain(acquire("third", 3)))).await) {
+            // The newest is now mid, without a plan: the default's 3.
+            Decision::Granted(g) => assert_eq!((g.limit.get(), g.lease.plan), (3, None)),
+            d => panic!("{d:?}"),
+        }
+        match decision(p.run("o", go(plain(acquire("fourth", 3)))).await) {
+            Decision::Denied(d) => assert_eq!((d.limit.get(), names(&d.live)), (3, vec!["old", "mid", "third"])),
+            d => panic!("{d:?}"),
+        }
+
+        // Leases started in the same µs: the newest is the greater stream id.
+        p.run("tie", go(named(acquire("b", 4), "premium"))).await;
+        p.run("tie", go(named(acquire("a", 4), "basic"))).await;
+        match decision(p.run("tie", go(plain(acquire("c", 2)))).await) {
+            Decision::Granted(g) => assert_eq!((g.limit.get(), g.lease.plan), (3, label("premium"))),
+            d => panic!("{d:?}"),
+        }
+
+        // A plan no longer configured, and a table without it: the default.
+        p.run("gold", go(named(acquire("a", 4), "gold"))).await;
+        match decision(p.run("gold", go(plain(acquire("b", 1)))).await) {
+            Decision::Denied(d) => assert_eq!(d.limit.get(), 1),
+            d => panic!("{d:?}"),
+        }
+        let empty = Acquire { plans: Some(Arc::new(Plans::new())), ..acquire("b", 1) };
+        assert!(matches!(decision(p.run("gold", go(empty)).await), Decision::Denied(_)));
+        // A request that names a plan carries no table and inherits nothing.
+        p.run("named", go(named(acquire("a", 4), "premium"))).await;
+        match decision(p.run("named", go(named(acquire("b", 1), "basic"))).await) {
+            Decision::Denied(d) => assert_eq!(d.limit.get(), 1),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    /// The plans are encoded once per table, not per request: the same
+    /// `Arc` gets the same bytes back; another table is encoded anew.
+    #[test]
+    fn the_plans_table_is_encoded_once_per_arc() {
+        let cache = PlansCache::default();
+        let one = Arc::new(Plans::from([(Label::new("basic").unwrap(), terms(1, OnLimit::Reject, &[]))]));
+        let first = cache.encoded(&one);
+        assert!(Arc::ptr_eq(&first, &cache.encoded(&one.clone())));
+        // name, limit, on_limit, rules ("": none).
+        assert_eq!(&*first, b"\xa5basic\x01\xa6reject\xa0");
+        let rules = [Rule { limit: Limit::new(1000).unwrap(), ..tv_rule(1) }];
+        let two = Arc::new(Plans::from([(Label::new("premium").unwrap(), terms(300, OnLimit::EvictOldest, &rules))]));
+        let second = cache.encoded(&two);
+        let mut expected = b"\xa7premium\xcd\x01\x2c\xacevict_oldest\xac".to_vec();
+        expected.extend_from_slice(b"\xa2tv\xa2tv\xc2\xc2\xcd\x03\xe8\xc2");
+        assert_eq!(&*second, &expected[..]);
+        assert!(Arc::ptr_eq(&second, &cache.encoded(&two)));
+        // The same content in another Arc is encoded again, to equal bytes.
+        let again = cache.encoded(&Arc::new((*one).clone()));
+        assert!(!Arc::ptr_eq(&again, &first));
+        assert_eq!(again, first);
+    }
+
     /// A long pseudo-random run with rules and lease attributes, checked
     /// step by step against the rules: random rule sets (scoped, per title,
-    /// exempt, zero), classes, kinds, titles and plans, renewals that
-    /// change them, reject and evict_oldest, take-overs, shadow mode,
-    /// overrides, releases, revocations and time passing.
+    /// exempt, zero), classes, kinds, titles and plans, plan-less requests
+    /// that take a lease's plan, held requests, renewals that change them,
+    /// reject and evict_oldest, take-overs, shadow mode, overrides,
+    /// releases, revocations and time passing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn random_runs_with_rules_match_the_reference() {
         let redis = RedisServer::start(&[]);
@@ -1044,7 +1271,12 @@ mod tests {
             seed % n
         };
         let pick = |i: u64, of: &[&str]| of.get(i as usize).and_then(|s| label(s));
-        let (mut granted, mut denied_by_rule) = (0, 0);
+        // "gold" is a plan no longer configured.
+        let table = Arc::new(Plans::from([
+            (Label::new("basic").unwrap(), terms(1, OnLimit::Reject, &sets[2])),
+            (Label::new("premium").unwrap(), terms(3, OnLimit::EvictOldest, &sets[4])),
+        ]));
+        let (mut granted, mut denied_by_rule, mut not_held) = (0, 0, 0);
         for _ in 0..4000 {
             let u = format!("u{}", next(4));
             let s = format!("s{}", next(6));
@@ -1055,7 +1287,11 @@ mod tests {
                     a.device_class = pick(next(4), &["tv", "mobile", ""]);
                     a.content_kind = pick(next(4), &["live", "dl", "vod"]);
                     a.content_id = pick(next(5), &["t1", "t2", "t3"]);
-                    a.plan = pick(next(4), &["basic", "premium"]);
+                    a.plan = pick(next(5), &["basic", "premium", "gold"]);
+                    if a.plan.is_none() && next(3) != 0 {
+                        a.plans = Some(table.clone());
+                    }
+                    a.held = next(6) == 0;
                     a.device_id = pick(next(3), &["d1", "d2"]);
                     a.ttl = Ttl::from_secs(1 + next(20) as u32).unwrap();
                     a.on_limit = if next(2) == 0 { OnLimit::Reject } else { OnLimit::EvictOldest };
@@ -1077,10 +1313,14 @@ mod tests {
             match p.run(&u, op).await {
                 Reply::Decision(Decision::Granted(_)) => granted += 1,
                 Reply::Decision(Decision::Denied(Denial { rule: Some(_), .. })) => denied_by_rule += 1,
+                Reply::Decision(Decision::NotHeld) => not_held += 1,
                 _ => {}
             }
         }
-        // The run must reach both outcomes often, or it proves little.
-        assert!(granted > 300 && denied_by_rule > 40, "granted {granted}, denied by a rule {denied_by_rule}");
+        // The run must reach these outcomes often, or it proves little.
+        assert!(
+            granted > 300 && denied_by_rule > 40 && not_held > 40,
+            "granted {granted}, denied by a rule {denied_by_rule}, not held {not_held}"
+        );
     }
 }

@@ -4,9 +4,11 @@
 //! strings, integers and booleans are understood; anything else, or a
 //! reply of the wrong shape, is `Unavailable`.
 
+use std::sync::Arc;
+
 use super::super::StoreError;
 use crate::limiter::{
-    Acquire, Decision, Denial, Grant, Label, Lease, Limit, LimitSource, Op, Reply, RevokeReason, Rule, RuleHit,
+    Acquire, Decision, Denial, Grant, Label, Lease, Limit, LimitSource, Op, Plans, Reply, RevokeReason, Rule, RuleHit,
     StreamId, Timestamp, Tombstone,
 };
 use crate::metrics;
@@ -49,18 +51,20 @@ fn decision(req: Acquire, kind: &[u8], r: &mut Reader<'_>) -> Result<Decision, S
         b"granted" => {
             let active_streams = r.count()?;
             let limit = r.limit()?;
+            let (started_at, expires_at) = (r.time()?, r.time()?);
+            let plan = r.plan(req.plan.as_ref(), &req.plans)?;
+            let would_deny = r.bool()?;
+            let would_deny_rule = r.rule(&req.rules, &req.plans)?;
             let lease = Lease {
-                started_at: r.time()?,
-                expires_at: r.time()?,
+                started_at,
+                expires_at,
                 stream_id: req.stream_id,
                 device_id: req.device_id,
                 content_id: req.content_id,
                 device_class: req.device_class,
                 content_kind: req.content_kind,
-                plan: req.plan,
+                plan,
             };
-            let would_deny = r.bool()?;
-            let would_deny_rule = r.rule(&req.rules)?;
             let evicted = (0..r.count()?).map(|_| r.lease()).collect::<Result<_, _>>()?;
             let mut would_evict = Vec::new();
             while !r.is_empty() {
@@ -78,15 +82,17 @@ fn decision(req: Acquire, kind: &[u8], r: &mut Reader<'_>) -> Result<Decision, S
                 content_id: r.label(req.content_id.as_ref())?,
                 device_class: r.label(req.device_class.as_ref())?,
                 content_kind: r.label(req.content_kind.as_ref())?,
-                plan: r.label(req.plan.as_ref())?,
+                plan: r.plan(req.plan.as_ref(), &req.plans)?,
                 stream_id: req.stream_id,
             };
             let would_deny = r.bool()?;
-            let would_deny_rule = r.rule(&req.rules)?;
+            let would_deny_rule = r.rule(&req.rules, &req.plans)?;
             let (evicted, would_evict) = (Vec::new(), Vec::new());
             Decision::Renewed(Grant { lease, active_streams, limit, evicted, would_deny, would_deny_rule, would_evict })
         }
-        b"denied" => Decision::Denied(Denial { limit: r.limit()?, rule: r.rule(&req.rules)?, live: r.leases()? }),
+        b"denied" => {
+            Decision::Denied(Denial { limit: r.limit()?, rule: r.rule(&req.rules, &req.plans)?, live: r.leases()? })
+        }
         b"gone" => {
             let until = r.time()?;
             let reason = match r.opt_str()? {
@@ -95,6 +101,7 @@ fn decision(req: Acquire, kind: &[u8], r: &mut Reader<'_>) -> Result<Decision, S
             };
             Decision::Gone(Tombstone { stream_id: req.stream_id, reason, until })
         }
+        b"not_held" => Decision::NotHeld,
         other => return Err(bad(format!("unexpected kind {:?}", String::from_utf8_lossy(other)))),
     })
 }
@@ -244,12 +251,25 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// The plan of a granted or renewed lease: the request's, or one of
+    /// the configured plans it carries (inherited), whose name it shares.
+    fn plan(&mut self, plan: Option<&Label>, plans: &Option<Arc<Plans>>) -> Result<Option<Label>, StoreError> {
+        let Some(b) = self.opt_str()? else { return Ok(None) };
+        let mut known = plan.into_iter().chain(plans.iter().flat_map(|p| p.keys()));
+        match known.find(|k| k.as_str().as_bytes() == b) {
+            Some(k) => Ok(Some(k.clone())),
+            None => Label::new(text(b)?).map(Some).map_err(|e| bad(format!("label {e}"))),
+        }
+    }
+
     /// A rule the script named (its name and limit), or `None` for false.
-    /// It is one of the request's `rules`, whose name it shares.
-    fn rule(&mut self, rules: &[Rule]) -> Result<Option<RuleHit>, StoreError> {
+    /// It is one of the request's rules or of the rules of the plans it
+    /// carries (an inherited plan's), whose name it shares.
+    fn rule(&mut self, rules: &[Rule], plans: &Option<Arc<Plans>>) -> Result<Option<RuleHit>, StoreError> {
         let Some(name) = self.opt_str()? else { return Ok(None) };
         let limit = self.limit()?;
-        let rule = rules.iter().find(|r| r.name.as_str().as_bytes() == name && r.limit == limit);
+        let mut rules = rules.iter().chain(plans.iter().flat_map(|p| p.values().flat_map(|t| t.rules.iter())));
+        let rule = rules.find(|r| r.name.as_str().as_bytes() == name && r.limit == limit);
         let rule =
             rule.ok_or_else(|| bad(format!("rule {:?} is not one of the request's", String::from_utf8_lossy(name))))?;
         Ok(Some(RuleHit { name: rule.name.clone(), limit }))
@@ -357,7 +377,8 @@ mod tests {
             Reply::Decision(Decision::Denied(d)) => assert_eq!((d.rule, d.live), (None, vec![])),
             other => panic!("{other:?}"),
         }
-        let shadow = [str("granted"), int(0), int(3), int(4), int(1), int(2), vec![0xc3], str("tv"), int(2), int(0)];
+        let shadow =
+            [str("granted"), int(0), int(3), int(4), int(1), int(2), vec![0xc2], vec![0xc3], str("tv"), int(2), int(0)];
         match decode(Op::Acquire(req.clone()), &shadow.concat()).unwrap() {
             Reply::Decision(Decision::Granted(g)) => {
                 assert!(g.would_deny);
@@ -370,6 +391,43 @@ mod tests {
             let bytes = [str("denied"), int(0), int(4), str(name), int(limit)].concat();
             assert!(matches!(decode(Op::Acquire(req.clone()), &bytes), Err(StoreError::Unavailable(_))), "{name}");
         }
+    }
+
+    #[test]
+    fn an_inherited_plan_and_its_rules_are_the_request_s_table_s() {
+        let label = |s: &str| Label::new(s).unwrap();
+        let tv = Rule {
+            name: label("tv"),
+            device_class: Some(label("tv")),
+            content_kind: None,
+            per_content: false,
+            limit: Limit::new(1).unwrap(),
+            exempt: false,
+        };
+        let premium = crate::limiter::Terms {
+            limit: Limit::new(3).unwrap(),
+            on_limit: crate::limiter::OnLimit::Reject,
+            rules: Arc::from([tv]),
+        };
+        let plans = Arc::new(Plans::from([(label("premium"), premium)]));
+        let req = Acquire { plans: Some(plans.clone()), ..Acquire::for_test("s", 2) };
+        let shadow = [str("granted"), int(0), int(2), int(3), int(1), int(2), str("premium"), vec![0xc3], str("tv")];
+        match decode(Op::Acquire(req.clone()), &[shadow.concat(), int(1), int(0)].concat()).unwrap() {
+            Reply::Decision(Decision::Granted(g)) => {
+                let (plan, key) = (g.lease.plan.unwrap(), plans.keys().next().unwrap().clone());
+                assert!(std::ptr::eq(plan.as_str(), key.as_str()), "shares the table's name");
+                assert_eq!(g.would_deny_rule.map(|r| (r.name, r.limit.get())), Some((label("tv"), 1)));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without the table, the plan's rule is not the request's.
+        let bare = Acquire { plans: None, ..req.clone() };
+        let denied = [str("denied"), int(0), int(3), str("tv"), int(1)].concat();
+        assert!(matches!(decode(Op::Acquire(bare), &denied), Err(StoreError::Unavailable(_))));
+        assert!(matches!(decode(Op::Acquire(req.clone()), &denied), Ok(Reply::Decision(Decision::Denied(_)))));
+        let not_held = [str("not_held"), int(2)].concat();
+        assert_eq!(decode(Op::Acquire(req.clone()), &not_held).unwrap(), Reply::Decision(Decision::NotHeld));
+        assert!(decode(Op::Acquire(req), &[not_held, int(0)].concat()).is_err(), "trailing values");
     }
 
     #[test]
