@@ -22,8 +22,8 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates tini \
     && rm -rf /var/lib/apt/lists/* \
-    && groupadd --system streamcap \
-    && useradd --system --gid streamcap --home-dir /var/lib/streamcap --shell /usr/sbin/nologin streamcap \
+    && groupadd --system --gid 999 streamcap \
+    && useradd --system --uid 999 --gid streamcap --home-dir /var/lib/streamcap --shell /usr/sbin/nologin streamcap \
     && install -d -o streamcap -g streamcap -m 0750 /var/lib/streamcap
 COPY --from=build /usr/local/bin/streamcap /usr/local/bin/streamcap
 COPY streamcap.example.toml /etc/streamcap/streamcap.example.toml

@@ -16,6 +16,8 @@
 //!   a function behind API Gateway has no loopback to hide on.
 //! - The router sees the API's own path: the event's `rawPath`, without the
 //!   prefix a named stage puts there (see `api_path`).
+//! - The peer address of a request, for the limit on failed
+//!   authentication, is the event's `requestContext.http.sourceIp`.
 //!
 //! It builds no response of its own: every answer, error or not, is the
 //! router's. A refusal at start is one line on stderr, reported to the
@@ -25,11 +27,12 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, Uri, header};
 use axum::response::Response;
 use lambda_http::request::RequestContext;
@@ -193,10 +196,18 @@ fn handler(
     Future: Future<Output = Result<Response, Infallible>> + Send,
 > {
     tower::service_fn(move |mut req: lambda_http::Request| {
-        let stage = match req.request_context_ref() {
-            Some(RequestContext::ApiGatewayV2(context)) => context.stage.clone(),
-            _ => None,
+        let (stage, source) = match req.request_context_ref() {
+            Some(RequestContext::ApiGatewayV2(context)) => {
+                (context.stage.clone(), context.http.source_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()))
+            }
+            _ => (None, None),
         };
+        // API Gateway's view of the client stands for the peer address
+        // that `serve` gets from the connection: the source of the
+        // request for the limit on failed authentication.
+        if let Some(ip) = source {
+            req.extensions_mut().insert(ConnectInfo(SocketAddr::new(ip, 0)));
+        }
         let (path, prefix) = api_path(req.raw_http_path(), stage.as_deref());
         let prefix = prefix.map(str::to_owned);
         let uri = match req.uri().query() {
@@ -358,6 +369,14 @@ mod tests {
         assert_eq!(text(res).await, "/v1/users/alice/streams?plan=gold");
         let res = call(event("prod", "GET", "/prod/v1/users/alice/streams", "")).await;
         assert_eq!(text(res).await, "/v1/users/alice/streams");
+    }
+
+    #[tokio::test]
+    async fn the_source_ip_of_the_event_is_the_peer_address_the_router_sees() {
+        let peer = |ConnectInfo(addr): ConnectInfo<SocketAddr>| async move { addr.ip().to_string() };
+        let app = Router::new().route("/peer", get(peer));
+        let res = handler(app).oneshot(event("$default", "GET", "/peer", "")).await.unwrap();
+        assert_eq!(text(res).await, "192.0.2.1");
     }
 
     #[tokio::test]

@@ -67,6 +67,13 @@ export interface StreamcapOptions {
   deviceId?: string;
   /** Shown in `active_streams` (up to 128 characters). */
   contentId?: string;
+  /**
+   * What kind of device plays the stream, such as `'tv'`, for the server's rules (1 to 128 characters of
+   * `A-Z a-z 0-9 . _ ~ : @ -`). Sent with every acquire and renewal, and as a query parameter on a WebSocket.
+   */
+  deviceClass?: string;
+  /** What kind of content the stream plays, such as `'live'` or `'download'`, for the server's rules; as `deviceClass`. */
+  contentKind?: string;
   /** A configured plan; only a service credential may choose one (a player token's plan claim wins). */
   plan?: string;
   /** Default `'heartbeat'`. */
@@ -105,6 +112,8 @@ export interface StreamSummary {
   stream_id: string;
   device_id?: string;
   content_id?: string;
+  device_class?: string;
+  content_kind?: string;
   started_at: string;
   expires_at: string;
 }
@@ -112,9 +121,17 @@ export interface StreamSummary {
 /** 409 `stream-limit-reached`: the account is full. */
 export interface LimitProblem extends Problem {
   status: 409;
+  /** The user's total limit. */
   limit: number;
-  /** The user's live streams, oldest first: offer to stop one of these with `takeOver()`. */
+  /**
+   * The live streams in the full scope, oldest first: offer to stop one of these with `takeOver()`. When a rule
+   * refused, the streams in that rule's scope; otherwise those that count toward the total.
+   */
   active_streams: StreamSummary[];
+  /** The name of the configured rule that refused the stream; absent when the total did. */
+  rule?: string;
+  /** That rule's limit. */
+  rule_limit?: number;
 }
 
 /** 410 `stream-revoked`. */
@@ -142,6 +159,8 @@ export interface Lease {
   stream_id: string;
   device_id?: string;
   content_id?: string;
+  device_class?: string;
+  content_kind?: string;
   started_at: string;
   expires_at: string;
   ttl_seconds: number;
@@ -153,7 +172,11 @@ export interface Lease {
   evicted?: StreamSummary[];
   /** Shadow mode only. */
   would_deny?: boolean;
-  would_evict?: StreamSummary[];
+  /** Shadow mode, with `would_deny`: the rule that would have refused the stream, and its limit. */
+  rule?: string;
+  rule_limit?: number;
+  /** Shadow mode only: the ids of the streams enforcement would have stopped. */
+  would_evict?: string[];
   /** Granted while the store was down, under `on_store_error = "allow"`. */
   degraded?: boolean;
   [field: string]: unknown;

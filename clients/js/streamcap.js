@@ -69,6 +69,9 @@ export class StreamcapClient extends EventTarget {
     o.baseUrl = base.href.replace(/\/+$/, '');
     checkId('streamId', o.streamId);
     if (o.userId !== undefined) checkId('userId', o.userId);
+    // Rules match on these, so they take the id alphabet, as the server checks.
+    if (o.deviceClass !== undefined) checkId('deviceClass', o.deviceClass);
+    if (o.contentKind !== undefined) checkId('contentKind', o.contentKind);
     if (o.token !== undefined && o.getToken !== undefined) throw new TypeError('give token or getToken, not both');
     if (o.getToken !== undefined && typeof o.getToken !== 'function') throw new TypeError('getToken must be a function');
     if (o.onHidden === undefined) o.onHidden = 'release';
@@ -613,6 +616,8 @@ function labels(o) {
   const out = {};
   if (o.deviceId !== undefined) out.device_id = o.deviceId;
   if (o.contentId !== undefined) out.content_id = o.contentId;
+  if (o.deviceClass !== undefined) out.device_class = o.deviceClass;
+  if (o.contentKind !== undefined) out.content_kind = o.contentKind;
   if (o.plan !== undefined) out.plan = o.plan;
   return out;
 }

@@ -20,9 +20,10 @@ use clap::{ArgMatches, FromArgMatches};
 use crate::auth::{self, ApiKey, AuthMode, Authenticator, JwtConfig, JwtVerifier};
 use crate::limiter::{Ttl, UserId};
 use crate::policy::{OnStoreError, Plan, Policy, Protection};
-use crate::store::{self, RedisMode, StoreConfig, StoreKind};
+use crate::store::{self, RedisMode, RedisTls, StoreConfig, StoreKind};
 use crate::telemetry::LogFormat;
 
+mod rules;
 mod settings;
 
 use settings::{AuthSettings, LimitSettings, Settings, Spelling};
@@ -199,13 +200,13 @@ fn build_store(s: &Settings) -> Result<StoreConfig, ConfigError> {
     let redis_urls: Vec<String> =
         s.redis_url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
     let redis_mode = RedisMode::check(s.redis_mode.clone());
-    let redis_mode = match kind {
+    let (redis_mode, redis_tls) = match kind {
         StoreKind::Redis => {
             let mode = redis_mode.map_err(|e| ConfigError(format!("--redis-mode {e}")))?;
             check_redis_urls(&redis_urls, mode)?;
-            mode
+            (mode, build_redis_tls(s, &redis_urls)?)
         }
-        _ => redis_mode.unwrap_or(RedisMode::Standalone),
+        _ => (redis_mode.unwrap_or(RedisMode::Standalone), RedisTls::default()),
     };
     if kind == StoreKind::Dynamodb {
         check_dynamodb(&s.dynamodb_table, s.dynamodb_endpoint.as_deref())?;
@@ -215,12 +216,54 @@ fn build_store(s: &Settings) -> Result<StoreConfig, ConfigError> {
         data_dir: s.data_dir.clone(),
         redis_urls,
         redis_mode,
+        redis_tls,
         dynamodb_table: s.dynamodb_table.clone(),
         dynamodb_endpoint: s.dynamodb_endpoint.clone(),
         // Often enough that the file stays small, rarely enough to cost nothing.
         sweep_interval: Duration::from_secs(u64::from(s.lease_ttl.as_secs() / 2).clamp(1, 30)),
         op_timeout: Duration::from_secs(5),
     })
+}
+
+/// The TLS settings apply to `rediss://` URLs only. Given with plain URLs
+/// they are refused rather than ignored: an operator who names a CA file
+/// believes the traffic is encrypted. Verification off and a CA to verify
+/// with contradict each other, so they are refused together too.
+fn build_redis_tls(s: &Settings, urls: &[String]) -> Result<RedisTls, ConfigError> {
+    let given = match (&s.redis_ca_file, s.redis_tls_insecure) {
+        (None, false) => return Ok(RedisTls::default()),
+        (Some(_), true) => {
+            return Err(ConfigError(
+                "--redis-ca-file and --redis-tls-insecure contradict each other: \
+                 the one verifies certificates with that CA, the other verifies nothing"
+                    .into(),
+            ));
+        }
+        (Some(_), false) => "--redis-ca-file",
+        (None, true) => "--redis-tls-insecure",
+    };
+    if !urls[0].starts_with("rediss://") {
+        return Err(ConfigError(format!(
+            "{given} applies to TLS connections, but --redis-url {:?} is not a rediss:// URL",
+            store::redact_url(&urls[0])
+        )));
+    }
+    let ca = match &s.redis_ca_file {
+        Some(path) => Some((path.clone(), read_redis_ca_file(path)?)),
+        None => None,
+    };
+    Ok(RedisTls { ca, insecure: s.redis_tls_insecure })
+}
+
+#[cfg(feature = "redis")]
+fn read_redis_ca_file(path: &std::path::Path) -> Result<Vec<Vec<u8>>, ConfigError> {
+    store::read_redis_ca_file(path).map_err(ConfigError)
+}
+
+/// Only a binary with the redis store reaches Redis settings.
+#[cfg(not(feature = "redis"))]
+fn read_redis_ca_file(_: &std::path::Path) -> Result<Vec<Vec<u8>>, ConfigError> {
+    Err(ConfigError("--redis-ca-file: the redis store is not built into this binary".into()))
 }
 
 /// DynamoDB's own rules for table names, checked here so that a typo is a
@@ -240,20 +283,28 @@ fn check_dynamodb(table: &str, endpoint: Option<&str>) -> Result<(), ConfigError
     Ok(())
 }
 
+/// One scheme for all URLs: a cluster's nodes are reached all over TLS or
+/// all without. A URL fragment is refused: the redis crate reads
+/// `#insecure` as "skip verification", which only the loud
+/// `--redis-tls-insecure` may say.
 fn check_redis_urls(urls: &[String], mode: RedisMode) -> Result<(), ConfigError> {
     if urls.is_empty() {
         return Err(ConfigError("--redis-url is empty".into()));
     }
     for url in urls {
-        if url.starts_with("rediss://") {
+        let shown = store::redact_url(url);
+        if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
+            return Err(ConfigError(format!("--redis-url {shown:?} is not a redis:// or rediss:// URL")));
+        }
+        if url.contains('#') {
             return Err(ConfigError(format!(
-                "--redis-url {:?}: TLS (rediss://) is not built into this binary yet",
-                store::redact_url(url)
+                "--redis-url {shown:?}: '#' starts a URL fragment, which is not accepted: write a '#' in a \
+                 password as %23; to skip certificate verification, pass --redis-tls-insecure"
             )));
         }
-        if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
-            return Err(ConfigError(format!("--redis-url {:?} is not a redis:// URL", store::redact_url(url))));
-        }
+    }
+    if urls.iter().any(|u| u.starts_with("rediss://")) && !urls.iter().all(|u| u.starts_with("rediss://")) {
+        return Err(ConfigError("--redis-url mixes rediss:// (TLS) and plain URLs; use one scheme for all".into()));
     }
     if mode == RedisMode::Standalone && urls.len() > 1 {
         return Err(ConfigError("--redis-url lists several nodes; that needs --redis-mode cluster".into()));
@@ -261,7 +312,8 @@ fn check_redis_urls(urls: &[String], mode: RedisMode) -> Result<(), ConfigError>
     Ok(())
 }
 
-/// The plans take the global `on_limit` unless `on_limit_by_plan` names them.
+/// The plans take the global `on_limit` unless `on_limit_by_plan` names
+/// them, and the default rules unless `plan_rules` gives them their own.
 fn build_policy(
     limits: LimitSettings,
     lease_ttl: Ttl,
@@ -284,7 +336,17 @@ fn build_policy(
         };
         plan.on_limit = on_limit;
     }
-    Ok(Policy { default_limit: limits.default.0, on_limit, plans, enforce: limits.enforce, lease_ttl, on_store_error })
+    let (rules, plan_rules) = rules::build(limits.rules, limits.plan_rules, &|plan| plans.contains_key(plan), in_file)?;
+    Ok(Policy {
+        default_limit: limits.default.0,
+        on_limit,
+        plans,
+        rules,
+        plan_rules,
+        enforce: limits.enforce,
+        lease_ttl,
+        on_store_error,
+    })
 }
 
 fn build_auth(a: AuthSettings, in_file: &dyn Fn(&str) -> String) -> Result<Authenticator, ConfigError> {

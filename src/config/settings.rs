@@ -9,12 +9,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
+use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Command};
+use ipnet::IpNet;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 
@@ -80,6 +82,13 @@ pub(super) struct Settings {
     // Text until `build`: checked only when Redis is the store.
     #[arg(long, env = "STREAMCAP_REDIS_MODE", value_name = "MODE")]
     pub redis_mode: String,
+    /// PEM file of CA certificates to trust for rediss:// besides the system's roots
+    #[arg(long, env = "STREAMCAP_REDIS_CA_FILE", value_name = "PATH")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// Skip certificate verification for rediss:// (logs a loud warning; for tests only) [default: false]
+    #[arg(long, env = "STREAMCAP_REDIS_TLS_INSECURE", value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub redis_tls_insecure: bool,
     /// DynamoDB table of the dynamodb store [default: streamcap]
     #[arg(long, env = "STREAMCAP_DYNAMODB_TABLE", value_name = "TABLE")]
     pub dynamodb_table: String,
@@ -139,6 +148,66 @@ pub(super) struct LimitSettings {
     #[arg(skip)]
     #[serde(deserialize_with = "key_map")]
     pub on_limit_by_plan: BTreeMap<String, OnLimit>,
+    // The default rule set, `[[limits.rules]]`, in order. File only.
+    #[arg(skip)]
+    pub rules: Vec<RuleTable>,
+    // Plan name → its own rule set, `[[limits.plan_rules.<plan>]]`. File only.
+    #[arg(skip)]
+    pub plan_rules: BTreeMap<String, Vec<RuleTable>>,
+}
+
+/// One `[[limits.rules]]` or `[[limits.plan_rules.<plan>]]` table as
+/// written, each value with its line. Its keys are checked by
+/// `config::rules`, not by serde, so that every error can name the rule
+/// (its index and its name) as well as the key.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct RuleTable {
+    /// In the order written.
+    pub keys: Vec<RuleKey>,
+}
+
+#[derive(Debug, PartialEq)]
+pub(super) struct RuleKey {
+    pub key: String,
+    pub value: toml::Value,
+    /// Where the value starts in the file: a byte offset as read, which
+    /// [`read_file`] turns into a line number.
+    pub line: usize,
+}
+
+impl RuleTable {
+    /// The keys a rule takes.
+    pub const KEYS: &'static [&'static str] = &["name", "device_class", "content_kind", "per", "limit", "exempt"];
+
+    pub fn get(&self, key: &str) -> Option<&RuleKey> {
+        self.keys.iter().find(|k| k.key == key)
+    }
+}
+
+impl<'de> Deserialize<'de> for RuleTable {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = RuleTable;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table with the keys of a rule")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RuleTable, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: toml::Spanned<toml::Value> = map.next_value()?;
+                    let line = value.span().start;
+                    keys.push(RuleKey { key, value: value.into_inner(), line });
+                }
+                // The order written, whatever order the reader hands them in.
+                keys.sort_by_key(|k| k.line);
+                Ok(RuleTable { keys })
+            }
+        }
+        // A struct to serde, so that the keys it takes are known to it;
+        // the visitor reads any key, and `config::rules` refuses the others.
+        d.deserialize_struct("RuleTable", RuleTable::KEYS, Keys)
+    }
 }
 
 /// The `[auth]` table.
@@ -210,6 +279,17 @@ pub(super) struct ProtectionSettings {
     /// Bucket size per credential: requests allowed at once [default: 4000]
     #[arg(long, env = "STREAMCAP_CREDENTIAL_RATE_BURST", value_name = "N")]
     credential_rate_burst: u32,
+    /// Failed authentications per second per source address, 0 = off [default: 10]
+    #[arg(long, env = "STREAMCAP_AUTH_FAILURE_RATE_LIMIT", value_name = "RPS")]
+    auth_failure_rate_limit: u32,
+    /// Bucket size per source address: failures allowed at once [default: 20]
+    #[arg(long, env = "STREAMCAP_AUTH_FAILURE_RATE_BURST", value_name = "N")]
+    auth_failure_rate_burst: u32,
+    /// Proxies whose X-Forwarded-For names the client: CIDRs, comma-separated or repeated
+    #[arg(long, env = "STREAMCAP_TRUSTED_PROXIES", value_name = "CIDR[,CIDR...]", value_delimiter = ',',
+          value_parser = flag::<TrustedProxy>)]
+    #[serde(deserialize_with = "key_list")]
+    trusted_proxies: Vec<TrustedProxy>,
     /// Seconds before a request is abandoned with 408, 1..=300 [default: 10]
     #[arg(long, env = "STREAMCAP_REQUEST_TIMEOUT", value_name = "SECONDS", value_parser = flag::<RequestTimeout>)]
     #[serde(deserialize_with = "key")]
@@ -230,6 +310,8 @@ impl Default for Settings {
             data_dir: "./streamcap-data".into(),
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_mode: RedisMode::Standalone.name().into(),
+            redis_ca_file: None,
+            redis_tls_insecure: false,
             dynamodb_table: "streamcap".into(),
             dynamodb_endpoint: None,
             on_store_error: OnStoreError::Deny,
@@ -252,6 +334,8 @@ impl Default for LimitSettings {
             on_limit: OnLimit::Reject,
             enforce: true,
             on_limit_by_plan: BTreeMap::new(),
+            rules: Vec::new(),
+            plan_rules: BTreeMap::new(),
         }
     }
 }
@@ -283,6 +367,9 @@ impl Default for ProtectionSettings {
             user_rate_burst: p.user_burst,
             credential_rate_limit: p.credential_rate,
             credential_rate_burst: p.credential_burst,
+            auth_failure_rate_limit: p.auth_failure_rate,
+            auth_failure_rate_burst: p.auth_failure_burst,
+            trusted_proxies: p.trusted_proxies.into_iter().map(TrustedProxy).collect(),
             request_timeout: RequestTimeout(p.request_timeout),
             max_concurrent_requests: MaxConcurrentRequests(p.max_concurrent_requests),
         }
@@ -296,6 +383,9 @@ impl From<ProtectionSettings> for Protection {
             user_burst: p.user_rate_burst,
             credential_rate: p.credential_rate_limit,
             credential_burst: p.credential_rate_burst,
+            auth_failure_rate: p.auth_failure_rate_limit,
+            auth_failure_burst: p.auth_failure_rate_burst,
+            trusted_proxies: p.trusted_proxies.into_iter().map(|t| t.0).collect(),
             request_timeout: p.request_timeout.0,
             max_concurrent_requests: p.max_concurrent_requests.0,
         }
@@ -317,6 +407,10 @@ pub(super) struct MaxConcurrentRequests(usize);
 /// An API key's digest.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct Sha256(pub [u8; 32]);
+
+/// A network of trusted proxies: a CIDR, or one address.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct TrustedProxy(pub IpNet);
 
 /// How a type is written in a flag, an env var or the file. Flags and env
 /// vars are read through [`flag`], file keys through [`key`]; both end in
@@ -357,6 +451,22 @@ spelling! {
     Sha256: String => |s: String| {
         parse_sha256_hex(&s).map(Sha256).ok_or_else(|| "must be 64 hex digits (the SHA-256 of the key)".to_owned())
     };
+    TrustedProxy: String => |s: String| cidr(&s).map(TrustedProxy);
+}
+
+/// A CIDR such as `10.0.0.0/8` or `fd00::/8`, or a single address (a /32
+/// or a /128). Host bits set after the prefix are refused rather than
+/// dropped: `10.0.0.1/8` is more likely a typo than a wish.
+pub(super) fn cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    let net: IpNet = s.parse().map_err(|_| format!("{s:?} is not a CIDR such as 10.0.0.0/8 or fd00::/8"))?;
+    if net.trunc() != net {
+        return Err(format!("{s:?} has bits set past its prefix: write {}", net.trunc()));
+    }
+    Ok(net)
 }
 
 /// Reads a flag or env var (a clap value parser).
@@ -378,6 +488,33 @@ fn key_map<'de, D: Deserializer<'de>, T: Spelling>(d: D) -> Result<BTreeMap<Stri
         }
     }
     Ok(BTreeMap::<String, Value<T>>::deserialize(d)?.into_iter().map(|(k, v)| (k, v.0)).collect())
+}
+
+/// Reads a list key: an array of strings, or one comma-separated string
+/// as the flag and env var take it.
+fn key_list<'de, D: Deserializer<'de>, T: Spelling<Raw = String>>(d: D) -> Result<Vec<T>, D::Error> {
+    struct List;
+    impl<'de> serde::de::Visitor<'de> for List {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an array of strings, or one comma-separated string")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Vec<String>, E> {
+            Ok(text.split(',').filter(|s| !s.trim().is_empty()).map(str::to_owned).collect())
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+    let items = d.deserialize_any(List)?;
+    items.into_iter().map(|s| T::check(s).map_err(D::Error::custom)).collect()
 }
 
 /// `s` if it names one of `names`; the error lists them.
@@ -416,5 +553,14 @@ pub(super) fn read_file(path: &Path) -> Result<Settings, ConfigError> {
         ConfigError(format!("{at}{line}: {}", e.message().trim()))
     };
     let file = toml::Deserializer::parse(&text).map_err(|e| error(String::new(), e))?;
-    serde_path_to_error::deserialize(file).map_err(|e| error(e.path().to_string(), e.into_inner()))
+    let mut settings: Settings =
+        serde_path_to_error::deserialize(file).map_err(|e| error(e.path().to_string(), e.into_inner()))?;
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let limits = &mut settings.limits;
+    for table in limits.rules.iter_mut().chain(limits.plan_rules.values_mut().flatten()) {
+        for key in &mut table.keys {
+            key.line = line_of(key.line);
+        }
+    }
+    Ok(settings)
 }

@@ -103,7 +103,28 @@ fn errors_are_one_line_and_name_the_culprit() {
             ],
             "--redis-mode cluster",
         ),
-        (vec!["serve".into(), "--store".into(), "redis".into(), "--redis-url".into(), "rediss://h:1".into()], "TLS"),
+        (
+            vec![
+                "serve".into(),
+                "--store".into(),
+                "redis".into(),
+                "--redis-url".into(),
+                "rediss://h:1#insecure".into(),
+            ],
+            "--redis-tls-insecure",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--store".into(),
+                "redis".into(),
+                "--redis-mode".into(),
+                "cluster".into(),
+                "--redis-url".into(),
+                "rediss://a:1,redis://b:2".into(),
+            ],
+            "mixes rediss://",
+        ),
         (vec!["serve".into(), "--on-store-error".into(), "maybe".into()], "--on-store-error"),
         (vec!["serve".into(), "--log-format".into(), "xml".into()], "--log-format"),
         (vec!["serve".into(), "--metrics-listen".into(), "nowhere".into()], "--metrics-listen"),
@@ -142,6 +163,100 @@ fn file_errors_name_the_key() {
         assert!(e.contains(needle), "{text}: {e}");
         assert!(!e.contains('\n'), "{e:?}");
     }
+}
+
+const RULES: &str = "[limits]\ndefault = 4\nplans = { basic = 1, premium = 6 }\n\n\
+[[limits.rules]]\nname = \"tv\"\ndevice_class = \"tv\"\nlimit = 2\n\n\
+[[limits.rules]]\nname = \"one-per-title\"\nper = \"content_id\"\nlimit = 1\n\n\
+[[limits.rules]]\nname = \"downloads\"\ncontent_kind = \"download\"\nlimit = 10\nexempt = true\n\n\
+[[limits.plan_rules.premium]]\nname = \"tv\"\ndevice_class = \"tv\"\nlimit = 4\n\n\
+[limits.plan_rules]\nbasic = []\n";
+
+#[test]
+fn rules_keep_their_order_and_a_plan_set_replaces_the_default_set() {
+    let f = file(RULES);
+    let c = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap();
+    let label = |s: &str| Some(crate::limiter::Label::new(s).unwrap());
+    let rules = &c.policy.rules;
+    let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["tv", "one-per-title", "downloads"]);
+    assert_eq!((rules[0].device_class.clone(), rules[0].limit.get(), rules[0].per_content), (label("tv"), 2, false));
+    assert!(rules[1].per_content && rules[1].device_class.is_none() && rules[1].content_kind.is_none());
+    assert_eq!((rules[2].content_kind.clone(), rules[2].limit.get(), rules[2].exempt), (label("download"), 10, true));
+    assert!(!rules[0].exempt && !rules[1].exempt);
+    let premium = &c.policy.plan_rules["premium"];
+    assert_eq!((premium.len(), premium[0].limit.get()), (1, 4));
+    assert!(c.policy.plan_rules["basic"].is_empty(), "basic = [] is a set without rules");
+    assert_eq!(c.policy.resolve(Some("basic")).unwrap().rules.len(), 0);
+    assert_eq!(c.policy.resolve(None).unwrap().rules.len(), 3);
+    // Without rules in the file there are none.
+    assert!(parse(&["serve"]).unwrap().policy.rules.is_empty());
+}
+
+#[test]
+fn a_bad_rule_is_refused_in_one_line_naming_the_rule_and_the_line() {
+    let long = "x".repeat(65);
+    let at = |line: usize| format!("(line {line})");
+    let tv = |body: &str| {
+        format!("[[limits.rules]]\nname = \"ok\"\ndevice_class = \"phone\"\nlimit = 1\n\n[[limits.rules]]\n{body}")
+    };
+    let cases: Vec<(String, Vec<String>)> = vec![
+        (tv("name = \"tv\"\ndevice_class = \"tv\"\nlimit = -1\n"), vec![
+            "limits.rules[1] (\"tv\") in ".into(), at(9), "limit -1 is out of range 0..=1000".into()]),
+        (tv("name = \"tv\"\ndevice_class = \"tv\"\nlimit = 1001\n"), vec![
+            "limits.rules[1] (\"tv\")".into(), at(9), "limit 1001 is out of range 0..=1000".into()]),
+        (tv("name = \"t v\"\ndevice_class = \"tv\"\nlimit = 1\n"), vec![
+            "limits.rules[1] (\"t v\")".into(), at(7), "1 to 64 characters".into()]),
+        (tv(&format!("name = \"{long}\"\ndevice_class = \"tv\"\nlimit = 1\n")), vec![
+            format!("limits.rules[1] (\"{long}\")"), at(7), "1 to 64 characters".into()]),
+        (tv("name = \"ok\"\ndevice_class = \"tv\"\nlimit = 1\n"), vec![
+            "limits.rules[1] (\"ok\")".into(), at(7), "name \"ok\" is already the name of rule 0".into()]),
+        (tv("name = \"tv\"\ndevice_class = \"tv\"\nlimit = 1\ncolour = \"red\"\n"), vec![
+            "limits.rules[1] (\"tv\")".into(), at(10), "unknown key \"colour\"".into()]),
+        (tv("name = \"t\"\nper = \"title\"\nlimit = 1\n"), vec![
+            "limits.rules[1] (\"t\")".into(), at(8), "per \"title\" is not \"content_id\"".into()]),
+        (tv("name = \"t\"\nlimit = 1\nexempt = true\n"), vec![
+            "limits.rules[1] (\"t\")".into(), at(9), "an exempt rule needs device_class or content_kind".into()]),
+        (tv("name = \"tv\"\ndevice_class = \"tv\"\nlimit = \"2\"\n"), vec![
+            "limits.rules[1] (\"tv\")".into(), at(9), "limit must be an integer, not string \"2\"".into()]),
+        (tv("name = \"tv\"\ndevice_class = 7\nlimit = 2\n"), vec![
+            "limits.rules[1] (\"tv\")".into(), at(8), "device_class must be a string, not integer 7".into()]),
+        (tv("name = \"tv\"\ndevice_class = \"tv\"\nlimit = 2\nexempt = 1\n"), vec![
+            "limits.rules[1] (\"tv\")".into(), at(10), "exempt must be true or false".into()]),
+        (tv("name = 3\ndevice_class = \"tv\"\nlimit = 2\n"), vec![
+            "limits.rules[1] in ".into(), at(7), "name must be a string, not integer 3".into()]),
+        (tv("device_class = \"tv\"\nlimit = 2\n"), vec!["limits.rules[1] in ".into(), at(7), "name is required".into()]),
+        (tv("name = \"tv\"\ndevice_class = \"tv\"\n"), vec![
+            "limits.rules[1] (\"tv\")".into(), at(7), "limit is required".into()]),
+        (tv("name = \"all\"\nlimit = 2\n"), vec![
+            "limits.rules[1] (\"all\")".into(), at(7), "counts every stream, as the total does".into()]),
+        (
+            "[limits]\nplans = { basic = 1 }\n[[limits.plan_rules.gold]]\nname = \"tv\"\ndevice_class = \"tv\"\nlimit = 1\n".into(),
+            vec!["limits.plan_rules.gold in ".into(), at(4), "no plan \"gold\" in limits.plans".into()],
+        ),
+        (
+            "[limits]\nplans = { basic = 1 }\n[[limits.plan_rules.basic]]\nname = \"tv\"\ndevice_class = \"tv\"\nlimit = -3\n".into(),
+            vec!["limits.plan_rules.basic[0] (\"tv\") in ".into(), at(6), "limit -3 is out of range".into()],
+        ),
+        ("[limits]\nrules = 3\n".into(), vec!["limits.rules in ".into(), at(2)]),
+    ];
+    for (text, needles) in cases {
+        let f = file(&text);
+        let e = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap_err().0;
+        for needle in needles {
+            assert!(e.contains(&needle), "{text}\n{needle:?} not in {e}");
+        }
+        assert!(!e.contains('\n'), "{e:?}");
+    }
+}
+
+#[test]
+fn a_rule_that_counts_every_stream_is_allowed_only_beside_an_exempt_rule() {
+    let text = "[[limits.rules]]\nname = \"downloads\"\ncontent_kind = \"download\"\nlimit = 10\nexempt = true\n\
+                [[limits.rules]]\nname = \"everything\"\nlimit = 12\n";
+    let f = file(text);
+    let c = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap();
+    assert_eq!(c.policy.rules.len(), 2);
 }
 
 /// The settings `args` ask for, before `build`.
@@ -279,11 +394,10 @@ fn the_example_file_is_a_valid_config_that_names_every_key_and_changes_nothing()
     let named = keys_named_in(&std::fs::read_to_string(&path).unwrap());
     let missing: Vec<_> = keys.difference(&named).collect();
     assert!(missing.is_empty(), "streamcap.example.toml does not mention {missing:?}");
-    // Keys under a map are names the operator chooses, such as a plan.
-    let unknown: Vec<_> = named
-        .iter()
-        .filter(|k| !keys.contains(*k) && !k.rsplit_once('.').is_some_and(|(parent, _)| maps.contains(parent)))
-        .collect();
+    // Keys under a map are names the operator chooses, such as a plan;
+    // below them, what the map holds (a plan's rules).
+    let under_a_map = |k: &str| k.match_indices('.').any(|(i, _)| maps.contains(&k[..i]));
+    let unknown: Vec<_> = named.iter().filter(|k| !keys.contains(*k) && !under_a_map(k)).collect();
     assert!(unknown.is_empty(), "streamcap.example.toml mentions keys that do not exist: {unknown:?}");
 }
 
@@ -352,10 +466,14 @@ impl<'de> serde::Deserializer<'de> for Probe<'_> {
 
     fn deserialize_struct<V: Visitor<'de>>(
         self,
-        _: &'static str,
+        name: &'static str,
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, ProbeError> {
+        if name.starts_with("$__serde_spanned") {
+            // A value the file reader keeps with its place in the file.
+            return Err(ProbeError::custom("a value"));
+        }
         match self.path.split_first() {
             None => {
                 self.found.set(Some(Found::Table(fields)));
@@ -476,4 +594,100 @@ fn the_demo_is_off_by_default_and_refused_without_auth_off_loopback() {
     assert!(e.contains("refusing to serve without authentication on non-loopback address 0.0.0.0:8080"), "{e}");
     let c = parse(&["serve", "--demo", "--listen", "0.0.0.0:8080", "--insecure-no-auth"]).unwrap();
     assert!(c.demo && c.insecure_no_auth);
+}
+
+/// A self-signed CA certificate, good for a century.
+const CA_PEM: &str = "\
+-----BEGIN CERTIFICATE-----\n\
+MIIBhDCCASugAwIBAgIUE/8eWoltOXrr1Q00UupEG0HAQjYwCgYIKoZIzj0EAwIw\n\
+FzEVMBMGA1UEAwwMdW5pdC10ZXN0LWNhMCAXDTI2MTEzMDA1MjEwNFoYDzIxMjYx\n\
+MTA2MDUyMTA0WjAXMRUwEwYDVQQDDAx1bml0LXRlc3QtY2EwWTATBgcqhkjOPQIB\n\
+BggqhkjOPQMBBwNCAASFCnsv5TSgUGyT2e1LZhkZrDjrG19Yndp/x8rEbFOAOetC\n\
+DmzFL+b8GdoOmSa4y6RynALsil6j3EHemqM1bfZOo1MwUTAdBgNVHQ4EFgQUYD01\n\
+Gzgyw0lctYFbgVTAHvnUcQMwHwYDVR0jBBgwFoAUYD01Gzgyw0lctYFbgVTAHvnU\n\
+cQMwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNHADBEAiBHgAuOmvrcc7A+\n\
+z0t9SXq2yOT8FPK6s5xVDwMxMLjPqAIgWwPzDzpLBfz4vPZnWUPFZjgEYA+Lxflb\n\
+ym4E0PJHlCo=\n\
+-----END CERTIFICATE-----\n\
+";
+
+#[test]
+fn redis_tls_settings_come_with_rediss_urls_only() {
+    let redis = |extra: &[&str]| {
+        let mut args = vec!["serve", "--store", "redis"];
+        args.extend(extra);
+        parse(&args)
+    };
+    // rediss:// alone trusts the system's roots.
+    let c = redis(&["--redis-url", "rediss://:pw@h:1"]).unwrap();
+    assert_eq!(c.store.redis_tls, RedisTls::default());
+
+    let ca = file(&format!("# the test CA\n{CA_PEM}"));
+    let ca_path = ca.path().to_str().unwrap();
+    let c = redis(&["--redis-url", "rediss://h:1", "--redis-ca-file", ca_path]).unwrap();
+    let (path, certs) = c.store.redis_tls.ca.clone().unwrap();
+    assert_eq!((path.as_path(), certs.len(), c.store.redis_tls.insecure), (ca.path(), 1, false));
+    // The same from the file, and the insecure switch.
+    let f = file(&format!("store = \"redis\"\nredis_url = \"rediss://h:1\"\nredis_ca_file = {ca_path:?}\n"));
+    let c = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap();
+    assert_eq!(c.store.redis_tls.ca.map(|(p, _)| p), Some(ca.path().to_path_buf()));
+    let f = file("store = \"redis\"\nredis_url = \"rediss://h:1\"\nredis_tls_insecure = true\n");
+    let c = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap();
+    assert_eq!(c.store.redis_tls, RedisTls { ca: None, insecure: true });
+    // Other stores ignore the Redis settings, as ever.
+    let c = parse(&["serve", "--store", "memory", "--redis-ca-file", "/nowhere", "--redis-tls-insecure"]).unwrap();
+    assert_eq!(c.store.redis_tls, RedisTls::default());
+
+    let not_pem = file("not a certificate\n");
+    let key_only = file("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+    let broken = file("-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n");
+    let (not_pem, key_only, broken) =
+        (not_pem.path().to_str().unwrap(), key_only.path().to_str().unwrap(), broken.path().to_str().unwrap());
+    for (args, needle) in [
+        (vec!["--redis-url", "rediss://h:1", "--redis-ca-file", not_pem], not_pem),
+        (vec!["--redis-url", "rediss://h:1", "--redis-ca-file", key_only], key_only),
+        (vec!["--redis-url", "rediss://h:1", "--redis-ca-file", broken], broken),
+        (vec!["--redis-url", "rediss://h:1", "--redis-ca-file", "/nowhere/ca.pem"], "/nowhere/ca.pem"),
+        (vec!["--redis-url", "redis://:pw@h:1", "--redis-ca-file", ca_path], "not a rediss:// URL"),
+        (vec!["--redis-url", "redis://:pw@h:1", "--redis-tls-insecure"], "not a rediss:// URL"),
+        (vec!["--redis-url", "rediss://h:1", "--redis-tls-insecure", "--redis-ca-file", ca_path], "contradict"),
+    ] {
+        let e = redis(&args).expect_err(&format!("{args:?} must fail")).0;
+        assert!(e.contains(needle), "{args:?}: {e}");
+        assert!(!e.contains('\n') && !e.contains("pw@"), "{args:?}: {e:?}");
+    }
+}
+
+#[test]
+fn trusted_proxies_come_as_a_list_from_flags_or_the_file_and_are_checked_as_cidrs() {
+    let shown = |c: Config| c.protection.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let c = parse(&["serve"]).unwrap();
+    assert_eq!((c.protection.auth_failure_rate, c.protection.auth_failure_burst), (10, 20));
+    assert!(c.protection.trusted_proxies.is_empty(), "no proxy is trusted by default");
+    let c = parse(&["serve", "--trusted-proxies", "10.0.0.0/8, 192.168.1.7", "--trusted-proxies", "fd00::/8"]);
+    assert_eq!(shown(c.unwrap()), ["10.0.0.0/8", "192.168.1.7/32", "fd00::/8"]);
+    let f = file("[protection]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\"]\nauth_failure_rate_limit = 0\n");
+    let c = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap();
+    assert_eq!(c.protection.auth_failure_rate, 0);
+    assert_eq!(shown(c), ["10.0.0.0/8", "2001:db8::/32"]);
+    let f = file("[protection]\ntrusted_proxies = \"10.0.0.0/8,127.0.0.1\"\n");
+    let c = parse(&["serve", "--config", f.path().to_str().unwrap(), "--auth-failure-rate-burst", "5"]).unwrap();
+    assert_eq!(c.protection.auth_failure_burst, 5);
+    assert_eq!(shown(c), ["10.0.0.0/8", "127.0.0.1/32"], "the file may spell the list as the env var does");
+
+    for (bad, needle) in [
+        ("10.0.0.1/8", "\"10.0.0.1/8\" has bits set past its prefix: write 10.0.0.0/8"),
+        ("10.0.0.0/33", "\"10.0.0.0/33\" is not a CIDR"),
+        ("proxy.internal", "\"proxy.internal\" is not a CIDR"),
+        ("", "\"\" is not a CIDR"),
+    ] {
+        let e = parse(&["serve", "--trusted-proxies", bad]).unwrap_err().to_string();
+        assert!(e.contains("--trusted-proxies") && e.contains(needle), "{bad}: {e}");
+        let f = file(&format!("[protection]\ntrusted_proxies = [\"{bad}\"]\n"));
+        let e = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap_err().to_string();
+        assert!(e.contains("protection.trusted_proxies") && e.contains("(line 2)") && e.contains(needle), "{e}");
+    }
+    let f = file("[protection]\ntrusted_proxies = 10\n");
+    let e = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap_err().to_string();
+    assert!(e.contains("an array of strings, or one comma-separated string"), "{e}");
 }

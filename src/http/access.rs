@@ -1,5 +1,6 @@
 //! Who is calling and what they may do: the [`Authed`] extractor
-//! authenticates and charges the per-credential bucket, [`admit`] settles
+//! authenticates, refusing a source that failed too often and charging
+//! each failure to its source, and charges the per-credential bucket; [`admit`] settles
 //! whose streams a request acts on, checks the caller's right to them and
 //! charges the per-user bucket, and [`resolve`] picks the plan that applies.
 //! All of it runs before the store is called, and none of it reaches the
@@ -8,11 +9,12 @@
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
 
 use super::AppState;
 use super::problem::ApiError;
+use super::source::Source;
 use crate::auth::{AuthError, Caller};
 use crate::limiter::UserId;
 use crate::metrics;
@@ -26,22 +28,41 @@ impl FromRequestParts<Arc<AppState>> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
-        let header = match parts.headers.get(header::AUTHORIZATION) {
-            None => None,
-            Some(v) => Some(v.to_str().map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?),
-        };
-        authenticate(state, header).map(Self)
+        let source = Source::of(parts, state);
+        authenticate(state, source, parts.headers.get(header::AUTHORIZATION)).map(Self)
     }
 }
 
 /// The caller behind an `Authorization` value (`Bearer <token or key>`),
 /// charged one token of its per-credential rate limit. The extractor and
 /// the WebSocket routes, whose browsers send the token another way, share it.
-pub(super) fn authenticate(state: &AppState, authorization: Option<&str>) -> Result<Caller, ApiError> {
-    let caller = state.auth.authenticate(authorization).map_err(|e| {
+///
+/// A credential from a source whose failures have emptied its bucket is
+/// refused with 429 before it is read, so a flood of bad credentials costs
+/// the verifier nothing; every credential that fails charges its source.
+/// A request without any credential is neither refused nor charged: it
+/// gives the verifier no work and guesses nothing.
+pub(super) fn authenticate(
+    state: &AppState,
+    source: Source,
+    authorization: Option<&HeaderValue>,
+) -> Result<Caller, ApiError> {
+    let charged = authorization.and(source.0);
+    if let Some(ip) = charged {
+        state.rate.check_source(ip).map_err(|wait| {
+            metrics::rate_limited("auth_failure");
+            ApiError::RateLimited(wait)
+        })?;
+    }
+    let verified = match authorization.map(HeaderValue::to_str) {
+        Some(Err(_)) => Err(ApiError::Unauthorized("malformed Authorization header".into())),
+        Some(Ok(value)) => state.auth.authenticate(Some(value)).map_err(unauthorized),
+        None => state.auth.authenticate(None).map_err(unauthorized),
+    };
+    let caller = verified.inspect_err(|_| {
         metrics::auth_failure();
-        match e {
-            AuthError::Missing | AuthError::Invalid(_) => ApiError::Unauthorized(e.to_string()),
+        if let Some(ip) = charged {
+            state.rate.charge_source(ip);
         }
     })?;
     if let Some(key) = caller.credential_key() {
@@ -51,6 +72,12 @@ pub(super) fn authenticate(state: &AppState, authorization: Option<&str>) -> Res
         })?;
     }
     Ok(caller)
+}
+
+fn unauthorized(e: AuthError) -> ApiError {
+    match e {
+        AuthError::Missing | AuthError::Invalid(_) => ApiError::Unauthorized(e.to_string()),
+    }
 }
 
 /// Whose streams a request acts on.

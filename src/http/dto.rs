@@ -18,7 +18,15 @@ pub struct AcquireBody {
     /// Free text, at most 128 characters; kept with the lease.
     #[schema(max_length = 128, example = "movie-42")]
     pub content_id: Option<String>,
-    /// The user's plan, which selects the limit and on-limit policy. Only
+    /// What kind of device plays the stream, for the rules' scopes: 1-128
+    /// of `[A-Za-z0-9._~:@-]`. Kept with the lease.
+    #[schema(max_length = 128, example = "tv")]
+    pub device_class: Option<String>,
+    /// What kind of content the stream plays, for the rules' scopes: 1-128
+    /// of `[A-Za-z0-9._~:@-]`. Kept with the lease.
+    #[schema(max_length = 128, example = "live")]
+    pub content_kind: Option<String>,
+    /// The user's plan, which selects the limit, the rules and the on-limit policy. Only
     /// service callers may set it; a token's plan claim always wins.
     #[schema(example = "premium")]
     pub plan: Option<String>,
@@ -40,6 +48,14 @@ pub struct SocketQuery {
     /// Free text, at most 128 characters; kept with the lease.
     #[param(max_length = 128, example = "movie-42")]
     pub content_id: Option<String>,
+    /// What kind of device plays the stream, for the rules' scopes: 1-128
+    /// of `[A-Za-z0-9._~:@-]`.
+    #[param(max_length = 128, example = "tv")]
+    pub device_class: Option<String>,
+    /// What kind of content the stream plays, for the rules' scopes: 1-128
+    /// of `[A-Za-z0-9._~:@-]`.
+    #[param(max_length = 128, example = "live")]
+    pub content_kind: Option<String>,
     /// The user's plan (services only; a token's plan claim always wins).
     #[param(example = "premium")]
     pub plan: Option<String>,
@@ -56,7 +72,14 @@ impl SocketQuery {
             "" => Vec::new(),
             list => list.split(',').map(str::to_owned).collect(),
         });
-        AcquireBody { device_id: self.device_id, content_id: self.content_id, plan: self.plan, evict }
+        AcquireBody {
+            device_id: self.device_id,
+            content_id: self.content_id,
+            device_class: self.device_class,
+            content_kind: self.content_kind,
+            plan: self.plan,
+            evict,
+        }
     }
 }
 
@@ -103,6 +126,12 @@ pub struct StreamView<'a> {
     pub device_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "tv")]
+    pub device_class: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "live")]
+    pub content_kind: Option<&'a str>,
     /// RFC 3339, UTC, microseconds.
     #[schema(example = "2026-11-24T05:29:50.123456Z")]
     pub started_at: String,
@@ -117,6 +146,8 @@ impl<'a> From<&'a Lease> for StreamView<'a> {
             stream_id: l.stream_id.as_str(),
             device_id: l.device_id.as_ref().map(Label::as_str),
             content_id: l.content_id.as_ref().map(Label::as_str),
+            device_class: l.device_class.as_ref().map(Label::as_str),
+            content_kind: l.content_kind.as_ref().map(Label::as_str),
             started_at: rfc3339(l.started_at),
             expires_at: rfc3339(l.expires_at),
         }
@@ -143,6 +174,14 @@ pub struct LeaseBody<'a> {
     /// Shadow mode only: enforcing would have refused this stream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub would_deny: Option<bool>,
+    /// Shadow mode, with `would_deny`: the rule that would have refused
+    /// this stream; absent when it was the total.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "tv")]
+    pub rule: Option<&'a str>,
+    /// Shadow mode, with `rule`: that rule's limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_limit: Option<u32>,
     /// Shadow mode only: enforcing would have evicted these streams.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub would_evict: Vec<&'a str>,
@@ -163,6 +202,8 @@ impl<'a> LeaseBody<'a> {
             evicted: grant.evicted.iter().map(StreamView::from).collect(),
             enforced,
             would_deny: (!enforced).then_some(grant.would_deny),
+            rule: grant.would_deny_rule.as_ref().map(|r| r.name.as_str()),
+            rule_limit: grant.would_deny_rule.as_ref().map(|r| r.limit.get()),
             would_evict: grant.would_evict.iter().map(StreamId::as_str).collect(),
             degraded: false,
         }
@@ -179,6 +220,8 @@ impl<'a> LeaseBody<'a> {
             evicted: Vec::new(),
             enforced,
             would_deny: None,
+            rule: None,
+            rule_limit: None,
             would_evict: Vec::new(),
             degraded: true,
         }
@@ -198,10 +241,18 @@ pub struct ProblemBody {
     pub title: String,
     pub status: u16,
     pub detail: String,
-    /// `stream-limit-reached`: the effective limit.
+    /// `stream-limit-reached`: the effective limit on the user's total.
     pub limit: Option<u32>,
-    /// `stream-limit-reached`: the user's live streams, oldest first.
+    /// `stream-limit-reached`: the live streams in the full scope, oldest
+    /// first: those in the scope of `rule` when a rule refused, else those
+    /// that count toward the total.
     pub active_streams: Option<Vec<StreamView<'static>>>,
+    /// `stream-limit-reached` when a rule refused: its name. Absent when
+    /// the total refused.
+    #[schema(example = "tv")]
+    pub rule: Option<String>,
+    /// `stream-limit-reached` with `rule`: that rule's limit.
+    pub rule_limit: Option<u32>,
     /// `stream-revoked`: `evicted_by_new_stream` or `revoked`.
     pub reason: Option<String>,
     /// `stream-revoked` after an eviction: the stream that took the seat.
@@ -269,10 +320,15 @@ pub struct SocketProblem {
     /// 4000 + `status`.
     pub status: u16,
     pub detail: String,
-    /// `refused`: the effective limit.
+    /// `refused`: the effective limit on the user's total.
     pub limit: Option<u32>,
-    /// `refused`: the user's live streams, oldest first.
+    /// `refused`: the live streams in the full scope, oldest first (as
+    /// the 409's `active_streams`).
     pub active_streams: Option<Vec<StreamView<'static>>>,
+    /// `refused` by a rule: its name.
+    pub rule: Option<String>,
+    /// `refused` by a rule: its limit.
+    pub rule_limit: Option<u32>,
     /// 429 and 503: when to try again.
     pub retry_after_seconds: Option<u64>,
 }

@@ -25,6 +25,7 @@ use super::dto::{
 use super::extract::{OptionalJson, PathIds, PlanParam};
 use super::problem::{ApiError, Problem};
 use super::respond;
+use super::source::Source;
 use crate::auth::Caller;
 use crate::clock::TimeSource;
 use crate::limiter::{Acquire, Decision, Label, Limit, StreamId, UserId};
@@ -63,7 +64,7 @@ enum CommonErrors {
     responses(
         (status = 201, description = "A new lease was granted (Location header set)", body = LeaseBody),
         (status = 200, description = "The live lease was renewed", body = LeaseBody),
-        (status = 409, description = "The account is full (`stream-limit-reached`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The account, or the scope of a rule that the stream falls under, is full (`stream-limit-reached`; `rule` and `rule_limit` name the rule)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 410, description = "The stream was evicted or revoked (`stream-revoked`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body over 16 KiB", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = ProblemBody, content_type = "application/problem+json"),
@@ -90,7 +91,7 @@ pub(super) async fn acquire(
     responses(
         (status = 201, description = "A new lease was granted", body = LeaseBody),
         (status = 200, description = "The live lease was renewed", body = LeaseBody),
-        (status = 409, description = "The account is full", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The account, or a rule's scope, is full", body = ProblemBody, content_type = "application/problem+json"),
         (status = 410, description = "The stream was evicted or revoked", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body over 16 KiB", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = ProblemBody, content_type = "application/problem+json"),
@@ -153,11 +154,12 @@ pub(super) async fn socket(
     State(state): State<Arc<AppState>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     headers: HeaderMap,
+    source: Source,
     path: Result<PathIds<(UserId, StreamId)>, ApiError>,
     query: Result<PlanParam<SocketQuery>, ApiError>,
 ) -> Response {
     let target = path.map(|PathIds((user, stream))| (Whose::User(user), stream));
-    super::socket::open(state, upgrade, &headers, target, query.map(|PlanParam(q)| q)).await
+    super::socket::open(state, upgrade, &headers, source, target, query.map(|PlanParam(q)| q)).await
 }
 
 #[utoipa::path(
@@ -173,11 +175,12 @@ pub(super) async fn socket_mine(
     State(state): State<Arc<AppState>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     headers: HeaderMap,
+    source: Source,
     path: Result<PathIds<StreamId>, ApiError>,
     query: Result<PlanParam<SocketQuery>, ApiError>,
 ) -> Response {
     let target = path.map(|PathIds(stream)| (Whose::Mine, stream));
-    super::socket::open(state, upgrade, &headers, target, query.map(|PlanParam(q)| q)).await
+    super::socket::open(state, upgrade, &headers, source, target, query.map(|PlanParam(q)| q)).await
 }
 
 #[utoipa::path(
@@ -492,15 +495,25 @@ pub(super) fn acquire_request(
         stream_id: stream,
         device_id: label("device_id", body.device_id)?,
         content_id: label("content_id", body.content_id)?,
-        device_class: None,
-        content_kind: None,
-        plan: None,
+        device_class: trait_label("device_class", body.device_class)?,
+        content_kind: trait_label("content_kind", body.content_kind)?,
+        plan: policy.plan,
         limit: policy.limit,
-        rules: std::sync::Arc::from([]),
+        rules: policy.rules,
         ttl: state.policy.lease_ttl,
         on_limit: policy.on_limit,
         evict,
         enforce: state.policy.enforce,
     };
     Ok((user, req))
+}
+
+/// A trait that rules match on (`device_class`, `content_kind`): a label
+/// of the id alphabet, as the configured rules' values are, so that a
+/// value a rule could never match is refused rather than quietly ignored.
+fn trait_label(field: &str, value: Option<String>) -> Result<Option<Label>, ApiError> {
+    let Some(s) = value else { return Ok(None) };
+    // Stream ids have exactly that alphabet and length.
+    StreamId::new(&s).map_err(|e| ApiError::BadRequest(format!("{field} {e}")))?;
+    Label::new(&s).map(Some).map_err(|e| ApiError::BadRequest(format!("{field} {e}")))
 }

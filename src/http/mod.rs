@@ -8,6 +8,7 @@
 //! (`socket`).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ pub mod problem;
 pub mod protect;
 mod respond;
 mod socket;
+mod source;
 
 use crate::policy::Protection;
 use handlers::*;
@@ -77,7 +79,7 @@ impl AppState {
 
 /// The whole API as one router, with the demo page when `state.demo`.
 pub fn app(state: AppState) -> Router {
-    let protection = state.protection;
+    let protection = state.protection.clone();
     let (mut router, doc) = api_router(state.expose_metrics).split_for_parts();
     let mut routes: Vec<&str> = doc.paths.paths.keys().map(String::as_str).collect();
     // The demo page is not part of the API: it sits beside the documented
@@ -126,7 +128,10 @@ pub async fn serve(
         shutdown.await;
         closing.close_all();
     };
-    let served = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await;
+    // The peer's address is the source of a request for the limit on
+    // failed authentication (or the proxy that names the source).
+    let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     sockets.close_all();
     sockets.all_closed().await;
     tidy.abort();

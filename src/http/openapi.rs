@@ -26,12 +26,12 @@ Every error is `application/problem+json` (RFC 9457) whose `type` is \
 | 404 | `not-found` | no such route |\n\
 | 405 | `method-not-allowed` | the route does not take that method (with `Allow`) |\n\
 | 408 | `request-timeout` | the request took longer than the configured timeout |\n\
-| 409 | `stream-limit-reached` | the account is full; carries `limit` and `active_streams` |\n\
+| 409 | `stream-limit-reached` | the account, or the scope of a configured rule, is full; carries `limit` and `active_streams`, and `rule` and `rule_limit` when a rule refused |\n\
 | 410 | `stream-revoked` | the stream was evicted or revoked and must stop; carries `reason`, `by_stream_id` |\n\
 | 413 | `payload-too-large` | the body is over 16 KiB |\n\
 | 415 | `unsupported-media-type` | a non-empty body that is not JSON |\n\
 | 426 | `upgrade-required` | a WebSocket route asked without a WebSocket upgrade (with `Upgrade: websocket`) |\n\
-| 429 | `rate-limited` | a per-user or per-credential bucket is empty (with `Retry-After`) |\n\
+| 429 | `rate-limited` | a per-user or per-credential bucket is empty, or the source address failed authentication too often (with `Retry-After`) |\n\
 | 431 | `headers-too-large` | the request headers are over 16 KiB |\n\
 | 500 | `internal-error` | a bug; logged, never detailed |\n\
 | 503 | `store-unavailable`, `overloaded`, `service-unavailable` | the store did not answer, or too many requests are in flight (with `Retry-After` for the store) |\n\n\

@@ -141,18 +141,31 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// 409 `stream-limit-reached`, with the limit and the live leases.
+/// 409 `stream-limit-reached`, with the total limit and the live leases of
+/// the full scope; when a rule is full, also the rule and its limit. A
+/// refusal by the total is exactly the body it was before rules existed.
 fn limit_reached(user: &UserId, denial: &Denial) -> Problem {
     let live: Vec<StreamView<'_>> = denial.live.iter().map(StreamView::from).collect();
     let limit = denial.limit.get();
-    Problem::new(
-        StatusCode::CONFLICT,
-        "stream-limit-reached",
-        "Stream limit reached",
-        format!("user {user} already has {} of {limit} streams active; stop one to start another", live.len()),
-    )
-    .with("limit", json!(limit))
-    .with("active_streams", json!(live))
+    let detail = match &denial.rule {
+        None => format!("user {user} already has {} of {limit} streams active; stop one to start another", live.len()),
+        Some(rule) if rule.limit.get() == 0 => {
+            format!("rule {:?} allows user {user} no stream like this one", rule.name.as_str())
+        }
+        Some(rule) => format!(
+            "user {user} already has {} of {} streams active under rule {:?}; stop one of them to start another",
+            live.len(),
+            rule.limit.get(),
+            rule.name.as_str()
+        ),
+    };
+    let mut problem = Problem::new(StatusCode::CONFLICT, "stream-limit-reached", "Stream limit reached", detail)
+        .with("limit", json!(limit))
+        .with("active_streams", json!(live));
+    if let Some(rule) = &denial.rule {
+        problem = problem.with("rule", json!(rule.name.as_str())).with("rule_limit", json!(rule.limit.get()));
+    }
+    problem
 }
 
 /// 410 `stream-revoked`, with the reason and, after an eviction, the

@@ -92,12 +92,20 @@ mod tests {
 
     /// An acquire against a store that has stopped answering.
     async fn acquire_with_store_down(on_store_error: OnStoreError) -> (StatusCode, Option<String>, Value) {
+        acquire_with_store_down_of(on_store_error, r#"{"device_id": "living-room"}"#).await
+    }
+
+    async fn acquire_with_store_down_of(
+        on_store_error: OnStoreError,
+        body: &str,
+    ) -> (StatusCode, Option<String>, Value) {
         let dir = tempfile::tempdir().unwrap();
         let config = StoreConfig {
             kind: StoreKind::Sqlite,
             data_dir: dir.path().to_path_buf(),
             redis_urls: Vec::new(),
             redis_mode: RedisMode::Standalone,
+            redis_tls: Default::default(),
             dynamodb_table: String::new(),
             dynamodb_endpoint: None,
             sweep_interval: Duration::from_secs(60),
@@ -111,7 +119,7 @@ mod tests {
         state.clock = Arc::new(clock);
         let req = Request::put("/v1/users/alice/streams/tv")
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(r#"{"device_id": "living-room"}"#))
+            .body(Body::from(body.to_owned()))
             .unwrap();
         let res = app(state).oneshot(req).await.unwrap();
         let status = res.status();
@@ -139,6 +147,16 @@ mod tests {
                 "degraded": true,
             })
         );
+    }
+
+    #[tokio::test]
+    async fn a_degraded_grant_keeps_the_requests_traits() {
+        let body = r#"{"device_class": "tv", "content_kind": "live", "content_id": "final"}"#;
+        let (status, _, body) = acquire_with_store_down_of(OnStoreError::Allow, body).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!((body["device_class"].as_str(), body["content_kind"].as_str()), (Some("tv"), Some("live")));
+        assert_eq!((body["content_id"].as_str(), body["degraded"].as_bool()), (Some("final"), Some(true)));
+        assert!(body.get("rule").is_none(), "{body}");
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 use tokio::sync::{OwnedMutexGuard, oneshot, watch};
@@ -35,6 +35,7 @@ use super::access::{Whose, authenticate};
 use super::dto::{RenewedMessage, RevokedMessage, SocketMessage, SocketQuery, rfc3339};
 use super::handlers::{acquire_lease, acquire_request, acquired};
 use super::problem::{ApiError, TYPE_BASE};
+use super::source::Source;
 use crate::limiter::{Acquire, Decision, Grant, RevokeReason, StreamId, UserId};
 use crate::metrics;
 
@@ -336,6 +337,7 @@ pub(super) async fn open(
     state: Arc<AppState>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     headers: &HeaderMap,
+    source: Source,
     target: Result<(Whose, StreamId), ApiError>,
     query: Result<SocketQuery, ApiError>,
 ) -> Response {
@@ -352,7 +354,7 @@ pub(super) async fn open(
     let running = state.sockets.track();
     let start = match state.sockets.is_closing() {
         true => Start::ShuttingDown,
-        false => connect(&state, headers, bearers, target, query).await,
+        false => connect(&state, headers, source, bearers, target, query).await,
     };
     // Exactly one of the two callbacks runs; whichever does takes these.
     let pending = Arc::new(Mutex::new(Some((start, running))));
@@ -431,15 +433,15 @@ fn offered_bearers(upgrade: &WebSocketUpgrade) -> Result<Vec<String>, ApiError> 
 
 /// The `Authorization` value a socket authenticates with: the header's, or
 /// `Bearer <token>` from the one bearer subprotocol. Never both.
-fn credential(headers: &HeaderMap, bearers: Vec<String>) -> Result<Option<String>, ApiError> {
+fn credential(headers: &HeaderMap, bearers: Vec<String>) -> Result<Option<HeaderValue>, ApiError> {
     let header = headers.get(header::AUTHORIZATION);
     match (header, bearers.as_slice()) {
         (None, []) => Ok(None),
-        (Some(value), []) => match value.to_str() {
-            Ok(value) => Ok(Some(value.to_owned())),
-            Err(_) => Err(ApiError::Unauthorized("malformed Authorization header".into())),
-        },
-        (None, [token]) => Ok(Some(format!("Bearer {token}"))),
+        (Some(value), []) => Ok(Some(value.clone())),
+        // The token came in a header, so it is a valid header value.
+        (None, [token]) => HeaderValue::try_from(format!("Bearer {token}"))
+            .map(Some)
+            .map_err(|_| ApiError::Unauthorized("malformed bearer subprotocol".into())),
         (None, _) => Err(ApiError::BadRequest(format!("offer one {BEARER_PROTOCOL}<token> subprotocol, not several"))),
         (Some(_), _) => Err(ApiError::BadRequest(format!(
             "send the credential once: in the Authorization header or in a {BEARER_PROTOCOL}<token> subprotocol"
@@ -452,12 +454,13 @@ fn credential(headers: &HeaderMap, bearers: Vec<String>) -> Result<Option<String
 async fn connect(
     state: &AppState,
     headers: &HeaderMap,
+    source: Source,
     bearers: Vec<String>,
     target: Result<(Whose, StreamId), ApiError>,
     query: Result<SocketQuery, ApiError>,
 ) -> Start {
     let admitted = credential(headers, bearers).and_then(|credential| {
-        let caller = authenticate(state, credential.as_deref()).map_err(|e| match (e, &credential) {
+        let caller = authenticate(state, source, credential.as_ref()).map_err(|e| match (e, &credential) {
             // The usual wording names only the header, which a browser
             // cannot send on a WebSocket.
             (ApiError::Unauthorized(_), None) => ApiError::Unauthorized(format!(
@@ -778,6 +781,7 @@ mod tests {
             data_dir: std::env::temp_dir(),
             redis_urls: Vec::new(),
             redis_mode: RedisMode::Standalone,
+            redis_tls: Default::default(),
             dynamodb_table: String::new(),
             dynamodb_endpoint: None,
             sweep_interval: Duration::from_secs(60),

@@ -1,9 +1,10 @@
-//! Model-based tests: random sequences of acquire (with every policy),
-//! release, revoke-all, override changes, reads and clock advances run
-//! against [`apply`] and against a deliberately naive reference model built
-//! on plain maps. Replies must agree step by step, the `Write`s must replay
-//! to the same state, and no enforced grant may leave more than the
-//! effective limit live.
+//! Model-based tests: random sequences of acquire (with every policy, and
+//! random device classes, content kinds and titles under a random rule
+//! set), release, revoke-all, override changes, reads and clock advances
+//! run against [`apply`] and against a deliberately naive reference model
+//! built on plain maps. Replies must agree step by step, the `Write`s must
+//! replay to the same state, and no enforced grant may leave any scope over
+//! its limit.
 
 use std::collections::BTreeMap;
 
@@ -11,30 +12,86 @@ use proptest::prelude::*;
 
 use super::*;
 
+/// A stream's device class, content kind and title, each 0 when absent.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Traits {
+    class: u8,
+    kind: u8,
+    title: u8,
+}
+
+/// A rule of the model: `class` and `kind` 0 match anything.
+#[derive(Clone, Debug)]
+struct MRule {
+    class: u8,
+    kind: u8,
+    per_title: bool,
+    limit: u32,
+    exempt: bool,
+}
+
+impl MRule {
+    fn matches(&self, t: Traits) -> bool {
+        (self.class == 0 || self.class == t.class) && (self.kind == 0 || self.kind == t.kind)
+    }
+}
+
 /// The reference. Times are ms; every map is keyed by stream name.
 #[derive(Default)]
 struct Model {
-    /// stream -> (started_at, expires_at)
-    leases: BTreeMap<String, (i64, i64)>,
+    rules: Vec<MRule>,
+    /// stream -> (started_at, expires_at, traits)
+    leases: BTreeMap<String, (i64, i64, Traits)>,
     /// stream -> (evicted by, or None when revoked; until)
     tombs: BTreeMap<String, (Option<String>, i64)>,
     limit_override: Option<u32>,
 }
 
+/// The rule (by index in the set) that refused, or `None` for the total.
+type Hit = Option<usize>;
+
 #[derive(Debug, PartialEq)]
 enum Seen {
-    Granted { started: i64, expires: i64, active: u32, limit: u32, evicted: Vec<String>, would: (bool, Vec<String>) },
-    Renewed { started: i64, expires: i64, active: u32, limit: u32 },
-    Denied { limit: u32, live: Vec<String> },
-    Gone { by: Option<String>, until: i64 },
+    Granted {
+        started: i64,
+        expires: i64,
+        active: u32,
+        limit: u32,
+        evicted: Vec<String>,
+        would: (Option<Hit>, Vec<String>),
+    },
+    Renewed {
+        started: i64,
+        expires: i64,
+        active: u32,
+        limit: u32,
+        traits: Traits,
+        would: Option<Hit>,
+    },
+    Denied {
+        limit: u32,
+        rule: Hit,
+        live: Vec<String>,
+    },
+    Gone {
+        by: Option<String>,
+        until: i64,
+    },
     Done,
     Revoked(Vec<String>),
-    Listed { limit: u32, live: Vec<String> },
-    Limit { limit: u32, overridden: bool },
+    Listed {
+        limit: u32,
+        live: Vec<String>,
+    },
+    Limit {
+        limit: u32,
+        overridden: bool,
+    },
 }
 
 struct Req {
     stream: String,
+    traits: Traits,
     limit: u32,
     ttl: i64,
     evict_oldest: bool,
@@ -55,8 +112,43 @@ impl Model {
     }
 
     fn kill(&mut self, stream: &str, by: Option<String>, ttl: i64) {
-        let (_, expires) = self.leases.remove(stream).unwrap();
+        let (_, expires, _) = self.leases.remove(stream).unwrap();
         self.tombs.insert(stream.to_owned(), (by, expires + ttl));
+    }
+
+    fn exempt(&self, t: Traits) -> bool {
+        self.rules.iter().any(|r| r.exempt && r.matches(t))
+    }
+
+    /// Whether a stream with traits `t` is in the scope `(rule, title)`.
+    fn within(&self, scope: (Hit, u8), t: Traits) -> bool {
+        match scope {
+            (Some(i), title) => self.rules[i].matches(t) && (!self.rules[i].per_title || t.title == title),
+            (None, _) => !self.exempt(t),
+        }
+    }
+
+    /// The scopes of a stream with traits `t`, in checking order.
+    fn scopes(&self, t: Traits) -> Vec<(Hit, u8)> {
+        let mut v = Vec::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            if r.matches(t) && !(r.per_title && t.title == 0) {
+                v.push((Some(i), t.title));
+            }
+        }
+        if !self.exempt(t) {
+            v.push((None, 0));
+        }
+        v
+    }
+
+    fn cap(&self, scope: (Hit, u8), total: u32) -> u32 {
+        scope.0.map_or(total, |i| self.rules[i].limit)
+    }
+
+    /// The live streams of `scope` other than `but`, oldest first.
+    fn members(&self, scope: (Hit, u8), live: &[String], but: &[String]) -> Vec<String> {
+        live.iter().filter(|s| !but.contains(s) && self.within(scope, self.leases[*s].2)).cloned().collect()
     }
 
     fn acquire(&mut self, r: &Req, now: i64) -> Seen {
@@ -66,31 +158,72 @@ impl Model {
         let limit = self.effective(r.limit);
         let live = self.live(now);
         if live.contains(&r.stream) {
-            let started = self.leases[&r.stream].0;
-            self.leases.insert(r.stream.clone(), (started, now + r.ttl));
-            return Seen::Renewed { started, expires: now + r.ttl, active: live.len() as u32, limit };
+            let (started, _, old) = self.leases[&r.stream];
+            let new = Traits {
+                class: if r.traits.class == 0 { old.class } else { r.traits.class },
+                kind: if r.traits.kind == 0 { old.kind } else { r.traits.kind },
+                title: if r.traits.title == 0 { old.title } else { r.traits.title },
+            };
+            let mut would = None;
+            if new != old {
+                let me = std::slice::from_ref(&r.stream);
+                for scope in self.scopes(new) {
+                    let others = self.members(scope, &live, me);
+                    if !self.within(scope, old) && others.len() as u32 >= self.cap(scope, limit) {
+                        if r.enforce {
+                            return Seen::Denied { limit, rule: scope.0, live: others };
+                        }
+                        would = Some(scope.0);
+                        break;
+                    }
+                }
+            }
+            self.leases.insert(r.stream.clone(), (started, now + r.ttl, new));
+            let active = live.len() as u32;
+            return Seen::Renewed { started, expires: now + r.ttl, active, limit, traits: new, would };
         }
-        let n = live.len() as u32;
-        let victims = if !r.evict.is_empty() {
+        let scopes = self.scopes(r.traits);
+        let full = |m: &Model, but: &[String]| {
+            scopes.iter().copied().find(|&s| m.members(s, &live, but).len() as u32 >= m.cap(s, limit))
+        };
+        let victims: Result<Vec<String>, (Hit, u8)> = if !r.evict.is_empty() {
             let named: Vec<String> = live.iter().filter(|s| r.evict.contains(s)).cloned().collect();
-            (n - (named.len() as u32) < limit).then_some(named)
-        } else if n < limit {
-            Some(vec![])
-        } else if r.evict_oldest && n == limit && limit > 0 {
-            Some(vec![live[0].clone()])
+            match full(self, &named) {
+                Some(s) => Err(s),
+                None => Ok(named),
+            }
+        } else if full(self, &[]).is_none() {
+            Ok(vec![])
+        } else if r.evict_oldest {
+            let mut v: Vec<String> = Vec::new();
+            let mut blocked = None;
+            for &s in &scopes {
+                let m = self.members(s, &live, &v);
+                let cap = self.cap(s, limit) as usize;
+                if m.len() == cap && cap > 0 {
+                    v.push(m[0].clone());
+                } else if m.len() >= cap {
+                    blocked = Some(s);
+                    break;
+                }
+            }
+            match blocked {
+                Some(s) => Err(s),
+                None => Ok(live.iter().filter(|s| v.contains(s)).cloned().collect()),
+            }
         } else {
-            None
+            Err(full(self, &[]).unwrap())
         };
         let (evicted, would) = match victims {
-            None if r.enforce => return Seen::Denied { limit, live },
-            None => (vec![], (true, vec![])),
-            Some(v) if r.enforce => (v, (false, vec![])),
-            Some(v) => (vec![], (false, v)),
+            Err(s) if r.enforce => return Seen::Denied { limit, rule: s.0, live: self.members(s, &live, &[]) },
+            Err(s) => (vec![], (Some(s.0), vec![])),
+            Ok(v) if r.enforce => (v, (None, vec![])),
+            Ok(v) => (vec![], (None, v)),
         };
         for v in &evicted {
             self.kill(v, Some(r.stream.clone()), r.ttl);
         }
-        self.leases.insert(r.stream.clone(), (now, now + r.ttl));
+        self.leases.insert(r.stream.clone(), (now, now + r.ttl, r.traits));
         let active = self.live(now).len() as u32;
         Seen::Granted { started: now, expires: now + r.ttl, active, limit, evicted, would }
     }
@@ -98,7 +231,7 @@ impl Model {
 
 #[derive(Debug, Clone)]
 enum Step {
-    Acquire { stream: u8, evict_oldest: bool, evict: Vec<u8>, enforce: bool },
+    Acquire { stream: u8, traits: Traits, evict_oldest: bool, evict: Vec<u8>, enforce: bool },
     Release(u8),
     RevokeAll,
     SetOverride(Option<u32>),
@@ -109,9 +242,11 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        8 => (0u8..8, any::<bool>(), prop_oneof![3 => Just(vec![]), 1 => prop::collection::vec(0u8..10, 1..3)],
-              prop::bool::weighted(0.85))
-            .prop_map(|(stream, evict_oldest, evict, enforce)| Step::Acquire { stream, evict_oldest, evict, enforce }),
+        8 => (0u8..8, traits(), any::<bool>(),
+              prop_oneof![3 => Just(vec![]), 1 => prop::collection::vec(0u8..10, 1..3)], prop::bool::weighted(0.85))
+            .prop_map(|(stream, traits, evict_oldest, evict, enforce)| {
+                Step::Acquire { stream, traits, evict_oldest, evict, enforce }
+            }),
         2 => (0u8..8).prop_map(Step::Release),
         1 => Just(Step::RevokeAll),
         1 => prop::option::of(0u32..5).prop_map(Step::SetOverride),
@@ -122,30 +257,92 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// Two device classes, two content kinds and two titles, each often absent.
+fn traits() -> impl Strategy<Value = Traits> {
+    (0u8..3, 0u8..3, 0u8..3).prop_map(|(class, kind, title)| Traits { class, kind, title })
+}
+
+/// Up to four rules with small limits, so that they bind often.
+fn rules() -> impl Strategy<Value = Vec<MRule>> {
+    let rule = (0u8..3, 0u8..3, prop::bool::weighted(0.3), 0u32..3, prop::bool::weighted(0.2))
+        .prop_map(|(class, kind, per_title, limit, exempt)| MRule { class, kind, per_title, limit, exempt });
+    prop_oneof![1 => Just(vec![]), 3 => prop::collection::vec(rule, 1..5)]
+}
+
+fn label_of(prefix: &str, n: u8) -> Option<Label> {
+    (n > 0).then(|| Label::new(&format!("{prefix}{n}")).unwrap())
+}
+
+fn number(prefix: &str, l: &Option<Label>) -> u8 {
+    l.as_ref().map_or(0, |l| l.as_str().strip_prefix(prefix).unwrap().parse().unwrap())
+}
+
+fn traits_of(l: &Lease) -> Traits {
+    Traits {
+        class: number("class", &l.device_class),
+        kind: number("kind", &l.content_kind),
+        title: number("title", &l.content_id),
+    }
+}
+
+/// The set of [`Rule`]s the model's rules stand for; rule `i` is named `r{i}`.
+fn real_rules(rules: &[MRule]) -> Arc<[Rule]> {
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Rule {
+            name: Label::new(&format!("r{i}")).unwrap(),
+            device_class: label_of("class", r.class),
+            content_kind: label_of("kind", r.kind),
+            per_content: r.per_title,
+            limit: Limit::new(r.limit).unwrap(),
+            exempt: r.exempt,
+        })
+        .collect()
+}
+
+fn hit(rule: Option<RuleHit>, rules: &[Rule]) -> Hit {
+    rule.map(|h| {
+        let i = rules.iter().position(|r| r.name == h.name).unwrap();
+        assert_eq!(rules[i].limit, h.limit);
+        i
+    })
+}
+
 fn names(v: &[Lease]) -> Vec<String> {
     v.iter().map(|l| l.stream_id.to_string()).collect()
 }
 
-fn seen(reply: Reply) -> Seen {
+fn seen(reply: Reply, rules: &[Rule]) -> Seen {
     match reply {
-        Reply::Decision(Decision::Granted(g)) => Seen::Granted {
-            started: g.lease.started_at.as_millis(),
-            expires: g.lease.expires_at.as_millis(),
-            active: g.active_streams,
-            limit: g.limit.get(),
-            evicted: names(&g.evicted),
-            would: (g.would_deny, g.would_evict.iter().map(ToString::to_string).collect()),
-        },
+        Reply::Decision(Decision::Granted(g)) => {
+            assert!(g.would_deny || g.would_deny_rule.is_none());
+            Seen::Granted {
+                started: g.lease.started_at.as_millis(),
+                expires: g.lease.expires_at.as_millis(),
+                active: g.active_streams,
+                limit: g.limit.get(),
+                evicted: names(&g.evicted),
+                would: (
+                    g.would_deny.then(|| hit(g.would_deny_rule, rules)),
+                    g.would_evict.iter().map(ToString::to_string).collect(),
+                ),
+            }
+        }
         Reply::Decision(Decision::Renewed(g)) => {
-            assert!(g.evicted.is_empty() && !g.would_deny && g.would_evict.is_empty());
+            assert!(g.evicted.is_empty() && g.would_evict.is_empty());
             Seen::Renewed {
                 started: g.lease.started_at.as_millis(),
                 expires: g.lease.expires_at.as_millis(),
                 active: g.active_streams,
                 limit: g.limit.get(),
+                traits: traits_of(&g.lease),
+                would: g.would_deny.then(|| hit(g.would_deny_rule, rules)),
             }
         }
-        Reply::Decision(Decision::Denied(d)) => Seen::Denied { limit: d.limit.get(), live: names(&d.live) },
+        Reply::Decision(Decision::Denied(d)) => {
+            Seen::Denied { limit: d.limit.get(), rule: hit(d.rule, rules), live: names(&d.live) }
+        }
         Reply::Decision(Decision::Gone(t)) => Seen::Gone {
             by: match t.reason {
                 RevokeReason::EvictedBy(s) => Some(s.to_string()),
@@ -211,28 +408,35 @@ proptest! {
     fn rules_match_the_reference_model(
         limit in 0u32..5,
         ttl_secs in 1u32..90,
+        model_rules in rules(),
         steps in prop::collection::vec(step(), 1..150),
     ) {
         let limit_v = Limit::new(limit).unwrap();
         let ttl = Ttl::from_secs(ttl_secs).unwrap();
+        let rules = real_rules(&model_rules);
         let mut now = 1_700_000_000_000i64;
         let mut state = UserState::default();
-        let mut model = Model::default();
+        let mut model = Model { rules: model_rules, ..Model::default() };
         let mut persisted = Persisted::default();
 
         for step in steps {
+            let step_copy = step.clone();
             let t = Timestamp::from_millis(now);
             let (op, expected) = match step {
                 Step::Advance(ms) => { now += i64::from(ms); continue; }
-                Step::Acquire { stream, evict_oldest, evict, enforce } => {
+                Step::Acquire { stream, traits, evict_oldest, evict, enforce } => {
                     let r = Req {
-                        stream: sid(stream), limit, ttl: ttl.as_millis(), evict_oldest,
+                        stream: sid(stream), traits, limit, ttl: ttl.as_millis(), evict_oldest,
                         evict: evict.iter().map(|&i| sid(i)).collect(), enforce,
                     };
                     let op = Op::Acquire(Acquire {
                         stream_id: StreamId::new(&r.stream).unwrap(),
-                        device_id: None, content_id: None, device_class: None, content_kind: None, plan: None,
-                        limit: limit_v, rules: Default::default(), ttl,
+                        device_id: None,
+                        content_id: label_of("title", traits.title),
+                        device_class: label_of("class", traits.class),
+                        content_kind: label_of("kind", traits.kind),
+                        plan: None,
+                        limit: limit_v, rules: rules.clone(), ttl,
                         on_limit: if evict_oldest { OnLimit::EvictOldest } else { OnLimit::Reject },
                         evict: r.evict.iter().map(|s| StreamId::new(s).unwrap()).collect(),
                         enforce,
@@ -269,13 +473,19 @@ proptest! {
             };
             let outcome = apply(&mut state, op, t);
             persisted.replay(outcome.writes);
-            let got = seen(outcome.reply);
+            let got = seen(outcome.reply, &rules);
 
-            // Invariant: an enforced grant never leaves more than the limit live.
-            if let Seen::Granted { active, limit, would: (false, ref would_evict), .. } = got
+            // Invariant: an enforced grant never leaves a scope of the new
+            // stream over its limit.
+            if let (Seen::Granted { would: (None, would_evict), .. }, Step::Acquire { stream, .. }) = (&got, &step_copy)
                 && would_evict.is_empty()
             {
-                prop_assert!(active <= limit, "{active} live > limit {limit}");
+                let live = model.live(now);
+                for scope in model.scopes(model.leases[&sid(*stream)].2) {
+                    let n = model.members(scope, &live, &[]).len() as u32;
+                    let cap = model.cap(scope, model.effective(limit));
+                    prop_assert!(n <= cap, "{n} live in scope {scope:?} > {cap}");
+                }
             }
             prop_assert!(state.live(t).len() as u32 == model.live(now).len() as u32);
             prop_assert_eq!(got, expected);
@@ -285,23 +495,29 @@ proptest! {
         }
     }
 
-    /// With enforcement on and no override, the plain invariant holds at
-    /// every instant: never more than `limit` live leases.
+    /// With enforcement on and no override, the invariant holds at every
+    /// instant: no rule's scope and not the total is ever over its limit.
     #[test]
-    fn never_more_than_limit_live(
+    fn never_over_any_limit(
         limit in 0u32..4,
+        model_rules in rules(),
         steps in prop::collection::vec(step(), 1..150),
     ) {
         let ttl = Ttl::from_secs(30).unwrap();
+        let rules = real_rules(&model_rules);
         let mut state = UserState::default();
         let mut now = 0i64;
         for step in steps {
             let op = match step {
                 Step::Advance(ms) => { now += i64::from(ms); continue; }
-                Step::Acquire { stream, evict_oldest, evict, .. } => Op::Acquire(Acquire {
+                Step::Acquire { stream, traits, evict_oldest, evict, .. } => Op::Acquire(Acquire {
                     stream_id: StreamId::new(&sid(stream)).unwrap(),
-                    device_id: None, content_id: None, device_class: None, content_kind: None, plan: None,
-                    limit: Limit::new(limit).unwrap(), rules: Default::default(), ttl,
+                    device_id: None,
+                    content_id: label_of("title", traits.title),
+                    device_class: label_of("class", traits.class),
+                    content_kind: label_of("kind", traits.kind),
+                    plan: None,
+                    limit: Limit::new(limit).unwrap(), rules: rules.clone(), ttl,
                     on_limit: if evict_oldest { OnLimit::EvictOldest } else { OnLimit::Reject },
                     evict: evict.iter().map(|&i| StreamId::new(&sid(i)).unwrap()).collect(),
                     enforce: true,
@@ -312,7 +528,18 @@ proptest! {
             };
             let t = Timestamp::from_millis(now);
             apply(&mut state, op, t);
-            prop_assert!(state.live(t).len() as u32 <= limit);
+            let live: Vec<Traits> = state.live(t).iter().map(traits_of).collect();
+            let exempt = |x: &Traits| model_rules.iter().any(|r| r.exempt && r.matches(*x));
+            prop_assert!(live.iter().filter(|x| !exempt(x)).count() as u32 <= limit);
+            for r in &model_rules {
+                for title in 0u8..3 {
+                    let n = live.iter().filter(|x| r.matches(**x) && (!r.per_title || x.title == title)).count();
+                    if r.per_title && title == 0 {
+                        continue;
+                    }
+                    prop_assert!(n as u32 <= r.limit, "{n} live under {r:?} (title {title})");
+                }
+            }
         }
     }
 }

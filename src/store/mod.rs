@@ -24,6 +24,8 @@ pub mod dynamodb;
 mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+#[cfg(feature = "redis")]
+pub use redis::tls::read_ca_file as read_redis_ca_file;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -80,6 +82,8 @@ pub struct StoreConfig {
     /// One URL, or a cluster's seed nodes (redis only).
     pub redis_urls: Vec<String>,
     pub redis_mode: RedisMode,
+    /// What `rediss://` URLs trust (redis only).
+    pub redis_tls: RedisTls,
     /// The DynamoDB table (dynamodb only).
     pub dynamodb_table: String,
     /// An endpoint URL instead of the region's, such as DynamoDB Local
@@ -98,10 +102,31 @@ impl std::fmt::Debug for StoreConfig {
             .field("data_dir", &self.data_dir)
             .field("redis_urls", &self.redis_urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>())
             .field("redis_mode", &self.redis_mode)
+            .field("redis_tls", &self.redis_tls)
             .field("dynamodb_table", &self.dynamodb_table)
             .field("dynamodb_endpoint", &self.dynamodb_endpoint)
             .field("sweep_interval", &self.sweep_interval)
             .field("op_timeout", &self.op_timeout)
+            .finish()
+    }
+}
+
+/// What TLS connections to Redis (`rediss://` URLs) trust. The default
+/// trusts the system's roots only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// CA certificates (DER) to trust besides the system's roots, and the
+    /// file they came from (`--redis-ca-file`).
+    pub ca: Option<(PathBuf, Vec<Vec<u8>>)>,
+    /// Accept any certificate from any server (`--redis-tls-insecure`).
+    pub insecure: bool,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca_file", &self.ca.as_ref().map(|(path, _)| path))
+            .field("insecure", &self.insecure)
             .finish()
     }
 }
@@ -166,7 +191,9 @@ impl Store {
             StoreKind::Sqlite => Box::new(sqlite::SqliteBackend::open(&config.data_dir, clock)?),
             // Redis reads its own clock (TIME), so that every instance agrees.
             #[cfg(feature = "redis")]
-            StoreKind::Redis => Box::new(redis::RedisBackend::open(&config.redis_urls, config.redis_mode).await?),
+            StoreKind::Redis => {
+                Box::new(redis::RedisBackend::open(&config.redis_urls, config.redis_mode, &config.redis_tls).await?)
+            }
             // Region and credentials come from the standard AWS chain.
             #[cfg(feature = "dynamodb")]
             StoreKind::Dynamodb => return dynamodb::open(config, &dynamodb::Aws::StandardChain, clock).await,

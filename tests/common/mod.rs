@@ -107,6 +107,7 @@ impl Server {
             data_dir: dir.path().join("data"),
             redis_urls: redis_url.into_iter().collect(),
             redis_mode: RedisMode::Standalone,
+            redis_tls: Default::default(),
             dynamodb_table: "streamcap".into(),
             dynamodb_endpoint: None,
             sweep_interval: Duration::from_secs(1),
@@ -277,14 +278,18 @@ impl Process {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                {
+                    let mut log = sink.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+                // Logged first, so that the log holds the line once the
+                // caller learns the address from it.
                 if line.contains("listening")
                     && let Some(addr) = listening_addr(&line)
                 {
                     let _ = tx.send(addr);
                 }
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {

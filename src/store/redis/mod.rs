@@ -22,13 +22,14 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, RedisWrite, ServerErrorKind, ToRedisArgs, Value};
 
-use super::{Backend, BoxFuture, OpenError, RedisMode, StoreError, redact_url};
+use super::{Backend, BoxFuture, OpenError, OpenFailure, RedisMode, RedisTls, StoreError, redact_url};
 use crate::clock::Clock;
-use crate::limiter::{Label, OnLimit, Op, Reply, UserId};
+use crate::limiter::{Label, OnLimit, Op, Reply, Rule, UserId};
 
 #[cfg(test)]
 pub(crate) mod harness;
 mod reply;
+pub(crate) mod tls;
 
 const SCRIPT: &str = include_str!("decide.lua");
 
@@ -47,10 +48,10 @@ enum Conn {
 }
 
 impl RedisBackend {
-    /// Connects to `urls` (one URL, or the seed nodes of a cluster). Every
-    /// decision reads Redis's own clock.
-    pub(super) async fn open(urls: &[String], mode: RedisMode) -> Result<Self, OpenError> {
-        Self::connect(urls, mode, None).await
+    /// Connects to `urls` (one URL, or the seed nodes of a cluster), over
+    /// TLS for `rediss://` URLs. Every decision reads Redis's own clock.
+    pub(super) async fn open(urls: &[String], mode: RedisMode, tls: &RedisTls) -> Result<Self, OpenFailure> {
+        Self::connect(urls, mode, tls, None).await
     }
 
     /// Like `open`, but the script is handed this clock's time instead of
@@ -60,20 +61,34 @@ impl RedisBackend {
         urls: &[String],
         mode: RedisMode,
         clock: Arc<dyn Clock>,
-    ) -> Result<Self, OpenError> {
-        Self::connect(urls, mode, Some(clock)).await
+    ) -> Result<Self, OpenFailure> {
+        Self::connect(urls, mode, &RedisTls::default(), Some(clock)).await
     }
 
-    async fn connect(urls: &[String], mode: RedisMode, test_clock: Option<Arc<dyn Clock>>) -> Result<Self, OpenError> {
+    /// A server certificate that is not trusted is a misconfiguration
+    /// (exit 2): trying again will not help.
+    async fn connect(
+        urls: &[String],
+        mode: RedisMode,
+        tls: &RedisTls,
+        test_clock: Option<Arc<dyn Clock>>,
+    ) -> Result<Self, OpenFailure> {
         let shown = urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(",");
-        let fail =
-            |e: redis::RedisError| OpenError(format!("cannot connect to redis ({}) at {shown}: {e}", mode.name()));
+        let fail = |e: redis::RedisError| {
+            let at = format!("cannot connect to redis ({}) at {shown}", mode.name());
+            let text = e.to_string().replace('\n', " ");
+            match tls::untrusted_certificate(&e) {
+                Some(hint) => OpenFailure::Misconfigured(format!("{at}: TLS handshake failed: {text}; {hint}")),
+                None => OpenFailure::Failed(OpenError(format!("{at}: {text}"))),
+            }
+        };
+        let trust = tls::Trust::new(urls, tls);
         let conn = match mode {
             RedisMode::Standalone => {
                 let [url] = urls else {
-                    return Err(OpenError(format!("standalone redis takes one URL, got {}", urls.len())));
+                    return Err(OpenError(format!("standalone redis takes one URL, got {}", urls.len())).into());
                 };
-                let client = redis::Client::open(url.as_str()).map_err(fail)?;
+                let client = trust.client(url).map_err(fail)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(Duration::from_secs(2)))
                     .set_response_timeout(Some(Duration::from_secs(2)))
@@ -81,12 +96,11 @@ impl RedisBackend {
                 Conn::Standalone(ConnectionManager::new_with_config(client, config).await.map_err(fail)?)
             }
             RedisMode::Cluster => {
-                let client = ClusterClientBuilder::new(urls.to_vec())
+                let builder = ClusterClientBuilder::new(urls.to_vec())
                     .connection_timeout(Duration::from_secs(2))
                     .response_timeout(Duration::from_secs(2))
-                    .retries(3)
-                    .build()
-                    .map_err(fail)?;
+                    .retries(3);
+                let client = trust.cluster(builder).build().map_err(fail)?;
                 Conn::Cluster(client.get_async_connection().await.map_err(fail)?)
             }
         };
@@ -103,6 +117,8 @@ impl RedisBackend {
                 cmd.arg("acquire").arg(Now(now)).arg(a.stream_id.as_str()).arg(a.limit.get());
                 cmd.arg(a.ttl.as_micros()).arg(on_limit_name(a.on_limit)).arg(if a.enforce { "1" } else { "0" });
                 cmd.arg(LabelArg(a.device_id.as_ref())).arg(LabelArg(a.content_id.as_ref()));
+                cmd.arg(LabelArg(a.device_class.as_ref())).arg(LabelArg(a.content_kind.as_ref()));
+                cmd.arg(LabelArg(a.plan.as_ref())).arg(RulesArg(&a.rules));
                 for s in &a.evict {
                     cmd.arg(s.as_str());
                 }
@@ -193,6 +209,53 @@ impl ToRedisArgs for LabelArg<'_> {
     }
 }
 
+/// The rules as the script takes them: "" when there are none, else one
+/// MessagePack sequence of six values per rule (name, device class,
+/// content kind, per_content, limit, exempt; false for an absent scope).
+struct RulesArg<'a>(&'a [Rule]);
+
+impl ToRedisArgs for RulesArg<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        let mut buf = Vec::new();
+        for rule in self.0 {
+            msgpack_str(&mut buf, Some(&rule.name));
+            msgpack_str(&mut buf, rule.device_class.as_ref());
+            msgpack_str(&mut buf, rule.content_kind.as_ref());
+            buf.push(msgpack_bool(rule.per_content));
+            // A limit is at most 1000: a positive fixint or a uint 16.
+            match rule.limit.get() {
+                n @ 0..=127 => buf.push(n as u8),
+                n => buf.extend_from_slice(&[0xcd, (n >> 8) as u8, n as u8]),
+            }
+            buf.push(msgpack_bool(rule.exempt));
+        }
+        out.write_arg(&buf);
+    }
+}
+
+/// A label as a MessagePack string, or false for `None`.
+fn msgpack_str(buf: &mut Vec<u8>, label: Option<&Label>) {
+    let Some(s) = label.map(Label::as_str) else {
+        buf.push(msgpack_bool(false));
+        return;
+    };
+    let n = s.len();
+    match n {
+        0..=31 => buf.push(0xa0 | n as u8),
+        32..=255 => buf.extend_from_slice(&[0xd9, n as u8]),
+        256..=65_535 => buf.extend_from_slice(&[0xda, (n >> 8) as u8, n as u8]),
+        _ => {
+            buf.push(0xdb);
+            buf.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+    }
+    buf.extend_from_slice(s.as_bytes());
+}
+
+fn msgpack_bool(b: bool) -> u8 {
+    if b { 0xc3 } else { 0xc2 }
+}
+
 fn on_limit_name(o: OnLimit) -> &'static str {
     match o {
         OnLimit::Reject => "reject",
@@ -251,7 +314,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::limiter::{
-        Acquire, Decision, Grant, Lease, Limit, LimitSource, RevokeReason, StreamId, Timestamp, Tombstone, Ttl,
+        Acquire, Decision, Denial, Grant, Lease, Limit, LimitSource, RevokeReason, StreamId, Timestamp, Tombstone, Ttl,
     };
     use crate::store::memory::MemoryBackend;
     use crate::store::{Store, conformance};
@@ -364,12 +427,14 @@ mod tests {
         let long = "é".repeat(128); // 256 bytes
         let grant = |s: String, i: usize| {
             let labels = match i % 4 {
-                0 => (None, None),
-                1 => (label(""), label(&format!("c{i}"))),
-                2 => (label(&long), None),
-                _ => (label(&format!("d{i}")), label(&long[..64])),
+                0 => (None, None, None),
+                1 => (label(""), label(&format!("c{i}")), label("tv")),
+                2 => (label(&long), None, None),
+                _ => (label(&format!("d{i}")), label(&long[..64]), label(&long)),
             };
-            Op::Acquire(Acquire { device_id: labels.0, content_id: labels.1, ..acquire(&s, 1000) })
+            let (device_id, content_id, device_class) = labels;
+            let plan = if i.is_multiple_of(3) { label("premium") } else { None };
+            Op::Acquire(Acquire { device_id, content_id, device_class, plan, ..acquire(&s, 1000) })
         };
         for i in 0..1000 {
             pair.run("big", grant(format!("a{i}"), i)).await;
@@ -440,8 +505,8 @@ mod tests {
         let last_end = redis::Script::new(
             "local v = { cmsgpack.unpack(redis.call('GET', KEYS[1])) }
              local last = 0
-             for b = 5, 4 + 5 * v[2], 5 do last = math.max(last, v[b + 3]) end
-             for b = 5 + 5 * v[2], #v - 1, 3 do last = math.max(last, v[b + 2]) end
+             for b = 5, 4 + 8 * v[2], 8 do last = math.max(last, v[b + 3]) end
+             for b = 5 + 8 * v[2], #v - 1, 3 do last = math.max(last, v[b + 2]) end
              return { string.format('%d', last), redis.call('PTTL', KEYS[1]) }",
         );
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;
@@ -565,5 +630,457 @@ mod tests {
             vec![stream("x"), stream("y")]
         );
         assert!(matches!(store.acquire(&carol, acquire("y", 3)).await.unwrap(), Decision::Gone(_)));
+    }
+
+    /// State written by the previous version of the script (format 2: five
+    /// values per lease, with no device class, content kind or plan, as in
+    /// its docs) is read and answered from, left alone by reads, and
+    /// rewritten as format 3 by the next write, losing nothing.
+    #[tokio::test]
+    async fn format_2_state_is_read_then_upgraded() {
+        let redis = RedisServer::start(&[]);
+        let clock = ManualClock::new(Timestamp::from_micros(1_796_002_820_000_000));
+        let store = open(vec![redis.url()], RedisMode::Standalone, &clock).await;
+        let cli = |args: &[&str]| harness::cli(redis.port, args).trim().to_owned();
+        // The format-2 state of docs/redis.md's example, written with
+        // Redis's own MessagePack, with the expiry its deadline gives.
+        let seed = "redis.call('SET', KEYS[1], cmsgpack.pack(2, 2, 1, 1796002997739002, 5, \
+             'tv-1', 1796002816733200, 1796002876733200, 'living-room-tv', 'movie-42', \
+             'laptop-1', 1796002816744002, 1796002876744002, false, false, \
+             'phone-1', 1796002936738575, 'laptop-1'), 'PX', 177739)";
+        cli(&["EVAL", seed, "1", "sc:{alice}:s"]);
+        cli(&["SET", "sc:{alice}:o", "5"]);
+        // The stored values, numbers in decimal and false as "false".
+        let dump = |key: &str| {
+            let script = "local v = { cmsgpack.unpack(redis.call('GET', KEYS[1])) } \
+                 for i, x in ipairs(v) do \
+                   if type(x) == 'number' then v[i] = string.format('%d', x) \
+                   elseif x == false then v[i] = 'false' end \
+                 end return v";
+            cli(&["EVAL", script, "1", key]).lines().map(str::to_owned).collect::<Vec<_>>()
+        };
+        let before = dump("sc:{alice}:s");
+        assert_eq!(before[..5], ["2", "2", "1", "1796002997739002", "5"], "{before:?}");
+
+        let five = Limit::new(5).unwrap();
+        let tv = Lease {
+            stream_id: stream("tv-1"),
+            device_id: label("living-room-tv"),
+            content_id: label("movie-42"),
+            device_class: None,
+            content_kind: None,
+            plan: None,
+            started_at: Timestamp::from_micros(1_796_002_816_733_200),
+            expires_at: Timestamp::from_micros(1_796_002_876_733_200),
+        };
+        let laptop = Lease {
+            stream_id: stream("laptop-1"),
+            device_id: None,
+            content_id: None,
+            started_at: Timestamp::from_micros(1_796_002_816_744_002),
+            expires_at: Timestamp::from_micros(1_796_002_876_744_002),
+            ..tv.clone()
+        };
+        let u = user("alice");
+        // Reads answer from it and leave it as it is.
+        assert_eq!(store.list(&u, Limit::new(3).unwrap()).await.unwrap(), (five, vec![tv.clone(), laptop.clone()]));
+        assert!(matches!(store.acquire(&u, acquire("phone-1", 3)).await.unwrap(), Decision::Gone(_)));
+        assert_eq!(dump("sc:{alice}:s"), before);
+        // The override's copy is set in place, still in format 2.
+        store.set_override(&u, Some(Limit::new(6).unwrap())).await.unwrap();
+        let six = Limit::new(6).unwrap();
+        assert_eq!(dump("sc:{alice}:s")[..5], ["2", "2", "1", "1796002997739002", "6"]);
+
+        // A renewal that names a device class and a plan writes format 3:
+        // every lease gains the three values, nothing else changes, and
+        // the key keeps its expiry.
+        let pttl: i64 = cli(&["PTTL", "sc:{alice}:s"]).parse().unwrap();
+        let renewal = Acquire { device_class: label("tv"), plan: label("premium"), ..acquire("tv-1", 3) };
+        let renewed = Lease {
+            device_class: label("tv"),
+            plan: label("premium"),
+            expires_at: clock.now().plus(Ttl::from_secs(60).unwrap()),
+            ..tv.clone()
+        };
+        match store.acquire(&u, renewal).await.unwrap() {
+            Decision::Renewed(g) => assert_eq!((g.lease, g.active_streams, g.limit), (renewed.clone(), 2, six)),
+            d => panic!("{d:?}"),
+        }
+        let after = dump("sc:{alice}:s");
+        let expected = [
+            "3",
+            "2",
+            "1",
+            "1796002997739002",
+            "6",
+            "tv-1",
+            "1796002816733200",
+            "1796002880000000",
+            "living-room-tv",
+            "movie-42",
+            "tv",
+            "false",
+            "premium",
+            "laptop-1",
+            "1796002816744002",
+            "1796002876744002",
+            "false",
+            "false",
+            "false",
+            "false",
+            "false",
+            "phone-1",
+            "1796002936738575",
+            "laptop-1",
+        ];
+        assert_eq!(after, expected);
+        let kept: i64 = cli(&["PTTL", "sc:{alice}:s"]).parse().unwrap();
+        assert!((1..=pttl).contains(&kept), "the upgrade kept the expiry: {kept} ms, was {pttl} ms");
+        assert_eq!(store.list(&u, Limit::new(3).unwrap()).await.unwrap(), (six, vec![renewed, laptop]));
+
+        // A release reads format 2 through its own path.
+        let seed_bob = "redis.call('SET', KEYS[1], cmsgpack.pack(2, 2, 0, 1796002997739002, false, \
+             'x', 1796002816733200, 1796002876733200, 'd', false, \
+             'y', 1796002816733201, 1796002876733201, false, 'c'), 'PX', 177739)";
+        cli(&["EVAL", seed_bob, "1", "sc:{bob}:s"]);
+        store.release(&user("bob"), stream("x")).await.unwrap();
+        let bob = dump("sc:{bob}:s");
+        assert_eq!(bob[..5], ["3", "1", "0", "1796002997739002", "false"]);
+        assert_eq!(bob[5..], ["y", "1796002816733201", "1796002876733201", "false", "c", "false", "false", "false"]);
+    }
+
+    fn rule(name: &str, limit: u32) -> Rule {
+        Rule {
+            name: Label::new(name).unwrap(),
+            device_class: None,
+            content_kind: None,
+            per_content: false,
+            limit: Limit::new(limit).unwrap(),
+            exempt: false,
+        }
+    }
+
+    fn tv_rule(limit: u32) -> Rule {
+        Rule { device_class: label("tv"), ..rule("tv", limit) }
+    }
+
+    fn per_title(limit: u32) -> Rule {
+        Rule { per_content: true, ..rule("one-per-title", limit) }
+    }
+
+    /// An acquire of `stream` under `rules` with total `limit`, on a
+    /// device of `class` playing `title` of `kind` (each optional).
+    fn on(
+        stream: &str,
+        limit: u32,
+        rules: &[Rule],
+        class: Option<&str>,
+        kind: Option<&str>,
+        title: Option<&str>,
+    ) -> Acquire {
+        Acquire {
+            device_class: class.and_then(label),
+            content_kind: kind.and_then(label),
+            content_id: title.and_then(label),
+            rules: Arc::from(rules),
+            ..acquire(stream, limit)
+        }
+    }
+
+    fn decision(reply: Reply) -> Decision {
+        match reply {
+            Reply::Decision(d) => d,
+            other => panic!("not a decision: {other:?}"),
+        }
+    }
+
+    fn names(leases: &[Lease]) -> Vec<&str> {
+        leases.iter().map(|l| l.stream_id.as_str()).collect()
+    }
+
+    fn hit(name: &str, limit: u32) -> Option<crate::limiter::RuleHit> {
+        Some(crate::limiter::RuleHit { name: Label::new(name).unwrap(), limit: Limit::new(limit).unwrap() })
+    }
+
+    /// The issue's examples and each corner of the rules, on Redis and on
+    /// the rules side by side (`Pair::run` requires equal answers); the
+    /// assertions say what those answers are.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rules_match_the_reference() {
+        let redis = RedisServer::start(&[]);
+        let clock = ManualClock::new(T0);
+        let p = Pair::new(&redis, &clock).await;
+        let go = |a: Acquire| Op::Acquire(a);
+
+        // "4 streams, but at most 2 on TVs".
+        let tv = [tv_rule(2)];
+        for s in ["tv1", "tv2"] {
+            assert!(matches!(
+                decision(p.run("tv", go(on(s, 4, &tv, Some("tv"), None, None))).await),
+                Decision::Granted(_)
+            ));
+            clock.advance_ms(1);
+        }
+        match decision(p.run("tv", go(on("tv3", 4, &tv, Some("tv"), None, None))).await) {
+            Decision::Denied(d) => {
+                assert_eq!((d.limit.get(), d.rule, names(&d.live)), (4, hit("tv", 2), vec!["tv1", "tv2"]))
+            }
+            d => panic!("{d:?}"),
+        }
+        for s in ["m1", "m2"] {
+            p.run("tv", go(on(s, 4, &tv, Some("mobile"), None, None))).await;
+            clock.advance_ms(1);
+        }
+        match decision(p.run("tv", go(on("m3", 4, &tv, Some("mobile"), None, None))).await) {
+            Decision::Denied(d) => assert_eq!((d.rule, names(&d.live)), (None, vec!["tv1", "tv2", "m1", "m2"])),
+            d => panic!("{d:?}"),
+        }
+        p.run("tv", Op::Release(stream("m2"))).await;
+        assert!(matches!(decision(p.run("tv", go(on("x", 4, &tv, None, None, None))).await), Decision::Granted(_)));
+        p.run("tv", Op::List { limit: Limit::new(4).unwrap() }).await;
+
+        // "the same title on at most 1 screen"; untitled streams are outside.
+        let titles = [per_title(1)];
+        p.run("title", go(on("a", 4, &titles, None, None, Some("film")))).await;
+        match decision(p.run("title", go(on("b", 4, &titles, None, None, Some("film")))).await) {
+            Decision::Denied(d) => assert_eq!((d.rule, names(&d.live)), (hit("one-per-title", 1), vec!["a"])),
+            d => panic!("{d:?}"),
+        }
+        for (s, title) in [("c", Some("show")), ("d", None), ("e", None)] {
+            assert!(matches!(
+                decision(p.run("title", go(on(s, 4, &titles, None, None, title))).await),
+                Decision::Granted(_)
+            ));
+        }
+        p.run("title", go(on("f", 4, &titles, None, None, Some("other")))).await;
+
+        // "downloads don't count", two of them at most; a total of 1.
+        let downloads = [Rule { content_kind: label("download"), exempt: true, ..rule("downloads", 2) }];
+        for (s, kind) in [("watch", None), ("dl1", Some("download")), ("dl2", Some("download"))] {
+            assert!(matches!(
+                decision(p.run("dl", go(on(s, 1, &downloads, None, kind, None))).await),
+                Decision::Granted(_)
+            ));
+        }
+        match decision(p.run("dl", go(on("dl3", 1, &downloads, None, Some("download"), None))).await) {
+            Decision::Denied(d) => assert_eq!((d.rule, names(&d.live)), (hit("downloads", 2), vec!["dl1", "dl2"])),
+            d => panic!("{d:?}"),
+        }
+        match decision(p.run("dl", go(on("watch2", 1, &downloads, None, Some("vod"), None))).await) {
+            Decision::Denied(d) => assert_eq!((d.rule, names(&d.live)), (None, vec!["watch"])),
+            d => panic!("{d:?}"),
+        }
+        // A download can become a counted stream only if the total has room.
+        match decision(p.run("dl", go(on("dl1", 1, &downloads, None, Some("vod"), None))).await) {
+            Decision::Denied(d) => assert_eq!((d.rule, names(&d.live)), (None, vec!["watch"])),
+            d => panic!("{d:?}"),
+        }
+
+        // "1 live event at a time", and a rule of 0 that nothing can satisfy.
+        let live = [
+            Rule { content_kind: label("live"), ..rule("live", 1) },
+            Rule { device_class: label("car"), ..rule("no-car", 0) },
+        ];
+        let evicting = |a: Acquire| go(Acquire { on_limit: OnLimit::EvictOldest, ..a });
+        p.run("live", go(on("l1", 3, &live, None, Some("live"), None))).await;
+        clock.advance_ms(1);
+        match decision(p.run("live", evicting(on("l2", 3, &live, None, Some("live"), None))).await) {
+            Decision::Granted(g) => assert_eq!(names(&g.evicted), ["l1"]),
+            d => panic!("{d:?}"),
+        }
+        match decision(p.run("live", evicting(on("c1", 3, &live, Some("car"), None, None))).await) {
+            Decision::Denied(d) => assert_eq!((d.rule, d.live), (hit("no-car", 0), vec![])),
+            d => panic!("{d:?}"),
+        }
+        assert!(matches!(
+            decision(p.run("live", go(on("l1", 3, &live, None, Some("live"), None))).await),
+            Decision::Gone(_)
+        ));
+
+        // evict_oldest frees a seat in every full scope, and reports the
+        // victims oldest first: the title's before the TVs'.
+        let both = [tv_rule(2), per_title(1)];
+        for (s, class, title) in [("m-film", "mobile", "film"), ("tv1", "tv", "a"), ("tv2", "tv", "b")] {
+            p.run("evict", go(on(s, 4, &both, Some(class), None, Some(title)))).await;
+            clock.advance_ms(1);
+        }
+        match decision(p.run("evict", evicting(on("new", 4, &both, Some("tv"), None, Some("film")))).await) {
+            Decision::Granted(g) => assert_eq!(names(&g.evicted), ["m-film", "tv1"]),
+            d => panic!("{d:?}"),
+        }
+        p.run("evict", Op::List { limit: Limit::new(4).unwrap() }).await;
+
+        // Take-over must free a seat in every full scope; shadow mode says
+        // which rule would refuse, or whom it would evict.
+        let one_tv = [tv_rule(1)];
+        for (s, class) in [("tv1", "tv"), ("m1", "mobile")] {
+            p.run("take", go(on(s, 2, &one_tv, Some(class), None, None))).await;
+            clock.advance_ms(1);
+        }
+        let take = |evict: &str, enforce| {
+            go(Acquire { evict: vec![stream(evict)], enforce, ..on("tv2", 2, &one_tv, Some("tv"), None, None) })
+        };
+        match decision(p.run("take", take("m1", true)).await) {
+            Decision::Denied(d) => assert_eq!((d.rule, names(&d.live)), (hit("tv", 1), vec!["tv1"])),
+            d => panic!("{d:?}"),
+        }
+        match decision(p.run("take", take("m1", false)).await) {
+            Decision::Granted(g) => assert_eq!((g.would_deny, g.would_deny_rule), (true, hit("tv", 1))),
+            d => panic!("{d:?}"),
+        }
+        p.run("take", Op::Release(stream("tv2"))).await;
+        match decision(p.run("take", take("tv1", false)).await) {
+            Decision::Granted(g) => assert_eq!((g.would_deny, g.would_evict), (false, vec![stream("tv1")])),
+            d => panic!("{d:?}"),
+        }
+        p.run("take", Op::Release(stream("tv2"))).await;
+        match decision(p.run("take", take("tv1", true)).await) {
+            Decision::Granted(g) => assert_eq!(names(&g.evicted), ["tv1"]),
+            d => panic!("{d:?}"),
+        }
+        let shadow_evict = go(Acquire {
+            enforce: false,
+            on_limit: OnLimit::EvictOldest,
+            ..on("tv3", 2, &one_tv, Some("tv"), None, None)
+        });
+        match decision(p.run("take", shadow_evict).await) {
+            // The TV seat is the one to free; the total then has room.
+            Decision::Granted(g) => assert_eq!((g.would_deny, g.would_evict), (false, vec![stream("tv2")])),
+            d => panic!("{d:?}"),
+        }
+
+        // A renewal cannot move a stream into a full scope: refused, the
+        // lease untouched; in shadow mode renewed with the rule named.
+        let moves = [tv_rule(1), per_title(1)];
+        p.run("move", go(on("tv1", 4, &moves, Some("tv"), None, Some("a")))).await;
+        clock.advance_ms(1);
+        p.run("move", go(on("m1", 4, &moves, Some("mobile"), None, Some("b")))).await;
+        clock.advance_ms(1);
+        match decision(p.run("move", go(on("m1", 4, &moves, None, None, Some("a")))).await) {
+            Decision::Denied(d) => assert_eq!((d.rule, names(&d.live)), (hit("one-per-title", 1), vec!["tv1"])),
+            d => panic!("{d:?}"),
+        }
+        assert!(matches!(
+            decision(p.run("move", go(on("m1", 4, &moves, Some("tv"), None, None))).await),
+            Decision::Denied(_)
+        ));
+        p.run("move", Op::List { limit: Limit::new(4).unwrap() }).await;
+        let shadow = go(Acquire { enforce: false, ..on("m1", 4, &moves, Some("tv"), Some("vod"), None) });
+        match decision(p.run("move", shadow).await) {
+            Decision::Renewed(g) => {
+                assert_eq!((g.would_deny, g.would_deny_rule), (true, hit("tv", 1)));
+                assert_eq!((g.lease.device_class, g.lease.content_kind), (label("tv"), label("vod")));
+            }
+            d => panic!("{d:?}"),
+        }
+        // A rule lowered below its live streams: they keep renewing.
+        let lowered = [Rule { limit: Limit::new(0).unwrap(), ..tv_rule(1) }];
+        assert!(matches!(
+            decision(p.run("move", go(on("tv1", 4, &lowered, None, None, None))).await),
+            Decision::Renewed(_)
+        ));
+        p.run("move", Op::List { limit: Limit::new(4).unwrap() }).await;
+
+        // Attributes and the plan stay on the lease; a renewal naming a
+        // plan replaces it, one naming none keeps it.
+        let first = Acquire {
+            plan: label("premium"),
+            device_id: label("dev"),
+            ..on("a", 4, &[], Some("tv"), Some("live"), Some("match"))
+        };
+        p.run("attrs", go(first)).await;
+        p.run("attrs", go(acquire("a", 4))).await;
+        match decision(p.run("attrs", go(Acquire { plan: label("basic"), ..acquire("a", 4) })).await) {
+            Decision::Renewed(g) => assert_eq!((g.lease.plan, g.lease.content_kind), (label("basic"), label("live"))),
+            d => panic!("{d:?}"),
+        }
+        p.run("attrs", Op::List { limit: Limit::new(4).unwrap() }).await;
+
+        // Long names and scopes take MessagePack's longer string forms.
+        let (name, class) = ("n".repeat(64), "é".repeat(128));
+        let long = [Rule { device_class: label(&class), ..rule(&name, 1) }];
+        p.run("long", go(on("a", 4, &long, Some(&class), None, None))).await;
+        match decision(p.run("long", go(on("b", 4, &long, Some(&class), None, None))).await) {
+            Decision::Denied(d) => assert_eq!((d.rule, names(&d.live)), (hit(&name, 1), vec!["a"])),
+            d => panic!("{d:?}"),
+        }
+
+        // An override changes the total, never a rule.
+        p.run("over", Op::SetOverride(Limit::new(1))).await;
+        p.run("over", go(on("tv1", 4, &tv, Some("tv"), None, None))).await;
+        match decision(p.run("over", go(on("m1", 4, &tv, Some("mobile"), None, None))).await) {
+            Decision::Denied(d) => assert_eq!((d.limit.get(), d.rule), (1, None)),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    /// A long pseudo-random run with rules and lease attributes, checked
+    /// step by step against the rules: random rule sets (scoped, per title,
+    /// exempt, zero), classes, kinds, titles and plans, renewals that
+    /// change them, reject and evict_oldest, take-overs, shadow mode,
+    /// overrides, releases, revocations and time passing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn random_runs_with_rules_match_the_reference() {
+        let redis = RedisServer::start(&[]);
+        let clock = ManualClock::new(T0);
+        let p = Pair::new(&redis, &clock).await;
+        let sets: [Vec<Rule>; 6] = [
+            vec![],
+            vec![tv_rule(2)],
+            vec![tv_rule(1), per_title(1)],
+            vec![Rule { content_kind: label("dl"), exempt: true, ..rule("downloads", 2) }, per_title(2)],
+            vec![
+                Rule { content_kind: label("live"), ..rule("live", 1) },
+                Rule { device_class: label("tv"), content_kind: label("dl"), ..rule("tv-dl", 0) },
+                Rule { device_class: label("tv"), exempt: true, ..rule("tv-free", 3) },
+            ],
+            vec![Rule { device_class: label("tv"), per_content: true, ..rule("tv-title", 1) }, tv_rule(2)],
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let pick = |i: u64, of: &[&str]| of.get(i as usize).and_then(|s| label(s));
+        let (mut granted, mut denied_by_rule) = (0, 0);
+        for _ in 0..4000 {
+            let u = format!("u{}", next(4));
+            let s = format!("s{}", next(6));
+            let op = match next(14) {
+                0..=8 => {
+                    let mut a = acquire(&s, next(5) as u32);
+                    a.rules = Arc::from(sets[next(sets.len() as u64) as usize].clone());
+                    a.device_class = pick(next(4), &["tv", "mobile", ""]);
+                    a.content_kind = pick(next(4), &["live", "dl", "vod"]);
+                    a.content_id = pick(next(5), &["t1", "t2", "t3"]);
+                    a.plan = pick(next(4), &["basic", "premium"]);
+                    a.device_id = pick(next(3), &["d1", "d2"]);
+                    a.ttl = Ttl::from_secs(1 + next(20) as u32).unwrap();
+                    a.on_limit = if next(2) == 0 { OnLimit::Reject } else { OnLimit::EvictOldest };
+                    a.enforce = next(5) != 0;
+                    if next(6) == 0 {
+                        a.evict = (0..1 + next(2)).map(|_| stream(&format!("s{}", next(6)))).collect();
+                    }
+                    Op::Acquire(a)
+                }
+                9 => Op::Release(stream(&s)),
+                10 => Op::RevokeAll { ttl: Ttl::from_secs(1 + next(20) as u32).unwrap() },
+                11 => Op::List { limit: Limit::new(next(5) as u32).unwrap() },
+                12 => Op::SetOverride(if next(3) == 0 { None } else { Limit::new(next(5) as u32) }),
+                _ => {
+                    clock.advance_ms(next(6_000) as i64);
+                    continue;
+                }
+            };
+            match p.run(&u, op).await {
+                Reply::Decision(Decision::Granted(_)) => granted += 1,
+                Reply::Decision(Decision::Denied(Denial { rule: Some(_), .. })) => denied_by_rule += 1,
+                _ => {}
+            }
+        }
+        // The run must reach both outcomes often, or it proves little.
+        assert!(granted > 300 && denied_by_rule > 40, "granted {granted}, denied by a rule {denied_by_rule}");
     }
 }

@@ -6,8 +6,8 @@
 
 use super::super::StoreError;
 use crate::limiter::{
-    Acquire, Decision, Denial, Grant, Label, Lease, Limit, LimitSource, Op, Reply, RevokeReason, StreamId, Timestamp,
-    Tombstone,
+    Acquire, Decision, Denial, Grant, Label, Lease, Limit, LimitSource, Op, Reply, RevokeReason, Rule, RuleHit,
+    StreamId, Timestamp, Tombstone,
 };
 use crate::metrics;
 
@@ -60,20 +60,13 @@ fn decision(req: Acquire, kind: &[u8], r: &mut Reader<'_>) -> Result<Decision, S
                 plan: req.plan,
             };
             let would_deny = r.bool()?;
+            let would_deny_rule = r.rule(&req.rules)?;
             let evicted = (0..r.count()?).map(|_| r.lease()).collect::<Result<_, _>>()?;
             let mut would_evict = Vec::new();
             while !r.is_empty() {
                 would_evict.push(r.stream()?);
             }
-            Decision::Granted(Grant {
-                lease,
-                active_streams,
-                limit,
-                evicted,
-                would_deny,
-                would_deny_rule: None,
-                would_evict,
-            })
+            Decision::Granted(Grant { lease, active_streams, limit, evicted, would_deny, would_deny_rule, would_evict })
         }
         b"renewed" => {
             let active_streams = r.count()?;
@@ -83,23 +76,17 @@ fn decision(req: Acquire, kind: &[u8], r: &mut Reader<'_>) -> Result<Decision, S
                 expires_at: r.time()?,
                 device_id: r.label(req.device_id.as_ref())?,
                 content_id: r.label(req.content_id.as_ref())?,
+                device_class: r.label(req.device_class.as_ref())?,
+                content_kind: r.label(req.content_kind.as_ref())?,
+                plan: r.label(req.plan.as_ref())?,
                 stream_id: req.stream_id,
-                device_class: None,
-                content_kind: None,
-                plan: None,
             };
+            let would_deny = r.bool()?;
+            let would_deny_rule = r.rule(&req.rules)?;
             let (evicted, would_evict) = (Vec::new(), Vec::new());
-            Decision::Renewed(Grant {
-                lease,
-                active_streams,
-                limit,
-                evicted,
-                would_deny: false,
-                would_deny_rule: None,
-                would_evict,
-            })
+            Decision::Renewed(Grant { lease, active_streams, limit, evicted, would_deny, would_deny_rule, would_evict })
         }
-        b"denied" => Decision::Denied(Denial { limit: r.limit()?, rule: None, live: r.leases()? }),
+        b"denied" => Decision::Denied(Denial { limit: r.limit()?, rule: r.rule(&req.rules)?, live: r.leases()? }),
         b"gone" => {
             let until = r.time()?;
             let reason = match r.opt_str()? {
@@ -251,10 +238,21 @@ impl<'a> Reader<'a> {
             expires_at: self.time()?,
             device_id: self.label(None)?,
             content_id: self.label(None)?,
-            device_class: None,
-            content_kind: None,
-            plan: None,
+            device_class: self.label(None)?,
+            content_kind: self.label(None)?,
+            plan: self.label(None)?,
         })
+    }
+
+    /// A rule the script named (its name and limit), or `None` for false.
+    /// It is one of the request's `rules`, whose name it shares.
+    fn rule(&mut self, rules: &[Rule]) -> Result<Option<RuleHit>, StoreError> {
+        let Some(name) = self.opt_str()? else { return Ok(None) };
+        let limit = self.limit()?;
+        let rule = rules.iter().find(|r| r.name.as_str().as_bytes() == name && r.limit == limit);
+        let rule =
+            rule.ok_or_else(|| bad(format!("rule {:?} is not one of the request's", String::from_utf8_lossy(name))))?;
+        Ok(Some(RuleHit { name: rule.name.clone(), limit }))
     }
 
     /// Leases up to the end of the reply.
@@ -311,26 +309,72 @@ mod tests {
         let times = [0, 127, 128, 255, 256, 65_535, 65_536, 4_294_967_295, 4_294_967_296, (1 << 53) - 1];
         for (i, t) in times.into_iter().enumerate() {
             let device = if i % 2 == 0 { &long } else { &longer };
-            let bytes = [str("leases"), int(3), str("s"), int(t), int(t), str(device), vec![0xc2]].concat();
+            let labels = [str(device), vec![0xc2], str("tv"), vec![0xc2], str(&long[..64])];
+            let bytes = [str("leases"), int(3), str("s"), int(t), int(t), labels.concat()].concat();
             let Reply::Leases { limit, live } = decode(list(1), &bytes).unwrap() else { panic!() };
             assert_eq!(limit.get(), 3);
             assert_eq!(live[0].started_at.as_micros(), t as i64);
             assert_eq!(live[0].device_id.as_ref().map(Label::as_str), Some(device.as_str()));
             assert_eq!(live[0].content_id, None);
+            assert_eq!(live[0].device_class.as_ref().map(Label::as_str), Some("tv"));
+            assert_eq!(live[0].content_kind, None);
+            assert_eq!(live[0].plan.as_ref().map(Label::as_str), Some(&long[..64]));
         }
     }
 
     #[test]
     fn an_empty_label_is_a_label() {
-        let bytes = [str("leases"), int(1), str("s"), int(1), int(2), str(""), vec![0xc2]].concat();
+        let bytes = [str("leases"), int(1), str("s"), int(1), int(2), str(""), vec![0xc2; 4]].concat();
         let Reply::Leases { live, .. } = decode(list(1), &bytes).unwrap() else { panic!() };
         assert_eq!(live[0].device_id, Some(Label::new("").unwrap()));
         assert_eq!(live[0].content_id, None);
     }
 
     #[test]
+    fn a_named_rule_is_one_of_the_request_s() {
+        let tv = Rule {
+            name: Label::new("tv").unwrap(),
+            device_class: Some(Label::new("tv").unwrap()),
+            content_kind: None,
+            per_content: false,
+            limit: Limit::new(2).unwrap(),
+            exempt: false,
+        };
+        let req = Acquire { rules: std::sync::Arc::from([tv.clone()]), ..Acquire::for_test("s", 4) };
+        let lease = [str("a"), int(1), int(2), vec![0xc2; 2], str("tv"), vec![0xc2; 2]].concat();
+        let denied = [str("denied"), int(0), int(4), str("tv"), int(2), lease].concat();
+        match decode(Op::Acquire(req.clone()), &denied).unwrap() {
+            Reply::Decision(Decision::Denied(d)) => {
+                let rule = d.rule.unwrap();
+                assert_eq!((rule.name.as_str(), rule.limit.get(), d.limit.get()), ("tv", 2, 4));
+                assert_eq!(d.live[0].device_class.as_ref().map(Label::as_str), Some("tv"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The total: false, and nothing else.
+        let total = [str("denied"), int(0), int(4), vec![0xc2]].concat();
+        match decode(Op::Acquire(req.clone()), &total).unwrap() {
+            Reply::Decision(Decision::Denied(d)) => assert_eq!((d.rule, d.live), (None, vec![])),
+            other => panic!("{other:?}"),
+        }
+        let shadow = [str("granted"), int(0), int(3), int(4), int(1), int(2), vec![0xc3], str("tv"), int(2), int(0)];
+        match decode(Op::Acquire(req.clone()), &shadow.concat()).unwrap() {
+            Reply::Decision(Decision::Granted(g)) => {
+                assert!(g.would_deny);
+                assert_eq!(g.would_deny_rule.map(|r| r.name), Some(tv.name.clone()));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A rule the request did not carry, or with another limit, is a broken reply.
+        for (name, limit) in [("radio", 2), ("tv", 3)] {
+            let bytes = [str("denied"), int(0), int(4), str(name), int(limit)].concat();
+            assert!(matches!(decode(Op::Acquire(req.clone()), &bytes), Err(StoreError::Unavailable(_))), "{name}");
+        }
+    }
+
+    #[test]
     fn malformed_replies_are_unavailable() {
-        let lease = [str("s"), int(1), int(2), vec![0xc2, 0xc2]].concat();
+        let lease = [str("s"), int(1), int(2), vec![0xc2; 5]].concat();
         let cases: [Vec<u8>; 7] = [
             vec![],
             [str("leases"), int(1), lease[..lease.len() - 1].to_vec()].concat(), // truncated
