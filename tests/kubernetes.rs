@@ -30,9 +30,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use common::redis::RedisServer;
 use common::{Process, binary, run_to_exit};
-use base64::Engine;
 use serde_json::Value;
 
 const DIR: &str = "deploy/kubernetes";
@@ -99,8 +99,7 @@ fn kustomization() -> Value {
 /// files written, one document each, and the documents.
 fn built() -> (Vec<PathBuf>, Vec<Value>) {
     let kustomization = kustomization();
-    let known: BTreeSet<&str> =
-        kustomization.as_object().expect("a mapping").keys().map(String::as_str).collect();
+    let known: BTreeSet<&str> = kustomization.as_object().expect("a mapping").keys().map(String::as_str).collect();
     let handled = BTreeSet::from(["apiVersion", "kind", "resources", "secretGenerator"]);
     assert!(known.is_subset(&handled), "the kustomization uses {known:?}; this test renders only {handled:?}");
     let mut docs = manifests();
