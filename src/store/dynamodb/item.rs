@@ -7,7 +7,7 @@
 //! | `user_id` | S | the partition key |
 //! | `version` | N | 1 on the first write, +1 on every write |
 //! | `write_id` | S | which write made this version (detects our own write after an ambiguous failure) |
-//! | `leases` | M | stream id → `{s: started_at, e: expires_at, d: device_id?, c: content_id?}` |
+//! | `leases` | M | stream id → `{s: started_at, e: expires_at, d: device_id?, c: content_id?, dc: device_class?, ck: content_kind?, p: plan?}` |
 //! | `tombstones` | M | stream id → `{u: until, by: evicting stream?}` (no `by`: revoked) |
 //! | `override` | N | the per-user limit, if any |
 //! | `expires_at` | N | the TTL attribute: the last lease expiry or tombstone `until`, epoch seconds rounded up; absent while there is an override |
@@ -86,15 +86,30 @@ pub(super) fn ttl_seconds(state: &UserState) -> Option<i64> {
     Some(last.as_micros().div_euclid(1_000_000) + i64::from(last.as_micros().rem_euclid(1_000_000) != 0))
 }
 
+/// A lease's field names: one or two letters, since every lease of an
+/// item repeats them and DynamoDB counts them toward the item's size.
+const STARTED_AT: &str = "s";
+const EXPIRES_AT: &str = "e";
+const DEVICE_ID: &str = "d";
+const CONTENT_ID: &str = "c";
+const DEVICE_CLASS: &str = "dc";
+const CONTENT_KIND: &str = "ck";
+const PLAN: &str = "p";
+
 fn lease(l: &Lease) -> AttributeValue {
-    let mut m = HashMap::with_capacity(4);
-    m.insert("s".into(), number(l.started_at.as_micros()));
-    m.insert("e".into(), number(l.expires_at.as_micros()));
-    if let Some(d) = &l.device_id {
-        m.insert("d".into(), AttributeValue::S(d.as_str().into()));
-    }
-    if let Some(c) = &l.content_id {
-        m.insert("c".into(), AttributeValue::S(c.as_str().into()));
+    let mut m = HashMap::with_capacity(7);
+    m.insert(STARTED_AT.into(), number(l.started_at.as_micros()));
+    m.insert(EXPIRES_AT.into(), number(l.expires_at.as_micros()));
+    for (name, value) in [
+        (DEVICE_ID, &l.device_id),
+        (CONTENT_ID, &l.content_id),
+        (DEVICE_CLASS, &l.device_class),
+        (CONTENT_KIND, &l.content_kind),
+        (PLAN, &l.plan),
+    ] {
+        if let Some(v) = value {
+            m.insert(name.into(), AttributeValue::S(v.as_str().into()));
+        }
     }
     AttributeValue::M(m)
 }
@@ -156,15 +171,21 @@ pub(super) fn decode(user: &UserId, item: &Item) -> Result<Stored, DecodeError> 
     Ok(Stored { state: UserState::new(leases, tombstones, limit_override), version, write_id })
 }
 
+/// Reads one lease. Only `s` and `e` are required: a lease written before
+/// device classes, content kinds and plans existed has none of them.
 fn decode_lease(at: &str, stream_id: StreamId, m: &Item) -> Result<Lease, DecodeError> {
-    let (mut started, mut expires, mut device_id, mut content_id) = (None, None, None, None);
+    let (mut started, mut expires) = (None, None);
+    let (mut device_id, mut content_id, mut device_class, mut content_kind, mut plan) = (None, None, None, None, None);
     for (name, value) in m {
         let at = || format!("{at}.{name}");
         match name.as_str() {
-            "s" => started = Some(Timestamp::from_micros(integer(&at(), value)?)),
-            "e" => expires = Some(Timestamp::from_micros(integer(&at(), value)?)),
-            "d" => device_id = Some(label(&at(), value)?),
-            "c" => content_id = Some(label(&at(), value)?),
+            STARTED_AT => started = Some(Timestamp::from_micros(integer(&at(), value)?)),
+            EXPIRES_AT => expires = Some(Timestamp::from_micros(integer(&at(), value)?)),
+            DEVICE_ID => device_id = Some(label(&at(), value)?),
+            CONTENT_ID => content_id = Some(label(&at(), value)?),
+            DEVICE_CLASS => device_class = Some(label(&at(), value)?),
+            CONTENT_KIND => content_kind = Some(label(&at(), value)?),
+            PLAN => plan = Some(label(&at(), value)?),
             _ => return Err(DecodeError(format!("unknown field {}", at()))),
         }
     }
@@ -173,11 +194,11 @@ fn decode_lease(at: &str, stream_id: StreamId, m: &Item) -> Result<Lease, Decode
         stream_id,
         device_id,
         content_id,
-        device_class: None,
-        content_kind: None,
-        plan: None,
-        started_at: started.ok_or_else(|| missing("s"))?,
-        expires_at: expires.ok_or_else(|| missing("e"))?,
+        device_class,
+        content_kind,
+        plan,
+        started_at: started.ok_or_else(|| missing(STARTED_AT))?,
+        expires_at: expires.ok_or_else(|| missing(EXPIRES_AT))?,
     })
 }
 
@@ -233,9 +254,9 @@ mod tests {
             stream_id: StreamId::new(s).unwrap(),
             device_id: d.map(|d| Label::new(d).unwrap()),
             content_id: Some(Label::new("").unwrap()),
-            device_class: None,
-            content_kind: None,
-            plan: None,
+            device_class: d.map(|_| Label::new("tv").unwrap()),
+            content_kind: d.map(|_| Label::new("live").unwrap()),
+            plan: d.map(|_| Label::new("premium").unwrap()),
             started_at: Timestamp::from_micros(1_700_000_000_000_001),
             expires_at: Timestamp::from_micros(1_700_000_060_000_001),
         };
@@ -277,6 +298,51 @@ mod tests {
         let item = encode(&u, &with_override, 1, "w2");
         assert!(!item.contains_key(TTL), "an override keeps the item for good");
         assert_eq!(decode(&u, &item).unwrap().state.limit_override(), Limit::new(0));
+    }
+
+    /// The attributes are written under their short names, each only
+    /// when the lease has it; an item written before they existed reads
+    /// with none of them.
+    #[test]
+    fn lease_attributes_have_short_names_and_may_be_absent() {
+        let u = user("alice");
+        let item = encode(&u, &sample(), 1, "w");
+        let leases = item[LEASES].as_m().unwrap();
+        let fields = |s: &str| {
+            let mut names: Vec<&str> = leases[s].as_m().unwrap().keys().map(String::as_str).collect();
+            names.sort_unstable();
+            names
+        };
+        assert_eq!(fields("tv"), ["c", "ck", "d", "dc", "e", "p", "s"]);
+        assert_eq!(fields("phone"), ["c", "e", "s"]);
+        let tv = leases["tv"].as_m().unwrap();
+        let s = |v: &str| AttributeValue::S(v.into());
+        assert_eq!((&tv["dc"], &tv["ck"], &tv["p"]), (&s("tv"), &s("live"), &s("premium")));
+
+        let n = |v: &str| AttributeValue::N(v.into());
+        let old_lease = [("s", n("1")), ("e", n("2")), ("d", s("tv")), ("c", s("m"))];
+        let old_item: Item = [
+            (KEY.to_owned(), s("alice")),
+            (VERSION.to_owned(), n("3")),
+            (
+                LEASES.to_owned(),
+                AttributeValue::M(
+                    [(
+                        "a".to_owned(),
+                        AttributeValue::M(old_lease.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()),
+                    )]
+                    .into(),
+                ),
+            ),
+        ]
+        .into();
+        let back = decode(&u, &old_item).unwrap();
+        let l = &back.state.leases()[0];
+        assert_eq!(
+            (l.device_id.as_ref().map(Label::as_str), l.content_id.as_ref().map(Label::as_str)),
+            (Some("tv"), Some("m"))
+        );
+        assert_eq!((&l.device_class, &l.content_kind, &l.plan), (&None, &None, &None));
     }
 
     #[test]
@@ -322,6 +388,9 @@ mod tests {
             ("leases", Some(m(&[("a", m(&[("s", n("1")), ("e", n("2")), ("d", n("3"))]))])), "leases.a.d"),
             ("leases", Some(m(&[("a", m(&[("s", n("1")), ("e", n("2")), ("x", n("3"))]))])), "leases.a.x"),
             ("leases", Some(m(&[("a", m(&[("s", n("1")), ("e", n("2")), ("c", s(&"é".repeat(129)))]))])), "leases.a.c"),
+            ("leases", Some(m(&[("a", m(&[("s", n("1")), ("e", n("2")), ("dc", n("3"))]))])), "leases.a.dc"),
+            ("leases", Some(m(&[("a", m(&[("s", n("1")), ("e", n("2")), ("ck", s(&long))]))])), "leases.a.ck"),
+            ("leases", Some(m(&[("a", m(&[("s", n("1")), ("e", n("2")), ("p", m(&[]))]))])), "leases.a.p"),
             ("tombstones", Some(m(&[("a", m(&[]))])), "tombstones.a has no u"),
             ("tombstones", Some(m(&[("a", m(&[("u", n("1")), ("by", s("no/slash"))]))])), "tombstones.a.by"),
             ("override", Some(n("1001")), "override"),

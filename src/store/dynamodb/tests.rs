@@ -221,9 +221,10 @@ fn uuid(kind: char, i: usize) -> String {
 }
 
 /// The largest account the rules allow: 1000 live leases with UUID-length
-/// stream, device and content ids, plus 1000 tombstones (a revocation,
-/// then 1000 new streams). Built by the rules, written by the store, and
-/// then used through the store: it stays well inside DynamoDB's 400 KB.
+/// stream, device and content ids and a realistic device class, content
+/// kind and plan, plus 1000 tombstones (a revocation, then 1000 new
+/// streams). Built by the rules, written by the store, and then used
+/// through the store: it stays well inside DynamoDB's 400 KB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_account_with_tombstones_fits_in_one_item() {
     let local = DynamoLocal::shared();
@@ -234,6 +235,9 @@ async fn a_full_account_with_tombstones_fits_in_one_item() {
     let labelled = |i: usize| Acquire {
         device_id: Some(Label::new(&uuid('d', i)).unwrap()),
         content_id: Some(Label::new(&uuid('c', i)).unwrap()),
+        device_class: Some(Label::new("smart-tv").unwrap()),
+        content_kind: Some(Label::new("live").unwrap()),
+        plan: Some(Label::new("premium").unwrap()),
         ..acquire(&uuid('s', i), 1000)
     };
     let mut state = UserState::default();
@@ -271,10 +275,11 @@ async fn a_full_account_with_tombstones_fits_in_one_item() {
     assert_eq!(store.list(&u, Limit::new(1000).unwrap()).await.unwrap().1.len(), 1000);
 }
 
-/// With ids and labels at their 128-character maximum, 1000 leases just
-/// fit, but 1000 tombstones of such streams leave room for only about 650
-/// leases more. The write that would exceed 400 KB is refused by DynamoDB:
-/// the store answers Unavailable, naming the cause, and grants nothing.
+/// With ids and labels at their 128-character maximum, 1000 leases do not
+/// fit in one item: DynamoDB refuses it, and only about half as many fit.
+/// 1000 tombstones of such streams leave room for fewer still. The write
+/// that would exceed 400 KB is refused by DynamoDB: the store answers
+/// Unavailable, naming the cause, and grants nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_item_over_400_kb_is_refused_without_a_grant() {
     let local = DynamoLocal::shared();
@@ -284,18 +289,36 @@ async fn an_item_over_400_kb_is_refused_without_a_grant() {
     let u = user(&"u".repeat(128));
     let max = |i: usize| {
         let id = |c: char| format!("{c}{i:04}{}", "x".repeat(123));
+        let label = |c: char| Some(Label::new(&id(c)).unwrap());
         Acquire {
-            device_id: Some(Label::new(&id('d')).unwrap()),
-            content_id: Some(Label::new(&id('c')).unwrap()),
+            device_id: label('d'),
+            content_id: label('c'),
+            device_class: label('k'),
+            content_kind: label('n'),
+            plan: label('p'),
             ..acquire(&id('s'), 1000)
         }
     };
     let mut state = UserState::default();
+    let mut fit = None;
     for i in 0..1000 {
+        let before = state.clone();
         apply(&mut state, Op::Acquire(max(i)), clock.now());
+        if fit.is_none() && item_size(&item::encode(&u, &state, 1, "w")) > 400 * 1024 {
+            fit = Some(before);
+        }
     }
-    let (size, units) = write_and_measure(&b, &table, &u, &state).await;
-    eprintln!("1000 leases with 128-character ids and labels: {size} bytes, {units} write units");
+    let fit = fit.expect("1000 leases with 128-character labels exceed 400 KB");
+    let size = item_size(&item::encode(&u, &state, 1, "w"));
+    eprintln!("1000 leases with 128-character ids and labels: {size} bytes by DynamoDB's rules");
+    match b.put(&u, &state, None, &b.writes.next()).await {
+        Err(Lost::Failed(e)) => assert!(e.to_string().contains("400 KB"), "{e}"),
+        Err(Lost::Race) => panic!("no item to race with"),
+        Ok(()) => panic!("DynamoDB took an item of {size} bytes"),
+    }
+    let (most, units) = write_and_measure(&b, &table, &u, &fit).await;
+    assert_eq!(units, most.div_ceil(1024) as f64, "estimate {most} bytes");
+    eprintln!("the most such leases one item holds: {}, {most} bytes, {units} write units", fit.leases().len());
     apply(&mut state, Op::RevokeAll { ttl: Ttl::from_secs(60).unwrap() }, clock.now());
     let (tombs, _) = write_and_measure(&b, &table, &u, &state).await;
     eprintln!("1000 tombstones of 128-character streams: {tombs} bytes");
@@ -326,6 +349,60 @@ async fn an_item_over_400_kb_is_refused_without_a_grant() {
     // Freeing a seat shrinks the item, and the user is served again.
     store.release(&u, live[0].stream_id.clone()).await.unwrap();
     assert!(matches!(store.acquire(&u, max(1000 + granted)).await.unwrap(), Decision::Granted(_)));
+}
+
+/// An item written before leases had a device class, content kind and
+/// plan is served as it is, and the write of a renewal that names them
+/// stores them under their short names, for the next reader to find.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_without_lease_attributes_is_read_and_gains_them() {
+    let local = DynamoLocal::shared();
+    let clock = ManualClock::new(T0);
+    let table = table(local).await;
+    let b = backend(local, &table, &clock).await;
+    let s = |v: &str| AttributeValue::S(v.into());
+    let n = |v: i64| AttributeValue::N(v.to_string());
+    let (start, end) = (T0.as_micros(), T0.plus(Ttl::from_secs(60).unwrap()).as_micros());
+    let old_lease: Item = [("s".into(), n(start)), ("e".into(), n(end)), ("d".into(), s("living-room"))].into();
+    let old: Item = [
+        (KEY.into(), s("old")),
+        ("version".into(), n(4)),
+        ("write_id".into(), s("earlier-1")),
+        ("leases".into(), AttributeValue::M([("tv".into(), AttributeValue::M(old_lease))].into())),
+        ("override".into(), n(1)),
+    ]
+    .into();
+    b.client.put_item().table_name(&table).set_item(Some(old)).send().await.unwrap();
+    let first = store(local, &table, &clock).await;
+    let u = user("old");
+    let (limit, live) = first.list(&u, Limit::new(3).unwrap()).await.unwrap();
+    assert_eq!((limit.get(), live.len()), (1, 1));
+    let l = &live[0];
+    assert_eq!(
+        (l.device_id.as_ref().map(Label::as_str), &l.device_class, &l.content_kind, &l.plan),
+        (Some("living-room"), &None, &None, &None)
+    );
+    assert!(matches!(first.acquire(&u, acquire("phone", 3)).await.unwrap(), Decision::Denied(_)), "the override holds");
+
+    clock.advance_ms(1_000);
+    let label = |v: &str| Some(Label::new(v).unwrap());
+    let renew =
+        Acquire { device_class: label("tv"), content_kind: label("live"), plan: label("premium"), ..acquire("tv", 3) };
+    let renewed = match first.acquire(&u, renew).await.unwrap() {
+        Decision::Renewed(g) => g.lease,
+        d => panic!("{d:?}"),
+    };
+    let item = b.client.get_item().table_name(&table).key(KEY, s("old")).consistent_read(true).send().await.unwrap();
+    let item = item.item.unwrap();
+    let tv = item["leases"].as_m().unwrap()["tv"].as_m().unwrap();
+    let mut fields: Vec<&str> = tv.keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["ck", "d", "dc", "e", "p", "s"]);
+    assert_eq!((&tv["dc"], &tv["ck"], &tv["p"], &tv["d"]), (&s("tv"), &s("live"), &s("premium"), &s("living-room")));
+    assert_eq!(item["version"], n(5));
+    // Another instance reads back the same lease.
+    let other = store(local, &table, &clock).await;
+    assert_eq!(other.list(&u, Limit::new(3).unwrap()).await.unwrap().1, vec![renewed]);
 }
 
 /// `create_table` turns TTL on for `expires_at`, and an item whose last

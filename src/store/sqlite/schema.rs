@@ -42,6 +42,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // and every renewal paid for updating one.
     "DROP INDEX leases_by_expiry;
     DROP INDEX tombstones_by_expiry;",
+    // 4: the lease attributes that rules' scopes read, and the plan the
+    // acquiring request named. Existing leases have none of them. Adding a
+    // column with no default rewrites no row, so this is instant on any
+    // file.
+    "ALTER TABLE leases ADD COLUMN device_class TEXT;
+    ALTER TABLE leases ADD COLUMN content_kind TEXT;
+    ALTER TABLE leases ADD COLUMN plan         TEXT;",
 ];
 
 /// Sets the connection up for durability and brings the schema up to date.
@@ -89,7 +96,8 @@ pub(super) fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
 
     // Leases first: a user's leases become their state.
     let mut stmt = conn.prepare(
-        "SELECT user_id, stream_id, device_id, content_id, started_at, expires_at FROM leases ORDER BY user_id",
+        "SELECT user_id, stream_id, device_id, content_id, started_at, expires_at, device_class, content_kind, plan
+         FROM leases ORDER BY user_id",
     )?;
     each_user(&mut stmt.query([])?, &mut loaded, lease, |users, user, leases| {
         users.replace(user, &UserState::new(leases, Vec::new(), None));
@@ -160,14 +168,15 @@ fn corrupt(loaded: &mut Loaded, user: &UserId, why: String) {
 fn lease(r: &Row<'_>) -> rusqlite::Result<Result<Lease, String>> {
     let (stream, device, content) = (r.get_ref(1)?, r.get_ref(2)?, r.get_ref(3)?);
     let (started_at, expires_at) = (r.get_ref(4)?, r.get_ref(5)?);
+    let (class, kind, plan) = (r.get_ref(6)?, r.get_ref(7)?, r.get_ref(8)?);
     Ok((|| {
         Ok(Lease {
             stream_id: stream_id("stream_id", stream.as_str().ok())?,
             device_id: label("device_id", device.as_str_or_null().ok())?,
             content_id: label("content_id", content.as_str_or_null().ok())?,
-            device_class: None,
-            content_kind: None,
-            plan: None,
+            device_class: label("device_class", class.as_str_or_null().ok())?,
+            content_kind: label("content_kind", kind.as_str_or_null().ok())?,
+            plan: label("plan", plan.as_str_or_null().ok())?,
             started_at: time("started_at", started_at.as_i64().ok())?,
             expires_at: time("expires_at", expires_at.as_i64().ok())?,
         })

@@ -160,6 +160,168 @@ async fn an_older_schema_is_migrated_in_place_and_a_newer_one_refused() {
     assert!(err.0.contains("newer than this binary"), "{err}");
 }
 
+/// A database written by the previous schema (3), with leases, both kinds
+/// of tombstone and an override, opens, migrates in place and keeps every
+/// row; its leases have no device class, content kind or plan until a
+/// renewal gives them one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_3_database_migrates_in_place_and_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (start, end) = (T0.as_micros(), T0.plus(Ttl::from_secs(60).unwrap()).as_micros());
+    {
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        for migration in &MIGRATIONS[..3] {
+            conn.execute_batch(migration).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        // Schema 3's own columns, in its own order.
+        let mut lease = conn.prepare("INSERT INTO leases VALUES (?1, ?2, ?3, ?4, ?5, ?6)").unwrap();
+        lease.execute(params!["u", "tv", "living-room", "movie-42", start, end]).unwrap();
+        lease.execute(params!["u", "phone", None::<String>, None::<String>, start + 1, end + 1]).unwrap();
+        lease.execute(params!["v", "a", "laptop", None::<String>, start, end]).unwrap();
+        let mut tomb = conn.prepare("INSERT INTO tombstones VALUES (?1, ?2, ?3, ?4)").unwrap();
+        tomb.execute(params!["u", "old", "tv", end]).unwrap();
+        tomb.execute(params!["w", "gone", None::<String>, end]).unwrap();
+        conn.execute("INSERT INTO overrides VALUES ('u', 2)", []).unwrap();
+        conn.execute("INSERT INTO overrides VALUES ('x', 0)", []).unwrap();
+    }
+    let label = |s: &str| Some(Label::new(s).unwrap());
+    let old = |s: &str, device, content, at: i64| Lease {
+        stream_id: StreamId::new(s).unwrap(),
+        device_id: device,
+        content_id: content,
+        device_class: None,
+        content_kind: None,
+        plan: None,
+        started_at: Timestamp::from_micros(start + at),
+        expires_at: Timestamp::from_micros(end + at),
+    };
+    let tomb = |s: &str, reason| Tombstone {
+        stream_id: StreamId::new(s).unwrap(),
+        reason,
+        until: Timestamp::from_micros(end),
+    };
+    let expected: Snapshot = [
+        (
+            "u",
+            canonical(
+                vec![old("tv", label("living-room"), label("movie-42"), 0), old("phone", None, None, 1)],
+                vec![tomb("old", RevokeReason::EvictedBy(StreamId::new("tv").unwrap()))],
+                Limit::new(2),
+            ),
+        ),
+        ("v", canonical(vec![old("a", label("laptop"), None, 0)], Vec::new(), None)),
+        ("w", canonical(Vec::new(), vec![tomb("gone", RevokeReason::Revoked)], None)),
+        ("x", canonical(Vec::new(), Vec::new(), Limit::new(0))),
+    ]
+    .into_iter()
+    .map(|(u, s)| (u.to_owned(), s))
+    .collect();
+
+    let clock = ManualClock::new(T0);
+    let (store, jobs, _) = opened(dir.path(), &clock);
+    assert_eq!(in_memory(&jobs).await, expected, "loaded");
+    assert_eq!(on_disk(dir.path()), expected, "migrated without touching a row");
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, MIGRATIONS.len());
+
+    // The migrated rows answer as before: the override, the tombstones.
+    let (u, w) = (UserId::new("u").unwrap(), UserId::new("w").unwrap());
+    assert!(matches!(store.acquire(&u, req("laptop")).await.unwrap(), Decision::Denied(_)), "override of 2");
+    assert!(matches!(store.acquire(&u, req("old")).await.unwrap(), Decision::Gone(_)));
+    assert!(matches!(store.acquire(&w, req("gone")).await.unwrap(), Decision::Gone(_)));
+    // A renewal gives an old lease its attributes, and they are written.
+    let renew = Acquire { device_class: label("tv"), content_kind: label("live"), plan: label("premium"), ..req("tv") };
+    let renewed = match store.acquire(&u, renew).await.unwrap() {
+        Decision::Renewed(g) => g.lease,
+        d => panic!("{d:?}"),
+    };
+    assert_eq!(
+        (renewed.device_class.clone(), renewed.content_kind.clone(), renewed.plan.clone()),
+        (label("tv"), label("live"), label("premium"))
+    );
+    assert_eq!(renewed.device_id, label("tv"), "req() names device tv");
+    store.close().await.unwrap();
+    drop(store);
+
+    let (store, jobs, _) = opened(dir.path(), &clock);
+    assert_eq!(in_memory(&jobs).await, on_disk(dir.path()));
+    let (_, live) = store.list(&u, Limit::new(3).unwrap()).await.unwrap();
+    assert_eq!(live.iter().find(|l| l.stream_id.as_str() == "tv"), Some(&renewed));
+}
+
+/// Every attribute of a lease is written with it and read back at open:
+/// after a restart, the lease comes back identical in a listing, a
+/// renewal, a denial and an eviction. A renewal that names new attributes
+/// replaces them on disk; one that names none keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_attributes_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let u = UserId::new("u").unwrap();
+    let label = |s: &str| Some(Label::new(s).unwrap());
+    let tv = Acquire {
+        device_class: label("tv"),
+        content_kind: label("live"),
+        content_id: label("final"),
+        plan: label("premium"),
+        ..req("tv")
+    };
+    let (store, jobs, _) = opened(dir.path(), &clock);
+    let granted = match store.acquire(&u, tv).await.unwrap() {
+        Decision::Granted(g) => g.lease,
+        d => panic!("{d:?}"),
+    };
+    assert_eq!(
+        (granted.device_class.clone(), granted.content_kind.clone(), granted.plan.clone()),
+        (label("tv"), label("live"), label("premium"))
+    );
+    // Moves to another class and kind, names no plan: the plan stays.
+    clock.advance_ms(1_000);
+    let moved = Acquire { device_class: label("mobile"), content_kind: label("vod"), ..req("tv") };
+    let moved = match store.acquire(&u, moved).await.unwrap() {
+        Decision::Renewed(g) => g.lease,
+        d => panic!("{d:?}"),
+    };
+    assert_eq!(
+        (moved.device_class.clone(), moved.content_kind.clone(), moved.content_id.clone(), moved.plan.clone()),
+        (label("mobile"), label("vod"), label("final"), label("premium"))
+    );
+    assert_eq!(in_memory(&jobs).await, on_disk(dir.path()));
+    // No clean close: the commit is what counts.
+    drop(store);
+
+    let (store, jobs, _) = opened(dir.path(), &clock);
+    assert_eq!(in_memory(&jobs).await, on_disk(dir.path()));
+    let one = Limit::new(1).unwrap();
+    assert_eq!(store.list(&u, one).await.unwrap().1, vec![moved.clone()], "listed");
+    let limited = |s: &str| Acquire { limit: one, ..req(s) };
+    match store.acquire(&u, limited("phone")).await.unwrap() {
+        Decision::Denied(d) => assert_eq!(d.live, vec![moved.clone()], "a refusal lists it"),
+        d => panic!("{d:?}"),
+    }
+    // A renewal naming a plan replaces it, and the restart keeps that too.
+    clock.advance_ms(1_000);
+    let basic = match store.acquire(&u, Acquire { plan: label("basic"), ..limited("tv") }).await.unwrap() {
+        Decision::Renewed(g) => g.lease,
+        d => panic!("{d:?}"),
+    };
+    assert_eq!(
+        basic,
+        Lease { plan: label("basic"), expires_at: clock.now().plus(Ttl::from_secs(60).unwrap()), ..moved }
+    );
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = open(dir.path(), &clock);
+    clock.advance_ms(1_000);
+    match store.acquire(&u, Acquire { on_limit: OnLimit::EvictOldest, ..limited("phone") }).await.unwrap() {
+        Decision::Granted(g) => assert_eq!(g.evicted, vec![basic], "an eviction reports it"),
+        d => panic!("{d:?}"),
+    }
+}
+
 /// Jobs that queue up while the writer is busy share one commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_share_one_commit() {
@@ -245,8 +407,12 @@ fn on_disk(dir: &Path) -> Snapshot {
     let conn = Connection::open(dir.join(DB_FILE)).unwrap();
     type Rows = (Vec<Lease>, Vec<Tombstone>, Option<Limit>);
     let mut users: BTreeMap<String, Rows> = BTreeMap::new();
-    let mut stmt =
-        conn.prepare("SELECT user_id, stream_id, device_id, content_id, started_at, expires_at FROM leases").unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT user_id, stream_id, device_id, content_id, started_at, expires_at, device_class, content_kind, plan
+             FROM leases",
+        )
+        .unwrap();
     let mut rows = stmt.query([]).unwrap();
     while let Some(r) = rows.next().unwrap() {
         let label = |i| r.get::<_, Option<String>>(i).unwrap().map(|l| Label::new(&l).unwrap());
@@ -254,9 +420,9 @@ fn on_disk(dir: &Path) -> Snapshot {
             stream_id: StreamId::new(&r.get::<_, String>(1).unwrap()).unwrap(),
             device_id: label(2),
             content_id: label(3),
-            device_class: None,
-            content_kind: None,
-            plan: None,
+            device_class: label(6),
+            content_kind: label(7),
+            plan: label(8),
             started_at: Timestamp::from_micros(r.get(4).unwrap()),
             expires_at: Timestamp::from_micros(r.get(5).unwrap()),
         });
@@ -307,6 +473,13 @@ impl Workload {
                 a.ttl = Ttl::from_secs(1 + self.next(90) as u32).unwrap();
                 a.device_id = [None, Some(Label::new("tv").unwrap())][self.next(2) as usize].clone();
                 a.content_id = [None, Some(Label::new("é title").unwrap())][self.next(2) as usize].clone();
+                let pick = |w: &mut Self, labels: [&str; 2]| {
+                    let i = w.next(3) as usize;
+                    (i > 0).then(|| Label::new(labels[i - 1]).unwrap())
+                };
+                a.device_class = pick(self, ["tv", "mobile"]);
+                a.content_kind = pick(self, ["live", "download"]);
+                a.plan = pick(self, ["basic", "premium"]);
                 a.on_limit = [OnLimit::Reject, OnLimit::EvictOldest][self.next(2) as usize];
                 if self.next(5) == 0 {
                     a.evict = vec![stream(self), stream(self)];
@@ -475,7 +648,7 @@ async fn sweeping_takes_bounded_steps_and_leaves_nothing_expired() {
         for u in 0..users {
             for (s, expires) in [("a", us - 1), ("b", us), ("c", us + 1)] {
                 tx.execute(
-                    "INSERT INTO leases VALUES (?1, ?2, NULL, NULL, ?3, ?4)",
+                    "INSERT INTO leases (user_id, stream_id, started_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
                     params![format!("u{u}"), s, us - 10, expires],
                 )
                 .unwrap();
@@ -524,10 +697,15 @@ async fn a_corrupt_row_makes_only_its_user_unavailable() {
         let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
         schema::prepare(&conn).unwrap();
         let until = T0.as_micros() + 60_000_000;
+        let long = "x".repeat(129);
         conn.execute_batch(&format!(
-            "INSERT INTO leases VALUES ('bad', 'ok', NULL, NULL, 0, {until});
-             INSERT INTO leases VALUES ('bad', 'not ok', NULL, NULL, 0, {until});
-             INSERT INTO leases VALUES ('good', 'a', NULL, NULL, 0, {until});
+            "INSERT INTO leases (user_id, stream_id, started_at, expires_at) VALUES ('bad', 'ok', 0, {until});
+             INSERT INTO leases (user_id, stream_id, started_at, expires_at) VALUES ('bad', 'not ok', 0, {until});
+             INSERT INTO leases (user_id, stream_id, started_at, expires_at) VALUES ('good', 'a', 0, {until});
+             INSERT INTO leases (user_id, stream_id, started_at, expires_at, device_class)
+                VALUES ('classless', 'a', 0, {until}, X'07');
+             INSERT INTO leases (user_id, stream_id, started_at, expires_at, plan)
+                VALUES ('planless', 'a', 0, {until}, '{long}');
              INSERT INTO overrides VALUES ('good', 1);
              INSERT INTO overrides VALUES ('worse', 5000);
              INSERT INTO tombstones VALUES ('not a user', 'a', NULL, {until});"
@@ -536,11 +714,16 @@ async fn a_corrupt_row_makes_only_its_user_unavailable() {
     }
     let clock = ManualClock::new(T0);
     let (store, jobs, _) = opened(dir.path(), &clock);
-    for name in ["bad", "worse"] {
+    for (name, why) in [
+        ("bad", "stream_id"),
+        ("worse", "stream_limit 5000"),
+        ("classless", "device_class is not text"),
+        ("planless", "plan"),
+    ] {
         let user = UserId::new(name).unwrap();
         match store.list(&user, Limit::new(3).unwrap()).await {
-            Err(StoreError::Unavailable(why)) => {
-                assert!(why.contains(&format!("corrupt row for user {name}")), "{why}")
+            Err(StoreError::Unavailable(e)) => {
+                assert!(e.contains(&format!("corrupt row for user {name}: {why}")), "{e}")
             }
             r => panic!("{name}: {r:?}"),
         }
@@ -550,7 +733,7 @@ async fn a_corrupt_row_makes_only_its_user_unavailable() {
     assert!(matches!(store.acquire(&good, req("b")).await.unwrap(), Decision::Denied(_)), "limit 1 from the override");
     assert_eq!(store.inner.backend.sweep().await.unwrap(), 0);
     assert_eq!(in_memory(&jobs).await.keys().collect::<Vec<_>>(), ["good"]);
-    assert_eq!(on_disk_rows(dir.path()), 6, "nothing was deleted");
+    assert_eq!(on_disk_rows(dir.path()), 8, "nothing was deleted");
 }
 
 fn on_disk_rows(dir: &Path) -> i64 {

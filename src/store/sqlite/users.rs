@@ -135,7 +135,8 @@ fn shard_of(user: &UserId) -> usize {
 ///
 /// ```text
 /// leases  tombstones  override (0: none, n+1: n)
-/// leases × (started_at expires_at stream_id device_id? content_id?)
+/// leases × (started_at expires_at stream_id device_id? content_id?
+///           device_class? content_kind? plan?)
 /// tombstones × (until stream_id evicted_by?)
 /// ```
 ///
@@ -153,6 +154,9 @@ fn encode(state: &UserState, out: &mut Vec<u8>) -> i64 {
         put_str(out, l.stream_id.as_str());
         put_opt(out, l.device_id.as_ref().map(Label::as_str));
         put_opt(out, l.content_id.as_ref().map(Label::as_str));
+        put_opt(out, l.device_class.as_ref().map(Label::as_str));
+        put_opt(out, l.content_kind.as_ref().map(Label::as_str));
+        put_opt(out, l.plan.as_ref().map(Label::as_str));
     }
     for t in state.tombstones() {
         next_expiry = next_expiry.min(t.until.as_micros());
@@ -185,9 +189,9 @@ fn decode(bytes: &[u8]) -> Result<UserState, Undecodable> {
             stream_id: r.stream()?,
             device_id: r.label()?,
             content_id: r.label()?,
-            device_class: None,
-            content_kind: None,
-            plan: None,
+            device_class: r.label()?,
+            content_kind: r.label()?,
+            plan: r.label()?,
             started_at,
             expires_at,
         });
@@ -295,21 +299,32 @@ mod tests {
     }
 
     fn sample() -> UserState {
-        let lease = |s: &str, device: Option<&str>, content: Option<&str>, t: i64| Lease {
+        let label = |l: Option<&str>| l.map(|l| Label::new(l).unwrap());
+        let lease = |s: &str, labels: [Option<&str>; 5], t: i64| Lease {
             stream_id: sid(s),
-            device_id: device.map(|d| Label::new(d).unwrap()),
-            content_id: content.map(|c| Label::new(c).unwrap()),
-            device_class: None,
-            content_kind: None,
-            plan: None,
+            device_id: label(labels[0]),
+            content_id: label(labels[1]),
+            device_class: label(labels[2]),
+            content_kind: label(labels[3]),
+            plan: label(labels[4]),
             started_at: Timestamp::from_micros(t),
             expires_at: Timestamp::from_micros(t + 60_000_000),
         };
+        let long = "é".repeat(128);
         UserState::new(
             vec![
-                lease("a", Some("tv"), Some("title-1"), 1_700_000_000_000_001),
-                lease("b", None, Some(""), -5),
-                lease(&"x".repeat(128), Some(&"é".repeat(128)), None, i64::MAX - 60_000_000),
+                lease(
+                    "a",
+                    [Some("tv"), Some("title-1"), Some("tv"), Some("live"), Some("premium")],
+                    1_700_000_000_000_001,
+                ),
+                lease("b", [None, Some(""), None, Some("download"), None], -5),
+                lease("c", [None, None, Some("mobile"), None, Some("")], 3),
+                lease(
+                    &"x".repeat(128),
+                    [Some(&long), None, Some(&long), Some(&long), Some(&long)],
+                    i64::MAX - 60_000_000,
+                ),
             ],
             vec![
                 Tombstone {
@@ -377,14 +392,14 @@ mod tests {
         let (u, v) = (UserId::new("u").unwrap(), UserId::new("v").unwrap());
         assert!(users.replace(&u, &sample()).is_none());
         users.replace(&v, &UserState::new(sample().leases()[..1].to_vec(), Vec::new(), None));
-        assert_eq!((users.leases(), users.len()), (4, 2));
+        assert_eq!((users.leases(), users.len()), (5, 2));
         assert_eq!(users.state(&u).unwrap(), sample());
 
         let old = users.replace(&u, &UserState::default());
         assert_eq!((users.leases(), users.len()), (1, 1));
         assert_eq!(users.state(&u).unwrap(), UserState::default());
         users.restore(u.clone(), old);
-        assert_eq!((users.leases(), users.len()), (4, 2));
+        assert_eq!((users.leases(), users.len()), (5, 2));
         assert_eq!(users.state(&u).unwrap(), sample());
 
         let now = Timestamp::from_micros(10);

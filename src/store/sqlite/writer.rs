@@ -316,11 +316,14 @@ fn persist(conn: &Connection, user: &UserId, write: &Write) -> rusqlite::Result<
     match write {
         Write::PutLease(l) => {
             conn.prepare_cached(
-                "INSERT INTO leases (user_id, stream_id, device_id, content_id, started_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO leases (user_id, stream_id, device_id, content_id, started_at, expires_at,
+                                     device_class, content_kind, plan)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT (user_id, stream_id) DO UPDATE SET
                     device_id = excluded.device_id, content_id = excluded.content_id,
-                    started_at = excluded.started_at, expires_at = excluded.expires_at",
+                    started_at = excluded.started_at, expires_at = excluded.expires_at,
+                    device_class = excluded.device_class, content_kind = excluded.content_kind,
+                    plan = excluded.plan",
             )?
             .execute(params![
                 u,
@@ -329,6 +332,9 @@ fn persist(conn: &Connection, user: &UserId, write: &Write) -> rusqlite::Result<
                 l.content_id.as_ref().map(Label::as_str),
                 l.started_at.as_micros(),
                 l.expires_at.as_micros(),
+                l.device_class.as_ref().map(Label::as_str),
+                l.content_kind.as_ref().map(Label::as_str),
+                l.plan.as_ref().map(Label::as_str),
             ])?;
         }
         Write::DeleteLease(stream) => {
