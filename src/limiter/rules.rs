@@ -237,6 +237,10 @@ fn acquire(state: &mut UserState, req: Acquire, now: Timestamp, writes: &mut Vec
         started_at: now,
         expires_at: now.plus(req.ttl),
     };
+    // A state that lives in memory (the memory store) keeps its vectors:
+    // grow them one at a time rather than to 4, since most users hold one
+    // or two streams.
+    state.leases.reserve_exact(1);
     state.leases.push(lease.clone());
     writes.push(Write::PutLease(lease.clone()));
     Decision::Granted(Grant {
@@ -343,6 +347,7 @@ fn revoke(state: &mut UserState, lease: &Lease, reason: RevokeReason, until: Tim
     let tombstone = Tombstone { stream_id: lease.stream_id.clone(), reason, until };
     writes.push(Write::DeleteLease(lease.stream_id.clone()));
     writes.push(Write::PutTombstone(tombstone.clone()));
+    state.tombstones.reserve_exact(1);
     state.tombstones.push(tombstone);
 }
 
