@@ -155,6 +155,8 @@ pub async fn run(config: Config) -> Result<(), String> {
         lease_ttl = config.policy.lease_ttl.as_secs(),
         on_limit = config.policy.on_limit.name(),
         plans = config.policy.plans.len(),
+        rules = config.policy.rules.len(),
+        plan_rules = config.policy.plan_rules.len(),
         enforce = config.policy.enforce,
         "serving Lambda invocations"
     );

@@ -111,6 +111,8 @@ async fn run(config: Config) -> Result<(), Failure> {
         lease_ttl = config.policy.lease_ttl.as_secs(),
         on_limit = config.policy.on_limit.name(),
         plans = config.policy.plans.len(),
+        rules = config.policy.rules.len(),
+        plan_rules = config.policy.plan_rules.len(),
         enforce = config.policy.enforce,
         "listening"
     );
