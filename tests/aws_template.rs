@@ -16,6 +16,8 @@
 //! that subset panics with its line, so a restyled template fails here
 //! instead of being misread.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
@@ -196,7 +198,7 @@ fn every_streamcap_variable_is_a_setting_of_the_binary_and_defaults_to_its_defau
     let t = template();
     let (_, function) = only(&t, "AWS::Serverless::Function");
     let env = function.at(&["Properties", "Environment", "Variables"]);
-    let help = serve_help();
+    let help = common::serve_help_variables();
     let parameters = t.at(&["Parameters"]);
     for (name, value) in env.entries() {
         assert!(name.starts_with("STREAMCAP_"), "{name}: the function reads only STREAMCAP_* settings");
@@ -223,53 +225,6 @@ fn every_streamcap_variable_is_a_setting_of_the_binary_and_defaults_to_its_defau
 /// or told to run without authentication. `jwt` is what a player-facing API
 /// uses, and `sam deploy --guided` asks for its key next.
 const DELIBERATE_DEFAULTS: [(&str, &str); 1] = [("STREAMCAP_AUTH_MODE", "jwt")];
-
-/// `STREAMCAP_*` variable → its default, for every variable that
-/// `streamcap serve --help` names (some only in a description, such as
-/// STREAMCAP_JWT_SECRET).
-fn serve_help() -> BTreeMap<String, Option<String>> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamcap"));
-    cmd.args(["serve", "--help"]);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("STREAMCAP_") {
-            cmd.env_remove(name);
-        }
-    }
-    let out = cmd.output().expect("run streamcap serve --help");
-    assert!(out.status.success(), "streamcap serve --help failed");
-    let text = String::from_utf8(out.stdout).expect("UTF-8 help");
-    // An option starts a line with `-` and may wrap onto the lines after it.
-    let mut options: Vec<String> = Vec::new();
-    for line in text.lines() {
-        if line.trim_start().starts_with('-') {
-            options.push(String::new());
-        }
-        if let Some(option) = options.last_mut() {
-            option.push(' ');
-            option.push_str(line.trim());
-        }
-    }
-    let mut vars = BTreeMap::new();
-    for option in &options {
-        let default = between(option, "[default: ", "]").map(str::to_owned);
-        if let Some(env) = between(option, "[env: ", "=") {
-            vars.insert(env.to_owned(), default);
-        }
-        let mut rest = option.as_str();
-        while let Some(at) = rest.find("STREAMCAP_") {
-            let end = rest[at..].find(|c: char| !(c.is_ascii_uppercase() || c == '_')).map_or(rest.len(), |e| at + e);
-            vars.entry(rest[at..end].to_owned()).or_insert(None);
-            rest = &rest[end..];
-        }
-    }
-    assert!(vars.contains_key("STREAMCAP_DYNAMODB_TABLE"), "the help should name STREAMCAP_DYNAMODB_TABLE:\n{text}");
-    vars
-}
-
-fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
-    let start = text.find(open)? + open.len();
-    Some(&text[start..start + text[start..].find(close)?])
-}
 
 #[test]
 fn insecure_no_auth_is_set_only_when_its_parameter_says_true() {

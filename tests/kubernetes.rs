@@ -392,7 +392,7 @@ fn the_service_the_budget_the_autoscaler_and_the_scrape_settings_fit_the_deploym
 
 #[test]
 fn every_streamcap_variable_is_a_setting_of_the_binary() {
-    let help = serve_help();
+    let help = common::serve_help_variables();
     for (name, _) in environment(container(deployment(&manifests()))) {
         assert!(name.starts_with("STREAMCAP_"), "{name}: the pod sets only STREAMCAP_* settings");
         assert!(help.contains_key(&name), "{name} is not a variable that `streamcap serve --help` names");
@@ -401,38 +401,10 @@ fn every_streamcap_variable_is_a_setting_of_the_binary() {
 
 /// The default of a variable, as `streamcap serve --help` gives it.
 fn default_of(var: &str) -> String {
-    serve_help().remove(var).flatten().unwrap_or_else(|| panic!("`serve --help` gives no default for {var}"))
-}
-
-/// `STREAMCAP_*` variable → its default, for every variable that
-/// `streamcap serve --help` names.
-fn serve_help() -> BTreeMap<String, Option<String>> {
-    let out = binary().args(["serve", "--help"]).output().expect("run streamcap serve --help");
-    assert!(out.status.success(), "streamcap serve --help failed");
-    let text = String::from_utf8(out.stdout).expect("UTF-8 help");
-    // An option starts a line with `-` and may wrap onto the lines after it.
-    let mut options: Vec<String> = Vec::new();
-    for line in text.lines() {
-        if line.trim_start().starts_with('-') {
-            options.push(String::new());
-        }
-        if let Some(option) = options.last_mut() {
-            option.push(' ');
-            option.push_str(line.trim());
-        }
-    }
-    let between = |text: &str, open: &str, close: &str| {
-        let start = text.find(open)? + open.len();
-        Some(text[start..start + text[start..].find(close)?].to_owned())
-    };
-    let mut vars = BTreeMap::new();
-    for option in &options {
-        if let Some(env) = between(option, "[env: ", "=") {
-            vars.insert(env, between(option, "[default: ", "]"));
-        }
-    }
-    assert!(vars.contains_key("STREAMCAP_STORE"), "the help should name STREAMCAP_STORE:\n{text}");
-    vars
+    common::serve_help_variables()
+        .remove(var)
+        .flatten()
+        .unwrap_or_else(|| panic!("`serve --help` gives no default for {var}"))
 }
 
 /// The pod's `streamcap` command line and environment, with the example

@@ -301,19 +301,9 @@ fn token(user: &str, plan: Option<&str>) -> String {
 /// JWTs for players and one service API key, which may name plans.
 async fn sticky_server(kind: StoreKind) -> Server {
     use sha2::{Digest, Sha256};
-    use streamcap::auth::{ApiKey, AuthMode, Authenticator, JwtConfig, JwtVerifier, KeyScope};
-    let jwt = JwtConfig {
-        secret: Some(HS_SECRET.as_bytes().to_vec()),
-        public_key_pem: None,
-        jwks_json: None,
-        algorithms: None,
-        issuer: None,
-        audience: None,
-        user_claim: "sub".into(),
-        plan_claim: "plan".into(),
-    };
+    use streamcap::auth::{ApiKey, KeyScope};
     let key = ApiKey { name: "backend".into(), sha256: Sha256::digest(SERVICE_KEY).into(), scope: KeyScope::Service };
-    let auth = Authenticator::new(AuthMode::Jwt, Some(JwtVerifier::new(jwt).unwrap()), vec![key]);
+    let auth = common::hs256_auth(HS_SECRET, vec![key]);
     let protection = streamcap::policy::Protection::unlimited();
     Server::with_everything(kind, policy(OnLimit::Reject, true), auth, protection).await
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::{Reply, STORES, Server};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use streamcap::auth::{AuthMode, Authenticator, JwtConfig, JwtVerifier};
+use streamcap::auth::Authenticator;
 use streamcap::clock::ManualClock;
 use streamcap::limiter::{Limit, OnLimit, Timestamp, Ttl, UserId};
 use streamcap::policy::{OnStoreError, Policy, Protection};
@@ -514,20 +514,6 @@ fn token(sub: &str) -> String {
     .unwrap()
 }
 
-fn jwt_auth() -> Authenticator {
-    let config = JwtConfig {
-        secret: Some(SECRET.as_bytes().to_vec()),
-        public_key_pem: None,
-        jwks_json: None,
-        algorithms: None,
-        issuer: None,
-        audience: None,
-        user_claim: "sub".into(),
-        plan_claim: "plan".into(),
-    };
-    Authenticator::new(AuthMode::Jwt, Some(JwtVerifier::new(config).unwrap()), Vec::new())
-}
-
 /// Asserts that a socket gets an `error` of the problem `slug`, then `code`.
 async fn error_then_close(s: &Server, path: &str, headers: &[(&str, &str)], code: u16, slug: &str) {
     let (m, closed) = refused_with(s, path, headers).await;
@@ -545,7 +531,13 @@ async fn refused_with(s: &Server, path: &str, headers: &[(&str, &str)]) -> (Valu
 
 #[tokio::test]
 async fn authentication_by_header_or_subprotocol() {
-    let s = Server::with_everything(StoreKind::Memory, policy(3, 60), jwt_auth(), Protection::unlimited()).await;
+    let s = Server::with_everything(
+        StoreKind::Memory,
+        policy(3, 60),
+        common::hs256_auth(SECRET, Vec::new()),
+        Protection::unlimited(),
+    )
+    .await;
     let alice = token("alice");
     let bearer = format!("Bearer {alice}");
 

@@ -291,6 +291,26 @@ impl Acquire {
             held: false,
         }
     }
+
+    /// [`Acquire::for_test`] under `rules`, for a stream on a device of
+    /// `class` playing `title` of `kind` (each optional).
+    pub(crate) fn on_test(
+        stream: &str,
+        limit: u32,
+        rules: &[Rule],
+        class: Option<&str>,
+        kind: Option<&str>,
+        title: Option<&str>,
+    ) -> Acquire {
+        let label = |s: &str| Label::new(s).unwrap();
+        Acquire {
+            device_class: class.map(label),
+            content_kind: kind.map(label),
+            content_id: title.map(label),
+            rules: Arc::from(rules),
+            ..Acquire::for_test(stream, limit)
+        }
+    }
 }
 
 /// One operation on one user. Every store executes exactly these.

@@ -597,25 +597,6 @@ mod tests {
         Rule { device_class: Some(label("tv")), ..rule("tv", limit) }
     }
 
-    /// An acquire of `stream` under `rules` with total `limit`, on a
-    /// device of `class` playing `title` of `kind` (each optional).
-    fn on(
-        stream: &str,
-        limit: u32,
-        rules: &[Rule],
-        class: Option<&str>,
-        kind: Option<&str>,
-        title: Option<&str>,
-    ) -> Acquire {
-        Acquire {
-            device_class: class.map(label),
-            content_kind: kind.map(label),
-            content_id: title.map(label),
-            rules: Arc::from(rules),
-            ..req(stream, limit)
-        }
-    }
-
     fn hit(name: &str, limit: u32) -> Option<RuleHit> {
         Some(RuleHit { name: label(name), limit: Limit::new(limit).unwrap() })
     }
@@ -626,7 +607,7 @@ mod tests {
         let rules = [tv(2)];
         let mut s = UserState::default();
         let go = |s: &mut UserState, stream: &str, class: &str, ms| {
-            decision(apply(s, Op::Acquire(on(stream, 4, &rules, Some(class), None, None)), at(ms)))
+            decision(apply(s, Op::Acquire(Acquire::on_test(stream, 4, &rules, Some(class), None, None)), at(ms)))
         };
         assert!(matches!(go(&mut s, "tv1", "tv", 0), Decision::Granted(_)));
         assert!(matches!(go(&mut s, "tv2", "tv", 1), Decision::Granted(_)));
@@ -657,7 +638,7 @@ mod tests {
         let rules = [Rule { per_content: true, ..rule("one-per-title", 1) }];
         let mut s = UserState::default();
         let go = |s: &mut UserState, stream: &str, title: Option<&str>| {
-            decision(apply(s, Op::Acquire(on(stream, 4, &rules, None, None, title)), at(0)))
+            decision(apply(s, Op::Acquire(Acquire::on_test(stream, 4, &rules, None, None, title)), at(0)))
         };
         assert!(matches!(go(&mut s, "a", Some("film")), Decision::Granted(_)));
         match go(&mut s, "b", Some("film")) {
@@ -678,7 +659,7 @@ mod tests {
         let rules = [downloads];
         let mut s = UserState::default();
         let go = |s: &mut UserState, stream: &str, kind: Option<&str>| {
-            decision(apply(s, Op::Acquire(on(stream, 1, &rules, None, kind, None)), at(0)))
+            decision(apply(s, Op::Acquire(Acquire::on_test(stream, 1, &rules, None, kind, None)), at(0)))
         };
         assert!(matches!(go(&mut s, "watch", None), Decision::Granted(_)));
         assert!(matches!(go(&mut s, "dl1", Some("download")), Decision::Granted(_)));
@@ -700,7 +681,8 @@ mod tests {
     fn a_zero_rule_forbids_its_scope() {
         let live = Rule { content_kind: Some(label("live")), ..rule("no-live", 0) };
         let mut s = UserState::default();
-        let evicting = Acquire { on_limit: OnLimit::EvictOldest, ..on("a", 3, &[live], None, Some("live"), None) };
+        let evicting =
+            Acquire { on_limit: OnLimit::EvictOldest, ..Acquire::on_test("a", 3, &[live], None, Some("live"), None) };
         match decision(apply(&mut s, Op::Acquire(evicting), T0)) {
             Decision::Denied(d) => assert_eq!((d.rule, d.live), (hit("no-live", 0), vec![])),
             d => panic!("{d:?}"),
@@ -712,9 +694,10 @@ mod tests {
         let rules = [tv(2)];
         let mut s = UserState::default();
         for (i, (stream, class)) in [("m1", "mobile"), ("tv1", "tv"), ("tv2", "tv")].into_iter().enumerate() {
-            apply(&mut s, Op::Acquire(on(stream, 4, &rules, Some(class), None, None)), at(i as i64));
+            apply(&mut s, Op::Acquire(Acquire::on_test(stream, 4, &rules, Some(class), None, None)), at(i as i64));
         }
-        let op = Acquire { on_limit: OnLimit::EvictOldest, ..on("tv3", 4, &rules, Some("tv"), None, None) };
+        let op =
+            Acquire { on_limit: OnLimit::EvictOldest, ..Acquire::on_test("tv3", 4, &rules, Some("tv"), None, None) };
         match decision(apply(&mut s, Op::Acquire(op), at(10))) {
             // m1 is older, but evicting it would not free a TV seat.
             Decision::Granted(g) => assert_eq!(ids(&g.evicted), ["tv1"]),
@@ -729,9 +712,16 @@ mod tests {
         let mut s = UserState::default();
         let start = [("tv1", "tv", "a"), ("m-film", "mobile", "film"), ("tv2", "tv", "b")];
         for (i, (stream, class, title)) in start.into_iter().enumerate() {
-            apply(&mut s, Op::Acquire(on(stream, 4, &rules, Some(class), None, Some(title))), at(i as i64));
+            apply(
+                &mut s,
+                Op::Acquire(Acquire::on_test(stream, 4, &rules, Some(class), None, Some(title))),
+                at(i as i64),
+            );
         }
-        let op = Acquire { on_limit: OnLimit::EvictOldest, ..on("new", 4, &rules, Some("tv"), None, Some("film")) };
+        let op = Acquire {
+            on_limit: OnLimit::EvictOldest,
+            ..Acquire::on_test("new", 4, &rules, Some("tv"), None, Some("film"))
+        };
         match decision(apply(&mut s, Op::Acquire(op), at(10))) {
             Decision::Granted(g) => assert_eq!(ids(&g.evicted), ["tv1", "m-film"]),
             d => panic!("{d:?}"),
@@ -744,9 +734,12 @@ mod tests {
         let rules = [tv(1)];
         let mut s = UserState::default();
         for (i, (stream, class)) in [("tv1", "tv"), ("m1", "mobile")].into_iter().enumerate() {
-            apply(&mut s, Op::Acquire(on(stream, 2, &rules, Some(class), None, None)), at(i as i64));
+            apply(&mut s, Op::Acquire(Acquire::on_test(stream, 2, &rules, Some(class), None, None)), at(i as i64));
         }
-        let take = |evict: &str| Acquire { evict: vec![sid(evict)], ..on("tv2", 2, &rules, Some("tv"), None, None) };
+        let take = |evict: &str| Acquire {
+            evict: vec![sid(evict)],
+            ..Acquire::on_test("tv2", 2, &rules, Some("tv"), None, None)
+        };
         // Taking over the phone frees a seat in the total, not on the TV.
         let before = s.clone();
         match decision(apply(&mut s, Op::Acquire(take("m1")), at(5))) {
@@ -764,7 +757,7 @@ mod tests {
     fn shadow_mode_names_the_rule_it_would_have_applied() {
         let rules = [tv(1)];
         let mut s = UserState::default();
-        let shadow = |stream| Acquire { enforce: false, ..on(stream, 4, &rules, Some("tv"), None, None) };
+        let shadow = |stream| Acquire { enforce: false, ..Acquire::on_test(stream, 4, &rules, Some("tv"), None, None) };
         apply(&mut s, Op::Acquire(shadow("tv1")), T0);
         match decision(apply(&mut s, Op::Acquire(shadow("tv2")), T0)) {
             Decision::Granted(g) => assert_eq!((g.would_deny, g.would_deny_rule), (true, hit("tv", 1))),
@@ -777,7 +770,7 @@ mod tests {
         let rules = [tv(1), Rule { per_content: true, ..rule("one-per-title", 1) }];
         let mut s = UserState::default();
         let go = |s: &mut UserState, stream: &str, class: Option<&str>, title: Option<&str>, ms| {
-            decision(apply(s, Op::Acquire(on(stream, 4, &rules, class, None, title)), at(ms)))
+            decision(apply(s, Op::Acquire(Acquire::on_test(stream, 4, &rules, class, None, title)), at(ms)))
         };
         assert!(matches!(go(&mut s, "tv1", Some("tv"), Some("a"), 0), Decision::Granted(_)));
         assert!(matches!(go(&mut s, "m1", Some("mobile"), Some("b"), 1), Decision::Granted(_)));
@@ -802,12 +795,12 @@ mod tests {
     fn a_renewal_keeps_its_seat_in_a_scope_over_its_limit() {
         let mut s = UserState::default();
         for (i, stream) in ["tv1", "tv2"].into_iter().enumerate() {
-            apply(&mut s, Op::Acquire(on(stream, 4, &[tv(2)], Some("tv"), None, None)), at(i as i64));
+            apply(&mut s, Op::Acquire(Acquire::on_test(stream, 4, &[tv(2)], Some("tv"), None, None)), at(i as i64));
         }
         // The rule was lowered to 1 since: both TVs keep renewing.
         let lowered = [tv(1)];
         for stream in ["tv1", "tv2"] {
-            let op = Op::Acquire(on(stream, 4, &lowered, Some("tv"), None, Some("x")));
+            let op = Op::Acquire(Acquire::on_test(stream, 4, &lowered, Some("tv"), None, Some("x")));
             assert!(matches!(decision(apply(&mut s, op, at(10))), Decision::Renewed(_)));
         }
     }
@@ -815,8 +808,10 @@ mod tests {
     #[test]
     fn leases_keep_their_attributes_and_plan() {
         let mut s = UserState::default();
-        let first =
-            Acquire { plan: Some(label("premium")), ..on("a", 4, &[], Some("tv"), Some("live"), Some("match")) };
+        let first = Acquire {
+            plan: Some(label("premium")),
+            ..Acquire::on_test("a", 4, &[], Some("tv"), Some("live"), Some("match"))
+        };
         apply(&mut s, Op::Acquire(first), T0);
         match decision(apply(&mut s, acq("a", 4), at(1))) {
             Decision::Renewed(g) => {

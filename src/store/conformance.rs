@@ -297,22 +297,12 @@ fn rule(name: &str, class: Option<&str>, kind: Option<&str>, per_content: bool, 
     }
 }
 
-fn on(s: &str, limit: u32, rules: &[Rule], class: Option<&str>, kind: Option<&str>, title: Option<&str>) -> Acquire {
-    Acquire {
-        device_class: class.map(label),
-        content_kind: kind.map(label),
-        content_id: title.map(label),
-        rules: rules.into(),
-        ..req(s, limit, 60)
-    }
-}
-
 async fn leases_keep_every_attribute(store: &Store, clock: &ManualClock) {
     let u = user("attributes-user");
     let full = Acquire {
         device_id: Some(label("living-room")),
         plan: Some(label("premium")),
-        ..on("tv", 1, &[], Some("tv"), Some("live"), Some("final"))
+        ..Acquire::on_test("tv", 1, &[], Some("tv"), Some("live"), Some("final"))
     };
     let Decision::Granted(g) = store.acquire(&u, full).await.unwrap() else { panic!("not granted") };
     let expected = |l: &limiter::Lease| {
@@ -348,7 +338,7 @@ async fn leases_keep_every_attribute(store: &Store, clock: &ManualClock) {
 async fn rules_apply_in_scope(store: &Store) {
     let u = user("rules-user");
     let tv = [rule("tv", Some("tv"), None, false, 1, false), rule("one-per-title", None, None, true, 1, false)];
-    let go = |s: &str, class: &str, title: &str| on(s, 3, &tv, Some(class), None, Some(title));
+    let go = |s: &str, class: &str, title: &str| Acquire::on_test(s, 3, &tv, Some(class), None, Some(title));
     assert!(matches!(store.acquire(&u, go("tv1", "tv", "a")).await.unwrap(), Decision::Granted(_)));
     match store.acquire(&u, go("tv2", "tv", "b")).await.unwrap() {
         Decision::Denied(d) => {
@@ -375,7 +365,7 @@ async fn rules_apply_in_scope(store: &Store) {
     // Downloads don't count toward the total of 1.
     let v = user("downloads-user");
     let dl = [rule("downloads", None, Some("download"), false, 2, true)];
-    let go = |s: &str, kind: Option<&str>| on(s, 1, &dl, None, kind, None);
+    let go = |s: &str, kind: Option<&str>| Acquire::on_test(s, 1, &dl, None, kind, None);
     assert!(matches!(store.acquire(&v, go("watch", None)).await.unwrap(), Decision::Granted(_)));
     assert!(matches!(store.acquire(&v, go("dl1", Some("download"))).await.unwrap(), Decision::Granted(_)));
     assert!(matches!(store.acquire(&v, go("dl2", Some("download"))).await.unwrap(), Decision::Granted(_)));
@@ -397,7 +387,10 @@ async fn concurrent_acquires_fill_each_scope_exactly(store: &Store) {
         let (store, u, rules) = (store.clone(), u.clone(), rules.clone());
         set.spawn(async move {
             let class = if i % 32 == 7 { "phone" } else { "tv" };
-            let d = store.acquire(&u, on(&format!("s{i}"), 4, &rules, Some(class), None, None)).await.unwrap();
+            let d = store
+                .acquire(&u, Acquire::on_test(&format!("s{i}"), 4, &rules, Some(class), None, None))
+                .await
+                .unwrap();
             (class, d)
         });
     }

@@ -263,6 +263,62 @@ pub fn binary() -> Command {
     cmd
 }
 
+/// `STREAMCAP_*` variable → its default, for every variable that
+/// `streamcap serve --help` names (some only in a description, such as
+/// STREAMCAP_JWT_SECRET): what a deployment manifest may set.
+pub fn serve_help_variables() -> std::collections::BTreeMap<String, Option<String>> {
+    let out = binary().args(["serve", "--help"]).output().expect("run streamcap serve --help");
+    assert!(out.status.success(), "streamcap serve --help failed");
+    let text = String::from_utf8(out.stdout).expect("UTF-8 help");
+    // An option starts a line with `-` and may wrap onto the lines after it.
+    let mut options: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with('-') {
+            options.push(String::new());
+        }
+        if let Some(option) = options.last_mut() {
+            option.push(' ');
+            option.push_str(line.trim());
+        }
+    }
+    let between = |text: &str, open: &str, close: &str| {
+        let start = text.find(open)? + open.len();
+        Some(text[start..start + text[start..].find(close)?].to_owned())
+    };
+    let mut vars = std::collections::BTreeMap::new();
+    for option in &options {
+        let default = between(option, "[default: ", "]");
+        if let Some(env) = between(option, "[env: ", "=") {
+            vars.insert(env, default);
+        }
+        let mut rest = option.as_str();
+        while let Some(at) = rest.find("STREAMCAP_") {
+            let end = rest[at..].find(|c: char| !(c.is_ascii_uppercase() || c == '_')).map_or(rest.len(), |e| at + e);
+            vars.entry(rest[at..end].to_owned()).or_insert(None);
+            rest = &rest[end..];
+        }
+    }
+    assert!(vars.contains_key("STREAMCAP_STORE"), "the help should name STREAMCAP_STORE:\n{text}");
+    vars
+}
+
+/// Authentication with player tokens signed with the HS256 `secret` (user
+/// claim `sub`, plan claim `plan`), and `api_keys`.
+pub fn hs256_auth(secret: &str, api_keys: Vec<streamcap::auth::ApiKey>) -> streamcap::auth::Authenticator {
+    use streamcap::auth::{AuthMode, Authenticator, JwtConfig, JwtVerifier};
+    let config = JwtConfig {
+        secret: Some(secret.as_bytes().to_vec()),
+        public_key_pem: None,
+        jwks_json: None,
+        algorithms: None,
+        issuer: None,
+        audience: None,
+        user_claim: "sub".into(),
+        plan_claim: "plan".into(),
+    };
+    Authenticator::new(AuthMode::Jwt, Some(JwtVerifier::new(config).unwrap()), api_keys)
+}
+
 impl Process {
     /// Starts `streamcap serve --listen 127.0.0.1:0 ARGS` and waits until it
     /// listens.

@@ -842,25 +842,6 @@ mod tests {
         Rule { per_content: true, ..rule("one-per-title", limit) }
     }
 
-    /// An acquire of `stream` under `rules` with total `limit`, on a
-    /// device of `class` playing `title` of `kind` (each optional).
-    fn on(
-        stream: &str,
-        limit: u32,
-        rules: &[Rule],
-        class: Option<&str>,
-        kind: Option<&str>,
-        title: Option<&str>,
-    ) -> Acquire {
-        Acquire {
-            device_class: class.and_then(label),
-            content_kind: kind.and_then(label),
-            content_id: title.and_then(label),
-            rules: Arc::from(rules),
-            ..acquire(stream, limit)
-        }
-    }
-
     fn decision(reply: Reply) -> Decision {
         match reply {
             Reply::Decision(d) => d,
@@ -890,62 +871,65 @@ mod tests {
         let tv = [tv_rule(2)];
         for s in ["tv1", "tv2"] {
             assert!(matches!(
-                decision(p.run("tv", go(on(s, 4, &tv, Some("tv"), None, None))).await),
+                decision(p.run("tv", go(Acquire::on_test(s, 4, &tv, Some("tv"), None, None))).await),
                 Decision::Granted(_)
             ));
             clock.advance_ms(1);
         }
-        match decision(p.run("tv", go(on("tv3", 4, &tv, Some("tv"), None, None))).await) {
+        match decision(p.run("tv", go(Acquire::on_test("tv3", 4, &tv, Some("tv"), None, None))).await) {
             Decision::Denied(d) => {
                 assert_eq!((d.limit.get(), d.rule, names(&d.live)), (4, hit("tv", 2), vec!["tv1", "tv2"]))
             }
             d => panic!("{d:?}"),
         }
         for s in ["m1", "m2"] {
-            p.run("tv", go(on(s, 4, &tv, Some("mobile"), None, None))).await;
+            p.run("tv", go(Acquire::on_test(s, 4, &tv, Some("mobile"), None, None))).await;
             clock.advance_ms(1);
         }
-        match decision(p.run("tv", go(on("m3", 4, &tv, Some("mobile"), None, None))).await) {
+        match decision(p.run("tv", go(Acquire::on_test("m3", 4, &tv, Some("mobile"), None, None))).await) {
             Decision::Denied(d) => assert_eq!((d.rule, names(&d.live)), (None, vec!["tv1", "tv2", "m1", "m2"])),
             d => panic!("{d:?}"),
         }
         p.run("tv", Op::Release(stream("m2"))).await;
-        assert!(matches!(decision(p.run("tv", go(on("x", 4, &tv, None, None, None))).await), Decision::Granted(_)));
+        assert!(matches!(
+            decision(p.run("tv", go(Acquire::on_test("x", 4, &tv, None, None, None))).await),
+            Decision::Granted(_)
+        ));
         p.run("tv", Op::List { limit: Limit::new(4).unwrap() }).await;
 
         // "the same title on at most 1 screen"; untitled streams are outside.
         let titles = [per_title(1)];
-        p.run("title", go(on("a", 4, &titles, None, None, Some("film")))).await;
-        match decision(p.run("title", go(on("b", 4, &titles, None, None, Some("film")))).await) {
+        p.run("title", go(Acquire::on_test("a", 4, &titles, None, None, Some("film")))).await;
+        match decision(p.run("title", go(Acquire::on_test("b", 4, &titles, None, None, Some("film")))).await) {
             Decision::Denied(d) => assert_eq!((d.rule, names(&d.live)), (hit("one-per-title", 1), vec!["a"])),
             d => panic!("{d:?}"),
         }
         for (s, title) in [("c", Some("show")), ("d", None), ("e", None)] {
             assert!(matches!(
-                decision(p.run("title", go(on(s, 4, &titles, None, None, title))).await),
+                decision(p.run("title", go(Acquire::on_test(s, 4, &titles, None, None, title))).await),
                 Decision::Granted(_)
             ));
         }
-        p.run("title", go(on("f", 4, &titles, None, None, Some("other")))).await;
+        p.run("title", go(Acquire::on_test("f", 4, &titles, None, None, Some("other")))).await;
 
         // "downloads don't count", two of them at most; a total of 1.
         let downloads = [Rule { content_kind: label("download"), exempt: true, ..rule("downloads", 2) }];
         for (s, kind) in [("watch", None), ("dl1", Some("download")), ("dl2", Some("download"))] {
             assert!(matches!(
-                decision(p.run("dl", go(on(s, 1, &downloads, None, kind, None))).await),
+                decision(p.run("dl", go(Acquire::on_test(s, 1, &downloads, None, kind, None))).await),
                 Decision::Granted(_)
             ));
         }
-        match decision(p.run("dl", go(on("dl3", 1, &downloads, None, Some("download"), None))).await) {
+        match decision(p.run("dl", go(Acquire::on_test("dl3", 1, &downloads, None, Some("download"), None))).await) {
             Decision::Denied(d) => assert_eq!((d.rule, names(&d.live)), (hit("downloads", 2), vec!["dl1", "dl2"])),
             d => panic!("{d:?}"),
         }
-        match decision(p.run("dl", go(on("watch2", 1, &downloads, None, Some("vod"), None))).await) {
+        match decision(p.run("dl", go(Acquire::on_test("watch2", 1, &downloads, None, Some("vod"), None))).await) {
             Decision::Denied(d) => assert_eq!((d.rule, names(&d.live)), (None, vec!["watch"])),
             d => panic!("{d:?}"),
         }
         // A download can become a counted stream only if the total has room.
-        match decision(p.run("dl", go(on("dl1", 1, &downloads, None, Some("vod"), None))).await) {
+        match decision(p.run("dl", go(Acquire::on_test("dl1", 1, &downloads, None, Some("vod"), None))).await) {
             Decision::Denied(d) => assert_eq!((d.rule, names(&d.live)), (None, vec!["watch"])),
             d => panic!("{d:?}"),
         }
@@ -956,18 +940,18 @@ mod tests {
             Rule { device_class: label("car"), ..rule("no-car", 0) },
         ];
         let evicting = |a: Acquire| go(Acquire { on_limit: OnLimit::EvictOldest, ..a });
-        p.run("live", go(on("l1", 3, &live, None, Some("live"), None))).await;
+        p.run("live", go(Acquire::on_test("l1", 3, &live, None, Some("live"), None))).await;
         clock.advance_ms(1);
-        match decision(p.run("live", evicting(on("l2", 3, &live, None, Some("live"), None))).await) {
+        match decision(p.run("live", evicting(Acquire::on_test("l2", 3, &live, None, Some("live"), None))).await) {
             Decision::Granted(g) => assert_eq!(names(&g.evicted), ["l1"]),
             d => panic!("{d:?}"),
         }
-        match decision(p.run("live", evicting(on("c1", 3, &live, Some("car"), None, None))).await) {
+        match decision(p.run("live", evicting(Acquire::on_test("c1", 3, &live, Some("car"), None, None))).await) {
             Decision::Denied(d) => assert_eq!((d.rule, d.live), (hit("no-car", 0), vec![])),
             d => panic!("{d:?}"),
         }
         assert!(matches!(
-            decision(p.run("live", go(on("l1", 3, &live, None, Some("live"), None))).await),
+            decision(p.run("live", go(Acquire::on_test("l1", 3, &live, None, Some("live"), None))).await),
             Decision::Gone(_)
         ));
 
@@ -975,10 +959,12 @@ mod tests {
         // victims oldest first: the title's before the TVs'.
         let both = [tv_rule(2), per_title(1)];
         for (s, class, title) in [("m-film", "mobile", "film"), ("tv1", "tv", "a"), ("tv2", "tv", "b")] {
-            p.run("evict", go(on(s, 4, &both, Some(class), None, Some(title)))).await;
+            p.run("evict", go(Acquire::on_test(s, 4, &both, Some(class), None, Some(title)))).await;
             clock.advance_ms(1);
         }
-        match decision(p.run("evict", evicting(on("new", 4, &both, Some("tv"), None, Some("film")))).await) {
+        match decision(
+            p.run("evict", evicting(Acquire::on_test("new", 4, &both, Some("tv"), None, Some("film")))).await,
+        ) {
             Decision::Granted(g) => assert_eq!(names(&g.evicted), ["m-film", "tv1"]),
             d => panic!("{d:?}"),
         }
@@ -988,11 +974,15 @@ mod tests {
         // which rule would refuse, or whom it would evict.
         let one_tv = [tv_rule(1)];
         for (s, class) in [("tv1", "tv"), ("m1", "mobile")] {
-            p.run("take", go(on(s, 2, &one_tv, Some(class), None, None))).await;
+            p.run("take", go(Acquire::on_test(s, 2, &one_tv, Some(class), None, None))).await;
             clock.advance_ms(1);
         }
         let take = |evict: &str, enforce| {
-            go(Acquire { evict: vec![stream(evict)], enforce, ..on("tv2", 2, &one_tv, Some("tv"), None, None) })
+            go(Acquire {
+                evict: vec![stream(evict)],
+                enforce,
+                ..Acquire::on_test("tv2", 2, &one_tv, Some("tv"), None, None)
+            })
         };
         match decision(p.run("take", take("m1", true)).await) {
             Decision::Denied(d) => assert_eq!((d.rule, names(&d.live)), (hit("tv", 1), vec!["tv1"])),
@@ -1015,7 +1005,7 @@ mod tests {
         let shadow_evict = go(Acquire {
             enforce: false,
             on_limit: OnLimit::EvictOldest,
-            ..on("tv3", 2, &one_tv, Some("tv"), None, None)
+            ..Acquire::on_test("tv3", 2, &one_tv, Some("tv"), None, None)
         });
         match decision(p.run("take", shadow_evict).await) {
             // The TV seat is the one to free; the total then has room.
@@ -1026,20 +1016,20 @@ mod tests {
         // A renewal cannot move a stream into a full scope: refused, the
         // lease untouched; in shadow mode renewed with the rule named.
         let moves = [tv_rule(1), per_title(1)];
-        p.run("move", go(on("tv1", 4, &moves, Some("tv"), None, Some("a")))).await;
+        p.run("move", go(Acquire::on_test("tv1", 4, &moves, Some("tv"), None, Some("a")))).await;
         clock.advance_ms(1);
-        p.run("move", go(on("m1", 4, &moves, Some("mobile"), None, Some("b")))).await;
+        p.run("move", go(Acquire::on_test("m1", 4, &moves, Some("mobile"), None, Some("b")))).await;
         clock.advance_ms(1);
-        match decision(p.run("move", go(on("m1", 4, &moves, None, None, Some("a")))).await) {
+        match decision(p.run("move", go(Acquire::on_test("m1", 4, &moves, None, None, Some("a")))).await) {
             Decision::Denied(d) => assert_eq!((d.rule, names(&d.live)), (hit("one-per-title", 1), vec!["tv1"])),
             d => panic!("{d:?}"),
         }
         assert!(matches!(
-            decision(p.run("move", go(on("m1", 4, &moves, Some("tv"), None, None))).await),
+            decision(p.run("move", go(Acquire::on_test("m1", 4, &moves, Some("tv"), None, None))).await),
             Decision::Denied(_)
         ));
         p.run("move", Op::List { limit: Limit::new(4).unwrap() }).await;
-        let shadow = go(Acquire { enforce: false, ..on("m1", 4, &moves, Some("tv"), Some("vod"), None) });
+        let shadow = go(Acquire { enforce: false, ..Acquire::on_test("m1", 4, &moves, Some("tv"), Some("vod"), None) });
         match decision(p.run("move", shadow).await) {
             Decision::Renewed(g) => {
                 assert_eq!((g.would_deny, g.would_deny_rule), (true, hit("tv", 1)));
@@ -1050,7 +1040,7 @@ mod tests {
         // A rule lowered below its live streams: they keep renewing.
         let lowered = [Rule { limit: Limit::new(0).unwrap(), ..tv_rule(1) }];
         assert!(matches!(
-            decision(p.run("move", go(on("tv1", 4, &lowered, None, None, None))).await),
+            decision(p.run("move", go(Acquire::on_test("tv1", 4, &lowered, None, None, None))).await),
             Decision::Renewed(_)
         ));
         p.run("move", Op::List { limit: Limit::new(4).unwrap() }).await;
@@ -1060,7 +1050,7 @@ mod tests {
         let first = Acquire {
             plan: label("premium"),
             device_id: label("dev"),
-            ..on("a", 4, &[], Some("tv"), Some("live"), Some("match"))
+            ..Acquire::on_test("a", 4, &[], Some("tv"), Some("live"), Some("match"))
         };
         p.run("attrs", go(first)).await;
         p.run("attrs", go(acquire("a", 4))).await;
@@ -1073,16 +1063,16 @@ mod tests {
         // Long names and scopes take MessagePack's longer string forms.
         let (name, class) = ("n".repeat(64), "é".repeat(128));
         let long = [Rule { device_class: label(&class), ..rule(&name, 1) }];
-        p.run("long", go(on("a", 4, &long, Some(&class), None, None))).await;
-        match decision(p.run("long", go(on("b", 4, &long, Some(&class), None, None))).await) {
+        p.run("long", go(Acquire::on_test("a", 4, &long, Some(&class), None, None))).await;
+        match decision(p.run("long", go(Acquire::on_test("b", 4, &long, Some(&class), None, None))).await) {
             Decision::Denied(d) => assert_eq!((d.rule, names(&d.live)), (hit(&name, 1), vec!["a"])),
             d => panic!("{d:?}"),
         }
 
         // An override changes the total, never a rule.
         p.run("over", Op::SetOverride(Limit::new(1))).await;
-        p.run("over", go(on("tv1", 4, &tv, Some("tv"), None, None))).await;
-        match decision(p.run("over", go(on("m1", 4, &tv, Some("mobile"), None, None))).await) {
+        p.run("over", go(Acquire::on_test("tv1", 4, &tv, Some("tv"), None, None))).await;
+        match decision(p.run("over", go(Acquire::on_test("m1", 4, &tv, Some("mobile"), None, None))).await) {
             Decision::Denied(d) => assert_eq!((d.limit.get(), d.rule), (1, None)),
             d => panic!("{d:?}"),
         }
@@ -1121,8 +1111,8 @@ mod tests {
         assert!(matches!(decision(p.run("h", go(held(acquire("a", 2)))).await), Decision::Renewed(_)));
         // A held renewal that moves into a full scope is refused as a renewal.
         let tv = [tv_rule(1)];
-        p.run("h", go(on("t", 2, &tv, Some("tv"), None, None))).await;
-        match decision(p.run("h", go(held(on("a", 2, &tv, Some("tv"), None, None)))).await) {
+        p.run("h", go(Acquire::on_test("t", 2, &tv, Some("tv"), None, None))).await;
+        match decision(p.run("h", go(held(Acquire::on_test("a", 2, &tv, Some("tv"), None, None)))).await) {
             Decision::Denied(d) => assert_eq!((d.rule, names(&d.live)), (hit("tv", 1), vec!["t"])),
             d => panic!("{d:?}"),
         }
@@ -1136,7 +1126,7 @@ mod tests {
 
         // The newest live lease's plan: premium admits a third stream, and
         // its TV rule (not the request's, which has none) refuses a second TV.
-        p.run("s", go(named(on("tv1", 2, &[], Some("tv"), None, None), "premium"))).await;
+        p.run("s", go(named(Acquire::on_test("tv1", 2, &[], Some("tv"), None, None), "premium"))).await;
         clock.advance_ms(1);
         match decision(p.run("s", go(plain(acquire("m1", 2)))).await) {
             Decision::Granted(g) => assert_eq!((g.limit.get(), g.lease.plan), (3, label("premium"))),
@@ -1144,14 +1134,14 @@ mod tests {
         }
         clock.advance_ms(1);
         assert!(matches!(decision(p.run("s", go(plain(acquire("m2", 2)))).await), Decision::Granted(_)));
-        match decision(p.run("s", go(plain(on("tv2", 2, &[], Some("tv"), None, None)))).await) {
+        match decision(p.run("s", go(plain(Acquire::on_test("tv2", 2, &[], Some("tv"), None, None)))).await) {
             Decision::Denied(d) => {
                 assert_eq!((d.limit.get(), d.rule, names(&d.live)), (3, hit("tv", 1), vec!["tv1"]))
             }
             d => panic!("{d:?}"),
         }
         // Shadow mode names the inherited plan's rule.
-        let shadow = Acquire { enforce: false, ..plain(on("tv2", 2, &[], Some("tv"), None, None)) };
+        let shadow = Acquire { enforce: false, ..plain(Acquire::on_test("tv2", 2, &[], Some("tv"), None, None)) };
         match decision(p.run("s", go(shadow)).await) {
             Decision::Granted(g) => assert_eq!((g.would_deny_rule, g.lease.plan), (hit("tv", 1), label("premium"))),
             d => panic!("{d:?}"),
