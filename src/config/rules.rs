@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::ConfigError;
 use super::settings::{RuleKey, RuleTable};
-use crate::limiter::{Label, Limit, Rule, StreamId};
+use crate::limiter::{Label, Limit, Rule};
 
 /// The longest rule name, in characters.
 pub const MAX_NAME_LEN: usize = 64;
@@ -86,23 +86,23 @@ fn check(table: &RuleTable, earlier: &[Rule]) -> Result<Rule, (Option<usize>, St
         None => return Err((first_line, "name is required".into())),
         Some(k) => {
             let name = text(k)?;
-            if name.chars().count() > MAX_NAME_LEN || StreamId::new(name).is_err() {
+            let checked = Label::id(name).ok().filter(|_| name.len() <= MAX_NAME_LEN);
+            let Some(label) = checked else {
                 return Err((
                     Some(k.line),
                     format!("name {name:?} must be 1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 and . _ ~ : @ -"),
                 ));
-            }
+            };
             if let Some(i) = earlier.iter().position(|r| r.name.as_str() == name) {
                 return Err((Some(k.line), format!("name {name:?} is already the name of rule {i} of this set")));
             }
-            label(name)
+            label
         }
     };
     let scope = |key: &str| -> Result<Option<Label>, (Option<usize>, String)> {
         let Some(k) = table.get(key) else { return Ok(None) };
         let value = text(k)?;
-        StreamId::new(value).map_err(|e| (Some(k.line), format!("{key} {value:?} {e}")))?;
-        Ok(Some(label(value)))
+        Label::id(value).map(Some).map_err(|e| (Some(k.line), format!("{key} {value:?} {e}")))
     };
     let (device_class, content_kind) = (scope("device_class")?, scope("content_kind")?);
     let per_content = match table.get("per") {
@@ -150,9 +150,4 @@ fn text(k: &RuleKey) -> Result<&str, (Option<usize>, String)> {
 
 fn wrong_type(k: &RuleKey, expected: &str, got: &toml::Value) -> (Option<usize>, String) {
     (Some(k.line), format!("{} must be {expected}, not {} {got}", k.key, got.type_str()))
-}
-
-/// A checked id is always a valid label.
-fn label(s: &str) -> Label {
-    Label::new(s).expect("an id is a label")
 }

@@ -522,7 +522,5 @@ pub(super) fn acquire_request(
 /// value a rule could never match is refused rather than quietly ignored.
 fn trait_label(field: &str, value: Option<String>) -> Result<Option<Label>, ApiError> {
     let Some(s) = value else { return Ok(None) };
-    // Stream ids have exactly that alphabet and length.
-    StreamId::new(&s).map_err(|e| ApiError::BadRequest(format!("{field} {e}")))?;
-    Label::new(&s).map(Some).map_err(|e| ApiError::BadRequest(format!("{field} {e}")))
+    Label::id(&s).map(Some).map_err(|e| ApiError::BadRequest(format!("{field} {e}")))
 }

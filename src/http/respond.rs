@@ -45,15 +45,17 @@ pub(super) fn acquired(
         Ok(Decision::Renewed(grant)) => Ok(Json(LeaseBody::new(&user, &grant, ttl, enforced)).into_response()),
         Ok(Decision::Denied(denial)) => Err(ApiError::LimitReached(user, denial)),
         Ok(Decision::Gone(tombstone)) => Err(ApiError::Revoked(tombstone)),
-        Ok(Decision::NotHeld) => Err(ApiError::NotHeld(
-            "the stream holds no live lease (it expired, or was released); acquire it again without If-Match",
-        )),
+        Ok(Decision::NotHeld) => Err(ApiError::NotHeld(NOT_HELD)),
         Err(e) => match fallback {
             Some(req) => Ok(degraded(state, &user, req, &e)),
             None => Err(e.into()),
         },
     }
 }
+
+/// The 412's detail when a held request finds no live lease.
+pub(super) const NOT_HELD: &str =
+    "the stream holds no live lease (it expired, or was released); acquire it again without If-Match";
 
 /// Fail open, as configured: a 201 (200 for a held request) for a lease
 /// built from the request and the app's clock, marked degraded and stored
@@ -82,7 +84,6 @@ fn degraded(state: &AppState, user: &UserId, req: Acquire, error: &StoreError) -
 #[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use std::sync::Arc;
-    use std::time::Duration;
 
     use axum::body::{Body, to_bytes};
     use axum::http::{Request, StatusCode, header};
@@ -95,7 +96,7 @@ mod tests {
     use crate::limiter::{Limit, Timestamp, Ttl};
     use crate::policy::Protection;
     use crate::policy::{OnStoreError, Policy};
-    use crate::store::{RedisMode, Store, StoreConfig, StoreKind};
+    use crate::store::{Store, StoreConfig, StoreKind};
 
     /// An acquire against a store that has stopped answering.
     async fn acquire_with_store_down(on_store_error: OnStoreError) -> (StatusCode, Option<String>, Value) {
@@ -108,17 +109,7 @@ mod tests {
         if_match: Option<&str>,
     ) -> (StatusCode, Option<String>, Value) {
         let dir = tempfile::tempdir().unwrap();
-        let config = StoreConfig {
-            kind: StoreKind::Sqlite,
-            data_dir: dir.path().to_path_buf(),
-            redis_urls: Vec::new(),
-            redis_mode: RedisMode::Standalone,
-            redis_tls: Default::default(),
-            dynamodb_table: String::new(),
-            dynamodb_endpoint: None,
-            sweep_interval: Duration::from_secs(60),
-            op_timeout: Duration::from_secs(5),
-        };
+        let config = StoreConfig::new(StoreKind::Sqlite, dir.path().to_path_buf());
         let clock = ManualClock::new(Timestamp::from_micros(1_795_498_190_123_456));
         let store = Store::open(&config, Arc::new(clock.clone())).await.unwrap();
         store.close().await.unwrap();

@@ -35,6 +35,7 @@ use super::access::{Whose, authenticate};
 use super::dto::{RenewedMessage, RevokedMessage, SocketMessage, SocketQuery, rfc3339};
 use super::handlers::{acquire_lease, acquire_request, acquired};
 use super::problem::{ApiError, TYPE_BASE};
+use super::respond;
 use super::source::Source;
 use crate::limiter::{Acquire, Decision, Grant, RevokeReason, StreamId, UserId};
 use crate::metrics;
@@ -670,10 +671,14 @@ async fn renew(state: &AppState, ws: &mut WebSocket, seat: &Seat) -> Option<u16>
             Some(close::ABNORMAL)
         }
         // The lease had gone and its seat was taken meanwhile.
-        // A socket's renewals never say they hold the lease.
-        Ok(Decision::NotHeld) => unreachable!("a socket renewal is not held-only"),
         Ok(Decision::Denied(denial)) => {
             let answer = ApiError::LimitReached(user.clone(), denial).into_response();
+            Some(refuse(ws, refusal(answer).await).await)
+        }
+        // A socket's renewals never say they hold the lease; were one to,
+        // it would be answered as the `PUT` is.
+        Ok(Decision::NotHeld) => {
+            let answer = ApiError::NotHeld(respond::NOT_HELD).into_response();
             Some(refuse(ws, refusal(answer).await).await)
         }
         // Evicted or revoked, here or on another instance.
@@ -758,7 +763,6 @@ async fn close_with(ws: &mut WebSocket, code: u16, reason: &str) {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::Duration;
 
     use axum::body::{Body, to_bytes};
     use axum::http::{Request, StatusCode, header};
@@ -771,24 +775,14 @@ mod tests {
     use crate::http::{AppState, app};
     use crate::limiter::{Limit, StreamId, Ttl, UserId};
     use crate::policy::{Policy, Protection};
-    use crate::store::{RedisMode, Store, StoreConfig, StoreKind};
+    use crate::store::{Store, StoreConfig, StoreKind};
 
     /// A request that comes without a connection to upgrade, as every
     /// request does through API Gateway and streamcap-lambda, gets a 426
     /// that says so, even with every WebSocket header in place.
     #[tokio::test]
     async fn without_a_connection_to_upgrade_the_answer_is_426() {
-        let config = StoreConfig {
-            kind: StoreKind::Memory,
-            data_dir: std::env::temp_dir(),
-            redis_urls: Vec::new(),
-            redis_mode: RedisMode::Standalone,
-            redis_tls: Default::default(),
-            dynamodb_table: String::new(),
-            dynamodb_endpoint: None,
-            sweep_interval: Duration::from_secs(60),
-            op_timeout: Duration::from_secs(5),
-        };
+        let config = StoreConfig::new(StoreKind::Memory, std::env::temp_dir());
         let store = Store::open(&config, Arc::new(SystemClock)).await.unwrap();
         let policy = Policy::uniform(Limit::new(2).unwrap(), Ttl::from_secs(60).unwrap());
         let state = AppState::new(store, policy, Arc::new(Authenticator::none()), Protection::unlimited());

@@ -87,6 +87,14 @@ impl Label {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A label that rules compare (a device class, a content kind, a rule
+    /// name): validated as an id is, 1 to 128 characters of
+    /// `[A-Za-z0-9._~:@-]`.
+    pub fn id(s: &str) -> Result<Self, InvalidId> {
+        check_id(s)?;
+        Ok(Self(Arc::from(s)))
+    }
 }
 
 impl fmt::Debug for Label {

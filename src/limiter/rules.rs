@@ -142,13 +142,16 @@ impl Scope<'_> {
 
     /// The leases of `live` in this scope, leaving out `skip`, in order.
     fn members<'l>(self, live: &'l [Lease], skip: &[&Lease]) -> Vec<&'l Lease> {
-        live.iter()
-            .filter(|l| self.contains(Traits::of(l)) && !skip.iter().any(|s| s.stream_id == l.stream_id))
-            .collect()
+        self.iter(live, skip).collect()
     }
 
+    fn iter<'l>(self, live: &'l [Lease], skip: &[&Lease]) -> impl Iterator<Item = &'l Lease> {
+        live.iter().filter(move |l| self.contains(Traits::of(l)) && !skip.iter().any(|s| s.stream_id == l.stream_id))
+    }
+
+    /// Counts without collecting: every new stream asks this of the total.
     fn is_full(self, live: &[Lease], skip: &[&Lease]) -> bool {
-        self.members(live, skip).len() >= self.limit().get() as usize
+        self.iter(live, skip).count() >= self.limit().get() as usize
     }
 }
 

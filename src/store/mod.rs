@@ -95,6 +95,24 @@ pub struct StoreConfig {
     pub op_timeout: Duration,
 }
 
+impl StoreConfig {
+    /// `kind` with its data in `data_dir` and the default timing (a sweep
+    /// a minute, 5 s per operation); no Redis URL, the default table.
+    pub fn new(kind: StoreKind, data_dir: PathBuf) -> Self {
+        Self {
+            kind,
+            data_dir,
+            redis_urls: Vec::new(),
+            redis_mode: RedisMode::Standalone,
+            redis_tls: RedisTls::default(),
+            dynamodb_table: "streamcap".into(),
+            dynamodb_endpoint: None,
+            sweep_interval: Duration::from_secs(60),
+            op_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 impl std::fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreConfig")

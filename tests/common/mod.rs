@@ -25,7 +25,7 @@ use streamcap::http::AppState;
 use streamcap::limiter::{Limit, Ttl};
 use streamcap::policy::Policy;
 use streamcap::policy::Protection;
-use streamcap::store::{RedisMode, Store, StoreConfig, StoreKind};
+use streamcap::store::{Store, StoreConfig, StoreKind};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -103,15 +103,9 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         #[cfg_attr(not(feature = "dynamodb"), allow(unused_mut))]
         let mut config = StoreConfig {
-            kind,
-            data_dir: dir.path().join("data"),
             redis_urls: redis_url.into_iter().collect(),
-            redis_mode: RedisMode::Standalone,
-            redis_tls: Default::default(),
-            dynamodb_table: "streamcap".into(),
-            dynamodb_endpoint: None,
             sweep_interval: Duration::from_secs(1),
-            op_timeout: Duration::from_secs(5),
+            ..StoreConfig::new(kind, dir.path().join("data"))
         };
         let store = match kind {
             #[cfg(feature = "dynamodb")]
