@@ -71,7 +71,7 @@ fn describe() {
     describe_counter!("streamcap_rate_limited_total", "Requests refused with 429, by bucket.");
     describe_counter!(
         "streamcap_store_conflicts_total",
-        "DynamoDB conditional writes that lost a race with another writer and were decided again."
+        "Conditional writes (Redis, DynamoDB) that lost a race with another instance and were decided again."
     );
     describe_gauge!("streamcap_websockets_open", "WebSockets open on this instance, lease-holding or closing.");
     describe_counter!("streamcap_websocket_closes_total", "WebSockets closed, by close code.");

@@ -26,7 +26,7 @@ use crate::workload::{MixParams, Zipf};
 use crate::{Ctx, phase, server_args};
 
 /// The server's own decision script, from the same tree as the binary.
-const SCRIPT: &str = include_str!("../../src/store/redis/decide.lua");
+const SCRIPT: &str = include_str!("../../tests/fixtures/previous-release/decide.lua");
 
 /// What redis-benchmark sends after `EVALSHA <sha>`: the number of keys,
 /// the keys, then the arguments, in decide.lua's argument format. One

@@ -3,10 +3,9 @@
 //! This module owns the vocabulary (users, streams, leases, limits, time) and
 //! the rules that turn one user's leases plus a request into a [`Decision`].
 //! Everything here is a pure function of `(state, op, now)`: no I/O, no
-//! clock, no locks, no HTTP, no serde. Stores make the rules atomic. The
-//! memory and sqlite stores call [`apply`] itself; Redis cannot run Rust, so
-//! it runs a Lua translation of these rules inside one script call, and the
-//! differential tests hold that translation to [`apply`].
+//! clock, no locks, no HTTP, no serde. Stores make the rules atomic, and
+//! every one of them calls [`apply`]: memory and sqlite under their own
+//! serialisation, Redis and DynamoDB inside a read and a conditional write.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

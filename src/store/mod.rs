@@ -22,6 +22,8 @@ use crate::metrics;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
 mod memory;
+#[cfg(any(feature = "redis", feature = "dynamodb"))]
+mod optimistic;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 #[cfg(feature = "redis")]

@@ -1,28 +1,22 @@
 //! The serverless backend: one DynamoDB item per user, shared by any number
 //! of instances and Lambda functions.
 //!
-//! Each decision is optimistic: a strongly consistent `GetItem`, then
+//! Each decision runs the shared read-decide-write loop
+//! ([`super::optimistic`]): a strongly consistent `GetItem`, then
 //! [`limiter::apply`] on the decoded state with this instance's clock, then
 //! a `PutItem` (or a `DeleteItem`, when nothing is left) conditioned on the
-//! version that was read. A write that finds another version lost a race:
-//! the whole read-decide-write runs again after a jittered backoff, a
-//! bounded number of times, and then the store answers `Unavailable`. An op
-//! whose rules change nothing writes nothing. So the rules stay in
-//! `limiter`, and DynamoDB's conditional write makes them atomic per user.
-//!
-//! Within one instance, operations on one user take turns (a lock per
-//! user), so they do not race each other for the item: conflicts are left
-//! to instances racing each other, and a conflicting write, which DynamoDB
-//! bills like any other, becomes rare.
+//! version that was read. So the rules stay in `limiter`, and DynamoDB's
+//! conditional write makes them atomic per user. Each item carries the id
+//! of the write that stored it, so that a write the SDK sent again after it
+//! had landed recognises itself.
 //!
 //! Expiry happens on write and DynamoDB's TTL deletes idle items
 //! (`expires_at`); no decision depends on TTL, and no sweeper scans the
 //! table. `item` documents the item's attributes.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use aws_config::BehaviorVersion;
@@ -36,10 +30,10 @@ use aws_sdk_dynamodb::types::{
     TimeToLiveSpecification, TimeToLiveStatus,
 };
 
+use super::optimistic::{Change, Lost, Optimistic, Read, Shared};
 use super::{Backend, BoxFuture, OpenError, OpenFailure, Store, StoreConfig, StoreError};
 use crate::clock::Clock;
 use crate::limiter::{self, Op, Reply, UserId};
-use crate::metrics;
 
 #[cfg(test)]
 pub(crate) mod harness;
@@ -48,15 +42,6 @@ mod item;
 mod tests;
 
 use item::{KEY, TTL};
-
-/// Read-decide-write rounds per operation before giving up with
-/// `Unavailable`. Each lost round means another writer won, so this many
-/// rounds are lost only under a storm of writes to one user.
-const ATTEMPTS: u32 = 8;
-/// The backoff after the n-th lost round is uniform in
-/// `[0, min(BACKOFF_CAP, BACKOFF_BASE * 2^(n-1))]`.
-const BACKOFF_BASE: Duration = Duration::from_millis(4);
-const BACKOFF_CAP: Duration = Duration::from_millis(200);
 
 /// The key that `ping` and the open check read. `#` is not in the user id
 /// alphabet, so no user's item can have it.
@@ -95,7 +80,7 @@ pub(super) struct DynamoBackend {
     client: Client,
     table: String,
     clock: Arc<dyn Clock>,
-    turns: Turns,
+    engine: Optimistic,
     writes: WriteIds,
 }
 
@@ -107,7 +92,8 @@ impl DynamoBackend {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, OpenFailure> {
         let client = client(endpoint, aws).await?;
-        let backend = Self { client, table: table.to_owned(), clock, turns: Turns::new(), writes: WriteIds::new() };
+        let backend =
+            Self { client, table: table.to_owned(), clock, engine: Optimistic::new(), writes: WriteIds::new() };
         backend.probe().await.map_err(|e| match e {
             Probe::Misconfigured(m) => OpenFailure::Misconfigured(m),
             Probe::Unavailable(m) => OpenFailure::Failed(OpenError(m)),
@@ -147,59 +133,8 @@ impl DynamoBackend {
         }
     }
 
-    async fn decide(&self, user: &UserId, op: Op) -> Result<Reply, StoreError> {
-        let _turn = self.turns.take(user).await;
-        // A write whose condition failed may still have been ours: the SDK
-        // retries a write whose answer it did not get. It is ours if the
-        // item now carries its version and write id.
-        let mut unsure: Option<(u64, String, Reply)> = None;
-        for round in 1..=ATTEMPTS {
-            let stored = self.read(user).await?;
-            let (mut state, version) = match stored {
-                Some(s) => {
-                    if let Some((v, id, reply)) = unsure.take()
-                        && s.version == v
-                        && s.write_id.as_deref() == Some(id.as_str())
-                    {
-                        return Ok(reply);
-                    }
-                    (s.state, Some(s.version))
-                }
-                None => (Default::default(), None),
-            };
-            let outcome = limiter::apply(&mut state, op.clone(), self.clock.now());
-            if outcome.writes.is_empty() {
-                return Ok(outcome.reply);
-            }
-            let write_id = self.writes.next();
-            let (written, new_version) = match version {
-                None if state.is_empty() => (Ok(()), None),
-                None => (self.put(user, &state, None, &write_id).await, Some(1)),
-                Some(v) if state.is_empty() => (self.delete(user, v).await, None),
-                Some(v) => (self.put(user, &state, Some(v), &write_id).await, Some(v + 1)),
-            };
-            match written {
-                Ok(()) => {
-                    metrics::decision("expired", outcome.expired as u64);
-                    return Ok(outcome.reply);
-                }
-                Err(Lost::Race) => {
-                    metrics::store_conflict();
-                    unsure = new_version.map(|v| (v, write_id, outcome.reply));
-                    if round < ATTEMPTS {
-                        tokio::time::sleep(backoff(round)).await;
-                    }
-                }
-                Err(Lost::Failed(e)) => return Err(e),
-            }
-        }
-        Err(StoreError::Unavailable(format!(
-            "dynamodb: {ATTEMPTS} conflicting writes in a row for user {user}; giving up"
-        )))
-    }
-
     /// The user's item, strongly consistent.
-    async fn read(&self, user: &UserId) -> Result<Option<item::Stored>, StoreError> {
+    async fn get_item(&self, user: &UserId) -> Result<Option<item::Stored>, StoreError> {
         let got = self
             .client
             .get_item()
@@ -226,7 +161,7 @@ impl DynamoBackend {
         state: &limiter::UserState,
         expected: Option<u64>,
         write_id: &str,
-    ) -> Result<(), Lost> {
+    ) -> Result<(), Lost<Mark>> {
         let version = expected.map_or(1, |v| v + 1);
         let item = item::encode(user, state, version, write_id);
         let req = self.client.put_item().table_name(&self.table).set_item(Some(item));
@@ -240,7 +175,7 @@ impl DynamoBackend {
         req.send().await.map(|_| ()).map_err(|e| self.lost(user, "PutItem", e))
     }
 
-    async fn delete(&self, user: &UserId, expected: u64) -> Result<(), Lost> {
+    async fn delete(&self, user: &UserId, expected: u64) -> Result<(), Lost<Mark>> {
         let sent = self
             .client
             .delete_item()
@@ -254,14 +189,14 @@ impl DynamoBackend {
         sent.map(|_| ()).map_err(|e| self.lost(user, "DeleteItem", e))
     }
 
-    fn lost<E, R>(&self, user: &UserId, op: &str, e: SdkError<E, R>) -> Lost
+    fn lost<E, R>(&self, user: &UserId, op: &str, e: SdkError<E, R>) -> Lost<Mark>
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,
     {
         let service = e.as_service_error();
         match service.and_then(|s| s.code()) {
-            Some("ConditionalCheckFailedException") => Lost::Race,
+            Some("ConditionalCheckFailedException") => Lost::Race(None),
             Some("ValidationException") if service.and_then(|s| s.message()).is_some_and(|m| m.contains("size")) => {
                 tracing::error!(
                     user = %user,
@@ -278,9 +213,55 @@ impl DynamoBackend {
     }
 }
 
+/// The version an item was read at, and the id of the write that stored
+/// it; `None` when there was no item.
+type Seen = Option<(u64, Option<String>)>;
+
+/// The version a write stores and its write id.
+type Mark = (u64, String);
+
+impl Shared for DynamoBackend {
+    type Seen = Seen;
+    type Mark = Mark;
+
+    async fn read(&self, user: &UserId) -> Result<Read<Seen>, StoreError> {
+        let stored = self.get_item(user).await?;
+        // The clock is read after the item, as in one atomic step.
+        let now = self.clock.now();
+        Ok(match stored {
+            Some(s) => Read { state: s.state, seen: Some((s.version, s.write_id)), now },
+            None => Read { state: Default::default(), seen: None, now },
+        })
+    }
+
+    async fn write(&self, user: &UserId, seen: &Seen, change: Change<'_>) -> Result<(), Lost<Mark>> {
+        let write_id = self.writes.next();
+        let version = seen.as_ref().map(|(v, _)| *v);
+        let state = change.state;
+        let (written, mark) = match version {
+            None if state.is_empty() => return Ok(()),
+            None => (self.put(user, state, None, &write_id).await, Some(1)),
+            Some(v) if state.is_empty() => (self.delete(user, v).await, None),
+            Some(v) => (self.put(user, state, Some(v), &write_id).await, Some(v + 1)),
+        };
+        written.map_err(|lost| match lost {
+            Lost::Race(_) => Lost::Race(mark.map(|v| (v, write_id))),
+            failed => failed,
+        })
+    }
+
+    fn landed(seen: &Seen, mark: &Mark) -> bool {
+        matches!(seen, Some((v, Some(id))) if *v == mark.0 && *id == mark.1)
+    }
+
+    fn name(&self) -> &'static str {
+        "dynamodb"
+    }
+}
+
 impl Backend for DynamoBackend {
     fn execute<'a>(&'a self, user: &'a UserId, op: Op) -> BoxFuture<'a, Result<Reply, StoreError>> {
-        Box::pin(self.decide(user, op))
+        Box::pin(self.engine.decide(self, user, op))
     }
 
     fn sweep(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
@@ -310,20 +291,6 @@ impl Backend for DynamoBackend {
 enum Probe {
     Misconfigured(String),
     Unavailable(String),
-}
-
-/// Why a conditional write did not happen.
-enum Lost {
-    /// Another writer changed the item since it was read.
-    Race,
-    Failed(StoreError),
-}
-
-/// The n-th backoff (n from 1): full jitter over a doubling window.
-fn backoff(n: u32) -> Duration {
-    let window = BACKOFF_BASE.saturating_mul(1 << (n - 1).min(16)).min(BACKOFF_CAP);
-    let unit = (RandomState::new().hash_one(n) >> 11) as f64 / (1u64 << 53) as f64;
-    window.mul_f64(unit)
 }
 
 /// A one-line account of an SDK error: the service's code and message, or
@@ -501,59 +468,6 @@ fn check_schema(table: &str, keys: &[KeySchemaElement], attributes: &[AttributeD
         "table {table} exists with {}; streamcap needs partition key user_id (S) and no sort key",
         found.join(" and ")
     )))
-}
-
-/// One turn at a time per user within this instance: a map from user to
-/// a tokio mutex, whose entry goes when its last holder or waiter does.
-struct Turns {
-    // A std mutex around the map: it is held only to find or drop an entry,
-    // never across an await.
-    shards: Box<[Mutex<TurnMap>]>,
-    hasher: RandomState,
-}
-
-type TurnMap = HashMap<UserId, Arc<tokio::sync::Mutex<()>>>;
-
-struct Turn<'a> {
-    turns: &'a Turns,
-    user: &'a UserId,
-    lock: Option<Arc<tokio::sync::Mutex<()>>>,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Turns {
-    const SHARDS: usize = 64;
-
-    fn new() -> Self {
-        Self { shards: (0..Self::SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), hasher: RandomState::new() }
-    }
-
-    fn shard(&self, user: &UserId) -> MutexGuard<'_, TurnMap> {
-        let i = (self.hasher.hash_one(user) as usize) % Self::SHARDS;
-        // A panic while holding a shard cannot leave the map incoherent.
-        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    async fn take<'a>(&'a self, user: &'a UserId) -> Turn<'a> {
-        let lock = self.shard(user).entry(user.clone()).or_default().clone();
-        // Built before the wait, so that a cancelled wait still drops the entry.
-        let mut turn = Turn { turns: self, user, lock: Some(lock.clone()), guard: None };
-        turn.guard = Some(lock.lock_owned().await);
-        turn
-    }
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        let Some(lock) = self.lock.take() else { return };
-        let mut shard = self.turns.shard(self.user);
-        // Clones are made only under the shard lock: two references (the
-        // map's and ours) mean nobody else holds or awaits this one.
-        if Arc::strong_count(&lock) == 2 {
-            shard.remove(self.user);
-        }
-    }
 }
 
 /// Write ids: a random prefix for this process and a counter.

@@ -136,9 +136,12 @@ async fn a_repeated_write_conflicts_and_the_item_names_the_first() {
     let outcome = apply(&mut state, Op::Acquire(acquire("a", 1)), clock.now());
     let id = b.writes.next();
     assert!(b.put(&u, &state, None, &id).await.is_ok());
-    assert!(matches!(b.put(&u, &state, None, &id).await, Err(Lost::Race)), "the retried write conflicts");
-    let stored = b.read(&u).await.unwrap().unwrap();
+    assert!(matches!(b.put(&u, &state, None, &id).await, Err(Lost::Race(_))), "the retried write conflicts");
+    let stored = b.get_item(&u).await.unwrap().unwrap();
     assert_eq!((stored.version, stored.write_id.as_deref()), (1, Some(id.as_str())));
+    let seen = Some((stored.version, stored.write_id));
+    assert!(DynamoBackend::landed(&seen, &(1, id.clone())), "the loop recognises its write");
+    assert!(!DynamoBackend::landed(&seen, &(1, b.writes.next())), "and only its own");
     // A fresh decision would say Renewed; the write id shows it was Granted.
     assert!(matches!(outcome.reply, Reply::Decision(Decision::Granted(_))));
 }
@@ -313,7 +316,7 @@ async fn an_item_over_400_kb_is_refused_without_a_grant() {
     eprintln!("1000 leases with 128-character ids and labels: {size} bytes by DynamoDB's rules");
     match b.put(&u, &state, None, &b.writes.next()).await {
         Err(Lost::Failed(e)) => assert!(e.to_string().contains("400 KB"), "{e}"),
-        Err(Lost::Race) => panic!("no item to race with"),
+        Err(Lost::Race(_)) => panic!("no item to race with"),
         Ok(()) => panic!("DynamoDB took an item of {size} bytes"),
     }
     let (most, units) = write_and_measure(&b, &table, &u, &fit).await;
@@ -426,10 +429,10 @@ async fn ttl_deletes_idle_items_but_keeps_overrides() {
     store.set_override(&user("kept"), Limit::new(2)).await.unwrap();
     let b = backend(local, &name, &clock).await;
     let deadline = Instant::now() + std::time::Duration::from_secs(60);
-    while b.read(&user("idle")).await.unwrap().is_some() {
+    while b.get_item(&user("idle")).await.unwrap().is_some() {
         assert!(Instant::now() < deadline, "TTL did not delete the idle item within 60 s");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let kept = b.read(&user("kept")).await.unwrap().expect("an item with an override has no TTL");
+    let kept = b.get_item(&user("kept")).await.unwrap().expect("an item with an override has no TTL");
     assert_eq!(kept.state.limit_override(), Limit::new(2));
 }

@@ -1,0 +1,374 @@
+//! A user's state as Redis keeps it in `sc:{user}:s`: format 3, one
+//! MessagePack sequence of plain values.
+//!
+//! First come the format (3), the number of leases, the number of
+//! tombstones, the key's deadline (µs since the epoch) and a copy of the
+//! override (false when there is none). Then eight values per lease, in
+//! (`started_at`, stream) order: stream, `started_at`, `expires_at`,
+//! `device_id`, `content_id`, `device_class`, `content_kind` and plan, with
+//! false for an absent label. Then three per tombstone: stream, `until`,
+//! and the evicting stream or false for a revocation. Times are integers in
+//! µs; Lua reads them exactly below 2^53 µs, the year 2255.
+//!
+//! Earlier releases decided inside Redis with a Lua script that read and
+//! wrote this same format, so instances of both kinds can share one Redis:
+//! each reads what the other writes. Format 2, which an older script wrote,
+//! is format 3 with five values per lease (no device class, content kind
+//! or plan); it is read, and written back as format 3 at the user's next
+//! change. Only the forms that Lua's `cmsgpack` writes for strings,
+//! integers and booleans are read; anything else, or a sequence of the
+//! wrong shape, is refused and the key is never overwritten.
+
+use crate::limiter::{Label, Lease, Limit, RevokeReason, StreamId, Timestamp, Tombstone, UserState};
+
+/// The format this module writes.
+const FORMAT: i64 = 3;
+
+/// A decoded state and the key's deadline.
+pub(super) struct Stored {
+    pub state: UserState,
+    /// The key expires at or before this time, µs since the epoch.
+    pub deadline: i64,
+}
+
+/// Reads a stored state, format 2 or 3.
+pub(super) fn decode(bytes: &[u8]) -> Result<Stored, String> {
+    let mut r = Reader(bytes);
+    let format = r.int()?;
+    let per_lease = match format {
+        2 => 5,
+        3 => 8,
+        other => return Err(format!("unknown state format {other}")),
+    };
+    let (nl, nt) = (r.count()?, r.count()?);
+    let deadline = r.int()?;
+    let limit_override = match r.item()? {
+        Item::Bool(false) | Item::Nil => None,
+        Item::Int(n) => Some(limit(n)?),
+        _ => return Err("the override is not a number".into()),
+    };
+    // Each lease takes at least 5 bytes, each tombstone 3: a count larger
+    // than the bytes left is corrupt, and must not size an allocation.
+    if nl.saturating_mul(5).saturating_add(nt.saturating_mul(3)) > bytes.len() {
+        return Err(format!("{nl} leases and {nt} tombstones do not fit in {} bytes", bytes.len()));
+    }
+    let mut leases = Vec::with_capacity(nl);
+    for _ in 0..nl {
+        let (stream_id, started_at, expires_at) = (r.stream()?, r.time()?, r.time()?);
+        let (device_id, content_id) = (r.label()?, r.label()?);
+        let (device_class, content_kind, plan) =
+            if per_lease == 8 { (r.label()?, r.label()?, r.label()?) } else { (None, None, None) };
+        leases.push(Lease {
+            stream_id,
+            device_id,
+            content_id,
+            device_class,
+            content_kind,
+            plan,
+            started_at,
+            expires_at,
+        });
+    }
+    let mut tombstones = Vec::with_capacity(nt);
+    for _ in 0..nt {
+        let (stream_id, until) = (r.stream()?, r.time()?);
+        let reason = match r.opt_str()? {
+            Some(by) => RevokeReason::EvictedBy(stream(by)?),
+            None => RevokeReason::Revoked,
+        };
+        tombstones.push(Tombstone { stream_id, reason, until });
+    }
+    if !r.0.is_empty() {
+        return Err("values after the last tombstone".into());
+    }
+    Ok(Stored { state: UserState::new(leases, tombstones, limit_override), deadline })
+}
+
+/// Writes `state` in format 3 with the key's `deadline`.
+pub(super) fn encode(state: &UserState, deadline: i64) -> Vec<u8> {
+    let mut leases: Vec<&Lease> = state.leases().iter().collect();
+    leases.sort_unstable_by(|a, b| (a.started_at, &a.stream_id).cmp(&(b.started_at, &b.stream_id)));
+    let tombstones = state.tombstones();
+    let mut out = Vec::with_capacity(24 + 64 * leases.len() + 24 * tombstones.len());
+    int(&mut out, FORMAT);
+    int(&mut out, leases.len() as i64);
+    int(&mut out, tombstones.len() as i64);
+    int(&mut out, deadline);
+    match state.limit_override() {
+        Some(l) => int(&mut out, i64::from(l.get())),
+        None => out.push(FALSE),
+    }
+    for l in leases {
+        bytes(&mut out, l.stream_id.as_str().as_bytes());
+        int(&mut out, l.started_at.as_micros());
+        int(&mut out, l.expires_at.as_micros());
+        for label in [&l.device_id, &l.content_id, &l.device_class, &l.content_kind, &l.plan] {
+            match label {
+                Some(label) => bytes(&mut out, label.as_str().as_bytes()),
+                None => out.push(FALSE),
+            }
+        }
+    }
+    for t in tombstones {
+        bytes(&mut out, t.stream_id.as_str().as_bytes());
+        int(&mut out, t.until.as_micros());
+        match &t.reason {
+            RevokeReason::EvictedBy(by) => bytes(&mut out, by.as_str().as_bytes()),
+            RevokeReason::Revoked => out.push(FALSE),
+        }
+    }
+    out
+}
+
+const FALSE: u8 = 0xc2;
+
+/// An integer in the shortest form, as `cmsgpack` writes it.
+fn int(out: &mut Vec<u8>, n: i64) {
+    match n {
+        0..=0x7f => out.push(n as u8),
+        0x80..=0xff => out.extend_from_slice(&[0xcc, n as u8]),
+        0x100..=0xffff => out.extend_from_slice(&[0xcd, (n >> 8) as u8, n as u8]),
+        0x1_0000..=0xffff_ffff => {
+            out.push(0xce);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        0x1_0000_0000.. => {
+            out.push(0xcf);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        _ => {
+            out.push(0xd3);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+}
+
+/// Bytes as a MessagePack string, which Lua reads as a string.
+fn bytes(out: &mut Vec<u8>, s: &[u8]) {
+    let n = s.len();
+    match n {
+        0..=31 => out.push(0xa0 | n as u8),
+        32..=0xff => out.extend_from_slice(&[0xd9, n as u8]),
+        0x100..=0xffff => out.extend_from_slice(&[0xda, (n >> 8) as u8, n as u8]),
+        _ => {
+            out.push(0xdb);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(s);
+}
+
+fn text(b: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(b).map_err(|e| format!("not UTF-8: {e}"))
+}
+
+fn stream(b: &[u8]) -> Result<StreamId, String> {
+    let s = text(b)?;
+    StreamId::new(s).map_err(|e| format!("stream id {s:?} {e}"))
+}
+
+fn limit(n: i64) -> Result<Limit, String> {
+    u32::try_from(n).ok().and_then(Limit::new).ok_or_else(|| format!("limit {n}"))
+}
+
+/// One MessagePack value, as `cmsgpack` writes them.
+enum Item<'a> {
+    Nil,
+    Bool(bool),
+    Int(i64),
+    Str(&'a [u8]),
+}
+
+/// The unread rest of a MessagePack sequence.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err("truncated".into());
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    /// A big-endian unsigned integer of `n` bytes.
+    fn uint(&mut self, n: usize) -> Result<u64, String> {
+        Ok(self.take(n)?.iter().fold(0, |acc, &b| acc << 8 | u64::from(b)))
+    }
+
+    fn item(&mut self) -> Result<Item<'a>, String> {
+        let tag = self.take(1)?[0];
+        let item = match tag {
+            0x00..=0x7f => Item::Int(i64::from(tag)),
+            0xe0..=0xff => Item::Int(i64::from(tag as i8)),
+            0xc0 => Item::Nil,
+            0xc2 => Item::Bool(false),
+            0xc3 => Item::Bool(true),
+            0xcc => Item::Int(self.uint(1)? as i64),
+            0xcd => Item::Int(self.uint(2)? as i64),
+            0xce => Item::Int(self.uint(4)? as i64),
+            0xcf => Item::Int(i64::try_from(self.uint(8)?).map_err(|_| "integer out of range")?),
+            0xd0 => Item::Int(i64::from(self.uint(1)? as u8 as i8)),
+            0xd1 => Item::Int(i64::from(self.uint(2)? as u16 as i16)),
+            0xd2 => Item::Int(i64::from(self.uint(4)? as u32 as i32)),
+            0xd3 => Item::Int(self.uint(8)? as i64),
+            0xa0..=0xbf => Item::Str(self.take(usize::from(tag & 0x1f))?),
+            0xd9 | 0xc4 => {
+                let n = self.uint(1)?;
+                Item::Str(self.take(n as usize)?)
+            }
+            0xda | 0xc5 => {
+                let n = self.uint(2)?;
+                Item::Str(self.take(n as usize)?)
+            }
+            0xdb | 0xc6 => {
+                let n = self.uint(4)?;
+                Item::Str(self.take(n as usize)?)
+            }
+            other => return Err(format!("unexpected MessagePack type {other:#04x}")),
+        };
+        Ok(item)
+    }
+
+    fn int(&mut self) -> Result<i64, String> {
+        match self.item()? {
+            Item::Int(n) => Ok(n),
+            _ => Err("expected an integer".into()),
+        }
+    }
+
+    fn count(&mut self) -> Result<usize, String> {
+        let n = self.int()?;
+        usize::try_from(n).map_err(|_| format!("count {n}"))
+    }
+
+    fn time(&mut self) -> Result<Timestamp, String> {
+        self.int().map(Timestamp::from_micros)
+    }
+
+    /// A string, or nothing for false or nil.
+    fn opt_str(&mut self) -> Result<Option<&'a [u8]>, String> {
+        match self.item()? {
+            Item::Str(s) => Ok(Some(s)),
+            Item::Bool(false) | Item::Nil => Ok(None),
+            _ => Err("expected a string".into()),
+        }
+    }
+
+    fn stream(&mut self) -> Result<StreamId, String> {
+        stream(self.opt_str()?.ok_or("expected a stream id")?)
+    }
+
+    fn label(&mut self) -> Result<Option<Label>, String> {
+        let Some(b) = self.opt_str()? else { return Ok(None) };
+        let s = text(b)?;
+        Label::new(s).map(Some).map_err(|e| format!("label {s:?} {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label(s: &str) -> Option<Label> {
+        Some(Label::new(s).unwrap())
+    }
+
+    fn lease(stream: &str, started: i64, labels: [Option<Label>; 5]) -> Lease {
+        let [device_id, content_id, device_class, content_kind, plan] = labels;
+        Lease {
+            stream_id: StreamId::new(stream).unwrap(),
+            device_id,
+            content_id,
+            device_class,
+            content_kind,
+            plan,
+            started_at: Timestamp::from_micros(started),
+            expires_at: Timestamp::from_micros(started + 60_000_000),
+        }
+    }
+
+    fn tombstone(stream: &str, until: i64, by: Option<&str>) -> Tombstone {
+        let reason = by.map_or(RevokeReason::Revoked, |b| RevokeReason::EvictedBy(StreamId::new(b).unwrap()));
+        Tombstone { stream_id: StreamId::new(stream).unwrap(), reason, until: Timestamp::from_micros(until) }
+    }
+
+    /// Every value survives a round trip, whatever its width: labels of
+    /// every string form (an empty one is still a label), times of every
+    /// integer form up to 2^53 - 1, and leases come back in start order.
+    #[test]
+    fn a_state_round_trips_with_every_width() {
+        let long = "é".repeat(100); // 200 bytes: str8
+        let longer = "é".repeat(128); // 256 bytes: str16
+        let times = [0, 127, 128, 255, 256, 65_535, 65_536, 4_294_967_295, 4_294_967_296, (1 << 53) - 1];
+        let leases: Vec<Lease> = times
+            .iter()
+            .rev()
+            .enumerate()
+            .map(|(i, &t)| {
+                let device = if i % 2 == 0 { long.as_str() } else { longer.as_str() };
+                lease(&format!("s{i}"), t, [label(device), None, label("tv"), label(""), label(&long[..64])])
+            })
+            .collect();
+        let tombstones = vec![tombstone("gone", 5, Some("s1")), tombstone("revoked", 1 << 40, None)];
+        let state = UserState::new(leases.clone(), tombstones, Limit::new(1000));
+        let bytes = encode(&state, (1 << 53) - 1);
+        let back = decode(&bytes).unwrap();
+        assert_eq!(back.deadline, (1 << 53) - 1);
+        let mut sorted = leases;
+        sorted.sort_by_key(|l| l.started_at);
+        assert_eq!(back.state, UserState::new(sorted, state.tombstones().to_vec(), Limit::new(1000)));
+        // Encoding what was decoded gives the same bytes.
+        assert_eq!(encode(&back.state, back.deadline), bytes);
+    }
+
+    /// Format 2, as the earlier script wrote it: five values per lease.
+    #[test]
+    fn format_2_is_read_as_leases_without_class_kind_or_plan() {
+        let mut v = Vec::new();
+        for n in [2, 1, 1, 99_000_000] {
+            int(&mut v, n);
+        }
+        v.push(FALSE);
+        bytes(&mut v, b"tv-1");
+        int(&mut v, 1_000_000);
+        int(&mut v, 61_000_000);
+        bytes(&mut v, b"living-room");
+        v.push(FALSE);
+        bytes(&mut v, b"old");
+        int(&mut v, 2_000_000);
+        v.push(FALSE);
+        let got = decode(&v).unwrap();
+        let mut expected = lease("tv-1", 1_000_000, [label("living-room"), None, None, None, None]);
+        expected.expires_at = Timestamp::from_micros(61_000_000);
+        assert_eq!(got.state.leases(), [expected]);
+        assert_eq!(got.state.tombstones(), [tombstone("old", 2_000_000, None)]);
+        assert_eq!((got.deadline, got.state.limit_override()), (99_000_000, None));
+        assert_eq!(encode(&got.state, got.deadline)[0], 3, "written back as format 3");
+    }
+
+    #[test]
+    fn malformed_states_are_refused() {
+        let good = encode(&UserState::new(vec![lease("s", 1, Default::default())], vec![], None), 9);
+        let mut cases: Vec<Vec<u8>> = vec![
+            vec![],
+            good[..good.len() - 1].to_vec(),                       // truncated
+            [good.clone(), vec![0x01]].concat(),                   // trailing values
+            [vec![0x04], good[1..].to_vec()].concat(),             // a later format
+            [vec![0x03, 0x7f, 0x7f], good[3..].to_vec()].concat(), // counts that cannot fit
+            [vec![0x91], good.clone()].concat(),                   // an array
+        ];
+        // An override out of range, and a stream id that is not one.
+        let mut v = good.clone();
+        v[4] = 0xcd;
+        v.splice(5..5, [0x03, 0xe9]);
+        cases.push(v);
+        let mut v = good.clone();
+        v[6] = b' ';
+        cases.push(v);
+        for bytes in cases {
+            assert!(decode(&bytes).is_err(), "{bytes:?}");
+        }
+    }
+}
