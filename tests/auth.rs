@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use common::{Reply, Server, binary, run_to_exit};
+use common::{Bucket, Reply, Server, binary, run_to_exit};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -368,10 +368,16 @@ async fn rate_limits_answer_429_with_retry_after() {
     let keys = Keys::generate();
     let per_user = Protection { user_rate: 1, user_burst: 2, ..Protection::unlimited() };
     let s = server_with(jwt_config(&keys), per_user).await;
-    for _ in 0..2 {
-        assert_eq!(call(&s, "GET", "/v1/users/alice/streams", Some(SERVICE_KEY), None).await.status, 200);
-    }
-    let r = call(&s, "GET", "/v1/users/alice/streams", Some(SERVICE_KEY), None).await;
+    // alice's requests are granted until her bucket is empty.
+    let mut bucket = Bucket::full(2);
+    let r = loop {
+        let r = call(&s, "GET", "/v1/users/alice/streams", Some(SERVICE_KEY), None).await;
+        if r.status != 200 {
+            break r;
+        }
+        bucket.granted();
+    };
+    bucket.refused();
     let p = r.assert_problem(429, "rate-limited");
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry), "Retry-After {retry}");
@@ -381,10 +387,18 @@ async fn rate_limits_answer_429_with_retry_after() {
 
     let per_credential = Protection { credential_rate: 1, credential_burst: 2, ..Protection::unlimited() };
     let s = server_with(jwt_config(&keys), per_credential).await;
-    for user in ["u1", "u2"] {
-        assert_eq!(call(&s, "GET", &format!("/v1/users/{user}/streams"), Some(SERVICE_KEY), None).await.status, 200);
-    }
-    let r = call(&s, "GET", "/v1/users/u3/streams", Some(SERVICE_KEY), None).await;
+    // The key's requests, each for another user, are granted until its bucket is empty.
+    let mut bucket = Bucket::full(2);
+    let mut user = 0;
+    let r = loop {
+        user += 1;
+        let r = call(&s, "GET", &format!("/v1/users/u{user}/streams"), Some(SERVICE_KEY), None).await;
+        if r.status != 200 {
+            break r;
+        }
+        bucket.granted();
+    };
+    bucket.refused();
     r.assert_problem(429, "rate-limited");
     assert!(r.header("retry-after").is_some());
     // Another credential has its own bucket.

@@ -170,12 +170,15 @@ fn every_flag_of_serve_help_has_exactly_one_row_in_configuration_md() {
 
 #[test]
 fn each_flag_row_names_the_env_var_and_default_the_help_shows() {
-    let (_, help) = serve_help();
+    let (text, help) = serve_help();
+    assert!(help.len() > 20, "parsed too few options from --help: {help:?}");
     let rows = settings_table();
+    let (mut envs, mut defaults) = (0, 0);
     for option in &help {
-        let Some(row) = rows.iter().find(|r| r.flags.contains(&option.flag)) else {
-            continue; // reported by the test above
-        };
+        let row = rows
+            .iter()
+            .find(|r| r.flags.contains(&option.flag))
+            .unwrap_or_else(|| panic!("{}: no row in docs/configuration.md", option.flag));
         if let Some(env) = &option.env {
             assert!(
                 row.env.contains(env),
@@ -183,6 +186,7 @@ fn each_flag_row_names_the_env_var_and_default_the_help_shows() {
                 option.flag,
                 row.env
             );
+            envs += 1;
         }
         if let Some(default) = &option.default {
             assert_eq!(
@@ -190,8 +194,12 @@ fn each_flag_row_names_the_env_var_and_default_the_help_shows() {
                 "{}: the default in docs/configuration.md differs from --help",
                 option.flag
             );
+            defaults += 1;
         }
     }
+    // Every env var and default the help shows was compared with its row.
+    assert_eq!(envs, text.matches("[env: ").count(), "env vars compared, of those in the help:\n{text}");
+    assert_eq!(defaults, text.matches("[default: ").count(), "defaults compared, of those in the help:\n{text}");
 }
 
 #[test]

@@ -2,7 +2,14 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use common::{Process, Reply, Server, binary};
+use streamcap::auth::Authenticator;
+use streamcap::clock::ManualClock;
+use streamcap::limiter::{Limit, Timestamp, Ttl};
+use streamcap::policy::{Policy, Protection};
 use streamcap::store::StoreKind;
 
 /// The value of one sample line (`name{labels} value`), or 0 when absent.
@@ -43,19 +50,51 @@ async fn metrics_count_decisions_and_time_routes_without_ids() {
 
 #[tokio::test]
 async fn the_live_lease_gauge_follows_the_sweeper() {
-    let s = Server::start(StoreKind::Memory, 3, 60).await;
-    for st in ["a", "b"] {
-        s.put(&format!("/v1/users/gauge-user/streams/{st}"), None).await;
+    // On a manual clock the leases expire when the test moves it. The
+    // gauge is one per process, and every test server's sweeper sets it;
+    // no other test in this binary holds more than one lease at a time.
+    let clock = ManualClock::new(Timestamp::from_millis(1_700_000_000_000));
+    let policy = Policy::uniform(Limit::new(5).unwrap(), Ttl::from_secs(60).unwrap());
+    let s = Server::with_clock(
+        StoreKind::Memory,
+        policy,
+        Authenticator::none(),
+        Protection::unlimited(),
+        Arc::new(clock.clone()),
+    )
+    .await;
+    let stream = |st: &str| format!("/v1/users/gauge-user/streams/{st}");
+    for st in ["a", "b", "c", "d"] {
+        assert_eq!(s.put(&stream(st), None).await.status, 201);
     }
-    // The test server sweeps every second; wait for one sweep, bounded.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let gauge = |text: &str| sample(text, "streamcap_live_leases");
+    metrics_until(&s, "the gauge reads 4", |text| gauge(text) == 4.0).await;
+    // c and d are renewed half a TTL later; then a and b expire, and a
+    // sweep removes them without any request for their user.
+    clock.advance_ms(30_000);
+    for st in ["c", "d"] {
+        assert_eq!(s.put(&stream(st), None).await.status, 200);
+    }
+    let expired = |text: &str| sample(text, "streamcap_decisions_total{outcome=\"expired\"}");
+    let before = expired(&s.get("/metrics").await.text);
+    clock.advance_ms(30_001);
+    metrics_until(&s, "the sweep removes a and b and the gauge reads 2", |text| {
+        expired(text) - before == 2.0 && gauge(text) == 2.0
+    })
+    .await;
+}
+
+/// Waits until `/metrics` satisfies `check`; the test server sweeps every
+/// second.
+async fn metrics_until(s: &Server, what: &str, check: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = s.get("/metrics").await.text;
-        if sample(&text, "streamcap_live_leases") >= 2.0 {
-            break;
+        if check(&text) {
+            return;
         }
-        assert!(std::time::Instant::now() < deadline, "gauge never reported the leases:\n{text}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(Instant::now() < deadline, "{what}: not within 10 s:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

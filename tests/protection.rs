@@ -2,8 +2,8 @@
 //! deterministic by stalling a real redis-server with DEBUG SLEEP (the
 //! timeout) or by a request whose body the test holds back (the
 //! concurrency limit). Each test waits for the condition it needs (Redis
-//! stalled, the slot taken), never for a fixed time. The edge's own unit tests cover the same limits
-//! on paused time.
+//! stalled, the slot taken), never for a fixed time. The edge's own unit
+//! tests cover the same limits on paused time.
 
 mod common;
 
@@ -11,8 +11,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::Server;
 use common::redis::cli;
-use common::{Reply, Server};
 use streamcap::auth::Authenticator;
 use streamcap::limiter::{Limit, Ttl};
 use streamcap::policy::Policy;
@@ -64,31 +64,36 @@ async fn requests_beyond_the_concurrency_limit_are_shed_with_503() {
     let s = Server::with_everything(StoreKind::Memory, policy, Authenticator::none(), protection).await;
     // The first request holds the only slot for as long as the test keeps
     // its body unfinished: its headers are in, two bytes of body are owed.
+    // It asks for a 100 Continue, which the server sends once the handler
+    // starts reading the body: past the edge, holding the slot.
     let addr = s.url("").trim_start_matches("http://").trim_end_matches('/').to_owned();
     let mut first = TcpStream::connect(&addr).unwrap();
+    first.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     first
-        .write_all(b"PUT /v1/users/u/streams/a HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n")
+        .write_all(
+            b"PUT /v1/users/u/streams/a HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+              content-length: 2\r\nexpect: 100-continue\r\n\r\n",
+        )
         .unwrap();
-    // Once the server has taken it in, /livez is shed.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let r = loop {
-        let r = Reply::from(s.client.get(s.url("/livez")).send().await.unwrap()).await;
-        if r.status != 200 || Instant::now() > deadline {
-            break r;
-        }
-    };
-    r.assert_problem(503, "overloaded");
+    let interim = read_head(&mut first);
+    assert!(interim.starts_with("HTTP/1.1 100 Continue\r\n"), "the PUT should be taken in: {interim}");
+    // Now every other request is shed.
+    s.get("/livez").await.assert_problem(503, "overloaded");
     // The body arrives; the admitted request completes, and the slot is free.
     first.write_all(b"{}").unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 1024];
-    first.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = first.read(&mut buf).unwrap();
-        assert!(n > 0, "the connection closed without an answer");
-        answer.extend_from_slice(&buf[..n]);
-    }
-    let head = String::from_utf8_lossy(&answer);
+    let head = read_head(&mut first);
     assert!(head.starts_with("HTTP/1.1 201"), "the admitted request completes: {head}");
     assert_eq!(s.get("/livez").await.status, 200);
+}
+
+/// Reads one response head (up to its blank line) from `c`.
+fn read_head(c: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = c.read(&mut byte).expect("an answer before the read timeout");
+        assert!(n > 0, "the connection closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
 }

@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Reply, STORES, Server};
+use common::{Bucket, Reply, STORES, Server};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use streamcap::auth::Authenticator;
@@ -126,10 +126,6 @@ where
         assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn now() -> Timestamp {
-    Timestamp::from_micros(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64)
 }
 
 #[tokio::test]
@@ -394,8 +390,10 @@ impl RawClient {
 async fn a_client_that_stops_answering_is_dropped_and_its_lease_expires() {
     for kind in STORES {
         // On a manual clock, a lease that was not released stays live
-        // until the test moves the clock; Redis reads its own clock.
-        let clock = ManualClock::new(now());
+        // until the test moves the clock; Redis reads its own clock. The
+        // clock is far ahead of the real one, which DynamoDB's TTL reads:
+        // the lease must not vanish while the test waits for the drop.
+        let clock = ManualClock::new(Timestamp::from_millis(4_102_444_800_000));
         let s = Server::with_clock(
             kind,
             policy(3, 3),
@@ -591,15 +589,29 @@ async fn authentication_by_header_or_subprotocol() {
 async fn the_rate_limit_counts_the_connect_not_the_renewals() {
     let protection = Protection { user_rate: 1, user_burst: 1, ..Protection::unlimited() };
     let s = Server::with_everything(StoreKind::Memory, policy(3, 3), Authenticator::none(), protection).await;
-    let (mut ws, _) = held(&s, &socket("alice", "tv")).await;
-    let (m, code) = refused_with(&s, &socket("alice", "phone"), &[]).await;
+    // Each connect takes a token: alice's sockets are granted until her
+    // bucket is empty, and the next is refused with 4429.
+    let mut bucket = Bucket::full(1);
+    let (m, code) = loop {
+        let mut ws = open(&s, &socket("alice", "tv")).await;
+        let m = next(&mut ws).await;
+        if m["type"] != "granted" {
+            break (m, close_code(&mut ws).await);
+        }
+        bucket.granted();
+        stop(ws).await;
+    };
+    bucket.refused();
     assert_eq!((m["type"].as_str(), code), (Some("error"), 4429), "{m}");
     assert_eq!(m["problem_type"], "https://streamcap.dev/problems/rate-limited");
     assert!(m["retry_after_seconds"].as_u64().unwrap() >= 1, "{m}");
-    // A second later the bucket holds one token again, and renewals take
-    // none: a PUT right after a renewal still gets it.
+    // Renewals take none. bob's socket takes his only token, which is
+    // back a second later; the socket's first renewal comes a second
+    // after its grant (a third of the 3 s TTL), so a PUT right after it
+    // finds the token only if the renewal did not take it.
+    let (mut ws, _) = held(&s, &socket("bob", "tv")).await;
     expect(&mut ws, "renewed").await;
-    let r = s.put("/v1/users/alice/streams/phone", None).await;
+    let r = s.put("/v1/users/bob/streams/phone", None).await;
     assert_eq!(r.status, 201, "{r:?}");
 }
 

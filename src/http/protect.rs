@@ -13,7 +13,9 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
 
 use crate::limiter::UserId;
 use crate::policy::Protection;
@@ -24,28 +26,41 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// The per-user and per-credential buckets, and the failed
 /// authentications per source. Idle keys are dropped by
 /// [`RateLimits::tidy`], so memory follows the active callers only.
-pub struct RateLimits {
+/// The buckets read the clock `C`: the monotonic clock, unless a test
+/// passes one it moves.
+pub struct RateLimits<C: Clock = DefaultClock> {
     // Keyed by the validated id itself: checking a user clones an `Arc`,
     // it does not copy the id.
-    per_user: Option<DefaultKeyedRateLimiter<UserId>>,
-    per_credential: Option<DefaultKeyedRateLimiter<String>>,
+    per_user: Option<Keyed<UserId, C>>,
+    per_credential: Option<Keyed<String, C>>,
     auth_failures: Option<AuthFailures>,
-    clock: DefaultClock,
+    clock: C,
 }
 
-fn limiter<K: Clone + Hash + Eq>(rate: u32, burst: u32) -> Option<DefaultKeyedRateLimiter<K>> {
+/// Token buckets by key, on the clock `C`.
+type Keyed<K, C> = RateLimiter<K, DefaultKeyedStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+fn limiter<K: Clone + Hash + Eq, C: Clock + Clone>(rate: u32, burst: u32, clock: &C) -> Option<Keyed<K, C>> {
     let rate = NonZeroU32::new(rate)?;
     let burst = NonZeroU32::new(burst.max(rate.get())).unwrap_or(rate);
-    Some(DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)))
+    let quota = Quota::per_second(rate).allow_burst(burst);
+    Some(RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock.clone()))
 }
 
 impl RateLimits {
     pub fn new(p: &Protection) -> Self {
+        Self::with_clock(p, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> RateLimits<C> {
+    /// The limits of `p`, with the buckets on `clock`.
+    fn with_clock(p: &Protection, clock: C) -> Self {
         Self {
-            per_user: limiter(p.user_rate, p.user_burst),
-            per_credential: limiter(p.credential_rate, p.credential_burst),
+            per_user: limiter(p.user_rate, p.user_burst, &clock),
+            per_credential: limiter(p.credential_rate, p.credential_burst, &clock),
             auth_failures: AuthFailures::new(p.auth_failure_rate, p.auth_failure_burst, MAX_SOURCES),
-            clock: DefaultClock::default(),
+            clock,
         }
     }
 
@@ -77,11 +92,7 @@ impl RateLimits {
         self.check(self.per_user.as_ref(), user)
     }
 
-    fn check<K: Clone + Hash + Eq>(
-        &self,
-        limiter: Option<&DefaultKeyedRateLimiter<K>>,
-        key: &K,
-    ) -> Result<(), Duration> {
+    fn check<K: Clone + Hash + Eq>(&self, limiter: Option<&Keyed<K, C>>, key: &K) -> Result<(), Duration> {
         match limiter {
             None => Ok(()),
             Some(l) => l.check_key(key).map_err(|not_until| not_until.wait_time_from(self.clock.now())),
@@ -270,6 +281,8 @@ impl AuthFailures {
 
 #[cfg(test)]
 mod tests {
+    use governor::clock::FakeRelativeClock;
+
     use super::*;
 
     fn user(id: &str) -> UserId {
@@ -279,15 +292,25 @@ mod tests {
     #[test]
     fn buckets_refuse_past_the_burst_and_tidy_forgets_idle_keys() {
         let p = Protection { user_rate: 1, user_burst: 3, credential_rate: 0, ..Protection::default() };
-        let r = RateLimits::new(&p);
+        let clock = FakeRelativeClock::default();
+        let r = RateLimits::with_clock(&p, clock.clone());
         for _ in 0..3 {
             assert!(r.check_user(&user("u")).is_ok());
         }
-        let wait = r.check_user(&user("u")).unwrap_err();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert_eq!(r.check_user(&user("u")), Err(Duration::from_secs(1)), "one token comes back after 1/rate");
         assert!(r.check_user(&user("other")).is_ok(), "buckets are per key");
         assert!(r.check_credential(&"anything".to_owned()).is_ok(), "credential limits are off");
         assert_eq!(r.tracked(), 2);
+        r.tidy();
+        assert_eq!(r.tracked(), 2, "neither bucket is full again");
+        // other's one token is back after 1 s; u's three after 3 s.
+        clock.advance(Duration::from_secs(2));
+        r.tidy();
+        assert_eq!(r.tracked(), 1, "the idle key is forgotten, the busy one kept");
+        assert_eq!(r.check_user(&user("other")), Ok(()), "a forgotten key starts with a full bucket");
+        clock.advance(Duration::from_secs(2));
+        r.tidy();
+        assert_eq!(r.tracked(), 0);
     }
 
     fn ip(s: &str) -> IpAddr {

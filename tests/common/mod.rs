@@ -200,6 +200,50 @@ impl Drop for Server {
     }
 }
 
+/// What a token bucket that refills one token a second may grant: at least
+/// its burst when it starts full, and at most one more for each second
+/// since the first request. A test that needs a refusal sends requests
+/// until one is refused and counts the grants on the way here, so that a
+/// slow machine only means more grants before the refusal, while a bucket
+/// that grants too many or refuses too soon still fails.
+pub struct Bucket {
+    burst: u64,
+    since: Instant,
+    granted: u64,
+}
+
+impl Bucket {
+    /// A full bucket of `burst` tokens, made right before the first request.
+    pub fn full(burst: u64) -> Bucket {
+        Bucket { burst, since: Instant::now(), granted: 0 }
+    }
+
+    /// Counts a grant, for which the bucket must have had a token.
+    pub fn granted(&mut self) {
+        self.granted += 1;
+        let elapsed = self.since.elapsed();
+        assert!(
+            self.granted <= self.burst + elapsed.as_secs() + 1,
+            "{} grants in {elapsed:?} from a bucket of {} that refills one token a second",
+            self.granted,
+            self.burst
+        );
+        // Requests that each take a second or more would never empty it:
+        // fail rather than loop.
+        assert!(self.granted < self.burst + 100, "still no refusal after {} grants in {elapsed:?}", self.granted);
+    }
+
+    /// A refusal, which may come only once the burst is spent.
+    pub fn refused(&self) {
+        assert!(
+            self.granted >= self.burst,
+            "refused after {} grants from a full bucket of {}",
+            self.granted,
+            self.burst
+        );
+    }
+}
+
 /// A response read to the end.
 #[derive(Debug)]
 pub struct Reply {

@@ -183,19 +183,66 @@ export function record(client) {
 
 /**
  * The global fetch, with every call recorded as {method, url, init, at,
- * status} (status null when no answer came).
+ * status} (status null when no answer came). `first`, when given, answers
+ * the first call instead of the network.
  */
-export function recordingFetch() {
+export function recordingFetch({ first } = {}) {
   const calls = [];
+  let standIn = first;
   const fn = async (url, init = {}) => {
     const call = { method: init.method ?? 'GET', url: String(url), init, at: Date.now(), status: null };
     calls.push(call);
-    const res = await fetch(url, init);
+    const res = standIn ?? (await fetch(url, init));
+    standIn = undefined;
     call.status = res.status;
     call.answeredAt = Date.now();
     return res;
   };
   return { fetch: fn, calls };
+}
+
+/**
+ * The grants of a bucket of `burst` tokens that refills one token a second,
+ * counted as they come: at most one more than the burst for each second
+ * since it was made, and at least the burst before a refusal. A test that
+ * needs a refusal asks until one comes, so that a slow machine means more
+ * grants, never a failure, while a bucket that grants too many still fails.
+ */
+export function oneTokenASecond(burst) {
+  const since = Date.now();
+  let granted = 0;
+  return {
+    granted() {
+      granted += 1;
+      const seconds = (Date.now() - since) / 1000;
+      if (granted > burst + Math.floor(seconds) + 1) {
+        throw new Error(`${granted} grants in ${seconds} s from a bucket of ${burst} that refills one token a second`);
+      }
+      // Requests that each take a second or more would never empty it: fail rather than loop.
+      if (granted >= burst + 100) throw new Error(`still no refusal after ${granted} grants in ${seconds} s`);
+    },
+    refused() {
+      if (granted < burst) throw new Error(`refused after ${granted} grants from a full bucket of ${burst}`);
+    },
+  };
+}
+
+/**
+ * A real refusal of `userId`'s rate limit (a bucket of `burst`, refilling a
+ * token a second): the user's streams are listed until the server refuses.
+ * Resolves with the refusing Response, its body unread.
+ */
+export async function refusedRequest(base, userId, burst) {
+  const bucket = oneTokenASecond(burst);
+  for (;;) {
+    const res = await fetch(`${base}/v1/users/${userId}/streams`);
+    if (res.status !== 200) {
+      bucket.refused();
+      return res;
+    }
+    await res.arrayBuffer();
+    bucket.granted();
+  }
 }
 
 /** GET a user's live streams, as stream ids oldest first. */

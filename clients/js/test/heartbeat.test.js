@@ -15,6 +15,7 @@ import {
   nextEvent,
   record,
   recordingFetch,
+  refusedRequest,
   sleep,
   startRedis,
   startStreamcap,
@@ -220,10 +221,13 @@ describe('heartbeat mode: back-off', () => {
     const server = await startStreamcap(['--user-rate-limit', '1', '--user-rate-burst', '1']);
     try {
       const user = newUser();
-      const a = new StreamcapClient({ baseUrl: server.base, userId: user, streamId: 'tv-1' });
-      assert.ok(await a.start(), 'the first request takes the only token');
-      const net = recordingFetch();
+      // Whether a request is refused depends on how long ago the bucket's one
+      // token was taken, and a busy machine can let it come back in between.
+      // So the network answers the client's first PUT with a refusal the
+      // server gave this user just before; the retry goes to the server.
+      const net = recordingFetch({ first: await refusedRequest(server.base, user, 1) });
       const b = new StreamcapClient({ baseUrl: server.base, userId: user, streamId: 'phone-1', fetch: net.fetch });
+      const events = record(b);
       const error = nextEvent(b, 'error');
       const lease = await b.start();
       const detail = await error;
@@ -236,8 +240,19 @@ describe('heartbeat mode: back-off', () => {
       assert.deepEqual(net.calls.map((c) => c.status), [429, 201]);
       const gap = net.calls[1].at - net.calls[0].answeredAt;
       assert.ok(gap >= 990, `retried after ${gap} ms, before Retry-After`);
+      // The release takes a token too: the one the retry took is back a
+      // second after it was taken.
       await sleep(1_100);
-      await Promise.all([a.stop(), b.stop()]);
+      await b.stop();
+      assert.deepEqual(
+        net.calls.map((c) => [c.method, c.status]),
+        [
+          ['PUT', 429],
+          ['PUT', 201],
+          ['DELETE', 204],
+        ],
+      );
+      assert.deepEqual(events.filter((e) => e.type === 'error').map((e) => e.detail.phase), ['acquire']);
     } finally {
       await server.stop();
     }
