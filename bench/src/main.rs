@@ -147,7 +147,7 @@ struct Args {
     /// Seconds of each open-loop phase [default: 8; quick: 2].
     #[arg(long)]
     open_secs: Option<f64>,
-    /// Compared phases (bare /livez, /livez and the mix; the two open-loop phases) alternate in this many rounds [default: 4; quick: 1].
+    /// Compared phases (bare /livez, /livez and the mix, and the baseline's mix; the two open-loop phases) alternate in this many rounds, every other one in reverse order [default: 4; quick: 1, or 2 with a baseline].
     #[arg(long)]
     rounds: Option<u32>,
     /// Where to write the JSON [default: bench/results/full.json or quick.json].
@@ -212,7 +212,13 @@ fn main() -> ExitCode {
         open: secs(args.open_secs, 8.0, 2.0),
         leases: args.leases.unwrap_or(if quick { 100_000 } else { 1_000_000 }),
         keyspace_users: args.keyspace_users.unwrap_or(if quick { 100_000 } else { 1_000_000 }),
-        rounds: args.rounds.unwrap_or(if quick { 1 } else { 4 }),
+        // With a baseline, at least two rounds, so that neither server's
+        // mix always runs first.
+        rounds: args.rounds.unwrap_or(match (quick, args.baseline_server.is_some()) {
+            (false, _) => 4,
+            (true, false) => 1,
+            (true, true) => 2,
+        }),
         zipf: Arc::new(Zipf::new(args.users.max(1), args.zipf)),
         commands: CommandLog::default(),
         failures: Vec::new(),
@@ -480,12 +486,15 @@ struct Spec<'a> {
 
 /// Workloads measured in alternating rounds, so that a disturbance from
 /// outside (another process on the machine) hits them all alike. Each
-/// round gives each workload `duration / rounds`.
+/// round gives each workload `duration / rounds`; every other round runs
+/// them in reverse order, so that over an even number of rounds none of
+/// them always comes first or last.
 fn interleaved(ctx: &mut Ctx, specs: &[Spec<'_>]) -> Result<Vec<Phase>, String> {
     let rounds = ctx.rounds.max(1);
     let mut merged: Vec<Option<load::Outcome>> = specs.iter().map(|_| None).collect();
     for round in 0..rounds {
-        for (spec, merged) in specs.iter().zip(&mut merged) {
+        for i in round_order(specs.len(), round) {
+            let (spec, merged) = (&specs[i], &mut merged[i]);
             let tag = format!("{}r{round}", spec.name.chars().filter(char::is_ascii_alphanumeric).collect::<String>());
             let window = spec.duration.div_f64(f64::from(rounds));
             let out = measure(ctx, &tag, spec.addr, (spec.work)(ctx), spec.pace, window, spec.watch)?;
@@ -496,6 +505,12 @@ fn interleaved(ctx: &mut Ctx, specs: &[Spec<'_>]) -> Result<Vec<Phase>, String> 
         }
     }
     specs.iter().zip(merged).map(|(spec, out)| finish(ctx, spec.name, spec.pace, &out.ok_or("no rounds")?)).collect()
+}
+
+/// The order of `n` workloads in round `round`: as given, and reversed in
+/// odd rounds.
+fn round_order(n: usize, round: u32) -> Vec<usize> {
+    if round.is_multiple_of(2) { (0..n).collect() } else { (0..n).rev().collect() }
 }
 
 fn mix(ctx: &Ctx) -> Work {
@@ -1548,6 +1563,14 @@ mod tests {
         s.mix.cpu.server_us_per_request = 10.0;
         let t = targets(&["redis".into()], &[s], &[], &[], asked);
         assert_eq!(met(&t, "redis vs baseline v1.0 (abc): streamcap CPU per decision"), Some(false));
+    }
+
+    #[test]
+    fn every_other_round_runs_the_workloads_in_reverse() {
+        assert_eq!(round_order(3, 0), [0, 1, 2]);
+        assert_eq!(round_order(3, 1), [2, 1, 0]);
+        assert_eq!(round_order(3, 2), [0, 1, 2]);
+        assert!(round_order(0, 1).is_empty());
     }
 
     #[test]

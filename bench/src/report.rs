@@ -913,8 +913,8 @@ impl Report {
             "Load: {} keep-alive HTTP/1.1 connections from {} client thread(s), closed loop; {} users, Zipf \
              exponent {} (the busiest user gets {:.1} % of new sessions); {} sessions per connection, each \
              acquire → {} renewals → release. Phases: /livez {} s{}, mix {} s, each open-loop phase {} s; the \
-             closed-loop phases alternate in {} round(s), and so do the open-loop ones. The whole run took \
-             {:.0} s.\n",
+             closed-loop phases alternate in {} round(s), every other one in reverse order, and so do the \
+             open-loop ones. The whole run took {:.0} s.\n",
             p.connections,
             p.client_threads,
             int(p.users as f64),
