@@ -7,11 +7,14 @@
 //! streamcap's `/livez` and the lease mix (closed loop, the peak); then an
 //! open-loop phase at half that peak for the mix and for `/livez`. Each
 //! result is set against those ceilings, server CPU per request against the
-//! bare server's. For Redis it also measures the CPU per decision inside
-//! Redis against a `SET`, runs `redis-benchmark` with the server's own Lua
-//! script through EVALSHA at the same concurrency, and measures the cost
-//! per decision with 10,000 and with 1,000,000 users in Redis. For
-//! dynamodb it starts DynamoDB Local, makes the table with `streamcap
+//! bare server's. For Redis it also measures redis-server's CPU per
+//! decision against a `SET` from `redis-benchmark` on the same
+//! redis-server, every command a decision sends (`INFO commandstats`),
+//! with 10,000 and with 1,000,000 users in Redis as well, and 64
+//! concurrent acquires for one user over two instances on a standalone
+//! Redis and on a Redis Cluster; with `--baseline-server`, it runs the
+//! mix on a previous build too, in the same rounds, and sets the two side
+//! by side. For dynamodb it starts DynamoDB Local, makes the table with `streamcap
 //! dynamodb create-table`, reads DynamoDB Local's CPU per decision and the
 //! lost races per 1,000 decisions (from `/metrics`), and runs the mix
 //! once more over two instances on the table; these have no targets,
@@ -30,17 +33,23 @@
 //!   redis-benchmark, DynamoDB Local; /proc.
 //! - `dynamo_harness`: the tests' DynamoDB Local helpers (where the jar
 //!   is, the SDK's environment), shared with them.
-//! - `redis`: the Redis measurements: commandstats, the redis-benchmark
-//!   ceilings, the keyspace runs.
+//! - `redis`: the Redis measurements: commandstats and MONITOR, the SET
+//!   ceiling, the keyspace runs.
+//! - `redis_harness`: the tests' redis-server and Redis Cluster helpers,
+//!   shared with them.
+//! - `contention`: concurrent acquires for one user over two instances.
 //! - `report`: the results as JSON and Markdown.
 
 mod bare;
+mod contention;
 #[path = "../../src/store/dynamodb/harness.rs"]
 mod dynamo_harness;
 mod http;
 mod load;
 mod procs;
 mod redis;
+#[path = "../../src/store/redis/harness.rs"]
+mod redis_harness;
 mod report;
 mod workload;
 
@@ -54,8 +63,8 @@ use clap::{Parser, Subcommand};
 use load::{Pace, Plan, Work};
 use procs::{CommandLog, DynamoLocal, Redis, Server};
 use report::{
-    Build, Conflicts, DynamoReport, Footprint, Machine, Params, Phase, Recovery, Report, StoreReport, Target,
-    TwoInstances, int, ratio, round1, round3,
+    Build, Conflicts, DynamoReport, Footprint, Machine, Params, Phase, Recovery, RedisBaseline, Report, StoreReport,
+    Target, TwoInstances, int, ratio, round1, round3,
 };
 use workload::{MixParams, Zipf};
 
@@ -120,6 +129,15 @@ struct Args {
     /// Skip the Redis keyspace measurement.
     #[arg(long)]
     no_keyspace: bool,
+    /// A baseline server binary (a previous release; scripts/bench --baseline REV builds one): its Redis mix runs in the same rounds as the current server's, and its concurrent acquires after them.
+    #[arg(long, value_name = "PATH")]
+    baseline_server: Option<PathBuf>,
+    /// What the baseline is, for the report [default: its path].
+    #[arg(long, value_name = "TEXT", requires = "baseline_server")]
+    baseline_label: Option<String>,
+    /// Rounds of 64 concurrent acquires for one user over two instances, on standalone Redis and on a Redis Cluster (0 skips them).
+    #[arg(long, default_value_t = 5)]
+    contention_rounds: u32,
     /// Seconds of closed-loop /livez [default: 8; quick: 2].
     #[arg(long)]
     livez_secs: Option<f64>,
@@ -129,7 +147,7 @@ struct Args {
     /// Seconds of each open-loop phase [default: 8; quick: 2].
     #[arg(long)]
     open_secs: Option<f64>,
-    /// Compared phases (bare /livez, /livez and the mix; the two open-loop phases) alternate in this many rounds [default: 4; quick: 1].
+    /// Compared phases (bare /livez, /livez and the mix, and the baseline's mix; the two open-loop phases) alternate in this many rounds, every other one in reverse order [default: 4; quick: 1, or 2 with a baseline].
     #[arg(long)]
     rounds: Option<u32>,
     /// Where to write the JSON [default: bench/results/full.json or quick.json].
@@ -194,7 +212,13 @@ fn main() -> ExitCode {
         open: secs(args.open_secs, 8.0, 2.0),
         leases: args.leases.unwrap_or(if quick { 100_000 } else { 1_000_000 }),
         keyspace_users: args.keyspace_users.unwrap_or(if quick { 100_000 } else { 1_000_000 }),
-        rounds: args.rounds.unwrap_or(if quick { 1 } else { 4 }),
+        // With a baseline, at least two rounds, so that neither server's
+        // mix always runs first.
+        rounds: args.rounds.unwrap_or(match (quick, args.baseline_server.is_some()) {
+            (false, _) => 4,
+            (true, false) => 1,
+            (true, true) => 2,
+        }),
         zipf: Arc::new(Zipf::new(args.users.max(1), args.zipf)),
         commands: CommandLog::default(),
         failures: Vec::new(),
@@ -221,6 +245,13 @@ fn main() -> ExitCode {
         eprintln!(
             "streamcap-bench: no server binary at {}; build it with `cargo build --release --workspace` (scripts/bench does)",
             ctx.args.server.display()
+        );
+        return ExitCode::from(2);
+    }
+    if let Some(b) = ctx.args.baseline_server.as_ref().filter(|b| !b.is_file()) {
+        eprintln!(
+            "streamcap-bench: no baseline server binary at {}; scripts/bench --baseline REV builds one",
+            b.display()
         );
         return ExitCode::from(2);
     }
@@ -259,7 +290,8 @@ fn main() -> ExitCode {
         }
     }
 
-    let targets = targets(&ctx.args.stores, &stores, &footprint, &recovery);
+    let asked = RedisAsked { baseline: ctx.args.baseline_server.is_some(), contention: ctx.args.contention_rounds > 0 };
+    let targets = targets(&ctx.args.stores, &stores, &footprint, &recovery, asked);
     let report = Report {
         mode: ctx.mode.to_owned(),
         date: command_line("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]),
@@ -298,6 +330,8 @@ fn main() -> ExitCode {
             rounds: ctx.rounds,
             leases: ctx.leases,
             server_flags: SERVER_FLAGS.join(" "),
+            baseline_server: ctx.args.baseline_server.as_ref().map(|b| b.display().to_string()),
+            contention_rounds: ctx.args.contention_rounds,
         },
         commands: std::iter::once(invocation()).chain(ctx.commands.lines()).collect(),
         stores,
@@ -452,12 +486,15 @@ struct Spec<'a> {
 
 /// Workloads measured in alternating rounds, so that a disturbance from
 /// outside (another process on the machine) hits them all alike. Each
-/// round gives each workload `duration / rounds`.
+/// round gives each workload `duration / rounds`; every other round runs
+/// them in reverse order, so that over an even number of rounds none of
+/// them always comes first or last.
 fn interleaved(ctx: &mut Ctx, specs: &[Spec<'_>]) -> Result<Vec<Phase>, String> {
     let rounds = ctx.rounds.max(1);
     let mut merged: Vec<Option<load::Outcome>> = specs.iter().map(|_| None).collect();
     for round in 0..rounds {
-        for (spec, merged) in specs.iter().zip(&mut merged) {
+        for i in round_order(specs.len(), round) {
+            let (spec, merged) = (&specs[i], &mut merged[i]);
             let tag = format!("{}r{round}", spec.name.chars().filter(char::is_ascii_alphanumeric).collect::<String>());
             let window = spec.duration.div_f64(f64::from(rounds));
             let out = measure(ctx, &tag, spec.addr, (spec.work)(ctx), spec.pace, window, spec.watch)?;
@@ -468,6 +505,12 @@ fn interleaved(ctx: &mut Ctx, specs: &[Spec<'_>]) -> Result<Vec<Phase>, String> 
         }
     }
     specs.iter().zip(merged).map(|(spec, out)| finish(ctx, spec.name, spec.pace, &out.ok_or("no rounds")?)).collect()
+}
+
+/// The order of `n` workloads in round `round`: as given, and reversed in
+/// odd rounds.
+fn round_order(n: usize, round: u32) -> Vec<usize> {
+    if round.is_multiple_of(2) { (0..n).collect() } else { (0..n).rev().collect() }
 }
 
 fn mix(ctx: &Ctx) -> Work {
@@ -503,14 +546,26 @@ fn store_run(ctx: &mut Ctx, store: &str) -> Result<StoreReport, String> {
     let warm = Duration::from_millis(if ctx.args.quick { 500 } else { 1500 });
     phase(ctx, "warm-up bare livez", bare.addr, Work::Livez, Pace::Closed, warm, &bare_watch)?;
     phase(ctx, "warm-up livez", addr, Work::Livez, Pace::Closed, warm, &watch)?;
-    phase(ctx, "warm-up mix", addr, mix(ctx), Pace::Closed, warm, &watch)?;
+    // On Redis, under MONITOR: which commands run inside scripts.
+    let warm_up_mix = |ctx: &mut Ctx| phase(ctx, "warm-up mix", addr, mix(ctx), Pace::Closed, warm, &watch);
+    let sample = match &redis {
+        Some(r) => Some(redis::sample_while(ctx, r, warm_up_mix)?.1),
+        None => {
+            warm_up_mix(ctx)?;
+            None
+        }
+    };
+    let baseline = match (&redis, ctx.args.baseline_server.clone()) {
+        (Some(_), Some(bin)) => Some(Baseline::start(ctx, bin, warm)?),
+        _ => None,
+    };
     let warmed = match dynamo {
         Some(_) => Some(jit_warm_up(ctx, addr, &watch)?),
         None => None,
     };
 
     let (livez_d, mix_d, open_d) = (ctx.livez, ctx.mix, ctx.open);
-    if let Some(r) = &redis {
+    for r in redis.iter().chain(baseline.as_ref().map(|b| &b.redis)) {
         r.cli(&["CONFIG", "RESETSTAT"])?;
     }
     // Only the mix reaches the store: the /livez windows between its
@@ -518,22 +573,27 @@ fn store_run(ctx: &mut Ctx, store: &str) -> Result<StoreReport, String> {
     let conflicts_before = dynamo.as_ref().map(|_| conflicts(&[addr])).transpose()?;
     let livez_work: MakeWork<'_> = &|_| Work::Livez;
     let closed = Pace::Closed;
-    let phases = interleaved(
-        ctx,
-        &[
-            Spec {
-                name: "bare livez",
-                addr: bare.addr,
-                watch: &bare_watch,
-                work: livez_work,
-                pace: closed,
-                duration: livez_d,
-            },
-            Spec { name: "livez", addr, watch: &watch, work: livez_work, pace: closed, duration: livez_d },
-            Spec { name: "mix", addr, watch: &watch, work: &mix, pace: closed, duration: mix_d },
-        ],
-    )?;
-    let [bare_livez, livez, mix_phase] = <[Phase; 3]>::try_from(phases).map_err(|_| "expected three phases")?;
+    let mut specs = vec![
+        Spec {
+            name: "bare livez",
+            addr: bare.addr,
+            watch: &bare_watch,
+            work: livez_work,
+            pace: closed,
+            duration: livez_d,
+        },
+        Spec { name: "livez", addr, watch: &watch, work: livez_work, pace: closed, duration: livez_d },
+        Spec { name: "mix", addr, watch: &watch, work: &mix, pace: closed, duration: mix_d },
+    ];
+    // The baseline's mix windows alternate with the current server's.
+    if let Some(b) = &baseline {
+        let (addr, watch) = (b.server.addr, &b.watch[..]);
+        specs.push(Spec { name: "baseline mix", addr, watch, work: &mix, pace: closed, duration: mix_d });
+    }
+    let mut phases = interleaved(ctx, &specs)?.into_iter();
+    let mut next = || phases.next().ok_or("a phase is missing");
+    let (bare_livez, livez, mix_phase) = (next()?, next()?, next()?);
+    let baseline_mix = if baseline.is_some() { Some(next()?) } else { None };
     bare.terminate(Duration::from_secs(60))?;
     let mix_conflicts = match conflicts_before {
         Some(before) => {
@@ -541,10 +601,14 @@ fn store_run(ctx: &mut Ctx, store: &str) -> Result<StoreReport, String> {
         }
         None => None,
     };
-    // No script runs for /livez: what Redis counted is the mix's.
-    let redis_decision = match &redis {
-        Some(r) => Some(redis::script_cost(r, mix_phase.requests + mix_phase.drained)?),
-        None => None,
+    // /livez sends Redis nothing: what Redis counted is the mix's.
+    let redis_commands = match (&redis, &sample) {
+        (Some(r), Some(sample)) => Some(redis::read_cost(r, sample, mix_phase.requests + mix_phase.drained)?),
+        _ => None,
+    };
+    let redis_baseline = match (baseline, baseline_mix) {
+        (Some(b), Some(mix)) => Some(b.finish(ctx, mix)?),
+        _ => None,
     };
 
     let half = Pace::Open(mix_phase.throughput / 2.0);
@@ -588,20 +652,32 @@ fn store_run(ctx: &mut Ctx, store: &str) -> Result<StoreReport, String> {
         _ => None,
     };
 
-    let (redis_ceiling, redis_set) = match &redis {
-        Some(r) => redis::ceilings(ctx, r, redis_decision.as_ref()),
-        None => (None, None),
-    };
+    let redis_set = redis.as_ref().and_then(|r| redis::set_ceiling(ctx, r));
     server.terminate(Duration::from_secs(60))?;
     drop(redis);
     drop(dynamo);
-    let redis_keyspace = if store == "redis" && !ctx.args.no_keyspace {
-        eprintln!("== redis: cost per decision at 10,000 and {} users", int(ctx.keyspace_users as f64));
-        redis::keyspace(ctx).map_err(|e| ctx.failures.push(format!("redis keyspace: {e}"))).ok()
-    } else {
-        None
+    let redis_keyspace = match &sample {
+        Some(sample) if !ctx.args.no_keyspace => {
+            eprintln!("== redis: commands per decision at 10,000 and {} users", int(ctx.keyspace_users as f64));
+            redis::keyspace(ctx, sample).map_err(|e| ctx.failures.push(format!("redis keyspace: {e}"))).ok()
+        }
+        _ => None,
     };
-    let mix_to_evalsha = redis_ceiling.as_ref().map(|c| round3(mix_phase.throughput / c.throughput));
+    let redis_contention = if store == "redis" && ctx.args.contention_rounds > 0 {
+        eprintln!(
+            "== redis: {} concurrent acquires for one user over {} instances, {} rounds",
+            contention::CONCURRENT,
+            contention::INSTANCES,
+            ctx.args.contention_rounds
+        );
+        let (current, baseline, rounds) =
+            (ctx.args.server.clone(), ctx.args.baseline_server.clone(), ctx.args.contention_rounds);
+        let mut binaries = vec![("current", current.as_path())];
+        binaries.extend(baseline.as_deref().map(|b| ("baseline", b)));
+        contention::run(ctx, &binaries, rounds)
+    } else {
+        Vec::new()
+    };
     let to_bare = |p: &Phase| ratio(p.cpu.server_us_per_request, bare_livez.cpu.server_us_per_request);
     Ok(StoreReport {
         store: store.to_owned(),
@@ -616,13 +692,50 @@ fn store_run(ctx: &mut Ctx, store: &str) -> Result<StoreReport, String> {
         mix: mix_phase,
         half_load_mix: half_mix,
         half_load_livez: half_livez,
-        redis_ceiling,
-        mix_to_evalsha,
-        redis_decision,
+        redis_commands,
         redis_set,
         redis_keyspace,
+        redis_baseline,
+        redis_contention,
         dynamodb,
     })
+}
+
+/// The baseline server on a redis-server of its own, warmed up like the
+/// current one.
+struct Baseline {
+    bin: PathBuf,
+    redis: Redis,
+    server: Server,
+    /// The baseline server, then its redis-server.
+    watch: Vec<u32>,
+    sample: redis::MonitorSample,
+}
+
+impl Baseline {
+    fn start(ctx: &mut Ctx, bin: PathBuf, warm: Duration) -> Result<Baseline, String> {
+        let redis = Redis::start(&ctx.commands)?;
+        let args = server_args("redis", None, Some(&redis), &[]);
+        let server = Server::start(&bin, &args, Duration::from_secs(60), &ctx.commands)?;
+        let watch = vec![server.pid(), redis.pid()];
+        let addr = server.addr;
+        let warm_up = |ctx: &mut Ctx| phase(ctx, "warm-up baseline mix", addr, mix(ctx), Pace::Closed, warm, &watch);
+        let (_, sample) = redis::sample_while(ctx, &redis, warm_up)?;
+        Ok(Baseline { bin, redis, server, watch, sample })
+    }
+
+    /// Reads its commands after its `mix` windows and stops it.
+    fn finish(self, ctx: &Ctx, mix: Phase) -> Result<RedisBaseline, String> {
+        let commands = redis::read_cost(&self.redis, &self.sample, mix.requests + mix.drained)?;
+        self.server.terminate(Duration::from_secs(60))?;
+        let server_binary = self.bin.display().to_string();
+        Ok(RedisBaseline {
+            label: ctx.args.baseline_label.clone().unwrap_or_else(|| server_binary.clone()),
+            server_binary,
+            mix,
+            commands: Some(commands),
+        })
+    }
 }
 
 /// DynamoDB Local's JIT warm-up: windows of the mix until its CPU per
@@ -730,13 +843,14 @@ fn conflicts(addrs: &[std::net::SocketAddr]) -> Result<u64, String> {
 
 /// The value of a counter without labels in a Prometheus text page. A
 /// counter appears once it was first incremented, so a page that shows
-/// streamcap's metrics but not this one counts 0; a page without any
-/// gives `None`.
+/// streamcap's metrics but not this one counts 0, and so does an empty
+/// page (a server that has recorded nothing yet, not even a scrape); a
+/// page with other text gives `None`.
 fn counter(text: &str, name: &str) -> Option<u64> {
     let value = text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' '));
     match value {
         Some(v) => v.trim().parse::<f64>().ok().map(|v| v as u64),
-        None => text.lines().any(|l| l.starts_with("streamcap_")).then_some(0),
+        None => (text.trim().is_empty() || text.lines().any(|l| l.starts_with("streamcap_"))).then_some(0),
     }
 }
 
@@ -960,12 +1074,21 @@ fn missing(name: &str, target: &str) -> Target {
     Target { name: name.into(), target: target.into(), measured: "–".into(), met: None, reported_only: false }
 }
 
+/// What the Redis run was asked for beyond the store itself, so that a
+/// part that failed is listed as not measured.
+#[derive(Clone, Copy, Default)]
+struct RedisAsked {
+    baseline: bool,
+    contention: bool,
+}
+
 /// The targets, each with what was measured. Reported, never asserted.
 fn targets(
     requested: &[String],
     stores: &[StoreReport],
     footprint: &[Footprint],
     recovery: &[Recovery],
+    redis: RedisAsked,
 ) -> Vec<Target> {
     let mut t = Vec::new();
     let store = |name: &str| stores.iter().find(|s| s.store == name);
@@ -1036,7 +1159,7 @@ fn targets(
     }
 
     if asked("redis") {
-        redis_targets(store("redis"), &mut t);
+        redis_targets(store("redis"), redis, &mut t);
     }
     for s in stores.iter().filter(|s| s.store != "dynamodb") {
         t.push(Target {
@@ -1114,25 +1237,40 @@ fn dynamodb_row(s: Option<&StoreReport>) -> Target {
     }
 }
 
-/// The two targets inside Redis.
-/// The two targets inside Redis: per decision vs a SET, and flat in the
-/// number of users.
-fn redis_targets(s: Option<&StoreReport>, t: &mut Vec<Target>) {
-    let label = "redis: CPU inside Redis per decision vs a SET";
+/// The Redis targets: redis-server's CPU per decision against a SET's;
+/// the commands per decision, flat in the number of users; against the
+/// baseline, when one ran; and the concurrent acquires.
+fn redis_targets(s: Option<&StoreReport>, asked: RedisAsked, t: &mut Vec<Target>) {
+    let label = "redis: redis-server CPU per decision vs a SET";
     let per_decision = s.and_then(|s| {
-        let d = s.redis_decision.as_ref()?.usec_per_decision?;
-        let set = s.redis_set.as_ref()?.usec_per_call;
+        let d = s.mix.cpu.store_us_per_request?;
+        let set = s.redis_set.as_ref()?.redis_cpu_us_per_call;
         Some((ratio(d, set)?, d, set))
     });
     match per_decision {
         Some((r, d, set)) => t.push(Target {
             name: label.into(),
-            target: "≤ 8 × SET".into(),
-            measured: format!("{r:.2} × ({d:.2} vs {set:.2} µs, INFO commandstats)"),
-            met: Some(r <= 8.0),
+            target: "≤ 1.5 × SET".into(),
+            measured: format!("{r:.2} × ({d:.1} vs {set:.1} µs, whole process from /proc)"),
+            met: Some(r <= 1.5),
             reported_only: false,
         }),
-        None => t.push(missing(label, "≤ 8 × SET")),
+        None => t.push(missing(label, "≤ 1.5 × SET")),
+    }
+    let label = "redis: commands per decision (INFO commandstats)";
+    match s.and_then(|s| s.redis_commands.as_ref()) {
+        Some(c) => t.push(Target {
+            name: label.into(),
+            target: "no target".into(),
+            measured: format!(
+                "{}; {} µs inside Redis",
+                c.summary(),
+                c.usec_per_decision.map_or("–".to_owned(), |v| format!("{v:.2}"))
+            ),
+            met: None,
+            reported_only: true,
+        }),
+        None => t.push(missing(label, "no target")),
     }
     let keyspace = s.and_then(|s| s.redis_keyspace.as_ref());
     let flat = keyspace.and_then(|k| {
@@ -1142,22 +1280,109 @@ fn redis_targets(s: Option<&StoreReport>, t: &mut Vec<Target>) {
     match flat {
         Some((g, small, large)) => t.push(Target {
             name: format!(
-                "redis: CPU inside Redis per decision, {} vs {} users",
+                "redis: µs inside Redis per decision, {} vs {} users",
                 int(large.users as f64),
                 int(small.users as f64)
             ),
             target: "flat: ≤ 1.25 ×".into(),
             measured: format!(
-                "{g:.2} × ({:.2} vs {:.2} µs)",
-                large.cost.usec_per_decision.unwrap_or(0.0),
-                small.cost.usec_per_decision.unwrap_or(0.0)
+                "{g:.2} × ({:.2} vs {:.2} µs; redis-server CPU {:.1} vs {:.1} µs)",
+                large.commands.usec_per_decision.unwrap_or(0.0),
+                small.commands.usec_per_decision.unwrap_or(0.0),
+                large.mix.cpu.store_us_per_request.unwrap_or(0.0),
+                small.mix.cpu.store_us_per_request.unwrap_or(0.0)
             ),
             met: Some(g <= 1.25),
             reported_only: false,
         }),
-        None => t.push(missing("redis: CPU inside Redis per decision, by users in Redis", "flat: ≤ 1.25 ×")),
+        None => t.push(missing("redis: µs inside Redis per decision, by users in Redis", "flat: ≤ 1.25 ×")),
+    }
+    if asked.baseline {
+        baseline_targets(s, t);
+    }
+    if asked.contention {
+        let runs: Vec<_> = s.iter().flat_map(|s| &s.redis_contention).filter(|c| c.server == "current").collect();
+        for redis in ["standalone", "cluster"] {
+            let label = format!(
+                "redis {redis}: {} concurrent acquires for one user over {} instances",
+                contention::CONCURRENT,
+                contention::INSTANCES
+            );
+            let goal = format!("grants = the limit ({}) each round", contention::LIMIT);
+            match runs.iter().find(|c| c.redis.starts_with(redis)) {
+                Some(c) => t.push(Target {
+                    name: label,
+                    target: goal,
+                    measured: format!("{} rounds: {}", c.rounds.len(), c.describe()),
+                    met: Some(c.grants_equal_limit()),
+                    reported_only: false,
+                }),
+                None => t.push(missing(&label, &goal)),
+            }
+        }
     }
 }
+
+/// The current server against the baseline, from the same rounds.
+fn baseline_targets(s: Option<&StoreReport>, t: &mut Vec<Target>) {
+    let pair = s.and_then(|s| Some((s, s.redis_baseline.as_ref()?)));
+    let label = |what: &str| match pair {
+        Some((_, b)) => format!("redis vs baseline {}: {what}", b.label),
+        None => format!("redis vs baseline: {what}"),
+    };
+    for v in VERSUS_BASELINE {
+        let measured = pair.and_then(|(s, b)| {
+            let (cur, base) = ((v.figure)(&s.mix)?, (v.figure)(&b.mix)?);
+            let r = ratio(cur, base)?;
+            let fmt = |x: f64| if v.unit == "req/s" { int(x) } else { format!("{x:.1}") };
+            Some((r, format!("{r:.2} × ({} vs {} {})", fmt(cur), fmt(base), v.unit)))
+        });
+        match measured {
+            Some((r, text)) => t.push(Target {
+                name: label(v.what),
+                target: v.goal.into(),
+                measured: text,
+                met: Some((v.met)(r)),
+                reported_only: false,
+            }),
+            None => t.push(missing(&label(v.what), v.goal)),
+        }
+    }
+}
+
+/// One figure of the mix set against the baseline's: current ÷ baseline,
+/// and whether that ratio meets the goal.
+struct Versus {
+    what: &'static str,
+    goal: &'static str,
+    figure: fn(&Phase) -> Option<f64>,
+    met: fn(f64) -> bool,
+    unit: &'static str,
+}
+
+const VERSUS_BASELINE: [Versus; 3] = [
+    Versus {
+        what: "redis-server CPU per decision",
+        goal: "≤ 0.4 × baseline",
+        figure: |p| p.cpu.store_us_per_request,
+        met: |r| r <= 0.4,
+        unit: "µs",
+    },
+    Versus {
+        what: "streamcap CPU per decision",
+        goal: "≤ 1.2 × baseline",
+        figure: |p| Some(p.cpu.server_us_per_request),
+        met: |r| r <= 1.2,
+        unit: "µs",
+    },
+    Versus {
+        what: "Redis mix throughput",
+        goal: "≥ baseline",
+        figure: |p| Some(p.throughput),
+        met: |r| r >= 1.0,
+        unit: "req/s",
+    },
+];
 
 fn write_outputs(ctx: &Ctx, report: &Report) -> Result<(), String> {
     let json_path = ctx.args.json.clone().unwrap_or_else(|| PathBuf::from(format!("bench/results/{}.json", ctx.mode)));
@@ -1178,7 +1403,7 @@ fn write_outputs(ctx: &Ctx, report: &Report) -> Result<(), String> {
 }
 
 fn summary(r: &Report) -> String {
-    let mut s = format!("streamcap-bench ({} run, {}):\n", r.mode, r.date);
+    let mut s = format!("streamcap-bench ({} run, {}). {}\n", r.mode, r.date, r.host());
     for t in &r.targets {
         let met = match t.met {
             _ if t.reported_only => "reported",
@@ -1233,13 +1458,31 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The CPU's model: `lscpu`'s "Model name" (in the C locale, so the
+/// label is English), else /proc/cpuinfo's "model name".
 fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
+    let lscpu = std::process::Command::new("lscpu")
+        .env("LC_ALL", "C")
+        .output()
         .ok()
-        .and_then(|c| {
+        .filter(|o| o.status.success())
+        .and_then(|o| lscpu_model(&String::from_utf8_lossy(&o.stdout)));
+    lscpu
+        .or_else(|| {
+            let c = std::fs::read_to_string("/proc/cpuinfo").ok()?;
             c.lines().find_map(|l| Some(l.strip_prefix("model name")?.trim_start_matches([' ', '\t', ':']).to_owned()))
         })
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// "Model name:   AMD EPYC 7B13" from `lscpu`'s output (not "BIOS Model
+/// name").
+fn lscpu_model(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("Model name:"))
+        .map(str::trim)
+        .filter(|m| !m.is_empty() && *m != "-")
+        .map(str::to_owned)
 }
 
 fn mem_total() -> String {
@@ -1273,7 +1516,7 @@ mod tests {
         let all = ["memory", "sqlite", "redis"].map(String::from);
         let stores =
             [samples::store("memory", 11.0, 16.0), samples::store("sqlite", 11.0, 24.8), samples::redis_store()];
-        let t = targets(&all, &stores, &[], &[]);
+        let t = targets(&all, &stores, &[], &[], RedisAsked::default());
         // Bare: 8 µs. /livez 11 µs is 1.375 ×; redis's 12 µs is 1.5 ×.
         let livez = t.iter().find(|t| t.name.starts_with("streamcap /livez")).unwrap();
         assert_eq!(livez.met, Some(false));
@@ -1282,18 +1525,71 @@ mod tests {
         assert_eq!(met(&t, "sqlite: durable mix CPU per request vs bare"), Some(false));
         assert_eq!(met(&t, "sqlite: durable mix throughput vs /livez"), Some(true));
         assert_eq!(met(&t, "redis: streamcap's mix CPU per request vs bare"), Some(true));
-        // 12 µs per decision against 1.5 µs per SET: exactly 8 ×.
-        assert_eq!(met(&t, "redis: CPU inside Redis per decision vs a SET"), Some(true));
+        // redis-server: 10 µs per decision against 5 µs per SET.
+        let set = t.iter().find(|t| t.name == "redis: redis-server CPU per decision vs a SET").unwrap();
+        assert_eq!((set.met, set.target.as_str()), (Some(false), "≤ 1.5 × SET"));
+        assert_eq!(set.measured, "2.00 × (10.0 vs 5.0 µs, whole process from /proc)");
+        let commands = t.iter().find(|t| t.name == "redis: commands per decision (INFO commandstats)").unwrap();
+        assert!(commands.reported_only, "{}", commands.measured);
+        assert_eq!(commands.measured, "evalsha 1.00 (inside scripts: hget 2.00, time 1.00); 12.00 µs inside Redis");
         // 14 vs 12 µs: 1.17 ×, flat.
-        assert_eq!(met(&t, "redis: CPU inside Redis per decision, 1,000,000 vs 10,000 users"), Some(true));
+        assert_eq!(met(&t, "redis: µs inside Redis per decision, 1,000,000 vs 10,000 users"), Some(true));
         assert!(!t.iter().any(|t| t.name.contains("EVALSHA")));
+        // Neither a baseline nor the concurrent acquires were asked for.
+        assert!(!t.iter().any(|t| t.name.contains("baseline") || t.name.contains("concurrent")));
+    }
+
+    #[test]
+    fn targets_set_the_current_redis_store_against_the_baseline() {
+        let asked = RedisAsked { baseline: true, contention: true };
+        let t = targets(&["redis".into()], &[samples::redis_store_with_baseline()], &[], &[], asked);
+        let row = |name: &str| t.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no {name}"));
+        let cpu = row("redis vs baseline v1.0 (abc): redis-server CPU per decision");
+        assert_eq!((cpu.met, cpu.measured.as_str()), (Some(true), "0.25 × (10.0 vs 40.0 µs)"));
+        let own = row("redis vs baseline v1.0 (abc): streamcap CPU per decision");
+        assert_eq!((own.met, own.measured.as_str()), (Some(true), "1.05 × (20.0 vs 19.0 µs)"));
+        let rate = row("redis vs baseline v1.0 (abc): Redis mix throughput");
+        assert_eq!((rate.met, rate.measured.as_str()), (Some(true), "1.20 × (60,000 vs 50,000 req/s)"));
+        let cluster = row("redis cluster: 64 concurrent acquires for one user over 2 instances");
+        assert_eq!(cluster.met, Some(true));
+        assert_eq!(cluster.measured, "2 rounds: 6 granted (per round: 3, 3), 122 × 409, 0 × 503, 0 other; 1 retries");
+        assert_eq!(met(&t, "redis standalone: 64 concurrent acquires for one user over 2 instances"), Some(true));
+        // Asked for, but the baseline and the acquires failed: not measured.
+        let t = targets(&["redis".into()], &[samples::redis_store()], &[], &[], asked);
+        assert_eq!(met(&t, "redis vs baseline: redis-server CPU per decision"), None);
+        assert_eq!(met(&t, "redis standalone: 64 concurrent acquires for one user over 2 instances"), None);
+        // Much cheaper than the baseline is outside "within 20 %" too.
+        let mut s = samples::redis_store_with_baseline();
+        s.mix.cpu.server_us_per_request = 10.0;
+        let t = targets(&["redis".into()], &[s], &[], &[], asked);
+        assert_eq!(met(&t, "redis vs baseline v1.0 (abc): streamcap CPU per decision"), Some(false));
+    }
+
+    #[test]
+    fn every_other_round_runs_the_workloads_in_reverse() {
+        assert_eq!(round_order(3, 0), [0, 1, 2]);
+        assert_eq!(round_order(3, 1), [2, 1, 0]);
+        assert_eq!(round_order(3, 2), [0, 1, 2]);
+        assert!(round_order(0, 1).is_empty());
+    }
+
+    #[test]
+    fn reads_the_model_name_from_lscpu() {
+        let out = "Architecture:                            x86_64\n\
+                   Vendor ID:                               AuthenticAMD\n\
+                   BIOS Model name:                         pc-q35-8.2  CPU @ 2.0GHz\n\
+                   Model name:                              AMD EPYC 7B13\n\
+                   CPU family:                              25\n";
+        assert_eq!(lscpu_model(out).as_deref(), Some("AMD EPYC 7B13"));
+        assert_eq!(lscpu_model("Model name:   -\n"), None);
+        assert_eq!(lscpu_model("Architecture: aarch64\n"), None);
     }
 
     #[test]
     fn dynamodb_is_reported_without_a_target() {
         let asked = ["memory", "dynamodb"].map(String::from);
         let stores = [samples::store("memory", 10.0, 15.0), samples::dynamodb_store()];
-        let t = targets(&asked, &stores, &[], &[]);
+        let t = targets(&asked, &stores, &[], &[], RedisAsked::default());
         let row = t.iter().find(|t| t.name.starts_with("dynamodb on DynamoDB Local")).unwrap();
         assert!(row.reported_only && row.met.is_none(), "{}", row.measured);
         assert_eq!(row.target, "no target (DynamoDB Local is not AWS)");
@@ -1314,11 +1610,11 @@ mod tests {
         report.targets = t;
         assert!(summary(&report).contains("reported"));
         // Asked for but failed: not measured.
-        let t = targets(&asked, &stores[..1], &[], &[]);
+        let t = targets(&asked, &stores[..1], &[], &[], RedisAsked::default());
         let row = t.iter().find(|t| t.name.starts_with("dynamodb on DynamoDB Local")).unwrap();
         assert!(!row.reported_only && row.met.is_none() && row.measured == "–");
         // dynamodb alone: its row and nothing else.
-        let t = targets(&["dynamodb".into()], &stores[1..], &[], &[]);
+        let t = targets(&["dynamodb".into()], &stores[1..], &[], &[], RedisAsked::default());
         assert_eq!(t.len(), 1, "{:?}", t.iter().map(|t| &t.name).collect::<Vec<_>>());
     }
 
@@ -1343,6 +1639,8 @@ mod tests {
             Some(0)
         );
         assert_eq!(counter("<html>not metrics</html>", "streamcap_store_conflicts_total"), None);
+        // A fresh server's first page.
+        assert_eq!(counter("", "streamcap_store_conflicts_total"), Some(0));
     }
 
     #[test]
@@ -1371,10 +1669,10 @@ mod tests {
     #[test]
     fn a_store_asked_for_but_not_measured_is_listed_as_such() {
         let asked = ["memory", "redis"].map(String::from);
-        let t = targets(&asked, &[samples::store("memory", 10.0, 15.0)], &[], &[]);
+        let t = targets(&asked, &[samples::store("memory", 10.0, 15.0)], &[], &[], RedisAsked::default());
         assert_eq!(met(&t, "streamcap /livez CPU per request vs bare, every store"), None);
         assert_eq!(met(&t, "redis: streamcap's mix CPU per request vs bare"), None);
-        assert_eq!(met(&t, "redis: CPU inside Redis per decision vs a SET"), None);
+        assert_eq!(met(&t, "redis: redis-server CPU per decision vs a SET"), None);
         assert!(!t.iter().any(|t| t.name.starts_with("sqlite")));
     }
 }

@@ -216,17 +216,23 @@ pub fn rss_bytes(pid: u32) -> Result<u64, String> {
 }
 
 /// User + system CPU seconds a process has used, from /proc/PID/stat
-/// (`self` for this process).
+/// (`self` for this process), all its threads together.
 pub fn cpu_seconds(pid: &str) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields overall, so the 12th and 13th after it.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (ticks(11) + ticks(12)) as f64 / hz
+    cpu_ticks(&stat).unwrap_or(0) as f64 / hz
+}
+
+/// utime + stime, in clock ticks, from the text of /proc/PID/stat. The
+/// command name is in parentheses and may hold spaces and parentheses
+/// itself, so the fields are counted from its last `)`: utime and stime
+/// are the 14th and 15th fields overall, the 12th and 13th after it.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i)?.parse::<u64>().ok();
+    Some(ticks(11)? + ticks(12)?)
 }
 
 /// Seconds the threads of a process (`self` for this one) spent runnable
@@ -500,7 +506,7 @@ fn dynamodb_local_version(jar: &Path) -> String {
 
 /// Runs `f`, turning a panic into its message, without the panic hook
 /// printing it (the test harness's helpers panic where we want an error).
-fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
+pub fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let result = std::panic::catch_unwind(f);
@@ -613,6 +619,16 @@ mod tests {
     fn turns_a_panic_into_its_message() {
         assert_eq!(quietly(|| 7), Ok(7));
         assert_eq!(quietly(|| -> u8 { panic!("no {}", "jar") }), Err("no jar".to_owned()));
+    }
+
+    #[test]
+    fn reads_cpu_ticks_past_any_command_name() {
+        // A redis-server's: the name holds a space, a colon and parentheses.
+        let stat = "4242 (redis-server (x) *:6379) S 1 4242 4242 0 -1 4194560 1630 0 0 0 1234 567 0 0 20 0 5 0 \
+                    98765 52428800 2048 18446744073709551615 1 1 0 0 0 0 0 4097 17642 0 0 0 17 1 0 0 0 0 0\n";
+        assert_eq!(cpu_ticks(stat), Some(1234 + 567));
+        assert_eq!(cpu_ticks("4242 (streamcap) R 1 2 3"), None, "cut short");
+        assert_eq!(cpu_ticks("no parentheses"), None);
     }
 
     #[test]

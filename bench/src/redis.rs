@@ -1,60 +1,44 @@
-//! The Redis measurements: what a decision costs inside Redis, next to what
-//! a `SET` costs there, both measured in the same run.
+//! The Redis measurements: what a decision costs Redis, next to what a
+//! `SET` costs there, both measured in the same run on the same
+//! redis-server. The harness knows nothing of how the store talks to
+//! Redis: it counts whatever commands the decisions send.
 //!
-//! - **Per decision.** `INFO commandstats` counts the calls of each command
-//!   and the µs spent in them since `CONFIG RESETSTAT`. A script's time
-//!   includes the commands it calls (which are also listed on their own, so
-//!   they are not added again): the cost of the decisions in a window is the
-//!   µs of the script-invocation commands (EVALSHA, EVAL, FCALL and their
-//!   read-only forms) divided by the lease requests answered over HTTP.
-//! - **Ceilings.** `redis-benchmark`, at the same concurrency as the HTTP
-//!   phases, runs the server's own script through EVALSHA (one acquire) and
-//!   plain `SET`s. An error reply stops redis-benchmark, and Redis must
-//!   count no error reply afterwards, or the run fails: a ceiling measured
-//!   on errors would be garbage.
-//! - **Keyspace.** On a fresh redis-server, the cost per decision with
+//! - **redis-server CPU per decision.** The whole process's CPU from
+//!   /proc (utime + stime) over the mix windows, divided by the decisions
+//!   answered in them: commands, parsing and network together. The load
+//!   driver reads it as the store process's CPU per request.
+//! - **The SET ceiling.** `redis-benchmark -c 64 -t set` (no pipelining)
+//!   on the same redis-server, its CPU from /proc per SET. An error reply
+//!   stops redis-benchmark, and Redis must count no error reply afterwards,
+//!   or the run fails: a ceiling measured on errors would be garbage.
+//! - **Commands per decision.** `INFO commandstats` since `CONFIG
+//!   RESETSTAT` gives each command's calls and µs. A script's µs include
+//!   the commands it calls, and those are listed on their own too. A
+//!   `MONITOR` sample taken during the warm-up tells which share of each
+//!   command's calls ran inside a script (`[0 lua]`): that share of its
+//!   µs is not added again, and those calls are not commands the decision
+//!   sent.
+//! - **Keyspace.** On a fresh redis-server, the commands per decision with
 //!   10,000 users in Redis, then with 1,000,000 (quick: 100,000).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::load::{Pace, Work};
 use crate::procs::{self, Redis, Server};
-use crate::report::{Keyspace, KeyspacePoint, RedisCeiling, ScriptCost, SetCeiling, int, ratio, round1, round3};
+use crate::report::{CommandCost, CommandUse, Keyspace, KeyspacePoint, SetCeiling, int, ratio, round1, round3};
 use crate::workload::{MixParams, Zipf};
 use crate::{Ctx, phase, server_args};
 
-/// The server's own decision script, from the same tree as the binary.
-const SCRIPT: &str = include_str!("../../tests/fixtures/previous-release/decide.lua");
-
-/// What redis-benchmark sends after `EVALSHA <sha>`: the number of keys,
-/// the keys, then the arguments, in decide.lua's argument format. One
-/// acquire of a random stream for a random user, with the server's default
-/// limit (3) and TTL (60 s), rejecting when the seats are taken;
-/// redis-benchmark replaces each `__rand_int__` with its own random number
-/// below `-r`. When the script's arguments change, change only this.
-const EVALSHA_ACQUIRE_ARGS: &[&str] = &[
-    "2",
-    "sc:{u__rand_int__}:s",
-    "sc:{u__rand_int__}:o",
-    "acquire",
-    "",
-    "s__rand_int__",
-    "3",
-    "60000000",
-    "reject",
-    "1",
-    "=tv-000001",
-    "=title-00001",
-];
-
-/// The commands that run a script or a function. Each one's time includes
-/// the commands the script calls.
-const SCRIPT_COMMANDS: [&str; 6] = ["evalsha", "evalsha_ro", "eval", "eval_ro", "fcall", "fcall_ro"];
-
 /// Users in Redis for the small keyspace; the large one is `--keyspace-users`.
 pub const SMALL_KEYSPACE: u64 = 10_000;
+
+/// What the harness itself sends to Redis inside a measured window; not
+/// part of any decision.
+const HARNESS_COMMANDS: [&str; 3] = ["config|resetstat", "info", "dbsize"];
 
 /// One command's line of `INFO commandstats`.
 #[derive(Clone, Copy, Default, PartialEq, Debug)]
@@ -87,14 +71,154 @@ pub fn parse_commandstats(info: &str) -> BTreeMap<String, CmdStat> {
         .collect()
 }
 
-/// The script-invocation commands, summed.
-pub fn script_totals(stats: &BTreeMap<String, CmdStat>) -> CmdStat {
-    SCRIPT_COMMANDS.iter().filter_map(|c| stats.get(*c)).fold(CmdStat::default(), |a, s| CmdStat {
-        calls: a.calls + s.calls,
-        usec: a.usec + s.usec,
-        failed_calls: a.failed_calls + s.failed_calls,
-        rejected_calls: a.rejected_calls + s.rejected_calls,
-    })
+/// Calls per command name seen by `MONITOR`: made by a client, or from
+/// inside a script.
+#[derive(Clone, Default, PartialEq, Debug)]
+pub struct MonitorSample {
+    /// name → (calls by clients, calls inside scripts).
+    pub calls: BTreeMap<String, (u64, u64)>,
+}
+
+impl MonitorSample {
+    /// Counts one line of `MONITOR` output: `1700000000.123456 [0
+    /// 127.0.0.1:5000] "get" "k"` for a client's command, `… [0 lua]
+    /// "get" "k"` for one a script called. Other lines (`OK`) are skipped.
+    pub fn count(&mut self, line: &str) {
+        let Some((_, rest)) = line.split_once(" [") else { return };
+        let Some((source, args)) = rest.split_once("] \"") else { return };
+        let Some((name, _)) = args.split_once('"') else { return };
+        let inside = source.split_whitespace().nth(1) == Some("lua");
+        let entry = self.calls.entry(name.to_ascii_lowercase()).or_default();
+        if inside {
+            entry.1 += 1;
+        } else {
+            entry.0 += 1;
+        }
+    }
+
+    pub fn lines(&self) -> u64 {
+        self.calls.values().map(|(a, b)| a + b).sum()
+    }
+
+    /// The share of `name`'s calls made inside scripts. A subcommand
+    /// (`config|get`) counts as its container, as `MONITOR` shows it.
+    pub fn inside_share(&self, name: &str) -> f64 {
+        let base = name.split('|').next().unwrap_or(name);
+        match self.calls.get(base) {
+            Some(&(outside, inside)) if outside + inside > 0 => inside as f64 / (outside + inside) as f64,
+            _ => 0.0,
+        }
+    }
+}
+
+/// What the decisions of a window made Redis run, from `stats` (`INFO
+/// commandstats` since `CONFIG RESETSTAT`), with the commands run inside
+/// scripts told apart by `sample`.
+pub fn command_cost(stats: &BTreeMap<String, CmdStat>, sample: &MonitorSample, decisions: u64) -> CommandCost {
+    let per = |v: f64| ratio(v, decisions as f64);
+    let ours = stats.iter().filter(|(name, _)| !HARNESS_COMMANDS.contains(&name.as_str()));
+    let (mut sent, mut usec) = (0.0, 0.0);
+    let commands: Vec<CommandUse> = ours
+        .map(|(name, s)| {
+            let inside = sample.inside_share(name);
+            sent += s.calls as f64 * (1.0 - inside);
+            usec += s.usec as f64 * (1.0 - inside);
+            CommandUse {
+                name: name.clone(),
+                calls: s.calls,
+                usec: s.usec,
+                failed_calls: s.failed_calls,
+                calls_per_decision: per(s.calls as f64),
+                usec_per_decision: per(s.usec as f64),
+                inside_scripts: round3(inside),
+            }
+        })
+        .collect();
+    CommandCost {
+        decisions,
+        sent_per_decision: per(sent),
+        usec: usec.round() as u64,
+        usec_per_decision: per(usec),
+        failed_calls: commands.iter().map(|c| c.failed_calls).sum(),
+        keys: None,
+        monitor_sample_lines: Some(sample.lines()),
+        commands,
+    }
+}
+
+/// The commands of the `decisions` answered since the last `CONFIG
+/// RESETSTAT`.
+pub fn read_cost(r: &Redis, sample: &MonitorSample, decisions: u64) -> Result<CommandCost, String> {
+    Ok(command_cost(&parse_commandstats(&r.cli(&["INFO", "commandstats"])?), sample, decisions))
+}
+
+/// `redis-cli MONITOR` running next to a workload, counting what it sees.
+struct Monitor {
+    child: Child,
+    counts: Arc<Mutex<MonitorSample>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Monitor {
+    /// Starts `MONITOR` and waits (at most 10 s) until Redis has confirmed it.
+    fn start(r: &Redis) -> Result<Monitor, String> {
+        let bin = procs::which("redis-cli").ok_or("redis-cli is not installed (scripts/bench installs it)")?;
+        let mut child = Command::new(bin)
+            .args(["-h", "127.0.0.1", "-p", &r.port.to_string(), "MONITOR"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("redis-cli MONITOR: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+        let counts = Arc::new(Mutex::new(MonitorSample::default()));
+        let keep = counts.clone();
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(());
+                }
+                keep.lock().unwrap_or_else(|e| e.into_inner()).count(&line);
+            }
+        });
+        let mut monitor = Monitor { child, counts, reader };
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(()) => Ok(monitor),
+            Err(_) => {
+                let _ = monitor.child.kill();
+                let _ = monitor.child.wait();
+                Err("redis-cli MONITOR did not answer within 10 s".into())
+            }
+        }
+    }
+
+    /// Stops it (by its PID) and returns what it counted.
+    fn stop(mut self) -> MonitorSample {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.reader.join();
+        std::mem::take(&mut *self.counts.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Runs the phase `run` while `MONITOR` watches `r`, and returns which
+/// commands ran inside scripts. `MONITOR` costs Redis CPU: only warm-ups
+/// run under it, never a measured window.
+pub fn sample_while<T>(
+    ctx: &mut Ctx,
+    r: &Redis,
+    run: impl FnOnce(&mut Ctx) -> Result<T, String>,
+) -> Result<(T, MonitorSample), String> {
+    let monitor = Monitor::start(r)?;
+    let out = run(ctx);
+    let sample = monitor.stop();
+    let out = out?;
+    if sample.lines() == 0 {
+        return Err("MONITOR saw no command during the warm-up".into());
+    }
+    Ok((out, sample))
 }
 
 /// `total_error_replies` from `INFO stats`.
@@ -102,111 +226,33 @@ fn error_replies(info: &str) -> Option<u64> {
     info.lines().find_map(|l| l.trim().strip_prefix("total_error_replies:")?.parse().ok())
 }
 
-/// The cost inside Redis of the `decisions` answered since the last
-/// `CONFIG RESETSTAT`. `INFO commandstats` times a command by the clock,
-/// so time the Redis thread spent preempted inside a script counts too:
-/// on a busy machine this view reads high, and redis-server's CPU from
-/// /proc is the second view.
-pub fn script_cost(r: &Redis, decisions: u64) -> Result<ScriptCost, String> {
-    let s = script_totals(&parse_commandstats(&r.cli(&["INFO", "commandstats"])?));
-    Ok(ScriptCost {
-        calls: s.calls,
-        usec: s.usec,
-        failed_calls: s.failed_calls,
-        decisions,
-        usec_per_decision: ratio(s.usec as f64, decisions as f64),
-        calls_per_decision: ratio(s.calls as f64, decisions as f64),
-        keys: None,
-    })
+/// The SET ceiling: `redis-benchmark -c <connections> -t set` of random
+/// keys, no pipelining, on `r`. A short pilot sizes the run to last about
+/// as long as the mix. A ceiling that could not be measured is a failure
+/// of the run, never a number.
+pub fn set_ceiling(ctx: &mut Ctx, r: &Redis) -> Option<SetCeiling> {
+    set_ceiling_run(ctx, r).map_err(|e| ctx.failures.push(format!("redis-benchmark SET: {e}"))).ok()
 }
 
-/// The two redis-benchmark ceilings, EVALSHA then SET. A ceiling that
-/// could not be measured is a failure of the run, never a number.
-pub fn ceilings(ctx: &mut Ctx, r: &Redis, mix: Option<&ScriptCost>) -> (Option<RedisCeiling>, Option<SetCeiling>) {
-    let evalsha = evalsha_ceiling(ctx, r, mix)
-        .map_err(|e| {
-            ctx.failures.push(format!(
-                "redis-benchmark EVALSHA: {e} (is EVALSHA_ACQUIRE_ARGS in bench/src/redis.rs in decide.lua's argument format?)"
-            ))
-        })
-        .ok();
-    // As many SETs as the EVALSHA ceiling sent decisions.
-    let n = evalsha.as_ref().map_or(200_000, |c| c.requests);
-    let set = set_ceiling(ctx, r, n).map_err(|e| ctx.failures.push(format!("redis-benchmark SET: {e}"))).ok();
-    (evalsha, set)
-}
-
-fn cached_scripts(r: &Redis) -> Result<u64, String> {
-    let info = r.cli(&["INFO", "memory"])?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("number_of_cached_scripts:")?.trim().parse().ok())
-        .ok_or_else(|| "INFO memory has no number_of_cached_scripts".into())
-}
-
-/// `redis-benchmark` running the server's script through EVALSHA, at the
-/// same concurrency as the HTTP phases, over `--users` random users.
-fn evalsha_ceiling(ctx: &mut Ctx, r: &Redis, mix: Option<&ScriptCost>) -> Result<RedisCeiling, String> {
-    // The server loaded its script already. If ours is the same text, Redis
-    // still caches exactly one script after we load it.
-    let before = cached_scripts(r)?;
-    let sha = r.cli(&["SCRIPT", "LOAD", SCRIPT])?;
-    let same_script = before == 1 && cached_scripts(r)? == 1;
-    if !same_script {
-        ctx.failures.push(format!(
-            "redis: the script redis-benchmark runs ({sha}) differs from the server's (cached scripts: {before} before loading it)"
-        ));
-    }
-    let args = |ctx: &Ctx, n: u64| -> Vec<String> {
+fn set_ceiling_run(ctx: &mut Ctx, r: &Redis) -> Result<SetCeiling, String> {
+    let args = |ctx: &Ctx, n: u64| {
         let mut a = common_args(ctx, r, n);
-        a.extend(["EVALSHA".to_owned(), sha.clone()]);
-        a.extend(EVALSHA_ACQUIRE_ARGS.iter().map(|s| s.to_string()));
+        a.extend(["-t".to_owned(), "set".to_owned()]);
         a
     };
-    // A short pilot sizes the real run to last about as long as the mix.
-    let pilot = benchmark(ctx, r, &args(ctx, 20_000), "EVALSHA", false, Duration::from_secs(120))?;
-    let n = ((pilot.rps * ctx.mix.as_secs_f64()) as u64).clamp(20_000, 50_000_000);
+    let pilot = benchmark(ctx, r, &args(ctx, 20_000), "SET", false, Duration::from_secs(120))?;
+    let n = ((pilot.rps * ctx.mix.as_secs_f64()) as u64).clamp(50_000, 50_000_000);
     let limit = ctx.mix.mul_f64(4.0) + Duration::from_secs(60);
-    let run = benchmark(ctx, r, &args(ctx, n), "EVALSHA", true, limit)?;
-    let ceiling_us = run.stats.get("evalsha").and_then(|s| ratio(s.usec as f64, s.calls as f64));
-    eprintln!(
-        "   {:<28} {:>9.0} req/s  p50 {:>8.1} µs  p99 {:>8.1} µs  (in Redis: {} µs/call; mix: {} µs/decision)",
-        "redis-benchmark EVALSHA",
-        run.rps,
-        run.p50_ms * 1000.0,
-        run.p99_ms * 1000.0,
-        ceiling_us.map_or("–".into(), |v| format!("{v:.1}")),
-        mix.and_then(|m| m.usec_per_decision).map_or("–".into(), |v| format!("{v:.1}")),
-    );
-    Ok(RedisCeiling {
-        command: run.command,
-        requests: n,
-        throughput: round1(run.rps),
-        avg_ms: run.avg_ms,
-        p50_ms: run.p50_ms,
-        p99_ms: run.p99_ms,
-        max_ms: run.max_ms,
-        benchmark_cpu_cores: run.benchmark_cores,
-        redis_cores: run.redis_cores,
-        evalsha_us_in_redis: ceiling_us,
-        mix_evalsha_us_in_redis: mix.and_then(|m| ratio(m.usec as f64, m.calls as f64)),
-        same_script_as_server: same_script,
-        redis_cpu_us_per_call: Some(run.redis_cpu_us_per_request),
-    })
-}
-
-/// `redis-benchmark -t set`: `n` SETs of random keys, the same concurrency.
-fn set_ceiling(ctx: &mut Ctx, r: &Redis, n: u64) -> Result<SetCeiling, String> {
-    let mut args = common_args(ctx, r, n);
-    args.extend(["-t".to_owned(), "set".to_owned()]);
-    let run = benchmark(ctx, r, &args, "SET", true, Duration::from_secs(300))?;
+    let run = benchmark(ctx, r, &args(ctx, n), "SET", true, limit)?;
     let set = run.stats.get("set").copied().unwrap_or_default();
     let usec_per_call = ratio(set.usec as f64, set.calls as f64).ok_or("INFO commandstats counted no SET")?;
     eprintln!(
-        "   {:<28} {:>9.0} req/s  p50 {:>8.1} µs  p99 {:>8.1} µs  (in Redis: {usec_per_call:.2} µs/call)",
+        "   {:<28} {:>9.0} req/s  p50 {:>8.1} µs  p99 {:>8.1} µs  (redis-server CPU {:.2} µs per SET; in Redis: {usec_per_call:.2} µs)",
         "redis-benchmark SET",
         run.rps,
         run.p50_ms * 1000.0,
-        run.p99_ms * 1000.0
+        run.p99_ms * 1000.0,
+        run.redis_cpu_us_per_request
     );
     Ok(SetCeiling {
         command: run.command,
@@ -230,10 +276,8 @@ fn common_args(ctx: &Ctx, r: &Redis, n: u64) -> Vec<String> {
 struct BenchRun {
     command: String,
     rps: f64,
-    avg_ms: f64,
     p50_ms: f64,
     p99_ms: f64,
-    max_ms: f64,
     benchmark_cores: f64,
     redis_cores: f64,
     redis_cpu_us_per_request: f64,
@@ -272,17 +316,15 @@ fn benchmark(
     if calls < n {
         return Err(format!("Redis counted {calls} {test} calls for {n} requests"));
     }
-    let (rps, avg_ms, p50_ms, p99_ms, max_ms) = parse_redis_csv(&out, test)?;
+    let (rps, _avg_ms, p50_ms, p99_ms, _max_ms) = parse_redis_csv(&out, test)?;
     Ok(BenchRun {
         command: std::iter::once("redis-benchmark".to_owned())
             .chain(args.iter().map(|a| procs::shell_quote(a)))
             .collect::<Vec<_>>()
             .join(" "),
         rps,
-        avg_ms,
         p50_ms,
         p99_ms,
-        max_ms,
         benchmark_cores: round3((kids1 - kids0) / wall),
         redis_cores: round3((redis1 - redis0) / wall),
         redis_cpu_us_per_request: round1((redis1 - redis0) * 1e6 / n.max(1) as f64),
@@ -307,11 +349,13 @@ pub fn parse_redis_csv(out: &str, test: &str) -> Result<(f64, f64, f64, f64, f64
     Ok((f[6], f[5], f[3], f[1], f[0]))
 }
 
-/// The cost per decision with `SMALL_KEYSPACE` users in Redis, then with
-/// `--keyspace-users`. A fresh redis-server and server (leases live a
-/// day, so none expires meanwhile); the fill gives every user one lease,
-/// then the mix runs over those same users, Zipf-skewed as usual.
-pub fn keyspace(ctx: &mut Ctx) -> Result<Keyspace, String> {
+/// The commands per decision with `SMALL_KEYSPACE` users in Redis, then
+/// with `--keyspace-users`. A fresh redis-server and server (leases live
+/// a day, so none expires meanwhile); the fill gives every user one
+/// lease, then the mix runs over those same users, Zipf-skewed as usual.
+/// `sample` tells the commands run inside scripts apart (taken on the
+/// same binary during the store's warm-up).
+pub fn keyspace(ctx: &mut Ctx, sample: &MonitorSample) -> Result<Keyspace, String> {
     let redis = Redis::start(&ctx.commands)?;
     let args = server_args("redis", None, Some(&redis), &["--lease-ttl", "86400"]);
     let server = Server::start(&ctx.args.server, &args, Duration::from_secs(60), &ctx.commands)?;
@@ -336,23 +380,34 @@ pub fn keyspace(ctx: &mut Ctx) -> Result<Keyspace, String> {
         redis.cli(&["CONFIG", "RESETSTAT"])?;
         let name = format!("mix over {} users", int(users as f64));
         let mix = phase(ctx, &name, server.addr, work, Pace::Closed, ctx.mix, &watch)?;
-        let mut cost = script_cost(&redis, mix.requests + mix.drained)?;
-        cost.keys = redis.cli(&["DBSIZE"])?.trim().parse().ok();
+        let mut commands = read_cost(&redis, sample, mix.requests + mix.drained)?;
+        commands.keys = redis.cli(&["DBSIZE"])?.trim().parse().ok();
         eprintln!(
-            "   {:<28} {} µs per decision inside Redis, {} keys",
+            "   {:<28} {} commands sent and {} µs in Redis per decision ({}), redis-server CPU {} µs per decision, {} keys",
             "",
-            cost.usec_per_decision.map_or("–".into(), |v| format!("{v:.1}")),
-            cost.keys.unwrap_or(0)
+            commands.sent_per_decision.map_or("–".into(), |v| format!("{v:.2}")),
+            commands.usec_per_decision.map_or("–".into(), |v| format!("{v:.1}")),
+            commands.summary(),
+            mix.cpu.store_us_per_request.map_or("–".into(), |v| format!("{v:.1}")),
+            commands.keys.unwrap_or(0)
         );
-        points.push(KeyspacePoint { users, fill_seconds: fill.seconds, fill_throughput: fill.throughput, mix, cost });
+        points.push(KeyspacePoint {
+            users,
+            fill_seconds: fill.seconds,
+            fill_throughput: fill.throughput,
+            mix,
+            commands,
+        });
     }
     server.terminate(Duration::from_secs(60))?;
-    let per = |p: Option<&KeyspacePoint>| p.and_then(|p| p.cost.usec_per_decision);
-    let growth = match (per(points.first()), per(points.last())) {
+    let per = |p: Option<&KeyspacePoint>| p.and_then(|p| p.commands.usec_per_decision);
+    let cpu = |p: Option<&KeyspacePoint>| p.and_then(|p| p.mix.cpu.store_us_per_request);
+    let growth_of = |f: &dyn Fn(Option<&KeyspacePoint>) -> Option<f64>| match (f(points.first()), f(points.last())) {
         (Some(small), Some(large)) => ratio(large, small),
         _ => None,
     };
-    Ok(Keyspace { points, growth })
+    let (growth, cpu_growth) = (growth_of(&per), growth_of(&cpu));
+    Ok(Keyspace { points, growth, cpu_growth })
 }
 
 #[cfg(test)]
@@ -371,44 +426,85 @@ mod tests {
         assert!(parse_redis_csv("nothing", "SET").is_err());
     }
 
-    /// What Redis 7 prints, with a script that called HGETALL, GET and HSET.
+    /// What Redis 7 prints after a window in which each of 1,000 decisions
+    /// sent one pipelined MGET and TIME, 500 of them then an EVALSHA of a
+    /// script that called GET and SET (250 times each) and TIME (500
+    /// times); the harness read the stats with CONFIG RESETSTAT and INFO.
     const COMMANDSTATS: &str = "# Commandstats\r\n\
-        cmdstat_evalsha:calls=1000,usec=23500,usec_per_call=23.50,rejected_calls=0,failed_calls=2\r\n\
-        cmdstat_eval:calls=2,usec=100,usec_per_call=50.00,rejected_calls=0,failed_calls=0\r\n\
-        cmdstat_fcall_ro:calls=8,usec=400,usec_per_call=50.00,rejected_calls=1,failed_calls=0\r\n\
-        cmdstat_hgetall:calls=1010,usec=3030,usec_per_call=3.00,rejected_calls=0,failed_calls=0\r\n\
-        cmdstat_hset:calls=900,usec=900,usec_per_call=1.00,rejected_calls=0,failed_calls=0\r\n\
-        cmdstat_config|resetstat:calls=1,usec=34,usec_per_call=34.00,rejected_calls=0,failed_calls=0\r\n\
-        cmdstat_set:calls=200000,usec=260000,usec_per_call=1.30,rejected_calls=0,failed_calls=0\r\n";
+        cmdstat_mget:calls=1000,usec=3000,usec_per_call=3.00,rejected_calls=0,failed_calls=0\r\n\
+        cmdstat_time:calls=1500,usec=1500,usec_per_call=1.00,rejected_calls=0,failed_calls=0\r\n\
+        cmdstat_evalsha:calls=500,usec=10000,usec_per_call=20.00,rejected_calls=0,failed_calls=2\r\n\
+        cmdstat_get:calls=250,usec=250,usec_per_call=1.00,rejected_calls=0,failed_calls=0\r\n\
+        cmdstat_set:calls=250,usec=500,usec_per_call=2.00,rejected_calls=1,failed_calls=0\r\n\
+        cmdstat_config|resetstat:calls=1,usec=34,usec_per_call=34.00,rejected_calls=0,failed_calls=0\r\n";
+
+    /// MONITOR lines of that workload: TIME both from the client and
+    /// inside the script, GET and SET only inside it.
+    const MONITOR: &str = "OK\n\
+        1796615819.116604 [0 127.0.0.1:55528] \"mget\" \"sc:{u1}:s\" \"sc:{u1}:o\"\n\
+        1796615819.116610 [0 127.0.0.1:55528] \"time\"\n\
+        1796615819.116685 [0 127.0.0.1:55528] \"evalsha\" \"abc\" \"2\" \"sc:{u1}:s\" \"sc:{u1}:o\" \"x y\"\n\
+        1796615819.116690 [0 lua] \"time\"\n\
+        1796615819.116725 [0 lua] \"SET\" \"sc:{u1}:s\" \"a \\\"quoted\\\" value\"\n\
+        1796615819.116742 [0 lua] \"get\" \"sc:{u1}:o\"\n\
+        1796615819.128283 [0 unix:/tmp/redis.sock] \"mget\" \"a\" \"b\"\n\
+        1796615819.128290 [0 127.0.0.1:55534] \"time\"\n\
+        1796615819.161592 [0 127.0.0.1:55564] \"config\" \"resetstat\"\n";
+
+    fn sample() -> MonitorSample {
+        let mut s = MonitorSample::default();
+        MONITOR.lines().for_each(|l| s.count(l));
+        s
+    }
 
     #[test]
     fn reads_commandstats() {
         let stats = parse_commandstats(COMMANDSTATS);
-        assert_eq!(stats.len(), 7);
-        assert_eq!(stats["evalsha"], CmdStat { calls: 1000, usec: 23500, failed_calls: 2, rejected_calls: 0 });
+        assert_eq!(stats.len(), 6);
+        assert_eq!(stats["evalsha"], CmdStat { calls: 500, usec: 10000, failed_calls: 2, rejected_calls: 0 });
         assert_eq!(stats["config|resetstat"].usec, 34);
-        assert_eq!(stats["set"].calls, 200_000);
+        assert_eq!(stats["set"].rejected_calls, 1);
         assert!(parse_commandstats("# Commandstats\r\n").is_empty());
     }
 
     #[test]
-    fn a_decision_costs_its_script_calls_only() {
-        // The commands the scripts called are inside the scripts' time: not added again.
-        let total = script_totals(&parse_commandstats(COMMANDSTATS));
-        assert_eq!(total, CmdStat { calls: 1010, usec: 24000, failed_calls: 2, rejected_calls: 1 });
-        assert_eq!(script_totals(&BTreeMap::new()), CmdStat::default());
+    fn monitor_tells_calls_inside_scripts_apart() {
+        let s = sample();
+        assert_eq!(s.calls["mget"], (2, 0));
+        assert_eq!(s.calls["time"], (2, 1));
+        assert_eq!(s.calls["set"], (0, 1));
+        assert_eq!(s.calls["evalsha"], (1, 0));
+        assert_eq!(s.lines(), 9);
+        assert_eq!(s.inside_share("get"), 1.0);
+        assert!((s.inside_share("time") - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(s.inside_share("config|resetstat"), 0.0);
+        assert_eq!(s.inside_share("never-seen"), 0.0);
+    }
+
+    #[test]
+    fn a_decision_counts_each_command_it_sends_once() {
+        // From the sample, a third of TIME's calls ran inside the script
+        // (here it is exactly so: 500 of 1,500).
+        let cost = command_cost(&parse_commandstats(COMMANDSTATS), &sample(), 1000);
+        let names: Vec<&str> = cost.commands.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["evalsha", "get", "mget", "set", "time"], "the harness's CONFIG RESETSTAT is left out");
+        let time = &cost.commands[4];
+        assert_eq!((time.calls_per_decision, time.usec_per_decision), (Some(1.5), Some(1.5)));
+        assert_eq!(time.inside_scripts, 0.333);
+        // Sent: 1,000 MGET + 1,000 TIME + 500 EVALSHA.
+        assert_eq!(cost.sent_per_decision, Some(2.5));
+        // µs: MGET 3,000 + two thirds of TIME's 1,500 + EVALSHA 10,000 (which
+        // holds GET's, SET's and the script's own TIME).
+        assert_eq!(cost.usec, 14_000);
+        assert_eq!(cost.usec_per_decision, Some(14.0));
+        assert_eq!(cost.failed_calls, 2);
+        assert_eq!(cost.monitor_sample_lines, Some(9));
+        assert_eq!(command_cost(&BTreeMap::new(), &sample(), 0).usec_per_decision, None);
     }
 
     #[test]
     fn reads_error_replies() {
         assert_eq!(error_replies("# Stats\r\ntotal_error_replies:4\r\nunexpected_error_replies:0\r\n"), Some(4));
         assert_eq!(error_replies("# Stats\r\n"), None);
-    }
-
-    #[test]
-    fn evalsha_args_name_their_keys() {
-        let keys: usize = EVALSHA_ACQUIRE_ARGS[0].parse().unwrap();
-        assert!(keys < EVALSHA_ACQUIRE_ARGS.len());
-        assert!(EVALSHA_ACQUIRE_ARGS[1..=keys].iter().all(|k| k.starts_with("sc:{")), "{EVALSHA_ACQUIRE_ARGS:?}");
     }
 }

@@ -65,6 +65,12 @@ pub struct Params {
     pub rounds: u32,
     pub leases: u64,
     pub server_flags: String,
+    /// The baseline server binary the Redis mix also ran on, if any.
+    #[serde(default)]
+    pub baseline_server: Option<String>,
+    /// Rounds of concurrent acquires for one user (0: none).
+    #[serde(default)]
+    pub contention_rounds: u32,
 }
 
 #[derive(Serialize, Deserialize, Clone, Default)]
@@ -212,9 +218,6 @@ pub struct StoreReport {
     pub half_load_livez: Phase,
     /// half-load mix p99 / half-load livez p99.
     pub half_load_p99_ratio: f64,
-    pub redis_ceiling: Option<RedisCeiling>,
-    /// mix throughput / EVALSHA ceiling.
-    pub mix_to_evalsha: Option<f64>,
     /// The bare server's `/livez`, measured in the same rounds as `livez`
     /// and `mix`. (Runs recorded before it existed have none of the fields
     /// below.)
@@ -223,12 +226,22 @@ pub struct StoreReport {
     /// `/livez` and for the mix (streamcap's own process).
     pub livez_cpu_to_bare: Option<f64>,
     pub mix_cpu_to_bare: Option<f64>,
-    /// Redis: the closed-loop mix's decisions inside Redis.
-    pub redis_decision: Option<ScriptCost>,
+    /// Redis: the commands the closed-loop mix's decisions sent. (Runs
+    /// recorded before it existed hold the script commands' µs only, as
+    /// `redis_decision`.)
+    #[serde(alias = "redis_decision")]
+    pub redis_commands: Option<CommandCost>,
     /// Redis: redis-benchmark's SETs, the unit of Redis CPU.
     pub redis_set: Option<SetCeiling>,
     /// Redis: the cost per decision at a small and at a large keyspace.
     pub redis_keyspace: Option<Keyspace>,
+    /// Redis: the closed-loop mix on a baseline server binary, in the same
+    /// rounds as `mix`.
+    #[serde(default)]
+    pub redis_baseline: Option<RedisBaseline>,
+    /// Redis: concurrent acquires for one user over two instances.
+    #[serde(default)]
+    pub redis_contention: Vec<Contention>,
     /// DynamoDB (Local): lost races, and the mix on two instances.
     pub dynamodb: Option<DynamoReport>,
 }
@@ -281,21 +294,143 @@ pub struct TwoInstances {
     pub conflicts: Conflicts,
 }
 
-/// What the decisions of a window cost inside Redis: the script-invocation
-/// commands of `INFO commandstats` since `CONFIG RESETSTAT`.
-#[derive(Serialize, Deserialize, Clone)]
-pub struct ScriptCost {
-    pub calls: u64,
-    pub usec: u64,
-    pub failed_calls: u64,
+/// What the decisions of a window made Redis run: `INFO commandstats`
+/// since `CONFIG RESETSTAT`, less the harness's own commands.
+#[derive(Serialize, Deserialize, Clone, Default, Debug)]
+#[serde(default)]
+pub struct CommandCost {
     /// Lease requests answered over HTTP in the window, including the
     /// releases sent after each round for the sessions still open.
     pub decisions: u64,
+    /// Every command Redis ran, by name, with the share of its calls that
+    /// ran inside a script.
+    pub commands: Vec<CommandUse>,
+    /// Commands the store sent per decision: the calls made inside
+    /// scripts are not counted.
+    pub sent_per_decision: Option<f64>,
+    /// µs inside Redis, each µs once: a script's µs hold those of the
+    /// commands it called, which are not added again.
+    pub usec: u64,
     pub usec_per_decision: Option<f64>,
-    pub calls_per_decision: Option<f64>,
+    pub failed_calls: u64,
     /// `DBSIZE` at the end of the window (keyspace runs only: after the
     /// mix, whose sessions end released, only the fill's leases are left).
     pub keys: Option<u64>,
+    /// The `MONITOR` lines that told the calls inside scripts apart.
+    pub monitor_sample_lines: Option<u64>,
+}
+
+/// One command of [`CommandCost`].
+#[derive(Serialize, Deserialize, Clone, Default, Debug)]
+pub struct CommandUse {
+    /// As `INFO commandstats` names it, lowercase (`config|get`).
+    pub name: String,
+    pub calls: u64,
+    pub usec: u64,
+    pub failed_calls: u64,
+    pub calls_per_decision: Option<f64>,
+    pub usec_per_decision: Option<f64>,
+    /// The share of its calls made from inside a script (a `MONITOR`
+    /// sample): those calls' µs are inside the script's.
+    pub inside_scripts: f64,
+}
+
+impl CommandCost {
+    /// "mget 1.00 + time 1.00 + evalsha 0.50 (inside scripts: get 0.25,
+    /// time 0.50)": calls per decision, those sent first.
+    pub fn summary(&self) -> String {
+        let part = |inside: bool| -> Vec<String> {
+            let mut v: Vec<(f64, &str)> = self
+                .commands
+                .iter()
+                .map(|c| {
+                    let share = if inside { c.inside_scripts } else { 1.0 - c.inside_scripts };
+                    (c.calls_per_decision.unwrap_or(0.0) * share, c.name.as_str())
+                })
+                .filter(|(n, _)| *n >= 0.005)
+                .collect();
+            v.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+            v.iter().map(|(n, name)| format!("{name} {n:.2}")).collect()
+        };
+        let (sent, inside) = (part(false), part(true));
+        let mut text = if sent.is_empty() { "–".to_owned() } else { sent.join(" + ") };
+        if !inside.is_empty() {
+            let _ = write!(text, " (inside scripts: {})", inside.join(", "));
+        }
+        text
+    }
+}
+
+/// The closed-loop mix on a baseline server binary (a previous release),
+/// with its own redis-server, its rounds alternating with the current
+/// server's.
+#[derive(Serialize, Deserialize)]
+pub struct RedisBaseline {
+    /// The binary, and what it was built from (`scripts/bench --baseline`).
+    pub server_binary: String,
+    pub label: String,
+    pub mix: Phase,
+    pub commands: Option<CommandCost>,
+}
+
+/// Concurrent acquires of fresh streams for one user, spread over two
+/// instances on one Redis, in rounds (a fresh user each round).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Contention {
+    /// "current" or "baseline".
+    pub server: String,
+    /// "standalone" or "cluster (3 masters)".
+    pub redis: String,
+    pub instances: usize,
+    /// Acquires sent at once in each round.
+    pub concurrent: usize,
+    /// The user's limit: the grants each round must give.
+    pub limit: u64,
+    pub rounds: Vec<ContentionRound>,
+}
+
+/// One round of [`Contention`]: the statuses, and the growth of
+/// `streamcap_store_conflicts_total` summed over the instances.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+pub struct ContentionRound {
+    pub granted: u64,
+    pub denied_409: u64,
+    pub unavailable_503: u64,
+    /// Any other status, or no answer.
+    pub other: u64,
+    pub retries: u64,
+}
+
+impl Contention {
+    pub fn total(&self) -> ContentionRound {
+        self.rounds.iter().fold(ContentionRound::default(), |a, r| ContentionRound {
+            granted: a.granted + r.granted,
+            denied_409: a.denied_409 + r.denied_409,
+            unavailable_503: a.unavailable_503 + r.unavailable_503,
+            other: a.other + r.other,
+            retries: a.retries + r.retries,
+        })
+    }
+
+    /// Whether every round granted exactly the limit.
+    pub fn grants_equal_limit(&self) -> bool {
+        !self.rounds.is_empty() && self.rounds.iter().all(|r| r.granted == self.limit)
+    }
+
+    /// "15 granted (3 in each of 5 rounds), 305 × 409, 0 × 503, 0 other; 0 retries".
+    pub fn describe(&self) -> String {
+        let t = self.total();
+        let per_round: Vec<String> = self.rounds.iter().map(|r| r.granted.to_string()).collect();
+        format!(
+            "{} granted (per round: {}), {} × 409, {} × 503, {} other; {} retries",
+            t.granted,
+            per_round.join(", "),
+            t.denied_409,
+            t.unavailable_503,
+            t.other,
+            t.retries
+        )
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -317,8 +452,12 @@ pub struct SetCeiling {
 pub struct Keyspace {
     /// Smallest keyspace first.
     pub points: Vec<KeyspacePoint>,
-    /// µs per decision at the largest keyspace ÷ at the smallest.
+    /// µs inside Redis per decision at the largest keyspace ÷ at the
+    /// smallest.
     pub growth: Option<f64>,
+    /// The same for redis-server's CPU per decision.
+    #[serde(default)]
+    pub cpu_growth: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -329,27 +468,8 @@ pub struct KeyspacePoint {
     pub fill_throughput: f64,
     /// The mix over those users.
     pub mix: Phase,
-    pub cost: ScriptCost,
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct RedisCeiling {
-    pub command: String,
-    pub requests: u64,
-    pub throughput: f64,
-    pub avg_ms: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-    pub benchmark_cpu_cores: f64,
-    pub redis_cores: f64,
-    /// Microseconds per EVALSHA inside Redis (INFO commandstats), for the
-    /// ceiling and for the HTTP mix.
-    pub evalsha_us_in_redis: Option<f64>,
-    pub mix_evalsha_us_in_redis: Option<f64>,
-    pub same_script_as_server: bool,
-    /// redis-server's CPU from /proc over the run, per EVALSHA.
-    pub redis_cpu_us_per_call: Option<f64>,
+    #[serde(alias = "cost")]
+    pub commands: CommandCost,
 }
 
 impl StoreReport {
@@ -357,89 +477,79 @@ impl StoreReport {
     /// loop, then the keyspace mixes.
     pub fn measured_phases(&self) -> Vec<&Phase> {
         let mut v: Vec<&Phase> = self.bare_livez.iter().collect();
-        v.extend([&self.livez, &self.mix, &self.half_load_mix, &self.half_load_livez]);
+        v.extend([&self.livez, &self.mix]);
+        v.extend(self.redis_baseline.iter().map(|b| &b.mix));
+        v.extend([&self.half_load_mix, &self.half_load_livez]);
         v.extend(self.redis_keyspace.iter().flat_map(|k| k.points.iter().map(|p| &p.mix)));
         v.extend(self.dynamodb.iter().flat_map(|d| d.two_instances.iter().map(|t| &t.mix)));
         v
     }
 }
 
-/// The Redis table: µs per decision inside Redis and redis-server's CPU,
-/// each next to a SET's.
-fn redis_table(m: &mut String, s: &StoreReport, users: usize, zipf: f64) {
+/// The Redis tables: redis-server's CPU and the µs inside Redis per
+/// decision next to a SET's, the commands per decision, the baseline
+/// side by side, and the concurrent acquires for one user.
+fn redis_tables(m: &mut String, s: &StoreReport, users: usize, zipf: f64, host: &str) {
     let _ = writeln!(m, "\n#### Redis: CPU per decision vs a SET\n");
     let _ = writeln!(
         m,
-        "\"Inside Redis\" is what `INFO commandstats` counts after `CONFIG RESETSTAT`: the µs of the \
-         script-invocation commands (EVALSHA, EVAL, FCALL and their read-only forms; the commands a script calls \
-         are inside its time), divided by the decisions, for redis-benchmark by its requests. A decision is one \
-         lease request answered over HTTP. \"redis-server CPU\" is the process's CPU from /proc over the same \
-         window, network I/O included. `INFO commandstats` times commands by the clock, so time the Redis \
-         thread spent preempted inside a script counts too; on a busy machine it reads high. The keyspace rows \
-         run on a fresh redis-server whose users each hold one lease, the mix acting on those users.\n"
+        "{host} \"redis-server CPU\" is the whole process's CPU (utime + stime from /proc) over the closed-loop \
+         mix windows, divided by the decisions answered in them (a decision is one lease request answered over \
+         HTTP): commands, parsing and network together, what sizes a Redis deployment. The SET is \
+         `redis-benchmark -c {} -t set` (no pipelining) on the same redis-server in the same run, measured the \
+         same way. \"Commands sent\" and \"µs inside Redis\" come from `INFO commandstats` after `CONFIG \
+         RESETSTAT`; the commands a script calls are listed by Redis on their own and inside the script's µs, \
+         and a `MONITOR` sample of the warm-up tells them apart, so each µs counts once and only the commands \
+         the store sent count as sent. commandstats times commands by the clock, so on a busy machine it reads \
+         high. The keyspace rows run on a fresh redis-server whose users each hold one lease, the mix acting on \
+         those users.\n",
+        s.mix.connections
     );
     let _ = writeln!(
         m,
-        "| workload | users | keys in Redis | decisions or requests | script calls per decision | µs inside Redis | ÷ SET | redis-server CPU µs | ÷ SET |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| workload | users | keys in Redis | decisions or requests | redis-server CPU µs per decision | ÷ SET | commands sent per decision | µs inside Redis per decision | ÷ SET |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
     );
     let set = s.redis_set.as_ref();
     let (set_in, set_cpu) = (set.map(|c| c.usec_per_call), set.map(|c| c.redis_cpu_us_per_call));
-    let row = |m: &mut String,
-               what: &str,
-               users: &str,
-               keys: Option<u64>,
-               n: u64,
-               calls: Option<f64>,
-               inside: Option<f64>,
-               cpu: Option<f64>| {
+    let row = |m: &mut String, what: &str, users: &str, n: u64, cpu: Option<f64>, c: Option<&CommandCost>| {
+        let inside = c.and_then(|c| c.usec_per_decision);
         let _ = writeln!(
             m,
             "| {what} | {users} | {} | {} | {} | {} | {} | {} | {} |",
-            keys.map_or("–".to_owned(), |k| int(k as f64)),
+            c.and_then(|c| c.keys).map_or("–".to_owned(), |k| int(k as f64)),
             int(n as f64),
-            calls.map_or("–".to_owned(), |c| format!("{c:.2}")),
+            us(cpu),
+            times(cpu.zip(set_cpu).and_then(|(a, b)| ratio(a, b))),
+            c.and_then(|c| c.sent_per_decision).map_or("–".to_owned(), |v| format!("{v:.2}")),
             inside.map_or("–".to_owned(), |v| format!("{v:.2}")),
             times(inside.zip(set_in).and_then(|(a, b)| ratio(a, b))),
-            us(cpu),
-            times(cpu.zip(set_cpu).and_then(|(a, b)| ratio(a, b)))
         );
     };
     let random = format!("{} random", int(users as f64));
     if let Some(c) = set {
-        row(
+        let _ = writeln!(
             m,
-            "`redis-benchmark` SET",
-            &random,
-            None,
-            c.requests,
-            None,
-            Some(c.usec_per_call),
-            Some(c.redis_cpu_us_per_call),
+            "| `redis-benchmark` SET | {random} | – | {} | {:.1} | 1.00 × | 1.00 | {:.2} | 1.00 × |",
+            int(c.requests as f64),
+            c.redis_cpu_us_per_call,
+            c.usec_per_call
         );
     }
-    if let Some(c) = &s.redis_ceiling {
-        let what = "`redis-benchmark` EVALSHA (an acquire)";
-        row(m, what, &random, None, c.requests, Some(1.0), c.evalsha_us_in_redis, c.redis_cpu_us_per_call);
-    }
-    if let Some(d) = &s.redis_decision {
-        let who = format!("{} (Zipf {zipf})", int(users as f64));
-        let cpu = s.mix.cpu.store_us_per_request;
-        row(m, "HTTP lease mix", &who, d.keys, d.decisions, d.calls_per_decision, d.usec_per_decision, cpu);
+    let zipf_users = |n: u64| format!("{} (Zipf {zipf})", int(n as f64));
+    let decisions = |c: Option<&CommandCost>, p: &Phase| c.map_or(p.requests + p.drained, |c| c.decisions);
+    let current = s.redis_commands.as_ref();
+    let label = if s.redis_baseline.is_some() { "HTTP lease mix, current" } else { "HTTP lease mix" };
+    row(m, label, &zipf_users(users as u64), decisions(current, &s.mix), s.mix.cpu.store_us_per_request, current);
+    if let Some(b) = &s.redis_baseline {
+        let what = format!("HTTP lease mix, baseline {}", b.label);
+        let c = b.commands.as_ref();
+        row(m, &what, &zipf_users(users as u64), decisions(c, &b.mix), b.mix.cpu.store_us_per_request, c);
     }
     if let Some(k) = &s.redis_keyspace {
         for p in &k.points {
-            let (c, who) = (&p.cost, format!("{} (Zipf {zipf})", int(p.users as f64)));
-            let cpu = p.mix.cpu.store_us_per_request;
-            row(
-                m,
-                "HTTP lease mix, keyspace",
-                &who,
-                c.keys,
-                c.decisions,
-                c.calls_per_decision,
-                c.usec_per_decision,
-                cpu,
-            );
+            let c = Some(&p.commands);
+            let what = "HTTP lease mix, keyspace";
+            row(m, what, &zipf_users(p.users), p.commands.decisions, p.mix.cpu.store_us_per_request, c);
         }
         if let (Some(a), Some(b), Some(g)) = (k.points.first(), k.points.last(), k.growth) {
             let (cpu_a, cpu_b) = (a.mix.cpu.store_us_per_request, b.mix.cpu.store_us_per_request);
@@ -449,18 +559,166 @@ fn redis_table(m: &mut String, s: &StoreReport, users: usize, zipf: f64) {
                  (redis-server CPU per decision: {} to {}, {}).",
                 int(a.users as f64),
                 int(b.users as f64),
-                us(a.cost.usec_per_decision),
-                us(b.cost.usec_per_decision),
+                us(a.commands.usec_per_decision),
+                us(b.commands.usec_per_decision),
                 us(cpu_a),
                 us(cpu_b),
                 times(cpu_b.zip(cpu_a).and_then(|(b, a)| ratio(b, a)))
             );
         }
     }
-    if let Some(c) = &s.redis_ceiling
-        && !c.same_script_as_server
+
+    let mut windows: Vec<(String, &CommandCost)> = Vec::new();
+    if let Some(c) = current {
+        windows.push((label.to_owned(), c));
+    }
+    if let Some(b) = &s.redis_baseline
+        && let Some(c) = &b.commands
     {
-        let _ = writeln!(m, "\n**redis-benchmark did not run the server's script** (see the failures above).");
+        windows.push((format!("HTTP lease mix, baseline {}", b.label), c));
+    }
+    for p in s.redis_keyspace.iter().flat_map(|k| &k.points) {
+        windows.push((format!("keyspace, {} users", int(p.users as f64)), &p.commands));
+    }
+    if windows.iter().any(|(_, c)| !c.commands.is_empty()) {
+        let _ = writeln!(m, "\n#### Redis: commands per decision (`INFO commandstats`)\n");
+        let _ = writeln!(
+            m,
+            "{host} Every command Redis counted in the window except the harness's own (`CONFIG RESETSTAT`, \
+             `INFO`, `DBSIZE`), per decision. \"Inside scripts\" is the share of a command's calls that a script \
+             made (from `MONITOR` during the warm-up, which shows them as `[0 lua]`); their µs are inside the \
+             script command's µs. The total counts each µs once and, as sent, only the calls the store made.\n"
+        );
+        let _ = writeln!(
+            m,
+            "| workload | command | calls per decision | inside scripts | µs per decision | failed calls |\n|---|---|---:|---:|---:|---:|"
+        );
+        for (what, c) in &windows {
+            for u in &c.commands {
+                let _ = writeln!(
+                    m,
+                    "| {what} | `{}` | {} | {:.0} % | {} | {} |",
+                    u.name,
+                    u.calls_per_decision.map_or("–".to_owned(), |v| format!("{v:.3}")),
+                    u.inside_scripts * 100.0,
+                    u.usec_per_decision.map_or("–".to_owned(), |v| format!("{v:.2}")),
+                    int(u.failed_calls as f64)
+                );
+            }
+            let _ = writeln!(
+                m,
+                "| {what} | **total** | {} sent | | **{}** | {} |",
+                c.sent_per_decision.map_or("–".to_owned(), |v| format!("{v:.3}")),
+                c.usec_per_decision.map_or("–".to_owned(), |v| format!("{v:.2}")),
+                int(c.failed_calls as f64)
+            );
+        }
+    }
+
+    if let Some(b) = &s.redis_baseline {
+        baseline_table(m, s, b, host);
+    }
+    if !s.redis_contention.is_empty() {
+        contention_table(m, &s.redis_contention, host);
+    }
+}
+
+/// The baseline and the current server side by side, from the same
+/// rounds.
+fn baseline_table(m: &mut String, s: &StoreReport, b: &RedisBaseline, host: &str) {
+    let _ = writeln!(m, "\n#### Redis: against the baseline {}\n", b.label);
+    let _ = writeln!(
+        m,
+        "{host} The baseline is `{}`, run on a redis-server of its own next to the current server's; the two \
+         servers' mix windows alternate in the same closed-loop rounds, so drift on the machine affects both \
+         alike. CPU per decision is per request answered in the windows, from /proc.\n",
+        b.server_binary
+    );
+    let _ = writeln!(m, "| | baseline | current | current ÷ baseline | target |\n|---|---:|---:|---:|---|");
+    let row = |m: &mut String, what: &str, base: Option<f64>, cur: Option<f64>, digits: usize, target: &str| {
+        let fmt = |v: Option<f64>| match v {
+            Some(v) if digits == 0 => int(v),
+            Some(v) => format!("{v:.digits$}"),
+            None => "–".to_owned(),
+        };
+        let r = times(cur.zip(base).and_then(|(c, b)| ratio(c, b)));
+        let _ = writeln!(m, "| {what} | {} | {} | {r} | {target} |", fmt(base), fmt(cur));
+    };
+    let (bm, cm) = (&b.mix, &s.mix);
+    row(m, "redis-server CPU µs per decision", bm.cpu.store_us_per_request, cm.cpu.store_us_per_request, 1, "≤ 0.4 ×");
+    row(
+        m,
+        "streamcap CPU µs per decision",
+        Some(bm.cpu.server_us_per_request),
+        Some(cm.cpu.server_us_per_request),
+        1,
+        "within 20 %",
+    );
+    row(m, "mix throughput, req/s", Some(bm.throughput), Some(cm.throughput), 0, "≥ 1 ×");
+    let (bc, cc) = (b.commands.as_ref(), s.redis_commands.as_ref());
+    let field = |c: Option<&CommandCost>, f: fn(&CommandCost) -> Option<f64>| c.and_then(f);
+    row(
+        m,
+        "commands sent per decision",
+        field(bc, |c| c.sent_per_decision),
+        field(cc, |c| c.sent_per_decision),
+        2,
+        "–",
+    );
+    row(
+        m,
+        "µs inside Redis per decision",
+        field(bc, |c| c.usec_per_decision),
+        field(cc, |c| c.usec_per_decision),
+        2,
+        "–",
+    );
+    row(m, "mix p99 µs", Some(bm.latency.p99_us), Some(cm.latency.p99_us), 0, "–");
+    let _ = writeln!(
+        m,
+        "\nCommands per decision: baseline {}; current {}.",
+        bc.map_or("–".to_owned(), CommandCost::summary),
+        cc.map_or("–".to_owned(), CommandCost::summary)
+    );
+}
+
+/// The concurrent acquires for one user over two instances.
+fn contention_table(m: &mut String, runs: &[Contention], host: &str) {
+    let first = &runs[0];
+    let _ = writeln!(
+        m,
+        "\n#### Redis: {} concurrent acquires for one user over {} instances\n",
+        first.concurrent, first.instances
+    );
+    let _ = writeln!(
+        m,
+        "{host} Each round, a fresh user; {} connections, alternating between {} streamcap instances on the same \
+         Redis, each send an acquire of a stream of their own at once. Exactly the limit ({}) must be granted. \
+         Retries are the growth of `streamcap_store_conflicts_total` on the instances' `/metrics` over the round: \
+         writes that found another version than they had read and were decided again.\n",
+        first.concurrent, first.instances, first.limit
+    );
+    let _ = writeln!(
+        m,
+        "| server | Redis | rounds | granted | granted per round | 409 | 503 | other | retries |\n|---|---|---:|---:|---|---:|---:|---:|---:|"
+    );
+    for c in runs {
+        let t = c.total();
+        let per_round: Vec<String> = c.rounds.iter().map(|r| r.granted.to_string()).collect();
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | {} | {}{} | {} | {} | {} | {} |",
+            c.server,
+            c.redis,
+            c.rounds.len(),
+            t.granted,
+            per_round.join(", "),
+            if c.grants_equal_limit() { "" } else { " (**not the limit**)" },
+            t.denied_409,
+            t.unavailable_503,
+            t.other,
+            t.retries
+        );
     }
 }
 
@@ -608,9 +866,16 @@ fn mib(bytes: u64) -> String {
 }
 
 impl Report {
+    /// The host, as each table of ratios names it: every ratio is of two
+    /// figures measured on this CPU in this run.
+    pub fn host(&self) -> String {
+        format!("Host: {}, {} CPUs.", self.machine.cpu_model, self.machine.nproc)
+    }
+
     /// The generated section of docs/benchmarks.md.
     pub fn markdown(&self) -> String {
         let mut m = String::new();
+        let host = format!("*{}*", self.host());
         let label = if self.mode == "quick" { "Quick run" } else { "Full run" };
         let _ = writeln!(m, "### {label}: {}\n", self.date);
         if self.mode == "quick" {
@@ -625,7 +890,7 @@ impl Report {
         let mc = &self.machine;
         let _ = writeln!(
             m,
-            "**Machine.** {} CPUs ({}), {} RAM, Linux {}.",
+            "**Machine.** {} CPUs ({}, `lscpu` model name), {} RAM, Linux {}.",
             mc.nproc, mc.cpu_model, mc.memory_total, mc.kernel
         );
         let _ = writeln!(
@@ -648,8 +913,8 @@ impl Report {
             "Load: {} keep-alive HTTP/1.1 connections from {} client thread(s), closed loop; {} users, Zipf \
              exponent {} (the busiest user gets {:.1} % of new sessions); {} sessions per connection, each \
              acquire → {} renewals → release. Phases: /livez {} s{}, mix {} s, each open-loop phase {} s; the \
-             closed-loop phases alternate in {} round(s), and so do the open-loop ones. The whole run took \
-             {:.0} s.\n",
+             closed-loop phases alternate in {} round(s), every other one in reverse order, and so do the \
+             open-loop ones. The whole run took {:.0} s.\n",
             p.connections,
             p.client_threads,
             int(p.users as f64),
@@ -665,7 +930,7 @@ impl Report {
             self.total_seconds
         );
 
-        let _ = writeln!(m, "#### Targets\n");
+        let _ = writeln!(m, "#### Targets\n\n{host}\n");
         let _ = writeln!(m, "| target | goal | measured | |\n|---|---|---|---|");
         for t in &self.targets {
             let _ = writeln!(m, "| {} | {} | {} | {} |", t.name, t.target, t.measured, yes_no(t));
@@ -705,7 +970,7 @@ impl Report {
         let _ = writeln!(m, "\n#### Throughput and latency, closed loop\n");
         let _ = writeln!(
             m,
-            "Latency is per request, measured by the client from send to the last byte of the answer.{}\n",
+            "{host} Latency is per request, measured by the client from send to the last byte of the answer.{}\n",
             if has_bare {
                 " The bare server's `/livez`, streamcap's `/livez` and the lease mix alternate in the same rounds \
                  over the same number of connections."
@@ -744,20 +1009,12 @@ impl Report {
             if let Some(r) = to_bare(&s.mix) {
                 let _ = write!(mix_ratio, "; {r:.2} × bare");
             }
-            if let Some(r) = s.mix_to_evalsha {
-                let _ = write!(mix_ratio, "; {r:.2} × EVALSHA");
-            }
             row(&mut m, "lease mix", &s.mix, &mix_ratio);
-            if let Some(c) = &s.redis_ceiling {
-                let _ = writeln!(
-                    m,
-                    "| {} | `redis-benchmark` EVALSHA (ceiling) | {} | {} | {} | {} | – | 1 |",
-                    s.store,
-                    int(c.requests as f64),
-                    int(c.throughput),
-                    int(c.p50_ms * 1000.0),
-                    int(c.p99_ms * 1000.0)
-                );
+            if let Some(b) = &s.redis_baseline {
+                let what = format!("lease mix, baseline {}", b.label);
+                let r = ratio(b.mix.throughput, s.livez.throughput)
+                    .map_or("–".to_owned(), |r| format!("{r:.2} × /livez"));
+                row(&mut m, &what, &b.mix, &r);
             }
             if let Some(c) = &s.redis_set {
                 let _ = writeln!(
@@ -776,7 +1033,7 @@ impl Report {
             let _ = writeln!(m, "\n#### Server CPU per request vs the bare server\n");
             let _ = writeln!(
                 m,
-                "Server CPU µs per request from /proc over the closed-loop phases above. The bare server is axum \
+                "{host} Server CPU µs per request from /proc over the closed-loop phases above. The bare server is axum \
                  with one `/livez` route and no layers, answering the same bytes as streamcap's, on the same \
                  runtime (multi-thread tokio, default worker count). For redis and dynamodb, streamcap's own \
                  process only; the store's process is in the CPU table below.\n"
@@ -801,8 +1058,8 @@ impl Report {
         }
 
         for s in &self.stores {
-            if s.redis_decision.is_some() || s.redis_set.is_some() || s.redis_ceiling.is_some() {
-                redis_table(&mut m, s, self.params.users, self.params.zipf_exponent);
+            if s.redis_commands.is_some() || s.redis_set.is_some() || !s.redis_contention.is_empty() {
+                redis_tables(&mut m, s, self.params.users, self.params.zipf_exponent, &host);
             }
             if let Some(d) = &s.dynamodb {
                 dynamodb_table(&mut m, s, d);
@@ -856,7 +1113,7 @@ impl Report {
         let _ = writeln!(m, "\n#### p99 at half of peak load, open loop\n");
         let _ = writeln!(
             m,
-            "Offered rate: 50 % of the store's closed-loop mix throughput. Requests are released on a fixed \
+            "{host} Offered rate: 50 % of the store's closed-loop mix throughput. Requests are released on a fixed \
              schedule (at most every 0.25 ms) to whichever of the same connections is free; the mix and \
              `/livez` at the same rate alternate in rounds. Latency counts from the release, so time spent \
              waiting for a free connection counts.\n"
@@ -883,7 +1140,7 @@ impl Report {
         let _ = writeln!(m, "\n#### CPU: client overhead and cost per request\n");
         let _ = writeln!(
             m,
-            "CPU seconds per second of the measured window (\"cores\"; the machine has {}), from /proc, and CPU \
+            "{host} CPU seconds per second of the measured window (\"cores\"; the machine has {}), from /proc, and CPU \
              µs per request. The client is this harness. \"Other processes\" is the whole machine's busy time \
              from /proc/stat minus the client, the server and the store's process (redis-server, or DynamoDB \
              Local's Java): anything else that ran during the \
@@ -918,16 +1175,6 @@ impl Report {
                     c.client_us_per_request,
                     c.server_us_per_request,
                     opt(c.store_us_per_request)
-                );
-            }
-            if let Some(rc) = &s.redis_ceiling {
-                let _ = writeln!(
-                    m,
-                    "| {} | redis-benchmark EVALSHA | {} | – | {} | – | – | – | – | – | {} |",
-                    s.store,
-                    rc.benchmark_cpu_cores,
-                    rc.redis_cores,
-                    us(rc.redis_cpu_us_per_call)
                 );
             }
             if let Some(c) = &s.redis_set {
@@ -1067,15 +1314,31 @@ pub mod samples {
         }
     }
 
-    pub fn cost(decisions: u64, usec: u64) -> ScriptCost {
-        ScriptCost {
-            calls: decisions,
+    /// One EVALSHA per decision, calling TIME and HGET inside.
+    pub fn cost(decisions: u64, usec: u64) -> CommandCost {
+        let per = |v: u64| ratio(v as f64, decisions as f64);
+        let command = |name: &str, calls: u64, usec: u64, inside_scripts: f64| CommandUse {
+            name: name.into(),
+            calls,
             usec,
             failed_calls: 0,
+            calls_per_decision: per(calls),
+            usec_per_decision: per(usec),
+            inside_scripts,
+        };
+        CommandCost {
             decisions,
-            usec_per_decision: ratio(usec as f64, decisions as f64),
-            calls_per_decision: Some(1.0),
+            commands: vec![
+                command("evalsha", decisions, usec, 0.0),
+                command("hget", 2 * decisions, decisions, 1.0),
+                command("time", decisions, decisions / 2, 1.0),
+            ],
+            sent_per_decision: Some(1.0),
+            usec,
+            usec_per_decision: per(usec),
+            failed_calls: 0,
             keys: None,
+            monitor_sample_lines: Some(4_000),
         }
     }
 
@@ -1093,25 +1356,26 @@ pub mod samples {
             half_load_mix: phase("half-load mix", 30_000, mix_us * 1.5, redis),
             half_load_livez: phase("half-load livez", 30_000, livez_us * 1.5, None),
             half_load_p99_ratio: 1.0,
-            redis_ceiling: None,
-            mix_to_evalsha: None,
             livez_cpu_to_bare: ratio(livez_us, 8.0),
             mix_cpu_to_bare: ratio(mix_us, 8.0),
             bare_livez: Some(bare),
             livez,
             mix,
-            redis_decision: None,
+            redis_commands: None,
             redis_set: None,
             redis_keyspace: None,
+            redis_baseline: None,
+            redis_contention: Vec::new(),
             dynamodb: None,
         }
     }
 
-    /// The redis store with its costs inside Redis: 12 µs per decision
-    /// against 1.5 µs per SET; 12 then 14 µs at 10,000 and 1,000,000 users.
+    /// The redis store with its costs inside Redis: 10 µs of redis-server
+    /// CPU per decision against 5 µs per SET; 12 µs inside Redis against
+    /// 1.5 µs; 12 then 14 µs at 10,000 and 1,000,000 users.
     pub fn redis_store() -> StoreReport {
         let mut s = store("redis", 12.0, 20.0);
-        s.redis_decision = Some(cost(60_500, 726_000));
+        s.redis_commands = Some(cost(60_500, 726_000));
         s.redis_set = Some(SetCeiling {
             command: "redis-benchmark -t set".into(),
             requests: 200_000,
@@ -1124,18 +1388,46 @@ pub mod samples {
             benchmark_cpu_cores: 0.7,
         });
         let point = |users: u64, usec: u64| {
-            let mut cost = cost(50_000, usec);
-            cost.keys = Some(users);
+            let mut commands = cost(50_000, usec);
+            commands.keys = Some(users);
             KeyspacePoint {
                 users,
                 fill_seconds: 1.0,
                 fill_throughput: 20_000.0,
                 mix: phase("mix over users", 50_000, 20.0, Some(11.0)),
-                cost,
+                commands,
             }
         };
         let points = vec![point(10_000, 600_000), point(1_000_000, 700_000)];
-        s.redis_keyspace = Some(Keyspace { points, growth: ratio(14.0, 12.0) });
+        s.redis_keyspace = Some(Keyspace { points, growth: ratio(14.0, 12.0), cpu_growth: Some(1.0) });
+        s
+    }
+
+    /// [`redis_store`] with a baseline whose decisions cost redis-server
+    /// 40 µs (the current: 10 µs) and streamcap 19 µs (the current: 20 µs),
+    /// at 50,000 req/s (the current: 60,000); and the concurrent acquires:
+    /// 3 grants in each of 2 rounds, one of them after a retry.
+    pub fn redis_store_with_baseline() -> StoreReport {
+        let mut s = redis_store();
+        s.redis_baseline = Some(RedisBaseline {
+            server_binary: "target/baseline/abc/streamcap".into(),
+            label: "v1.0 (abc)".into(),
+            mix: phase("baseline mix", 50_000, 19.0, Some(40.0)),
+            commands: Some(cost(50_400, 1_512_000)),
+        });
+        let round = |retries| ContentionRound { granted: 3, denied_409: 61, unavailable_503: 0, other: 0, retries };
+        let contention = |redis: &str, rounds: Vec<ContentionRound>| Contention {
+            server: "current".into(),
+            redis: redis.into(),
+            instances: 2,
+            concurrent: 64,
+            limit: 3,
+            rounds,
+        };
+        s.redis_contention = vec![
+            contention("standalone", vec![round(0), round(0)]),
+            contention("cluster (3 masters)", vec![round(1), round(0)]),
+        ];
         s
     }
 
@@ -1196,6 +1488,8 @@ pub mod samples {
                 rounds: 1,
                 leases: 100_000,
                 server_flags: String::new(),
+                baseline_server: None,
+                contention_rounds: 5,
             },
             commands: Vec::new(),
             stores,
@@ -1249,15 +1543,18 @@ mod tests {
     #[test]
     fn renders_the_cost_per_decision_inside_redis() {
         let md = samples::report(vec![samples::redis_store()]).markdown();
-        let rows: Vec<&str> =
-            md.lines().filter(|l| l.starts_with("| `redis-benchmark` SET |") || l.starts_with("| HTTP")).collect();
+        let rows: Vec<&str> = md
+            .lines()
+            .filter(|l| l.starts_with("| `redis-benchmark` SET |") || l.starts_with("| HTTP"))
+            .take(4)
+            .collect();
         assert_eq!(
             rows,
             [
-                "| `redis-benchmark` SET | 100,000 random | – | 200,000 | – | 1.50 | 1.00 × | 5.0 | 1.00 × |",
-                "| HTTP lease mix | 100,000 (Zipf 0.8) | – | 60,500 | 1.00 | 12.00 | 8.00 × | 10.0 | 2.00 × |",
-                "| HTTP lease mix, keyspace | 10,000 (Zipf 0.8) | 10,000 | 50,000 | 1.00 | 12.00 | 8.00 × | 11.0 | 2.20 × |",
-                "| HTTP lease mix, keyspace | 1,000,000 (Zipf 0.8) | 1,000,000 | 50,000 | 1.00 | 14.00 | 9.33 × | 11.0 | 2.20 × |",
+                "| `redis-benchmark` SET | 100,000 random | – | 200,000 | 5.0 | 1.00 × | 1.00 | 1.50 | 1.00 × |",
+                "| HTTP lease mix | 100,000 (Zipf 0.8) | – | 60,500 | 10.0 | 2.00 × | 1.00 | 12.00 | 8.00 × |",
+                "| HTTP lease mix, keyspace | 10,000 (Zipf 0.8) | 10,000 | 50,000 | 11.0 | 2.20 × | 1.00 | 12.00 | 8.00 × |",
+                "| HTTP lease mix, keyspace | 1,000,000 (Zipf 0.8) | 1,000,000 | 50,000 | 11.0 | 2.20 × | 1.00 | 14.00 | 9.33 × |",
             ],
             "{md}"
         );
@@ -1265,6 +1562,90 @@ mod tests {
             md.contains("went from 12.0 to 14.0: 1.17 × (redis-server CPU per decision: 11.0 to 11.0, 1.00 ×)."),
             "{md}"
         );
+        // Every command per decision, the script's calls marked as inside it.
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| HTTP lease mix | ")).skip(1).collect();
+        assert_eq!(rows.len(), 4, "{md}");
+        assert_eq!(
+            rows,
+            [
+                "| HTTP lease mix | `evalsha` | 1.000 | 0 % | 12.00 | 0 |",
+                "| HTTP lease mix | `hget` | 2.000 | 100 % | 1.00 | 0 |",
+                "| HTTP lease mix | `time` | 1.000 | 100 % | 0.50 | 0 |",
+                "| HTTP lease mix | **total** | 1.000 sent | | **12.00** | 0 |",
+            ],
+            "{md}"
+        );
+        // The host next to every table of ratios.
+        let host = "*Host: a CPU, 2 CPUs.*";
+        for table in ["#### Targets", "#### Redis: CPU per decision vs a SET", "#### Redis: commands per decision"] {
+            let after = &md[md.find(table).unwrap_or_else(|| panic!("no {table}"))..];
+            assert!(after.lines().nth(2).unwrap().starts_with(host), "{table}: {md}");
+        }
+        assert!(!md.contains("against the baseline") && !md.contains("concurrent acquires"), "{md}");
+    }
+
+    #[test]
+    fn renders_the_baseline_and_the_concurrent_acquires() {
+        let md = samples::report(vec![samples::redis_store_with_baseline()]).markdown();
+        let table = &md[md.find("#### Redis: against the baseline v1.0 (abc)").expect(&md)..];
+        let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| |")).take(6).collect();
+        assert_eq!(
+            rows,
+            [
+                "| redis-server CPU µs per decision | 40.0 | 10.0 | 0.25 × | ≤ 0.4 × |",
+                "| streamcap CPU µs per decision | 19.0 | 20.0 | 1.05 × | within 20 % |",
+                "| mix throughput, req/s | 50,000 | 60,000 | 1.20 × | ≥ 1 × |",
+                "| commands sent per decision | 1.00 | 1.00 | 1.00 × | – |",
+                "| µs inside Redis per decision | 30.00 | 12.00 | 0.40 × | – |",
+                "| mix p99 µs | 2,000 | 2,000 | 1.00 × | – |",
+            ],
+            "{md}"
+        );
+        assert!(
+            md.contains("| HTTP lease mix, baseline v1.0 (abc) | 100,000 (Zipf 0.8) | – | 50,400 | 40.0 | 8.00 × |"),
+            "{md}"
+        );
+        assert!(md.contains("| redis | lease mix, baseline v1.0 (abc) | 50,000 | 50,000 |"), "{md}");
+        assert!(md.contains("| redis | baseline mix | 0.5 |"), "the baseline's CPU: {md}");
+        assert!(
+            md.contains("baseline evalsha 1.00 (inside scripts: hget 2.00, time 1.00); current evalsha 1.00"),
+            "{md}"
+        );
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| current |")).collect();
+        assert_eq!(
+            rows,
+            [
+                "| current | standalone | 2 | 6 | 3, 3 | 122 | 0 | 0 | 0 |",
+                "| current | cluster (3 masters) | 2 | 6 | 3, 3 | 122 | 0 | 0 | 1 |",
+            ],
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn concurrent_acquires_must_grant_exactly_the_limit() {
+        let s = samples::redis_store_with_baseline();
+        let c = &s.redis_contention[1];
+        assert!(c.grants_equal_limit());
+        assert_eq!(
+            c.total(),
+            ContentionRound { granted: 6, denied_409: 122, unavailable_503: 0, other: 0, retries: 1 }
+        );
+        assert_eq!(c.describe(), "6 granted (per round: 3, 3), 122 × 409, 0 × 503, 0 other; 1 retries");
+        let mut over = c.clone();
+        over.rounds[0].granted = 4;
+        assert!(!over.grants_equal_limit());
+        over.rounds.clear();
+        assert!(!over.grants_equal_limit(), "no round is no evidence");
+    }
+
+    #[test]
+    fn summarises_the_commands_of_a_decision() {
+        assert_eq!(samples::cost(10, 100).summary(), "evalsha 1.00 (inside scripts: hget 2.00, time 1.00)");
+        let mut c = samples::cost(10, 100);
+        c.commands[2].inside_scripts = 0.5;
+        assert_eq!(c.summary(), "evalsha 1.00 + time 0.50 (inside scripts: hget 2.00, time 0.50)");
+        assert_eq!(CommandCost::default().summary(), "–");
     }
 
     #[test]
@@ -1273,7 +1654,7 @@ mod tests {
         let mut json = serde_json::to_value(samples::report(vec![samples::redis_store()])).unwrap();
         let store = json["stores"][0].as_object_mut().unwrap();
         for field in
-            ["bare_livez", "livez_cpu_to_bare", "mix_cpu_to_bare", "redis_decision", "redis_set", "redis_keyspace"]
+            ["bare_livez", "livez_cpu_to_bare", "mix_cpu_to_bare", "redis_commands", "redis_set", "redis_keyspace"]
         {
             assert!(store.remove(field).is_some(), "{field}");
         }
@@ -1284,6 +1665,31 @@ mod tests {
         // And the JSON of the last recorded run, whatever its shape.
         let recorded: Report = serde_json::from_str(include_str!("../results/full.json")).unwrap();
         assert!(recorded.markdown().contains("#### Targets"));
+    }
+
+    #[test]
+    fn reads_the_script_cost_of_older_runs_as_their_commands() {
+        // The shape runs recorded before every command was counted had:
+        // the script commands' calls and µs only.
+        let old = r#"{"calls": 100, "usec": 800, "failed_calls": 1, "decisions": 100, "usec_per_decision": 8.0,
+                      "calls_per_decision": 1.0, "keys": 5}"#;
+        let c: CommandCost = serde_json::from_str(old).unwrap();
+        assert_eq!((c.decisions, c.usec, c.usec_per_decision, c.keys), (100, 800, Some(8.0), Some(5)));
+        assert!(c.commands.is_empty() && c.sent_per_decision.is_none());
+        let mut json = serde_json::to_value(samples::redis_store()).unwrap();
+        let store = json.as_object_mut().unwrap();
+        let commands = store.remove("redis_commands").unwrap();
+        store.insert("redis_decision".into(), commands);
+        for field in ["redis_baseline", "redis_contention"] {
+            assert!(store.remove(field).is_some(), "{field}");
+        }
+        let point = &mut store["redis_keyspace"]["points"][0];
+        let commands = point.as_object_mut().unwrap().remove("commands").unwrap();
+        point.as_object_mut().unwrap().insert("cost".into(), commands);
+        let s: StoreReport = serde_json::from_value(json).unwrap();
+        assert_eq!(s.redis_commands.unwrap().usec_per_decision, Some(12.0));
+        assert_eq!(s.redis_keyspace.unwrap().points[0].commands.usec_per_decision, Some(12.0));
+        assert!(s.redis_baseline.is_none() && s.redis_contention.is_empty());
     }
 
     #[test]

@@ -249,6 +249,19 @@ fn put_acquire(out: &mut Vec<u8>, lease: LeasePath<'_>) {
     );
 }
 
+/// An acquire of `stream` for `user`, with the labels of a mix acquire.
+pub fn acquire(user: &str, stream: &str) -> Vec<u8> {
+    let body = acquire_body(0, 0);
+    let mut out = Vec::new();
+    let _ = write!(
+        out,
+        "PUT /v1/users/{user}/streams/{stream} HTTP/1.1\r\nhost: bench\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    out
+}
+
 fn acquire_body(user: usize, stream: u64) -> String {
     format!(r#"{{"device_id":"tv-{:06}","content_id":"title-{:05}"}}"#, user % 1_000_000, stream % 50_000)
 }
@@ -349,6 +362,15 @@ mod tests {
         fill_request(&mut buf, 7, 3);
         let text = String::from_utf8(buf).unwrap();
         assert!(text.starts_with("PUT /v1/users/f1/streams/s2 HTTP/1.1\r\n"), "{text}");
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(serde_json::from_str::<serde_json::Value>(body).is_ok());
+    }
+
+    #[test]
+    fn an_acquire_names_its_user_and_stream() {
+        let text = String::from_utf8(acquire("c-x-0", "s7")).unwrap();
+        assert!(text.starts_with("PUT /v1/users/c-x-0/streams/s7 HTTP/1.1\r\n"), "{text}");
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("content-length: {}", body.len())));
         assert!(serde_json::from_str::<serde_json::Value>(body).is_ok());
