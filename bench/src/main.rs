@@ -1558,9 +1558,13 @@ mod tests {
         let t = targets(&["redis".into()], &[samples::redis_store()], &[], &[], asked);
         assert_eq!(met(&t, "redis vs baseline: redis-server CPU per decision"), None);
         assert_eq!(met(&t, "redis standalone: 64 concurrent acquires for one user over 2 instances"), None);
-        // Much cheaper than the baseline is outside "within 20 %" too.
+        // Cheaper than the baseline meets it; more than 20 % dearer does not.
         let mut s = samples::redis_store_with_baseline();
         s.mix.cpu.server_us_per_request = 10.0;
+        let t = targets(&["redis".into()], &[s], &[], &[], asked);
+        assert_eq!(met(&t, "redis vs baseline v1.0 (abc): streamcap CPU per decision"), Some(true));
+        let mut s = samples::redis_store_with_baseline();
+        s.mix.cpu.server_us_per_request = 23.0;
         let t = targets(&["redis".into()], &[s], &[], &[], asked);
         assert_eq!(met(&t, "redis vs baseline v1.0 (abc): streamcap CPU per decision"), Some(false));
     }
