@@ -231,9 +231,10 @@ impl Checkpoints {
             Err(e) => tracing::error!(error = %e, pages = self.pages, "sqlite checkpoint failed"),
         }
         // The next commit starts the WAL over unless a reader still uses
-        // it. Until then, try again only every `finish_at` pages.
+        // it. Until then, try again only once the WAL has grown by as much
+        // again.
         self.finish_at = self.pages.saturating_add(self.limits.finish_at);
-        self.force_at = self.finish_at.saturating_add(self.limits.force_at - self.limits.finish_at);
+        self.force_at = self.pages.saturating_add(self.limits.force_at);
     }
 
     fn started_over(&mut self) {
