@@ -2,18 +2,25 @@
 //! that also keeps every user's state in memory.
 //!
 //! Every operation is a job sent to the writer thread, which owns the only
-//! connection and a packed copy of every user's leases, tombstones and
-//! override, read from the file at open. A job runs the rules on that copy
-//! and issues only the writes they return; no row is read per request.
-//! The writer takes all queued jobs at once, runs them in one transaction,
-//! commits once (one fsync, `synchronous=FULL`) and only then answers, reads
-//! included. That is group commit: a busy server pays one fsync per batch,
-//! not per request, and nobody hears an answer before the commit that
-//! covers it. Because one thread runs every job in order, each job sees the
-//! effect of all earlier ones: that is what makes a decision atomic per
-//! user. If any statement or the commit fails, the batch rolls back on disk
-//! and in memory and every job in it answers `Unavailable`. The answers of
-//! a committed batch are sent by one task inside the runtime.
+//! connection that writes rows and a packed copy of every user's leases,
+//! tombstones and override, read from the file at open. A job runs the
+//! rules on that copy and issues only the writes they return; no row is
+//! read per request. The writer takes all queued jobs at once, runs them
+//! in one transaction, commits once (one fsync, `synchronous=FULL`) and
+//! only then answers, reads included. That is group commit: a busy server
+//! pays one fsync per batch, not per request, and nobody hears an answer
+//! before the commit that covers it. Because one thread runs every job in
+//! order, each job sees the effect of all earlier ones: that is what makes
+//! a decision atomic per user. If any statement or the commit fails, the
+//! batch rolls back on disk and in memory and every job in it answers
+//! `Unavailable`. The answers of a committed batch are sent by one task
+//! inside the runtime.
+//!
+//! A second thread, the checkpointer, copies committed pages from the WAL
+//! into the database file on a connection of its own, so that no commit
+//! runs a checkpoint; it writes no row. The writer bounds the WAL if
+//! the checkpointer falls behind (see `checkpoint`). Both threads stop
+//! when the store closes or is dropped.
 //!
 //! The sweeper finds expired rows in memory and deletes them by primary
 //! key, a bounded number per step. A lock file in the data dir keeps a
@@ -34,12 +41,14 @@ use super::{Backend, BoxFuture, OpenError, StoreError};
 use crate::clock::Clock;
 use crate::limiter::{Op, Reply, UserId};
 
+mod checkpoint;
 mod schema;
 #[cfg(test)]
 mod tests;
 mod users;
 mod writer;
 
+use checkpoint::{Checkpoints, Limits};
 use schema::Loaded;
 use writer::Writer;
 
@@ -56,11 +65,22 @@ pub(super) struct SqliteBackend {
     _lock: File,
 }
 
-/// Counters the writer keeps, for tests and (later) metrics.
+/// Counters the writer and the checkpointer keep, for tests and (later)
+/// metrics.
 #[derive(Default)]
 pub(super) struct Stats {
     pub(super) commits: AtomicU64,
     pub(super) jobs: AtomicU64,
+    /// Checkpoints the checkpointer ran.
+    pub(super) checkpoints: AtomicU64,
+    /// Checkpoints the writer ran itself, because the WAL had grown long.
+    pub(super) writer_checkpoints: AtomicU64,
+    /// Times the WAL started over from its beginning.
+    pub(super) wal_restarts: AtomicU64,
+    /// Test hook: the checkpointer holds this during each run, so a test
+    /// that holds it pauses the checkpointer.
+    #[cfg(test)]
+    pub(super) checkpointer_paused: std::sync::Mutex<()>,
 }
 
 /// What one sweep step did.
@@ -112,6 +132,11 @@ impl SqliteBackend {
     /// the writer's memory before returning. Must be called inside a tokio
     /// runtime, which delivers the answers.
     pub(super) fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<Self, OpenError> {
+        Self::open_with(dir, clock, Limits::default())
+    }
+
+    /// [`SqliteBackend::open`], with the WAL sizes that trigger checkpoints.
+    fn open_with(dir: &Path, clock: Arc<dyn Clock>, limits: Limits) -> Result<Self, OpenError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| OpenError(format!("cannot create data dir {}: {e}", dir.display())))?;
         let lock = lock_data_dir(dir)?;
@@ -136,11 +161,16 @@ impl SqliteBackend {
             tracing::warn!(rows = loaded.unreachable, "rows with an invalid user_id are ignored");
         }
 
-        let (jobs, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(Stats::default());
+        let checkpointer =
+            Connection::open(&path).map_err(|e| OpenError(format!("cannot open {}: {e}", path.display())))?;
+        let checkpoints = Checkpoints::start(&conn, checkpointer, limits, stats.clone())
+            .map_err(|e| OpenError(format!("cannot set up checkpoints of {}: {e}", path.display())))?;
+
+        let (jobs, rx) = mpsc::channel(QUEUE);
         let (answers, batches) = mpsc::unbounded_channel();
         tokio::spawn(writer::deliver(batches));
-        let writer = Writer::new(conn, clock, stats.clone(), loaded, answers);
+        let writer = Writer::new(conn, checkpoints, clock, stats.clone(), loaded, answers);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer.run(rx))

@@ -32,9 +32,14 @@ fn open(dir: &Path, clock: &ManualClock) -> Store {
 /// (and so the lock) until it execs. Waiting out that window, bounded,
 /// keeps such a reopen from failing for a reason the test is not about.
 fn reopen(dir: &Path, clock: &ManualClock) -> Result<SqliteBackend, OpenError> {
+    reopen_with(dir, clock, Limits::default())
+}
+
+/// [`reopen`], with the WAL sizes that trigger checkpoints.
+fn reopen_with(dir: &Path, clock: &ManualClock, limits: Limits) -> Result<SqliteBackend, OpenError> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match SqliteBackend::open(dir, Arc::new(clock.clone())) {
+        match SqliteBackend::open_with(dir, Arc::new(clock.clone()), limits) {
             Err(e) if e.0.contains("in use by another") && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -502,7 +507,11 @@ impl Workload {
 }
 
 fn opened(dir: &Path, clock: &ManualClock) -> (Store, mpsc::Sender<Job>, Arc<Stats>) {
-    let backend = reopen(dir, clock).unwrap();
+    opened_with(dir, clock, Limits::default())
+}
+
+fn opened_with(dir: &Path, clock: &ManualClock, limits: Limits) -> (Store, mpsc::Sender<Job>, Arc<Stats>) {
+    let backend = reopen_with(dir, clock, limits).unwrap();
     let (jobs, stats) = (backend.jobs.clone(), backend.stats.clone());
     (Store::for_test(Box::new(backend)), jobs, stats)
 }
@@ -744,4 +753,316 @@ fn on_disk_rows(dir: &Path) -> i64 {
         |r| r.get(0),
     )
     .unwrap()
+}
+
+/// WAL sizes that a test crosses with a few hundred writes.
+const SMALL: Limits = Limits { every: 8, finish_at: 32, force_at: 64 };
+
+/// The size of the WAL file, in pages (frames: a page and its header).
+fn wal_pages(dir: &Path) -> u64 {
+    let len = std::fs::metadata(dir.join(format!("{DB_FILE}-wal"))).map_or(0, |m| m.len());
+    len.saturating_sub(32).div_ceil(4096 + 24)
+}
+
+/// The size of the database file itself, without its WAL.
+fn file_len(dir: &Path) -> u64 {
+    std::fs::metadata(dir.join(DB_FILE)).unwrap().len()
+}
+
+/// Pauses the checkpointer until resumed: a thread of its own holds the
+/// lock that the checkpointer takes for each run.
+struct Paused(std::sync::mpsc::Sender<()>);
+
+impl Paused {
+    fn new(stats: &Arc<Stats>) -> Paused {
+        let (resume, until) = std::sync::mpsc::channel::<()>();
+        let (holding, held) = std::sync::mpsc::channel();
+        let stats = stats.clone();
+        std::thread::spawn(move || {
+            let _paused = stats.checkpointer_paused.lock().unwrap();
+            holding.send(()).unwrap();
+            let _ = until.recv();
+        });
+        held.recv().unwrap();
+        Paused(resume)
+    }
+
+    fn resume(self) {
+        drop(self.0);
+    }
+}
+
+/// Eight acquires at once, each for a new user, spread over the key space
+/// so that a commit touches several pages. Returns the users.
+async fn write_round(store: &Store, next: &mut u64) -> Vec<UserId> {
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        // Multiplying by an odd constant scatters consecutive numbers.
+        let user = UserId::new(&format!("w{:08x}", next.wrapping_mul(0x9E37_79B1) as u32)).unwrap();
+        *next += 1;
+        let store = store.clone();
+        calls.spawn(async move {
+            let decision = store.acquire(&user, req("s")).await.unwrap();
+            assert!(matches!(decision, Decision::Granted(_)), "{decision:?}");
+            user
+        });
+    }
+    calls.join_all().await
+}
+
+/// The writer never checkpoints inside a commit: with the checkpointer
+/// paused, the WAL grows past the 1000 pages at which SQLite would
+/// checkpoint by itself, and no page reaches the database file. Once the
+/// checkpointer runs again, it copies pages into the file while the writer
+/// keeps committing, and the writer still runs no checkpoint of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_run_on_the_checkpointer_never_in_a_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let only_the_checkpointer = Limits { every: 8, finish_at: u32::MAX, force_at: u32::MAX };
+    let (store, jobs, stats) = opened_with(dir.path(), &clock, only_the_checkpointer);
+    let (file, mut next) = (file_len(dir.path()), 0);
+
+    let paused = Paused::new(&stats);
+    while wal_pages(dir.path()) <= 1000 {
+        write_round(&store, &mut next).await;
+    }
+    assert_eq!(file_len(dir.path()), file, "no page reached the file");
+    assert_eq!(stats.checkpoints.load(Ordering::SeqCst), 0);
+    paused.resume();
+
+    let mut rounds = 0;
+    while file_len(dir.path()) == file || stats.checkpoints.load(Ordering::SeqCst) == 0 {
+        write_round(&store, &mut next).await;
+        rounds += 1;
+        assert!(rounds < 10_000, "the checkpointer never copied a page");
+    }
+    assert_eq!(stats.writer_checkpoints.load(Ordering::SeqCst), 0, "the writer never checkpointed");
+    assert_eq!(in_memory(&jobs).await, on_disk(dir.path()));
+}
+
+/// If the checkpointer falls behind (here it is paused), the writer
+/// checkpoints itself once the WAL reaches `force_at` pages, and the WAL
+/// starts over: under sustained writes, the file never grows past
+/// `force_at` pages and one batch's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_bounds_the_wal_when_the_checkpointer_falls_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let (store, jobs, stats) = opened_with(dir.path(), &clock, SMALL);
+    let paused = Paused::new(&stats);
+    let (mut next, mut longest) = (0, 0);
+    for _ in 0..300 {
+        write_round(&store, &mut next).await;
+        longest = longest.max(wal_pages(dir.path()));
+    }
+    assert!(longest <= 2 * u64::from(SMALL.force_at), "the WAL reached {longest} pages");
+    assert!(stats.wal_restarts.load(Ordering::SeqCst) >= 3, "the WAL started over again and again");
+    assert!(stats.writer_checkpoints.load(Ordering::SeqCst) >= 3);
+    assert_eq!(stats.checkpoints.load(Ordering::SeqCst), 0, "the checkpointer was paused throughout");
+    paused.resume();
+    assert_eq!(in_memory(&jobs).await, on_disk(dir.path()));
+}
+
+/// Under sustained writes, with the checkpointer at work, the WAL starts
+/// over again and again and stays short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_sustained_writes_the_wal_starts_over_and_stays_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let (store, jobs, stats) = opened_with(dir.path(), &clock, SMALL);
+    let (mut next, mut longest) = (0, 0);
+    for _ in 0..300 {
+        write_round(&store, &mut next).await;
+        longest = longest.max(wal_pages(dir.path()));
+    }
+    // A commit or two more than with the writer alone: the writer's
+    // checkpoint waits for the checkpointer's run to end.
+    assert!(longest <= 4 * u64::from(SMALL.force_at), "the WAL reached {longest} pages");
+    assert!(stats.wal_restarts.load(Ordering::SeqCst) >= 3, "the WAL started over again and again");
+    assert!(stats.checkpoints.load(Ordering::SeqCst) >= 1);
+    assert_eq!(in_memory(&jobs).await, on_disk(dir.path()));
+}
+
+/// An online backup works while the writer commits. A reader's snapshot
+/// stays as it was, and the writer does not wait for it; while it reads,
+/// nothing can be checkpointed past it and the WAL grows. `VACUUM INTO`
+/// copies everything acknowledged before it began into a sound file. Once
+/// the readers are done, the WAL starts over and is cut back to its usual
+/// size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_backup_works_and_holds_the_wal_only_while_it_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let (store, jobs, stats) = opened_with(dir.path(), &clock, SMALL);
+    let leases = |conn: &Connection| conn.query_row("SELECT count(*) FROM leases", [], |r| r.get::<_, u64>(0)).unwrap();
+    let mut next = 0;
+    for _ in 0..20 {
+        write_round(&store, &mut next).await;
+    }
+
+    let reader = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    assert_eq!(leases(&reader), 160);
+    for _ in 0..100 {
+        write_round(&store, &mut next).await;
+    }
+    assert_eq!(leases(&reader), 160, "the reader's snapshot did not move");
+    let held = wal_pages(dir.path());
+    assert!(held > 2 * u64::from(SMALL.force_at), "the WAL grew while the reader held it: {held} pages");
+    reader.execute_batch("COMMIT").unwrap();
+
+    let acknowledged = next;
+    let writes = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                write_round(&store, &mut next).await;
+            }
+            next
+        })
+    };
+    let copy = dir.path().join("backup.db");
+    let backup = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    tokio::task::block_in_place(|| backup.execute("VACUUM INTO ?1", [copy.to_str().unwrap()])).unwrap();
+    let mut next = writes.await.unwrap();
+    let copy = Connection::open(&copy).unwrap();
+    let check: String = copy.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    let copied = leases(&copy);
+    assert!((acknowledged..=next).contains(&copied), "{copied} leases, {acknowledged} acknowledged before");
+
+    let restarts = stats.wal_restarts.load(Ordering::SeqCst);
+    let mut rounds = 0;
+    while stats.wal_restarts.load(Ordering::SeqCst) == restarts {
+        write_round(&store, &mut next).await;
+        rounds += 1;
+        assert!(rounds < 1_000, "the WAL never started over once the readers were done");
+    }
+    let pages = wal_pages(dir.path());
+    assert!(pages <= 2 * u64::from(SMALL.force_at), "the WAL is back to its usual size: {pages} pages, {held} before");
+    assert_eq!(in_memory(&jobs).await, on_disk(dir.path()));
+}
+
+/// Closing stops the checkpointer and closes its connection before the
+/// writer's. The writer's is then the last one open, and closing it
+/// checkpoints the WAL and removes it, leaving the database file alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_stops_the_checkpointer_and_leaves_only_the_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let (store, _, stats) = opened_with(dir.path(), &clock, SMALL);
+    let mut next = 0;
+    while stats.checkpoints.load(Ordering::SeqCst) == 0 {
+        write_round(&store, &mut next).await;
+        assert!(next < 80_000, "the checkpointer never ran");
+    }
+    store.close().await.unwrap();
+    for file in ["-wal", "-shm"] {
+        let path = dir.path().join(format!("{DB_FILE}{file}"));
+        assert!(!path.exists(), "{} is left", path.display());
+    }
+    drop(store);
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let leases: u64 = conn.query_row("SELECT count(*) FROM leases", [], |r| r.get(0)).unwrap();
+    assert_eq!(leases, next);
+}
+
+/// Set in the child process of [`a_crash_loses_nothing_acknowledged`]:
+/// the data dir it writes to.
+const CRASH_CHILD: &str = "STREAMCAP_TEST_SQLITE_CRASH_CHILD";
+
+/// A crash loses nothing that was acknowledged, wherever in the WAL's
+/// cycle it comes. A child process (this test again) writes with small WAL
+/// limits, so that the checkpointer, the writer's own checkpoints and
+/// restarts of the WAL are all at work, and prints each acknowledgement.
+/// It is killed (SIGKILL) while it writes; every grant and release it
+/// printed is in the file when it is opened again.
+#[test]
+fn a_crash_loses_nothing_acknowledged() {
+    use std::io::BufRead as _;
+    use std::os::unix::process::ExitStatusExt as _;
+
+    if let Some(dir) = std::env::var_os(CRASH_CHILD) {
+        return crash_child(Path::new(&dir));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A test's name leaves out the crate's.
+    let name = concat!(module_path!(), "::a_crash_loses_nothing_acknowledged").split_once("::").unwrap().1;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads", "1"])
+        .env(CRASH_CHILD, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut held, mut released, mut killed) = (std::collections::BTreeSet::new(), Vec::new(), false);
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        match line.split_once(' ') {
+            Some(("granted", user)) => drop(held.insert(user.to_owned())),
+            // From here on, the user may or may not hold the lease.
+            Some(("releasing", user)) => drop(held.remove(user)),
+            Some(("released", user)) => released.push(user.to_owned()),
+            _ if line == "ready" && !killed => {
+                child.kill().unwrap();
+                killed = true;
+            }
+            _ => {}
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(killed && status.signal().is_some(), "the child was killed while it wrote: {status:?}");
+    assert!(!held.is_empty() && !released.is_empty(), "{} held, {} released", held.len(), released.len());
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let clock = ManualClock::new(T0);
+        let (_store, jobs, _) = opened(dir.path(), &clock);
+        let memory = in_memory(&jobs).await;
+        for user in &held {
+            assert!(memory.get(user).is_some_and(|s| s.leases().len() == 1), "the grant to {user} was lost");
+        }
+        for user in &released {
+            assert!(memory.get(user).is_none_or(|s| s.leases().is_empty()), "the release by {user} was lost");
+        }
+        assert_eq!(memory, on_disk(dir.path()));
+    });
+}
+
+/// The child of [`a_crash_loses_nothing_acknowledged`]: writes until it is
+/// killed, printing every acknowledgement, and `ready` once the WAL has
+/// started over twice.
+fn crash_child(dir: &Path) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let clock = ManualClock::new(T0);
+        let (store, _, stats) = opened_with(dir, &clock, SMALL);
+        let (mut next, mut granted, mut ready) = (0, Vec::new(), false);
+        // Killed long before the end.
+        for round in 0..10_000 {
+            let releasing = (round % 2 == 1).then(|| granted.swap_remove(round % granted.len()));
+            let release = releasing.map(|user: UserId| {
+                println!("releasing {user}");
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store.release(&user, StreamId::new("s").unwrap()).await.unwrap();
+                    println!("released {user}");
+                })
+            });
+            for user in write_round(&store, &mut next).await {
+                println!("granted {user}");
+                granted.push(user);
+            }
+            if let Some(release) = release {
+                release.await.unwrap();
+            }
+            let restarts = stats.wal_restarts.load(Ordering::SeqCst);
+            if !ready && restarts >= 2 && stats.checkpoints.load(Ordering::SeqCst) >= 1 {
+                println!("ready");
+                ready = true;
+            }
+        }
+    });
+    std::process::abort();
 }

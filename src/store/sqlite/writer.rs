@@ -1,5 +1,6 @@
-//! The writer thread: the only owner of the connection and of every
-//! user's state. It runs jobs in batches, one transaction per batch.
+//! The writer thread: the only owner of the connection that writes rows,
+//! and of every user's state. It runs jobs in batches, one transaction per
+//! batch, and tells its [`Checkpoints`] after each commit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::atomic::Ordering;
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::Checkpoints;
 use super::users::{Packed, SHARDS, Undecodable, Users};
 use super::{Job, Stats, Swept};
 use crate::clock::Clock;
@@ -26,6 +28,8 @@ const SWEEP_SCAN: usize = 100_000;
 
 pub(super) struct Writer {
     conn: Connection,
+    /// When the WAL is checkpointed, and by whom; owns the checkpointer.
+    checkpoints: Checkpoints,
     clock: Arc<dyn Clock>,
     stats: Arc<Stats>,
     /// What the database holds, as of the last statement this thread ran.
@@ -75,6 +79,7 @@ pub(super) async fn deliver(mut batches: mpsc::UnboundedReceiver<Vec<Answer>>) {
 impl Writer {
     pub(super) fn new(
         conn: Connection,
+        checkpoints: Checkpoints,
         clock: Arc<dyn Clock>,
         stats: Arc<Stats>,
         loaded: super::Loaded,
@@ -82,6 +87,7 @@ impl Writer {
     ) -> Self {
         Self {
             conn,
+            checkpoints,
             clock,
             stats,
             users: loaded.users,
@@ -110,6 +116,9 @@ impl Writer {
             self.run_batch(&mut batch, &mut close_replies);
         }
         rx.close();
+        // The checkpointer closes its connection first, so that the
+        // writer's is the last and closing it removes the WAL.
+        self.checkpoints.stop();
         let result = self
             .conn
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -163,6 +172,7 @@ impl Writer {
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats.jobs.fetch_add(jobs, Ordering::Relaxed);
         metrics::sqlite_commit(jobs);
+        let committed = outcome.is_ok();
         match outcome {
             Ok(()) => {
                 self.undo.clear();
@@ -180,6 +190,9 @@ impl Writer {
             let answers = std::mem::replace(&mut self.answers, Vec::with_capacity(jobs as usize));
             // Fails only once the runtime is gone, and with it every caller.
             let _ = self.out.send(answers);
+        }
+        if committed {
+            self.checkpoints.after_commit(&self.conn);
         }
     }
 
