@@ -248,7 +248,7 @@ pub(super) async fn revoke_all(
     let user = admit(&state, &caller, Whose::User(user), Need::Admin)?;
     let revoked = state.store.revoke_all(&user, state.policy.lease_ttl).await?;
     state.sockets.revoked(&user, &revoked);
-    let body = RevokedBody { revoked: revoked.iter().map(StreamId::as_str).collect() };
+    let body = RevokedBody { revoked: revoked.iter().map(|l| l.stream_id.as_str()).collect() };
     Ok(axum::Json(body).into_response())
 }
 
@@ -513,6 +513,7 @@ pub(super) fn acquire_request(
         // A request that names no plan keeps the plan of its lease.
         plans: if policy_named { None } else { state.plans.clone() },
         held: false,
+        holder: None,
     };
     Ok((user, req))
 }

@@ -37,7 +37,7 @@ use super::handlers::{acquire_lease, acquire_request, acquired};
 use super::problem::{ApiError, TYPE_BASE};
 use super::respond;
 use super::source::Source;
-use crate::limiter::{Acquire, Decision, Grant, RevokeReason, StreamId, UserId};
+use crate::limiter::{Acquire, Decision, Grant, Lease, RevokeReason, StreamId, UserId};
 use crate::metrics;
 
 /// The subprotocol streamcap speaks; the server chooses it whenever the
@@ -153,10 +153,10 @@ impl Sockets {
         }
     }
 
-    /// Tells the sockets that held `streams` that a revoke-all took them.
-    pub(super) fn revoked(&self, user: &UserId, streams: &[StreamId]) {
-        if !streams.is_empty() {
-            self.tell(user, streams.iter(), &Loss::Revoked);
+    /// Tells the sockets that held `leases` that a revoke-all took them.
+    pub(super) fn revoked(&self, user: &UserId, leases: &[Lease]) {
+        if !leases.is_empty() {
+            self.tell(user, leases.iter().map(|l| &l.stream_id), &Loss::Revoked);
         }
     }
 

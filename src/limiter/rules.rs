@@ -9,7 +9,7 @@ use super::{
 /// the same changes are returned as `writes`, for stores that persist them.
 pub fn apply(state: &mut UserState, op: Op, now: Timestamp) -> Outcome {
     // Changes start by dropping what has expired; count those leases.
-    let changes = matches!(op, Op::Acquire(_) | Op::Release(_) | Op::RevokeAll { .. });
+    let changes = matches!(op, Op::Acquire(_) | Op::Release(_) | Op::ReleaseHeld { .. } | Op::RevokeAll { .. });
     let expired = if changes { state.leases.iter().filter(|l| !l.is_live(now)).count() } else { 0 };
     let (reply, writes) = match op {
         Op::List { limit } => {
@@ -35,13 +35,23 @@ pub fn apply(state: &mut UserState, op: Op, now: Timestamp) -> Outcome {
             }
             (Reply::Done, writes)
         }
+        Op::ReleaseHeld { stream, holder } => {
+            let mut writes = expire(state, now);
+            if let Some(i) = lease_of(state, &stream)
+                && state.leases[i].holder.as_ref() == Some(&holder)
+            {
+                state.leases.swap_remove(i);
+                writes.push(Write::DeleteLease(stream));
+            }
+            (Reply::Done, writes)
+        }
         Op::RevokeAll { ttl } => {
             let mut writes = expire(state, now);
             let victims = state.live(now);
             for lease in &victims {
                 revoke(state, lease, RevokeReason::Revoked, lease.expires_at.plus(ttl), &mut writes);
             }
-            (Reply::Revoked(victims.into_iter().map(|l| l.stream_id).collect()), writes)
+            (Reply::Revoked(victims), writes)
         }
         Op::SetOverride(limit) => {
             state.limit_override = limit;
@@ -230,16 +240,7 @@ fn acquire(state: &mut UserState, req: Acquire, now: Timestamp, writes: &mut Vec
         let reason = RevokeReason::EvictedBy(req.stream_id.clone());
         revoke(state, v, reason, v.expires_at.plus(req.ttl), writes);
     }
-    let lease = Lease {
-        stream_id: req.stream_id,
-        device_id: req.device_id,
-        content_id: req.content_id,
-        device_class: req.device_class,
-        content_kind: req.content_kind,
-        plan: req.plan,
-        started_at: now,
-        expires_at: now.plus(req.ttl),
-    };
+    let lease = req.into_lease(now);
     // A state that lives in memory (the memory store) keeps its vectors:
     // grow them one at a time rather than to 4, since most users hold one
     // or two streams.
@@ -308,6 +309,13 @@ fn renew(
     let old = &state.leases[i];
     let mut new = old.clone();
     new.expires_at = now.plus(req.ttl);
+    let replaced = match (&req.holder, &old.holder) {
+        (Some(asks), Some(held)) if asks != held => Some(held.clone()),
+        _ => None,
+    };
+    if req.holder.is_some() {
+        new.holder = req.holder.clone();
+    }
     for (field, given) in [
         (&mut new.device_id, req.device_id),
         (&mut new.content_id, req.content_id),
@@ -338,6 +346,7 @@ fn renew(
     Decision::Renewed(Grant {
         would_deny: blocked.is_some(),
         would_deny_rule: blocked.flatten(),
+        replaced,
         ..grant(state, new, limit)
     })
 }
@@ -365,6 +374,7 @@ fn grant(state: &UserState, lease: Lease, limit: Limit) -> Grant {
         would_deny: false,
         would_deny_rule: None,
         would_evict: Vec::new(),
+        replaced: None,
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::clock::Clock;
-use crate::limiter::{Acquire, Decision, Lease, Limit, LimitSource, Op, Reply, StreamId, Ttl, UserId};
+use crate::limiter::{Acquire, Decision, Holder, Lease, Limit, LimitSource, Op, Reply, StreamId, Ttl, UserId};
 use crate::metrics;
 
 #[cfg(feature = "dynamodb")]
@@ -274,13 +274,25 @@ impl Store {
         }
     }
 
-    /// Revokes every live lease of `user`; returns their streams, oldest
-    /// first. Each leaves a tombstone until its expiry plus `ttl`.
-    pub async fn revoke_all(&self, user: &UserId, ttl: Ttl) -> Result<Vec<StreamId>, StoreError> {
+    /// Releases the stream's lease only if `holder` still holds it.
+    /// Succeeds whether or not it did.
+    pub async fn release_held(&self, user: &UserId, stream: StreamId, holder: Holder) -> Result<(), StoreError> {
+        match self.execute(user, Op::ReleaseHeld { stream, holder }).await? {
+            Reply::Done => {
+                metrics::decision("released", 1);
+                Ok(())
+            }
+            other => Err(mismatch(&other)),
+        }
+    }
+
+    /// Revokes every live lease of `user`; returns them, oldest first.
+    /// Each leaves a tombstone until its expiry plus `ttl`.
+    pub async fn revoke_all(&self, user: &UserId, ttl: Ttl) -> Result<Vec<Lease>, StoreError> {
         match self.execute(user, Op::RevokeAll { ttl }).await? {
-            Reply::Revoked(streams) => {
-                metrics::decision("revoked", streams.len() as u64);
-                Ok(streams)
+            Reply::Revoked(leases) => {
+                metrics::decision("revoked", leases.len() as u64);
+                Ok(leases)
             }
             other => Err(mismatch(&other)),
         }
@@ -342,7 +354,7 @@ impl Store {
     async fn execute(&self, user: &UserId, op: Op) -> Result<Reply, StoreError> {
         let name = match &op {
             Op::Acquire(_) => "acquire",
-            Op::Release(_) => "release",
+            Op::Release(_) | Op::ReleaseHeld { .. } => "release",
             Op::RevokeAll { .. } => "revoke_all",
             Op::List { .. } => "list",
             Op::GetLimit { .. } => "get_limit",

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use crate::limiter::{Label, Lease, Limit, RevokeReason, StreamId, Timestamp, Tombstone, UserId, UserState};
+use crate::limiter::{Holder, Label, Lease, Limit, RevokeReason, StreamId, Timestamp, Tombstone, UserId, UserState};
 
 /// How many pieces the map is split into; the sweeper's unit of progress.
 pub(super) const SHARDS: usize = 64;
@@ -136,7 +136,7 @@ fn shard_of(user: &UserId) -> usize {
 /// ```text
 /// leases  tombstones  override (0: none, n+1: n)
 /// leases × (started_at expires_at stream_id device_id? content_id?
-///           device_class? content_kind? plan?)
+///           device_class? content_kind? plan? holder?)
 /// tombstones × (until stream_id evicted_by?)
 /// ```
 ///
@@ -157,6 +157,7 @@ fn encode(state: &UserState, out: &mut Vec<u8>) -> i64 {
         put_opt(out, l.device_class.as_ref().map(Label::as_str));
         put_opt(out, l.content_kind.as_ref().map(Label::as_str));
         put_opt(out, l.plan.as_ref().map(Label::as_str));
+        put_opt(out, l.holder.as_ref().map(Holder::as_str));
     }
     for t in state.tombstones() {
         next_expiry = next_expiry.min(t.until.as_micros());
@@ -192,6 +193,7 @@ fn decode(bytes: &[u8]) -> Result<UserState, Undecodable> {
             device_class: r.label()?,
             content_kind: r.label()?,
             plan: r.label()?,
+            holder: r.holder()?,
             started_at,
             expires_at,
         });
@@ -287,6 +289,10 @@ impl<'a> Reader<'a> {
 
     fn label(&mut self) -> Result<Option<Label>, Undecodable> {
         self.opt()?.map(Label::new).transpose().map_err(|_| Undecodable)
+    }
+
+    fn holder(&mut self) -> Result<Option<Holder>, Undecodable> {
+        self.opt()?.map(Holder::new).transpose().map_err(|_| Undecodable)
     }
 }
 
