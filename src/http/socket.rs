@@ -773,7 +773,7 @@ mod tests {
     use crate::auth::Authenticator;
     use crate::clock::SystemClock;
     use crate::http::{AppState, app};
-    use crate::limiter::{Limit, StreamId, Ttl, UserId};
+    use crate::limiter::{Acquire, Limit, StreamId, Timestamp, Ttl, UserId};
     use crate::policy::{Policy, Protection};
     use crate::store::{Store, StoreConfig, StoreKind};
 
@@ -805,6 +805,7 @@ mod tests {
     async fn the_registry_tells_owners_and_acquirers_of_their_losses() {
         let sockets = Sockets::new();
         let key = (UserId::new("alice").unwrap(), StreamId::new("tv").unwrap());
+        let lease = [Acquire::for_test("tv", 1).into_lease(Timestamp::from_millis(0))];
         let register = || async {
             let turn = sockets.turn(key.clone()).await;
             sockets.register(&turn)
@@ -816,12 +817,12 @@ mod tests {
         assert!(matches!(first_lost.try_recv(), Ok(Loss::Replaced)));
         assert!(!sockets.owns(&key, first) && sockets.owns(&key, second));
         // A revocation reaches the owner, which owns nothing after it.
-        sockets.revoked(&key.0, std::slice::from_ref(&key.1));
+        sockets.revoked(&key.0, &lease);
         assert!(matches!(second_lost.try_recv(), Ok(Loss::Revoked)));
         assert!(!sockets.owns(&key, second));
         // A loss during an acquire reaches the socket as it registers.
         let turn = sockets.turn(key.clone()).await;
-        sockets.revoked(&key.0, std::slice::from_ref(&key.1));
+        sockets.revoked(&key.0, &lease);
         let (third, mut third_lost) = sockets.register(&turn);
         drop(turn);
         assert!(matches!(third_lost.try_recv(), Ok(Loss::Revoked)));

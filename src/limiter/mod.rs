@@ -360,6 +360,10 @@ pub enum Op {
 
 /// What an [`Op`] answered.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one reply per operation, moved to its caller; boxing the grant would allocate on every request"
+)]
 pub enum Reply {
     Decision(Decision),
     Done,

@@ -407,7 +407,7 @@ fn seen(reply: Reply) -> Seen {
             until: t.until.as_millis(),
         },
         Reply::Done => Seen::Done,
-        Reply::Revoked(v) => Seen::Revoked(v.iter().map(ToString::to_string).collect()),
+        Reply::Revoked(v) => Seen::Revoked(names(&v)),
         Reply::Leases { limit, live } => Seen::Listed { limit: limit.get(), live: names(&live) },
         Reply::Limit { limit, source } => {
             Seen::Limit { limit: limit.get(), overridden: source == LimitSource::Override }
@@ -512,6 +512,7 @@ proptest! {
                         enforce,
                         plans: r.sticky.then(|| plans.clone()),
                         held,
+                        holder: None,
                     });
                     (op, model.acquire(&r, now))
                 }
@@ -595,6 +596,7 @@ proptest! {
                     enforce: true,
                     plans: None,
                     held: false,
+                    holder: None,
                 }),
                 Step::Release(i) => Op::Release(StreamId::new(&sid(i)).unwrap()),
                 Step::RevokeAll => Op::RevokeAll { ttl },

@@ -553,7 +553,8 @@ mod tests {
     fn revoke_all_leaves_tombstones_for_every_live_stream() {
         let mut s = full(3);
         let o = apply(&mut s, Op::RevokeAll { ttl: Ttl::from_secs(30).unwrap() }, at(10));
-        assert_eq!(o.reply, Reply::Revoked(vec![sid("a"), sid("b"), sid("c")]));
+        let Reply::Revoked(revoked) = o.reply else { panic!("{:?}", o.reply) };
+        assert_eq!(ids(&revoked), ["a", "b", "c"]);
         assert!(s.live(at(10)).is_empty());
         match decision(apply(&mut s, acq("c", 3), at(20))) {
             Decision::Gone(t) => {

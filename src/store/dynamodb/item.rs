@@ -268,6 +268,7 @@ mod tests {
             device_class: d.map(|_| Label::new("tv").unwrap()),
             content_kind: d.map(|_| Label::new("live").unwrap()),
             plan: d.map(|_| Label::new("premium").unwrap()),
+            holder: None,
             started_at: Timestamp::from_micros(1_700_000_000_000_001),
             expires_at: Timestamp::from_micros(1_700_000_060_000_001),
         };

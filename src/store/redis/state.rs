@@ -300,6 +300,7 @@ mod tests {
             device_class,
             content_kind,
             plan,
+            holder: None,
             started_at: Timestamp::from_micros(started),
             expires_at: Timestamp::from_micros(started + 60_000_000),
         }
@@ -371,7 +372,7 @@ mod tests {
             vec![],
             good[..good.len() - 1].to_vec(),                       // truncated
             [good.clone(), vec![0x01]].concat(),                   // trailing values
-            [vec![0x04], good[1..].to_vec()].concat(),             // a later format
+            [vec![0x05], good[1..].to_vec()].concat(),             // a later format
             [vec![0x03, 0x7f, 0x7f], good[3..].to_vec()].concat(), // counts that cannot fit
             [vec![0x91], good.clone()].concat(),                   // an array
         ];

@@ -277,6 +277,7 @@ async fn format_2_state_is_read_then_upgraded() {
         device_class: None,
         content_kind: None,
         plan: None,
+        holder: None,
         started_at: Timestamp::from_micros(1_796_002_816_733_200),
         expires_at: Timestamp::from_micros(1_796_002_876_733_200),
     };
@@ -533,6 +534,7 @@ impl PreviousRelease {
             Op::Release(s) => {
                 inv.arg("release").arg(now).arg(s.as_str());
             }
+            Op::ReleaseHeld { .. } => panic!("the previous release had no held release: {op:?}"),
             Op::RevokeAll { ttl } => {
                 inv.arg("revoke_all").arg(now).arg(ttl.as_micros());
             }

@@ -59,6 +59,7 @@ fn req(stream: &str) -> Acquire {
         enforce: true,
         plans: None,
         held: false,
+        holder: None,
     }
 }
 
@@ -193,6 +194,7 @@ async fn a_schema_3_database_migrates_in_place_and_keeps_everything() {
         device_class: None,
         content_kind: None,
         plan: None,
+        holder: None,
         started_at: Timestamp::from_micros(start + at),
         expires_at: Timestamp::from_micros(end + at),
     };
@@ -423,6 +425,7 @@ fn on_disk(dir: &Path) -> Snapshot {
             device_class: label(6),
             content_kind: label(7),
             plan: label(8),
+            holder: None,
             started_at: Timestamp::from_micros(r.get(4).unwrap()),
             expires_at: Timestamp::from_micros(r.get(5).unwrap()),
         });

@@ -313,6 +313,7 @@ mod tests {
             device_class: label(labels[2]),
             content_kind: label(labels[3]),
             plan: label(labels[4]),
+            holder: None,
             started_at: Timestamp::from_micros(t),
             expires_at: Timestamp::from_micros(t + 60_000_000),
         };

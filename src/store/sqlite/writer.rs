@@ -48,6 +48,10 @@ pub(super) struct Writer {
 
 /// A job's answer, held back until its transaction has committed. If the
 /// batch fails, every one of them becomes that failure instead.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one answer per job, moved once; boxing the reply would allocate on every request"
+)]
 pub(super) enum Answer {
     Execute(oneshot::Sender<Result<Reply, StoreError>>, Result<Reply, StoreError>),
     Sweep(oneshot::Sender<Result<Swept, StoreError>>, Result<Swept, StoreError>),
