@@ -306,14 +306,14 @@ mod tests {
 
     fn sample() -> UserState {
         let label = |l: Option<&str>| l.map(|l| Label::new(l).unwrap());
-        let lease = |s: &str, labels: [Option<&str>; 5], t: i64| Lease {
+        let lease = |s: &str, labels: [Option<&str>; 6], t: i64| Lease {
             stream_id: sid(s),
             device_id: label(labels[0]),
             content_id: label(labels[1]),
             device_class: label(labels[2]),
             content_kind: label(labels[3]),
             plan: label(labels[4]),
-            holder: None,
+            holder: labels[5].map(|h| Holder::new(h).unwrap()),
             started_at: Timestamp::from_micros(t),
             expires_at: Timestamp::from_micros(t + 60_000_000),
         };
@@ -322,14 +322,14 @@ mod tests {
             vec![
                 lease(
                     "a",
-                    [Some("tv"), Some("title-1"), Some("tv"), Some("live"), Some("premium")],
+                    [Some("tv"), Some("title-1"), Some("tv"), Some("live"), Some("premium"), Some("sock-1")],
                     1_700_000_000_000_001,
                 ),
-                lease("b", [None, Some(""), None, Some("download"), None], -5),
-                lease("c", [None, None, Some("mobile"), None, Some("")], 3),
+                lease("b", [None, Some(""), None, Some("download"), None, None], -5),
+                lease("c", [None, None, Some("mobile"), None, Some(""), None], 3),
                 lease(
                     &"x".repeat(128),
-                    [Some(&long), None, Some(&long), Some(&long), Some(&long)],
+                    [Some(&long), None, Some(&long), Some(&long), Some(&long), Some(&"h".repeat(128))],
                     i64::MAX - 60_000_000,
                 ),
             ],
