@@ -306,6 +306,10 @@ mod tests {
         }
     }
 
+    fn held(l: Lease, h: &str) -> Lease {
+        Lease { holder: Some(Holder::new(h).unwrap()), ..l }
+    }
+
     fn tombstone(stream: &str, until: i64, by: Option<&str>) -> Tombstone {
         let reason = by.map_or(RevokeReason::Revoked, |b| RevokeReason::EvictedBy(StreamId::new(b).unwrap()));
         Tombstone { stream_id: StreamId::new(stream).unwrap(), reason, until: Timestamp::from_micros(until) }
@@ -365,6 +369,56 @@ mod tests {
         assert_eq!(encode(&got.state, got.deadline)[0], 3, "written back as format 3");
     }
 
+    /// A state no socket holds a lease of is written in format 3, value for
+    /// value what releases before holders wrote; one with a held lease in
+    /// format 4, which adds the holder (false when none) to every lease.
+    /// Each reads back as it was written.
+    #[test]
+    fn only_a_held_lease_makes_format_4() {
+        let tv = lease("tv", 1_000_000, [label("living-room"), None, label("tv"), None, None]);
+        let phone = lease("phone", 2_000_000, Default::default());
+        let tombstones = vec![tombstone("old", 5, None)];
+        let plain = UserState::new(vec![tv.clone(), phone.clone()], tombstones.clone(), Limit::new(3));
+        let mut expected = Vec::new();
+        for n in [3, 2, 1, 99] {
+            int(&mut expected, n);
+        }
+        int(&mut expected, 3);
+        let lease_values = |out: &mut Vec<u8>, l: &Lease| {
+            bytes(out, l.stream_id.as_str().as_bytes());
+            int(out, l.started_at.as_micros());
+            int(out, l.expires_at.as_micros());
+            for v in [&l.device_id, &l.content_id, &l.device_class, &l.content_kind, &l.plan] {
+                match v {
+                    Some(v) => bytes(out, v.as_str().as_bytes()),
+                    None => out.push(FALSE),
+                }
+            }
+        };
+        let (mut tv_values, mut phone_values) = (Vec::new(), Vec::new());
+        lease_values(&mut tv_values, &tv);
+        lease_values(&mut phone_values, &phone);
+        let mut tomb_values = Vec::new();
+        bytes(&mut tomb_values, b"old");
+        int(&mut tomb_values, 5);
+        tomb_values.push(FALSE);
+        let format_3 = [&expected[..], &tv_values, &phone_values, &tomb_values].concat();
+        assert_eq!(encode(&plain, 99), format_3);
+        assert_eq!(decode(&format_3).unwrap().state, plain);
+
+        let state = UserState::new(vec![held(tv, "sock-1"), phone], tombstones, Limit::new(3));
+        let mut format_4 = vec![4];
+        format_4.extend_from_slice(&expected[1..]);
+        format_4.extend_from_slice(&tv_values);
+        bytes(&mut format_4, b"sock-1");
+        format_4.extend_from_slice(&phone_values);
+        format_4.push(FALSE);
+        format_4.extend_from_slice(&tomb_values);
+        assert_eq!(encode(&state, 99), format_4);
+        let back = decode(&format_4).unwrap();
+        assert_eq!((back.state, back.deadline), (state, 99));
+    }
+
     #[test]
     fn malformed_states_are_refused() {
         let good = encode(&UserState::new(vec![lease("s", 1, Default::default())], vec![], None), 9);
@@ -373,6 +427,7 @@ mod tests {
             good[..good.len() - 1].to_vec(),                       // truncated
             [good.clone(), vec![0x01]].concat(),                   // trailing values
             [vec![0x05], good[1..].to_vec()].concat(),             // a later format
+            [vec![0x04], good[1..].to_vec()].concat(),             // format 4 without holders
             [vec![0x03, 0x7f, 0x7f], good[3..].to_vec()].concat(), // counts that cannot fit
             [vec![0x91], good.clone()].concat(),                   // an array
         ];
@@ -384,6 +439,14 @@ mod tests {
         let mut v = good.clone();
         v[6] = b' ';
         cases.push(v);
+        // A holder that is not one, or not a string.
+        let with_holder = encode(&UserState::new(vec![held(lease("s", 1, Default::default()), "h")], vec![], None), 9);
+        let at = with_holder.len() - 2;
+        assert_eq!(with_holder[at..], [0xa1, b'h']);
+        cases.push([&with_holder[..at], &[0xa1, b'/'][..]].concat());
+        cases.push([&with_holder[..at], &[0xa0][..]].concat());
+        cases.push([&with_holder[..at], &[0x07][..]].concat());
+        cases.push([&with_holder[..at], &[0xc3][..]].concat());
         for bytes in cases {
             assert!(decode(&bytes).is_err(), "{bytes:?}");
         }
