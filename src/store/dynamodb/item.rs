@@ -268,7 +268,7 @@ mod tests {
             device_class: d.map(|_| Label::new("tv").unwrap()),
             content_kind: d.map(|_| Label::new("live").unwrap()),
             plan: d.map(|_| Label::new("premium").unwrap()),
-            holder: None,
+            holder: d.map(|_| Holder::new("sock-1").unwrap()),
             started_at: Timestamp::from_micros(1_700_000_000_000_001),
             expires_at: Timestamp::from_micros(1_700_000_060_000_001),
         };
@@ -325,11 +325,11 @@ mod tests {
             names.sort_unstable();
             names
         };
-        assert_eq!(fields("tv"), ["c", "ck", "d", "dc", "e", "p", "s"]);
+        assert_eq!(fields("tv"), ["c", "ck", "d", "dc", "e", "h", "p", "s"]);
         assert_eq!(fields("phone"), ["c", "e", "s"]);
         let tv = leases["tv"].as_m().unwrap();
         let s = |v: &str| AttributeValue::S(v.into());
-        assert_eq!((&tv["dc"], &tv["ck"], &tv["p"]), (&s("tv"), &s("live"), &s("premium")));
+        assert_eq!((&tv["dc"], &tv["ck"], &tv["p"], &tv["h"]), (&s("tv"), &s("live"), &s("premium"), &s("sock-1")));
 
         let n = |v: &str| AttributeValue::N(v.into());
         let old_lease = [("s", n("1")), ("e", n("2")), ("d", s("tv")), ("c", s("m"))];
@@ -354,7 +354,7 @@ mod tests {
             (l.device_id.as_ref().map(Label::as_str), l.content_id.as_ref().map(Label::as_str)),
             (Some("tv"), Some("m"))
         );
-        assert_eq!((&l.device_class, &l.content_kind, &l.plan), (&None, &None, &None));
+        assert_eq!((&l.device_class, &l.content_kind, &l.plan, &l.holder), (&None, &None, &None, &None));
     }
 
     #[test]
@@ -403,6 +403,10 @@ mod tests {
             ("leases", Some(m(&[("a", m(&[("s", n("1")), ("e", n("2")), ("dc", n("3"))]))])), "leases.a.dc"),
             ("leases", Some(m(&[("a", m(&[("s", n("1")), ("e", n("2")), ("ck", s(&long))]))])), "leases.a.ck"),
             ("leases", Some(m(&[("a", m(&[("s", n("1")), ("e", n("2")), ("p", m(&[]))]))])), "leases.a.p"),
+            ("leases", Some(m(&[("a", m(&[("s", n("1")), ("e", n("2")), ("h", n("3"))]))])), "leases.a.h"),
+            ("leases", Some(m(&[("a", m(&[("s", n("1")), ("e", n("2")), ("h", s(""))]))])), "leases.a.h: holder"),
+            ("leases", Some(m(&[("a", m(&[("s", n("1")), ("e", n("2")), ("h", s("a/b"))]))])), "leases.a.h: holder"),
+            ("leases", Some(m(&[("a", m(&[("s", n("1")), ("e", n("2")), ("h", s(&long))]))])), "leases.a.h: holder"),
             ("tombstones", Some(m(&[("a", m(&[]))])), "tombstones.a has no u"),
             ("tombstones", Some(m(&[("a", m(&[("u", n("1")), ("by", s("no/slash"))]))])), "tombstones.a.by"),
             ("override", Some(n("1001")), "override"),
