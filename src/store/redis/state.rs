@@ -17,9 +17,10 @@
 //! of both can share one Redis, and an older one refuses (503) only the
 //! users whose streams a socket holds. Format 2, which an older script
 //! wrote, is format 3 with five values per lease (no device class, content
-//! kind or plan); it is read, and written back at the user's next change. Only the forms that Lua's `cmsgpack` writes for strings,
-//! integers and booleans are read; anything else, or a sequence of the
-//! wrong shape, is refused and the key is never overwritten.
+//! kind or plan); it is read, and written back at the user's next change.
+//! Only the forms that Lua's `cmsgpack` writes for strings, integers and
+//! booleans are read; anything else, or a sequence of the wrong shape, is
+//! refused and the key is never overwritten.
 
 use crate::limiter::{Holder, Label, Lease, Limit, RevokeReason, StreamId, Timestamp, Tombstone, UserState};
 
