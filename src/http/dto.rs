@@ -345,6 +345,10 @@ pub struct StatusBody {
 pub struct ReadyBody {
     #[schema(example = "ready")]
     pub status: &'static str,
+    /// This instance's id: the host's name and a random suffix, as in its
+    /// start line.
+    #[schema(example = "streamcap-7d9f8-x2kqp-3fa81c0e")]
+    pub instance: String,
     pub clock: ClockBody,
 }
 

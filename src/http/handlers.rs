@@ -403,7 +403,7 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Result<impl In
                 synchronized: host.synchronized,
                 max_error_ms: host.max_error_ms,
             };
-            Ok(axum::Json(ReadyBody { status: "ready", clock }))
+            Ok(axum::Json(ReadyBody { status: "ready", instance: state.instance.to_string(), clock }))
         }
         Ok(Err(e)) => Err(ApiError::Store(e)),
         Err(_) => Err(ApiError::Store(StoreError::Unavailable("ping timed out".into()))),
@@ -445,8 +445,8 @@ pub(super) async fn acquired(state: &AppState, user: UserId, req: Acquire) -> Re
 /// through here.
 pub(super) async fn acquire_lease(state: &AppState, user: &UserId, req: Acquire) -> Result<Decision, StoreError> {
     let answer = state.store.acquire(user, req).await;
-    if let Ok(Decision::Granted(grant)) = &answer {
-        state.sockets.evicted(user, grant);
+    if let Ok(Decision::Granted(grant) | Decision::Renewed(grant)) = &answer {
+        state.sockets.granted(user, grant);
     }
     answer
 }

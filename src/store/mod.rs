@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::clock::Clock;
 use crate::limiter::{Acquire, Decision, Holder, Lease, Limit, LimitSource, Op, Reply, StreamId, Ttl, UserId};
@@ -340,6 +340,27 @@ impl Store {
         self.inner.backend.clock_owner()
     }
 
+    /// True when this store carries messages between the instances that
+    /// share it ([`Store::publish`], [`Store::subscribe`]).
+    pub fn carries_messages(&self) -> bool {
+        self.inner.backend.carries_messages()
+    }
+
+    /// Sends `message` to the instance named `to`; answers how many
+    /// subscribers received it (0: nobody listens, or this store carries
+    /// no messages). Delivery is best effort: a message can be lost.
+    pub async fn publish(&self, to: &str, message: Vec<u8>) -> Result<u64, StoreError> {
+        self.timed(self.inner.backend.publish(to, message)).await
+    }
+
+    /// The messages that other instances publish to `me` from now on, for
+    /// as long as the receiver lives; `None` when this store carries no
+    /// messages. The subscription survives reconnections, but what is
+    /// published while it is down is lost.
+    pub async fn subscribe(&self, me: &str) -> Result<Option<Subscription>, StoreError> {
+        self.timed(self.inner.backend.subscribe(me)).await
+    }
+
     /// Answers when the backend can serve requests.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.timed(self.inner.backend.ping()).await
@@ -431,6 +452,9 @@ async fn sweeper(store: Store, every: Duration, mut stop: watch::Receiver<bool>)
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The messages [`Store::subscribe`] hands out, in the order they came.
+pub type Subscription = mpsc::UnboundedReceiver<Vec<u8>>;
+
 /// The contract every backend fulfils. Crate-private: callers use [`Store`].
 trait Backend: Send + Sync + 'static {
     /// Runs `op` for `user` as one atomic step: load the user's state, read
@@ -459,6 +483,21 @@ trait Backend: Send + Sync + 'static {
     /// See [`Store::clock_owner`].
     fn clock_owner(&self) -> &'static str {
         "instance"
+    }
+
+    /// See [`Store::carries_messages`].
+    fn carries_messages(&self) -> bool {
+        false
+    }
+
+    /// See [`Store::publish`].
+    fn publish<'a>(&'a self, _to: &'a str, _message: Vec<u8>) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async { Ok(0) })
+    }
+
+    /// See [`Store::subscribe`].
+    fn subscribe<'a>(&'a self, _me: &'a str) -> BoxFuture<'a, Result<Option<Subscription>, StoreError>> {
+        Box::pin(async { Ok(None) })
     }
 
     /// Flushes and releases resources. Idempotent.
