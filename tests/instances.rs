@@ -172,3 +172,46 @@ async fn losses_reach_sockets_across_instances_on_a_cluster() {
     let (a, b) = (start(&store), start(&store));
     everything(&a, &b, "cluster").await;
 }
+
+/// Redis restarts under two instances: each reconnects and listens again
+/// by itself, and a take-over on B reaches a socket on A as before. An
+/// instance that is gone (killed with its socket's lease still in Redis)
+/// makes a notice to it count as dropped, and the take-over is answered
+/// as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_survive_a_redis_restart_and_a_dead_instance_drops_them() {
+    let mut redis = RedisServer::start(&[]);
+    let port = redis.port;
+    let store = standalone(&redis);
+    let (a, b) = (start(&store), start(&store));
+    let [name_a, _] = instances_name_themselves(&a, &b).await;
+    let channel = format!("sc:push:{{{name_a}}}");
+    redis.kill9();
+    let redis = RedisServer::start_on(port, &[]);
+    // Both serve again, and A listens again: PUBSUB NUMSUB counts it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for p in [&a, &b] {
+        while reqwest::get(format!("{}/readyz", p.base)).await.unwrap().status() != 200 {
+            assert!(Instant::now() < deadline, "no recovery: {}", p.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    while redis.cli(&["PUBSUB", "NUMSUB", &channel]).lines().nth(1) != Some("1") {
+        assert!(Instant::now() < deadline, "A did not subscribe again: {}", a.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    take_overs_reach_the_other_instance(&a, &b, "after-restart").await;
+
+    // A dies with a socket's lease in Redis; B's take-over tells nobody.
+    let (_tv, _) = held_at(&ws_url(&a, &socket("gone", "tv"))).await;
+    a.kill9();
+    let dropped = "streamcap_pushes_total{event=\"dropped\"}";
+    let before = metric(&b, dropped).await;
+    let (status, _) = put(&b, "/v1/users/gone/streams/phone", json!({"evict": ["tv"]})).await;
+    assert_eq!(status, 201);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&b, dropped).await < before + 1.0 {
+        assert!(Instant::now() < deadline, "the notice to a dead instance was not counted as dropped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
