@@ -3,8 +3,9 @@
 //! Each instance listens on one channel, `sc:push:{<instance>}`. On a
 //! cluster the channel is sharded (`SPUBLISH`, `SSUBSCRIBE`, Redis 7): its
 //! messages travel only within the shard that owns the channel's slot, not
-//! across the whole cluster as plain `PUBLISH` does; a standalone Redis
-//! uses `PUBLISH` and `SUBSCRIBE`. Publishing goes through the store's own
+//! across the whole cluster as plain `PUBLISH` does; a standalone Redis,
+//! and a cluster of Redis 6, which has no sharded channels, use `PUBLISH`
+//! and `SUBSCRIBE`. Publishing goes through the store's own
 //! connection. Listening takes a connection of its own, in RESP3, which
 //! the client library subscribes again after every reconnection. Pub/sub
 //! delivers at most once: a message published while the listener is
@@ -12,6 +13,8 @@
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
+use std::sync::atomic::Ordering;
+
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
@@ -30,7 +33,10 @@ impl RedisBackend {
     pub(super) async fn publish_to(&self, to: &str, message: Vec<u8>) -> Result<u64, StoreError> {
         let sent = match self.conn.clone() {
             Conn::Standalone(mut c) => redis::cmd("PUBLISH").arg(channel(to)).arg(message).query_async(&mut c).await,
-            Conn::Cluster(mut c) => redis::cmd("SPUBLISH").arg(channel(to)).arg(message).query_async(&mut c).await,
+            Conn::Cluster(mut c) => {
+                let publish = if self.unsharded.load(Ordering::Relaxed) { "PUBLISH" } else { "SPUBLISH" };
+                redis::cmd(publish).arg(channel(to)).arg(message).query_async(&mut c).await
+            }
         };
         sent.map_err(unavailable)
     }
@@ -55,7 +61,14 @@ impl RedisBackend {
                     .push_sender(pushes);
                 let client = self.trust.cluster(builder).build().map_err(fail)?;
                 let mut conn = client.get_async_connection().await.map_err(fail)?;
-                conn.ssubscribe(channel(me)).await.map_err(fail)?;
+                if let Err(e) = conn.ssubscribe(channel(me)).await {
+                    // Redis 6 knows no sharded channels: it broadcasts.
+                    if !e.to_string().contains("unknown command") {
+                        return Err(fail(e));
+                    }
+                    self.unsharded.store(true, Ordering::Relaxed);
+                    conn.subscribe(channel(me)).await.map_err(fail)?;
+                }
                 Box::new(conn)
             }
         };

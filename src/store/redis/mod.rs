@@ -56,6 +56,8 @@ pub(super) struct RedisBackend {
     urls: Vec<String>,
     mode: RedisMode,
     trust: tls::Trust,
+    /// A cluster without sharded channels (Redis 6): notices are broadcast.
+    unsharded: std::sync::atomic::AtomicBool,
     cas: redis::Script,
     /// Tests inject time; production leaves this `None` and reads Redis's
     /// own clock with TIME.
@@ -131,6 +133,7 @@ impl RedisBackend {
             urls: urls.to_vec(),
             mode,
             trust,
+            unsharded: Default::default(),
             cas: redis::Script::new(CAS),
             test_clock,
             engine: Optimistic::new(),
