@@ -102,18 +102,20 @@ async fn run(config: Config) -> Result<(), Failure> {
     let listener =
         TcpListener::bind(&config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let mut state = AppState::new(store.clone(), config.policy, config.auth, config.protection);
     tracing::info!(
         %addr,
+        instance = %state.instance,
         store = config.store.kind.name(),
         redis_mode = config.store.redis_mode.name(),
-        on_store_error = config.policy.on_store_error.name(),
-        default_limit = config.policy.default_limit.get(),
-        lease_ttl = config.policy.lease_ttl.as_secs(),
-        on_limit = config.policy.on_limit.name(),
-        plans = config.policy.plans.len(),
-        rules = config.policy.rules.len(),
-        plan_rules = config.policy.plan_rules.len(),
-        enforce = config.policy.enforce,
+        on_store_error = state.policy.on_store_error.name(),
+        default_limit = state.policy.default_limit.get(),
+        lease_ttl = state.policy.lease_ttl.as_secs(),
+        on_limit = state.policy.on_limit.name(),
+        plans = state.policy.plans.len(),
+        rules = state.policy.rules.len(),
+        plan_rules = state.policy.plan_rules.len(),
+        enforce = state.policy.enforce,
         "listening"
     );
     if config.store.kind == StoreKind::Dynamodb {
@@ -123,7 +125,7 @@ async fn run(config: Config) -> Result<(), Failure> {
             "dynamodb store"
         );
     }
-    if !config.policy.enforce {
+    if !state.policy.enforce {
         tracing::warn!("shadow mode: limits are reported (would_deny) but not enforced");
     }
     // One signal stops every listener.
@@ -138,7 +140,6 @@ async fn run(config: Config) -> Result<(), Failure> {
             let _ = stopped.wait_for(|s| *s).await;
         }
     };
-    let mut state = AppState::new(store.clone(), config.policy, config.auth, config.protection);
     state.demo = config.demo;
     if config.demo {
         tracing::info!(url = %format_args!("http://{addr}/demo"), "serving the demo page");

@@ -75,6 +75,10 @@ fn describe() {
     );
     describe_gauge!("streamcap_websockets_open", "WebSockets open on this instance, lease-holding or closing.");
     describe_counter!("streamcap_websocket_closes_total", "WebSockets closed, by close code.");
+    describe_counter!(
+        "streamcap_pushes_total",
+        "Notices between instances about socket-held leases: sent, received by a socket, or dropped."
+    );
     describe_counter!("streamcap_sqlite_commits_total", "SQLite group commits (one fsync each).");
     describe_counter!("streamcap_sqlite_jobs_total", "Operations carried by SQLite group commits.");
 }
@@ -165,6 +169,18 @@ pub fn websocket_closed(code: u16) {
     h.websocket_closes[i].get(|| counter!("streamcap_websocket_closes_total", "code" => CLOSE_CODES[i])).increment(1);
 }
 
+/// The `event` label of `streamcap_pushes_total`: a notice this instance
+/// published and some instance received (`sent`), one that reached a socket
+/// here (`received`), and one that reached no socket (`dropped`: nobody
+/// subscribed, publishing failed, or the socket had already gone).
+pub const PUSH_EVENTS: [&str; 3] = ["sent", "received", "dropped"];
+
+/// Counts one push `event`, one of [`PUSH_EVENTS`].
+pub fn push(event: &'static str) {
+    let i = PUSH_EVENTS.iter().position(|e| *e == event).unwrap_or(PUSH_EVENTS.len() - 1);
+    handles().pushes[i].get(|| counter!("streamcap_pushes_total", "event" => PUSH_EVENTS[i])).increment(1);
+}
+
 pub fn sqlite_commit(jobs: u64) {
     let h = handles();
     h.sqlite_commits.get(|| counter!("streamcap_sqlite_commits_total")).increment(1);
@@ -206,6 +222,7 @@ struct Handles {
     store_conflicts: Slot<Counter>,
     websockets_open: Slot<Gauge>,
     websocket_closes: [Slot<Counter>; CLOSE_CODES.len()],
+    pushes: [Slot<Counter>; PUSH_EVENTS.len()],
     sqlite_commits: Slot<Counter>,
     sqlite_jobs: Slot<Counter>,
 }

@@ -345,6 +345,10 @@ pub struct StatusBody {
 pub struct ReadyBody {
     #[schema(example = "ready")]
     pub status: &'static str,
+    /// This instance's id: the host's name and a random suffix, as in its
+    /// start line.
+    #[schema(example = "streamcap-7d9f8-x2kqp-3fa81c0e")]
+    pub instance: String,
     pub clock: ClockBody,
 }
 
@@ -401,5 +405,43 @@ mod tests {
     fn formats_utc_with_microseconds() {
         assert_eq!(rfc3339(Timestamp::from_millis(0)), "1970-01-01T00:00:00.000000Z");
         assert_eq!(rfc3339(Timestamp::from_micros(1_795_498_190_123_456)), "2026-11-24T05:29:50.123456Z");
+    }
+
+    /// A holder is a socket's secret: no answer shows it, whether for the
+    /// lease itself, an evicted one, a listing or the holder a renewal
+    /// replaced.
+    #[test]
+    fn no_body_shows_a_holder() {
+        use crate::limiter::{Acquire, Holder, Limit};
+        let held = |s: &str, h: &str| {
+            let a = Acquire { holder: Some(Holder::new(h).unwrap()), ..Acquire::for_test(s, 2) };
+            a.into_lease(Timestamp::from_millis(0))
+        };
+        let grant = Grant {
+            lease: held("tv", "secret-1"),
+            active_streams: 1,
+            limit: Limit::new(2).unwrap(),
+            evicted: vec![held("phone", "secret-2")],
+            would_deny: false,
+            would_deny_rule: None,
+            would_evict: Vec::new(),
+            replaced: Some(Holder::new("secret-3").unwrap()),
+        };
+        let user = UserId::new("alice").unwrap();
+        let leases = [grant.lease.clone(), grant.evicted[0].clone()];
+        let bodies = [
+            serde_json::to_string(&LeaseBody::new(&user, &grant, 60, true)).unwrap(),
+            serde_json::to_string(&LeaseBody::degraded(&user, &grant.lease, 60, 2, true)).unwrap(),
+            serde_json::to_string(&ListBody {
+                user_id: user.as_str(),
+                limit: 2,
+                active_streams: leases.iter().map(StreamView::from).collect(),
+            })
+            .unwrap(),
+        ];
+        for body in bodies {
+            assert!(body.contains(r#""stream_id":"tv""#), "{body}");
+            assert!(!body.contains("holder") && !body.contains("secret"), "{body}");
+        }
     }
 }

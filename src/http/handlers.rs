@@ -248,7 +248,7 @@ pub(super) async fn revoke_all(
     let user = admit(&state, &caller, Whose::User(user), Need::Admin)?;
     let revoked = state.store.revoke_all(&user, state.policy.lease_ttl).await?;
     state.sockets.revoked(&user, &revoked);
-    let body = RevokedBody { revoked: revoked.iter().map(StreamId::as_str).collect() };
+    let body = RevokedBody { revoked: revoked.iter().map(|l| l.stream_id.as_str()).collect() };
     Ok(axum::Json(body).into_response())
 }
 
@@ -403,7 +403,7 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Result<impl In
                 synchronized: host.synchronized,
                 max_error_ms: host.max_error_ms,
             };
-            Ok(axum::Json(ReadyBody { status: "ready", clock }))
+            Ok(axum::Json(ReadyBody { status: "ready", instance: state.instance.to_string(), clock }))
         }
         Ok(Err(e)) => Err(ApiError::Store(e)),
         Err(_) => Err(ApiError::Store(StoreError::Unavailable("ping timed out".into()))),
@@ -445,8 +445,8 @@ pub(super) async fn acquired(state: &AppState, user: UserId, req: Acquire) -> Re
 /// through here.
 pub(super) async fn acquire_lease(state: &AppState, user: &UserId, req: Acquire) -> Result<Decision, StoreError> {
     let answer = state.store.acquire(user, req).await;
-    if let Ok(Decision::Granted(grant)) = &answer {
-        state.sockets.evicted(user, grant);
+    if let Ok(Decision::Granted(grant) | Decision::Renewed(grant)) = &answer {
+        state.sockets.granted(user, grant);
     }
     answer
 }
@@ -513,6 +513,7 @@ pub(super) fn acquire_request(
         // A request that names no plan keeps the plan of its lease.
         plans: if policy_named { None } else { state.plans.clone() },
         held: false,
+        holder: None,
     };
     Ok((user, req))
 }

@@ -33,12 +33,15 @@ pub mod dto;
 mod edge;
 mod extract;
 mod handlers;
+mod notice;
 mod openapi;
 pub mod problem;
 pub mod protect;
 mod respond;
 mod socket;
 mod source;
+
+pub use notice::InstanceId;
 
 use crate::policy::Protection;
 use handlers::*;
@@ -64,6 +67,9 @@ pub struct AppState {
     pub expose_metrics: bool,
     /// Serve the demo page at `/demo` (`--demo`).
     pub demo: bool,
+    /// This instance's name: in the start line, `/readyz` and the holder
+    /// tokens of its sockets.
+    pub instance: InstanceId,
     /// This instance's socket-held leases and open sockets.
     sockets: Sockets,
     /// Every configured plan's terms, which a request naming no plan
@@ -75,10 +81,12 @@ impl AppState {
     pub fn new(store: Store, policy: Policy, auth: Arc<Authenticator>, protection: Protection) -> Self {
         let rate = Arc::new(RateLimits::new(&protection));
         let clock = Arc::new(SystemClock);
-        let sockets = Sockets::new();
+        let instance = InstanceId::generate();
+        let sockets = Sockets::new(instance.clone(), store.clone());
         let plans = (!policy.plans.is_empty()).then(|| Arc::new(policy.terms()));
         let policy = Arc::new(policy);
-        Self { store, policy, auth, protection, rate, clock, expose_metrics: true, demo: false, sockets, plans }
+        let (expose_metrics, demo) = (true, false);
+        Self { store, policy, auth, protection, rate, clock, expose_metrics, demo, instance, sockets, plans }
     }
 }
 
@@ -124,6 +132,21 @@ pub async fn serve(
             rate.tidy();
         }
     });
+    // Notices from other instances about this one's sockets, before any
+    // socket opens. Without them, a socket learns of a loss decided
+    // elsewhere at its next renewal.
+    let notices = match state.store.subscribe(state.instance.as_str()).await {
+        Ok(Some(subscription)) => {
+            let sockets = state.sockets.clone();
+            let me = state.instance.clone();
+            Some(tokio::spawn(notice::receive(me, subscription, move |n| sockets.deliver(n))))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for notices from other instances; sockets learn of losses decided elsewhere at their next renewal");
+            None
+        }
+    };
     // An upgraded socket outlives its HTTP connection, so axum's graceful
     // shutdown does not wait for it: the sockets close on the same signal,
     // and are waited for here.
@@ -140,6 +163,9 @@ pub async fn serve(
     sockets.close_all();
     sockets.all_closed().await;
     tidy.abort();
+    if let Some(notices) = notices {
+        notices.abort();
+    }
     served
 }
 

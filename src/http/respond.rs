@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use super::dto::LeaseBody;
 use super::problem::ApiError;
-use crate::limiter::{Acquire, Decision, Lease, UserId};
+use crate::limiter::{Acquire, Decision, UserId};
 use crate::metrics;
 use crate::store::StoreError;
 
@@ -64,20 +64,12 @@ fn degraded(state: &AppState, user: &UserId, req: Acquire, error: &StoreError) -
     tracing::warn!(error = %error, "store unavailable; granting degraded as on_store_error = allow");
     metrics::degraded_grant();
     let now = state.clock.now();
-    let lease = Lease {
-        stream_id: req.stream_id,
-        device_id: req.device_id,
-        content_id: req.content_id,
-        device_class: req.device_class,
-        content_kind: req.content_kind,
-        plan: req.plan,
-        started_at: now,
-        expires_at: now.plus(req.ttl),
-    };
-    let body = LeaseBody::degraded(user, &lease, req.ttl.as_secs(), req.limit.get(), req.enforce);
+    let (ttl, limit, enforce, held) = (req.ttl, req.limit, req.enforce, req.held);
+    let lease = req.into_lease(now);
+    let body = LeaseBody::degraded(user, &lease, ttl.as_secs(), limit.get(), enforce);
     // The caller's word is all there is: a stream that says it holds its
     // lease (`If-Match: *`) is answered as a renewal.
-    let status = if req.held { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if held { StatusCode::OK } else { StatusCode::CREATED };
     (status, Json(body)).into_response()
 }
 

@@ -11,8 +11,12 @@
 //! revoke-all that revokes one, tells its socket at once, and a newer
 //! socket for the same stream takes the lease over from an older one.
 //!
-//! A socket never releases a lease it no longer owns: not after an
-//! eviction or a revocation, and not after a newer socket took it over.
+//! Each socket's requests carry its holder token ([`notice`]), so that the
+//! lease records which socket holds it. A socket never releases a lease it
+//! no longer holds: not after an eviction or a revocation, and not after a
+//! newer socket took it over, on this instance or any other, since its
+//! release frees the lease only while its token is the lease's holder. A
+//! loss decided on another instance reaches the socket as a notice.
 //! Nothing here decides: every answer is the store's, through the rules.
 
 use std::collections::HashMap;
@@ -34,11 +38,13 @@ use super::AppState;
 use super::access::{Whose, authenticate};
 use super::dto::{RenewedMessage, RevokedMessage, SocketMessage, SocketQuery, rfc3339};
 use super::handlers::{acquire_lease, acquire_request, acquired};
+use super::notice::{self, InstanceId, Loss, Notice};
 use super::problem::{ApiError, TYPE_BASE};
 use super::respond;
 use super::source::Source;
-use crate::limiter::{Acquire, Decision, Grant, RevokeReason, StreamId, UserId};
+use crate::limiter::{Acquire, Decision, Grant, Lease, RevokeReason, StreamId, UserId};
 use crate::metrics;
+use crate::store::Store;
 
 /// The subprotocol streamcap speaks; the server chooses it whenever the
 /// client offers it.
@@ -95,6 +101,10 @@ struct Shared {
     /// releasing. A sync mutex: nothing awaits while it is held.
     held: Mutex<HashMap<Key, Slot>>,
     next_id: AtomicU64,
+    /// This instance, whose sockets' holder tokens name it.
+    instance: InstanceId,
+    /// Where notices to other instances go.
+    store: Store,
     /// True once the server shuts down.
     closing: watch::Sender<bool>,
     /// Sockets accepted and not yet finished, releases included.
@@ -122,22 +132,13 @@ struct Owner {
     tell: oneshot::Sender<Loss>,
 }
 
-/// Why a socket lost its lease to someone else.
-#[derive(Clone, Debug)]
-enum Loss {
-    /// Evict-oldest or a take-over gave the seat to this stream.
-    Evicted(StreamId),
-    /// A revoke-all.
-    Revoked,
-    /// A newer socket for the same stream holds the lease now.
-    Replaced,
-}
-
 impl Sockets {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(instance: InstanceId, store: Store) -> Self {
         let shared = Shared {
             held: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
+            instance,
+            store,
             closing: watch::Sender::new(false),
             running: watch::Sender::new(0),
         };
@@ -145,19 +146,54 @@ impl Sockets {
     }
 
     /// Tells the sockets that held the leases `grant` evicted that they
-    /// lost them. Called with every grant; costs nothing without evictions.
-    pub(super) fn evicted(&self, user: &UserId, grant: &Grant) {
+    /// lost them, and the one a newer socket's renewal took the lease from
+    /// that it was replaced: here at once, elsewhere by a notice. Called
+    /// with every grant and renewal; costs nothing without either.
+    pub(super) fn granted(&self, user: &UserId, grant: &Grant) {
         if !grant.evicted.is_empty() {
             let loss = Loss::Evicted(grant.lease.stream_id.clone());
             self.tell(user, grant.evicted.iter().map(|lease| &lease.stream_id), &loss);
+            self.notify(user, &grant.evicted, &loss);
+        }
+        if let Some(holder) = &grant.replaced {
+            // Here, the newer socket's registration tells the older one.
+            let stream = &grant.lease.stream_id;
+            notice::send(&self.shared.store, &self.shared.instance, user, stream, holder, &Loss::Replaced);
         }
     }
 
-    /// Tells the sockets that held `streams` that a revoke-all took them.
-    pub(super) fn revoked(&self, user: &UserId, streams: &[StreamId]) {
-        if !streams.is_empty() {
-            self.tell(user, streams.iter(), &Loss::Revoked);
+    /// Tells the sockets that held `leases` that a revoke-all took them.
+    pub(super) fn revoked(&self, user: &UserId, leases: &[Lease]) {
+        if !leases.is_empty() {
+            self.tell(user, leases.iter().map(|l| &l.stream_id), &Loss::Revoked);
+            self.notify(user, leases, &Loss::Revoked);
         }
+    }
+
+    /// Sends a notice for each of `leases` that another instance's socket
+    /// holds.
+    fn notify(&self, user: &UserId, leases: &[Lease], loss: &Loss) {
+        for lease in leases {
+            if let Some(holder) = &lease.holder {
+                notice::send(&self.shared.store, &self.shared.instance, user, &lease.stream_id, holder, loss);
+            }
+        }
+    }
+
+    /// Tells the socket a notice names of its loss, if that socket still
+    /// holds the lease; false when it does not.
+    pub(super) fn deliver(&self, notice: Notice) -> bool {
+        let key = (notice.user, notice.stream);
+        let mut held = self.lock();
+        let Some(slot) = held.get_mut(&key) else { return false };
+        if slot.owner.as_ref().is_none_or(|owner| owner.id != notice.socket) {
+            return false;
+        }
+        let owner = slot.owner.take().expect("checked above");
+        if slot.turns == 0 {
+            held.remove(&key);
+        }
+        owner.tell.send(notice.loss).is_ok()
     }
 
     /// Tells every socket to close with 1001 and release its lease; a socket
@@ -215,11 +251,16 @@ impl Sockets {
         turn
     }
 
-    /// Makes the socket that just acquired `turn`'s lease its owner. An
+    /// A number for a new socket, and its holder token.
+    fn number(&self) -> (u64, crate::limiter::Holder) {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        (id, self.shared.instance.holder(id))
+    }
+
+    /// Makes socket `id`, which just acquired `turn`'s lease, its owner. An
     /// older socket that owned it is told that it was replaced; a loss
     /// that came during the acquire is told to the new owner at once.
-    fn register(&self, turn: &Turn) -> (u64, oneshot::Receiver<Loss>) {
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+    fn register(&self, turn: &Turn, id: u64) -> oneshot::Receiver<Loss> {
         let (tell, told) = oneshot::channel();
         let mut held = self.lock();
         let slot = held.get_mut(&turn.key).expect("a turn keeps its slot");
@@ -233,7 +274,7 @@ impl Sockets {
                 }
             }
         }
-        (id, told)
+        told
     }
 
     fn owns(&self, key: &Key, id: u64) -> bool {
@@ -478,6 +519,8 @@ async fn connect(
         Err(e) => return Start::Refused(refusal(e.into_response()).await),
     };
     let key = (user.clone(), req.stream_id.clone());
+    let (id, holder) = state.sockets.number();
+    let req = Acquire { holder: Some(holder), ..req };
     let renew = Acquire { evict: Vec::new(), ..req.clone() };
     let turn = state.sockets.turn(key.clone()).await;
     let answer = acquired(state, user, req).await.unwrap_or_else(IntoResponse::into_response);
@@ -487,7 +530,7 @@ async fn connect(
     let first = tagged("granted", &body_text(answer).await);
     // Nothing awaits from here on, so a cancelled request cannot leave
     // an owner behind that no socket holds.
-    let (id, lost) = state.sockets.register(&turn);
+    let lost = state.sockets.register(&turn, id);
     drop(turn);
     Start::Holding { first, seat: Seat { sockets: state.sockets.clone(), key, id, renew, lost } }
 }
@@ -718,14 +761,17 @@ async fn revoke(ws: &mut WebSocket, stream: &StreamId, loss: Loss) {
     }
 }
 
-/// Releases the socket's lease, as a `DELETE` does, unless it was lost to
-/// an eviction, a revocation or a newer socket.
+/// Releases the socket's lease, unless it was lost to an eviction, a
+/// revocation or a newer socket: here, the registry knows; and the store
+/// frees it only while this socket's token is its holder.
 async fn release(state: &AppState, seat: &Seat) {
     let sockets = &state.sockets;
     let _turn = sockets.turn(seat.key.clone()).await;
-    if sockets.owns(&seat.key, seat.id) {
+    if sockets.owns(&seat.key, seat.id)
+        && let Some(holder) = &seat.renew.holder
+    {
         let (user, stream) = &seat.key;
-        if let Err(e) = state.store.release(user, stream.clone()).await {
+        if let Err(e) = state.store.release_held(user, stream.clone(), holder.clone()).await {
             tracing::warn!(error = %e, "releasing a socket's lease failed; it expires on its own");
         }
     }
@@ -769,11 +815,11 @@ mod tests {
     use serde_json::Value;
     use tower::ServiceExt;
 
-    use super::{Loss, Sockets, tagged};
+    use super::{InstanceId, Loss, Notice, Sockets, tagged};
     use crate::auth::Authenticator;
     use crate::clock::SystemClock;
     use crate::http::{AppState, app};
-    use crate::limiter::{Limit, StreamId, Ttl, UserId};
+    use crate::limiter::{Acquire, Limit, StreamId, Timestamp, Ttl, UserId};
     use crate::policy::{Policy, Protection};
     use crate::store::{Store, StoreConfig, StoreKind};
 
@@ -801,13 +847,21 @@ mod tests {
         assert!(body["detail"].as_str().unwrap().contains("streamcap-lambda"), "{body}");
     }
 
+    async fn registry() -> Sockets {
+        let config = StoreConfig::new(StoreKind::Memory, std::env::temp_dir());
+        let store = Store::open(&config, Arc::new(SystemClock)).await.unwrap();
+        Sockets::new(InstanceId::generate(), store)
+    }
+
     #[tokio::test]
     async fn the_registry_tells_owners_and_acquirers_of_their_losses() {
-        let sockets = Sockets::new();
+        let sockets = registry().await;
         let key = (UserId::new("alice").unwrap(), StreamId::new("tv").unwrap());
+        let lease = [Acquire::for_test("tv", 1).into_lease(Timestamp::from_millis(0))];
         let register = || async {
+            let (id, _) = sockets.number();
             let turn = sockets.turn(key.clone()).await;
-            sockets.register(&turn)
+            (id, sockets.register(&turn, id))
         };
         let (first, mut first_lost) = register().await;
         assert!(sockets.owns(&key, first));
@@ -816,18 +870,45 @@ mod tests {
         assert!(matches!(first_lost.try_recv(), Ok(Loss::Replaced)));
         assert!(!sockets.owns(&key, first) && sockets.owns(&key, second));
         // A revocation reaches the owner, which owns nothing after it.
-        sockets.revoked(&key.0, std::slice::from_ref(&key.1));
+        sockets.revoked(&key.0, &lease);
         assert!(matches!(second_lost.try_recv(), Ok(Loss::Revoked)));
         assert!(!sockets.owns(&key, second));
         // A loss during an acquire reaches the socket as it registers.
+        let (third, _) = sockets.number();
         let turn = sockets.turn(key.clone()).await;
-        sockets.revoked(&key.0, std::slice::from_ref(&key.1));
-        let (third, mut third_lost) = sockets.register(&turn);
+        sockets.revoked(&key.0, &lease);
+        let mut third_lost = sockets.register(&turn, third);
         drop(turn);
         assert!(matches!(third_lost.try_recv(), Ok(Loss::Revoked)));
         assert!(!sockets.owns(&key, third));
         // Nothing is left behind.
         sockets.leave(&key, third);
+        assert!(sockets.lock().is_empty());
+    }
+
+    /// A notice from another instance reaches the socket it names, and only
+    /// while that socket holds the lease.
+    #[tokio::test]
+    async fn a_notice_reaches_only_the_socket_it_names() {
+        let sockets = registry().await;
+        let key = (UserId::new("alice").unwrap(), StreamId::new("tv").unwrap());
+        let notice = |socket, loss| Notice { user: key.0.clone(), stream: key.1.clone(), socket, loss };
+        let (older, _) = sockets.number();
+        let turn = sockets.turn(key.clone()).await;
+        let _older_lost = sockets.register(&turn, older);
+        drop(turn);
+        let (newer, _) = sockets.number();
+        let turn = sockets.turn(key.clone()).await;
+        let mut newer_lost = sockets.register(&turn, newer);
+        drop(turn);
+        // A notice for the replaced socket finds nobody.
+        assert!(!sockets.deliver(notice(older, Loss::Revoked)));
+        assert!(newer_lost.try_recv().is_err());
+        let by = StreamId::new("phone").unwrap();
+        assert!(sockets.deliver(notice(newer, Loss::Evicted(by.clone()))));
+        assert!(matches!(newer_lost.try_recv(), Ok(Loss::Evicted(s)) if s == by));
+        assert!(!sockets.owns(&key, newer));
+        assert!(!sockets.deliver(notice(newer, Loss::Revoked)), "told once");
         assert!(sockets.lock().is_empty());
     }
 

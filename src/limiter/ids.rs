@@ -70,6 +70,11 @@ id_type!(
     /// One playback stream of a user; the unit that holds a lease.
     StreamId
 );
+id_type!(
+    /// Who holds a lease: an opaque token that the instance holding a
+    /// player's socket gives that socket. The rules only compare it.
+    Holder
+);
 
 /// Free-form metadata carried on a lease (`device_id`, `content_id`):
 /// any text of at most 128 characters.

@@ -15,7 +15,7 @@ mod ids;
 mod model_tests;
 mod rules;
 
-pub use ids::{InvalidId, Label, MAX_ID_LEN, StreamId, UserId};
+pub use ids::{Holder, InvalidId, Label, MAX_ID_LEN, StreamId, UserId};
 pub use rules::{apply, expire};
 
 /// Microseconds since the Unix epoch, UTC. All rule arithmetic uses it.
@@ -100,6 +100,8 @@ pub struct Lease {
     pub content_kind: Option<Label>,
     /// The plan of the request that holds it, if one was named.
     pub plan: Option<Label>,
+    /// The socket that holds it, if one does.
+    pub holder: Option<Holder>,
     pub started_at: Timestamp,
     pub expires_at: Timestamp,
 }
@@ -266,6 +268,28 @@ pub struct Acquire {
     pub plans: Option<Arc<Plans>>,
     /// The caller says it holds this stream: renew it, never start it.
     pub held: bool,
+    /// The socket that asks, if one does. It becomes the lease's holder,
+    /// replacing any other; a request without one leaves the holder as it
+    /// is.
+    pub holder: Option<Holder>,
+}
+
+impl Acquire {
+    /// The lease this request starts at `now`: its labels, its plan and its
+    /// holder, for one TTL.
+    pub fn into_lease(self, now: Timestamp) -> Lease {
+        Lease {
+            stream_id: self.stream_id,
+            device_id: self.device_id,
+            content_id: self.content_id,
+            device_class: self.device_class,
+            content_kind: self.content_kind,
+            plan: self.plan,
+            holder: self.holder,
+            started_at: now,
+            expires_at: now.plus(self.ttl),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -288,6 +312,7 @@ impl Acquire {
             enforce: true,
             plans: None,
             held: false,
+            holder: None,
         }
     }
 
@@ -319,6 +344,9 @@ pub enum Op {
     Acquire(Acquire),
     /// Drop the stream's lease, if any, leaving no tombstone. Idempotent.
     Release(StreamId),
+    /// Drop the stream's lease only if `holder` still holds it: a socket
+    /// that was replaced never frees its successor's seat. Idempotent.
+    ReleaseHeld { stream: StreamId, holder: Holder },
     /// Revoke every live lease, leaving tombstones that last one `ttl` past
     /// each lease's expiry.
     RevokeAll { ttl: Ttl },
@@ -332,12 +360,23 @@ pub enum Op {
 
 /// What an [`Op`] answered.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one reply per operation, moved to its caller; boxing the grant would allocate on every request"
+)]
 pub enum Reply {
     Decision(Decision),
     Done,
-    Revoked(Vec<StreamId>),
-    Leases { limit: Limit, live: Vec<Lease> },
-    Limit { limit: Limit, source: LimitSource },
+    /// The leases that were revoked, oldest first.
+    Revoked(Vec<Lease>),
+    Leases {
+        limit: Limit,
+        live: Vec<Lease>,
+    },
+    Limit {
+        limit: Limit,
+        source: LimitSource,
+    },
 }
 
 /// The answer to an acquire. Refusals are values, not errors.
@@ -375,6 +414,9 @@ pub struct Grant {
     pub would_deny_rule: Option<RuleHit>,
     /// Shadow mode: enforcing would have evicted these streams.
     pub would_evict: Vec<StreamId>,
+    /// A renewal by another socket than the one that held the lease: the
+    /// holder it replaced.
+    pub replaced: Option<Holder>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,10 +1,11 @@
-//! Model-based tests: random sequences of acquire (with every policy, and
+//! Model-based tests: random sequences of acquire (with every policy,
 //! random device classes, content kinds and titles under a random rule
-//! set), release, revoke-all, override changes, reads and clock advances
-//! run against [`apply`] and against a deliberately naive reference model
-//! built on plain maps. Replies must agree step by step, the `Write`s must
-//! replay to the same state, and no enforced grant may leave any scope over
-//! its limit.
+//! set, and random holders), release, held release, revoke-all, override
+//! changes, reads and clock advances run against [`apply`] and against a
+//! deliberately naive reference model built on plain maps. Replies must
+//! agree step by step, the `Write`s must replay to the same state, a held
+//! release that frees nothing writes nothing but expiry, and no enforced
+//! grant may leave any scope over its limit.
 
 use std::collections::BTreeMap;
 
@@ -50,8 +51,8 @@ struct Model {
     /// request at hand.
     rules: Vec<MRule>,
     base: u32,
-    /// stream -> (started_at, expires_at, traits, plan or 0)
-    leases: BTreeMap<String, (i64, i64, Traits, u8)>,
+    /// stream -> (started_at, expires_at, traits, plan or 0, holder or 0)
+    leases: BTreeMap<String, (i64, i64, Traits, u8, u8)>,
     /// stream -> (evicted by, or None when revoked; until)
     tombs: BTreeMap<String, (Option<String>, i64)>,
     limit_override: Option<u32>,
@@ -63,6 +64,9 @@ type Hit = Option<usize>;
 /// The rule that refused, by index and limit, or `None` for the total.
 type Named = Option<(usize, u32)>;
 
+/// A lease as a reply shows it: its stream and its holder (0 for none).
+type Held = (String, u8);
+
 #[derive(Debug, PartialEq)]
 enum Seen {
     Granted {
@@ -70,9 +74,10 @@ enum Seen {
         expires: i64,
         active: u32,
         limit: u32,
-        evicted: Vec<String>,
+        evicted: Vec<Held>,
         would: (Option<Named>, Vec<String>),
         plan: u8,
+        holder: u8,
     },
     Renewed {
         started: i64,
@@ -82,22 +87,24 @@ enum Seen {
         traits: Traits,
         would: Option<Named>,
         plan: u8,
+        holder: u8,
+        replaced: u8,
     },
     NotHeld,
     Denied {
         limit: u32,
         rule: Named,
-        live: Vec<String>,
+        live: Vec<Held>,
     },
     Gone {
         by: Option<String>,
         until: i64,
     },
     Done,
-    Revoked(Vec<String>),
+    Revoked(Vec<Held>),
     Listed {
         limit: u32,
-        live: Vec<String>,
+        live: Vec<Held>,
     },
     Limit {
         limit: u32,
@@ -114,6 +121,8 @@ struct Req {
     /// newest lease's plan to apply.
     sticky: bool,
     held: bool,
+    /// The socket that asks, or 0.
+    holder: u8,
     limit: u32,
     ttl: i64,
     evict_oldest: bool,
@@ -129,12 +138,17 @@ impl Model {
         v.into_iter().map(|(_, k)| k).collect()
     }
 
+    /// `streams` with their holders.
+    fn held(&self, streams: Vec<String>) -> Vec<Held> {
+        streams.into_iter().map(|s| (s.clone(), self.leases[&s].4)).collect()
+    }
+
     fn effective(&self, limit: u32) -> u32 {
         self.limit_override.unwrap_or(limit)
     }
 
     fn kill(&mut self, stream: &str, by: Option<String>, ttl: i64) {
-        let (_, expires, _, _) = self.leases.remove(stream).unwrap();
+        let (_, expires, _, _, _) = self.leases.remove(stream).unwrap();
         self.tombs.insert(stream.to_owned(), (by, expires + ttl));
     }
 
@@ -195,7 +209,7 @@ impl Model {
         (self.rules, self.base) = (rules, base);
         let limit = self.effective(base);
         if live.contains(&r.stream) {
-            let (started, _, old, old_plan) = self.leases[&r.stream];
+            let (started, _, old, old_plan, old_holder) = self.leases[&r.stream];
             let plan = if plan == 0 { old_plan } else { plan };
             let new = Traits {
                 class: if r.traits.class == 0 { old.class } else { r.traits.class },
@@ -209,16 +223,19 @@ impl Model {
                     let others = self.members(scope, &live, me);
                     if !self.within(scope, old) && others.len() as u32 >= self.cap(scope, limit) {
                         if r.enforce {
-                            return Seen::Denied { limit, rule: self.named(scope.0), live: others };
+                            return Seen::Denied { limit, rule: self.named(scope.0), live: self.held(others) };
                         }
                         would = Some(self.named(scope.0));
                         break;
                     }
                 }
             }
-            self.leases.insert(r.stream.clone(), (started, now + r.ttl, new, plan));
+            let holder = if r.holder == 0 { old_holder } else { r.holder };
+            let replaced = if r.holder != 0 && old_holder != 0 && r.holder != old_holder { old_holder } else { 0 };
+            self.leases.insert(r.stream.clone(), (started, now + r.ttl, new, plan, holder));
             let active = live.len() as u32;
-            return Seen::Renewed { started, expires: now + r.ttl, active, limit, traits: new, would, plan };
+            let expires = now + r.ttl;
+            return Seen::Renewed { started, expires, active, limit, traits: new, would, plan, holder, replaced };
         }
         if r.held {
             return Seen::NotHeld;
@@ -257,35 +274,50 @@ impl Model {
         };
         let (evicted, would) = match victims {
             Err(s) if r.enforce => {
-                return Seen::Denied { limit, rule: self.named(s.0), live: self.members(s, &live, &[]) };
+                let live = self.held(self.members(s, &live, &[]));
+                return Seen::Denied { limit, rule: self.named(s.0), live };
             }
             Err(s) => (vec![], (Some(self.named(s.0)), vec![])),
             Ok(v) if r.enforce => (v, (None, vec![])),
             Ok(v) => (vec![], (None, v)),
         };
-        for v in &evicted {
+        let evicted = self.held(evicted);
+        for (v, _) in &evicted {
             self.kill(v, Some(r.stream.clone()), r.ttl);
         }
-        self.leases.insert(r.stream.clone(), (now, now + r.ttl, r.traits, plan));
+        self.leases.insert(r.stream.clone(), (now, now + r.ttl, r.traits, plan, r.holder));
         let active = self.live(now).len() as u32;
-        Seen::Granted { started: now, expires: now + r.ttl, active, limit, evicted, would, plan }
+        Seen::Granted { started: now, expires: now + r.ttl, active, limit, evicted, would, plan, holder: r.holder }
+    }
+
+    /// Frees `stream` if `holder` holds its live lease; says whether it did.
+    fn release_held(&mut self, stream: &str, holder: u8, now: i64) -> bool {
+        let held = self.leases.get(stream).is_some_and(|l| now < l.1 && l.4 == holder);
+        if held {
+            self.leases.remove(stream);
+        }
+        held
     }
 }
 
 #[derive(Debug, Clone)]
 enum Step {
     /// `plan`: 0 names none, 1 names none but passes the plans (sticky),
-    /// 2 and 3 name plan 1 and 2.
+    /// 2 and 3 name plan 1 and 2. `holder`: 0 is none (an HTTP request),
+    /// else the socket `h{holder}`.
     Acquire {
         stream: u8,
         traits: Traits,
         plan: u8,
         held: bool,
+        holder: u8,
         evict_oldest: bool,
         evict: Vec<u8>,
         enforce: bool,
     },
     Release(u8),
+    /// The socket `h{holder}` (1..) releases the stream.
+    ReleaseHeld(u8, u8),
     RevokeAll,
     SetOverride(Option<u32>),
     List,
@@ -296,11 +328,13 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         8 => ((0u8..8, traits(), 0u8..4, prop::bool::weighted(0.15)), any::<bool>(),
-              prop_oneof![3 => Just(vec![]), 1 => prop::collection::vec(0u8..10, 1..3)], prop::bool::weighted(0.85))
-            .prop_map(|((stream, traits, plan, held), evict_oldest, evict, enforce)| {
-                Step::Acquire { stream, traits, plan, held, evict_oldest, evict, enforce }
+              prop_oneof![3 => Just(vec![]), 1 => prop::collection::vec(0u8..10, 1..3)], prop::bool::weighted(0.85),
+              holder())
+            .prop_map(|((stream, traits, plan, held), evict_oldest, evict, enforce, holder)| {
+                Step::Acquire { stream, traits, plan, held, holder, evict_oldest, evict, enforce }
             }),
         2 => (0u8..8).prop_map(Step::Release),
+        2 => (0u8..8, 1u8..4).prop_map(|(stream, holder)| Step::ReleaseHeld(stream, holder)),
         1 => Just(Step::RevokeAll),
         1 => prop::option::of(0u32..5).prop_map(Step::SetOverride),
         1 => Just(Step::List),
@@ -308,6 +342,20 @@ fn step() -> impl Strategy<Value = Step> {
         // Small and large jumps, so leases and tombstones both survive and expire.
         3 => prop_oneof![0u32..2_000, 0u32..150_000].prop_map(Step::Advance),
     ]
+}
+
+/// No holder half the time (HTTP), else one of three sockets, so that
+/// renewals by the same socket, by another one and by none all happen.
+fn holder() -> impl Strategy<Value = u8> {
+    prop_oneof![1 => Just(0u8), 1 => 1u8..4]
+}
+
+fn holder_of(n: u8) -> Option<Holder> {
+    (n > 0).then(|| Holder::new(&format!("h{n}")).unwrap())
+}
+
+fn holder_number(h: &Option<Holder>) -> u8 {
+    h.as_ref().map_or(0, |h| h.as_str().strip_prefix('h').unwrap().parse().unwrap())
 }
 
 /// Two device classes, two content kinds and two titles, each often absent.
@@ -362,25 +410,27 @@ fn hit(rule: Option<RuleHit>) -> Named {
     rule.map(|h| (h.name.as_str().strip_prefix('r').unwrap().parse().unwrap(), h.limit.get()))
 }
 
-fn names(v: &[Lease]) -> Vec<String> {
-    v.iter().map(|l| l.stream_id.to_string()).collect()
+fn held(v: &[Lease]) -> Vec<Held> {
+    v.iter().map(|l| (l.stream_id.to_string(), holder_number(&l.holder))).collect()
 }
 
 fn seen(reply: Reply) -> Seen {
     match reply {
         Reply::Decision(Decision::Granted(g)) => {
             assert!(g.would_deny || g.would_deny_rule.is_none());
+            assert_eq!(g.replaced, None, "a new lease replaces no holder");
             Seen::Granted {
                 started: g.lease.started_at.as_millis(),
                 expires: g.lease.expires_at.as_millis(),
                 active: g.active_streams,
                 limit: g.limit.get(),
-                evicted: names(&g.evicted),
+                evicted: held(&g.evicted),
                 would: (
                     g.would_deny.then(|| hit(g.would_deny_rule)),
                     g.would_evict.iter().map(ToString::to_string).collect(),
                 ),
                 plan: plan_of(&g.lease),
+                holder: holder_number(&g.lease.holder),
             }
         }
         Reply::Decision(Decision::Renewed(g)) => {
@@ -393,10 +443,12 @@ fn seen(reply: Reply) -> Seen {
                 traits: traits_of(&g.lease),
                 would: g.would_deny.then(|| hit(g.would_deny_rule)),
                 plan: plan_of(&g.lease),
+                holder: holder_number(&g.lease.holder),
+                replaced: holder_number(&g.replaced),
             }
         }
         Reply::Decision(Decision::Denied(d)) => {
-            Seen::Denied { limit: d.limit.get(), rule: hit(d.rule), live: names(&d.live) }
+            Seen::Denied { limit: d.limit.get(), rule: hit(d.rule), live: held(&d.live) }
         }
         Reply::Decision(Decision::NotHeld) => Seen::NotHeld,
         Reply::Decision(Decision::Gone(t)) => Seen::Gone {
@@ -407,8 +459,8 @@ fn seen(reply: Reply) -> Seen {
             until: t.until.as_millis(),
         },
         Reply::Done => Seen::Done,
-        Reply::Revoked(v) => Seen::Revoked(v.iter().map(ToString::to_string).collect()),
-        Reply::Leases { limit, live } => Seen::Listed { limit: limit.get(), live: names(&live) },
+        Reply::Revoked(v) => Seen::Revoked(held(&v)),
+        Reply::Leases { limit, live } => Seen::Listed { limit: limit.get(), live: held(&live) },
         Reply::Limit { limit, source } => {
             Seen::Limit { limit: limit.get(), overridden: source == LimitSource::Override }
         }
@@ -486,12 +538,16 @@ proptest! {
         for step in steps {
             let step_copy = step.clone();
             let t = Timestamp::from_millis(now);
+            // What expiry alone would write now: all that a held release
+            // that frees nothing may write.
+            let expiry = expire(&mut state.clone(), t);
+            let mut frees_nothing = false;
             let (op, expected) = match step {
                 Step::Advance(ms) => { now += i64::from(ms); continue; }
-                Step::Acquire { stream, traits, plan, held, evict_oldest, evict, enforce } => {
+                Step::Acquire { stream, traits, plan, held, holder, evict_oldest, evict, enforce } => {
                     let named = plan.saturating_sub(1);
                     let r = Req {
-                        stream: sid(stream), traits, plan: named, sticky: plan == 1, held, limit,
+                        stream: sid(stream), traits, plan: named, sticky: plan == 1, held, holder, limit,
                         ttl: ttl.as_millis(), evict_oldest, evict: evict.iter().map(|&i| sid(i)).collect(), enforce,
                     };
                     let on_limit = if evict_oldest { OnLimit::EvictOldest } else { OnLimit::Reject };
@@ -512,6 +568,7 @@ proptest! {
                         enforce,
                         plans: r.sticky.then(|| plans.clone()),
                         held,
+                        holder: holder_of(holder),
                     });
                     (op, model.acquire(&r, now))
                 }
@@ -519,9 +576,14 @@ proptest! {
                     model.leases.remove(&sid(i));
                     (Op::Release(StreamId::new(&sid(i)).unwrap()), Seen::Done)
                 }
+                Step::ReleaseHeld(i, h) => {
+                    frees_nothing = !model.release_held(&sid(i), h, now);
+                    let op = Op::ReleaseHeld { stream: StreamId::new(&sid(i)).unwrap(), holder: holder_of(h).unwrap() };
+                    (op, Seen::Done)
+                }
                 Step::RevokeAll => {
-                    let live = model.live(now);
-                    for s in &live {
+                    let live = model.held(model.live(now));
+                    for (s, _) in &live {
                         model.kill(s, None, ttl.as_millis());
                     }
                     (Op::RevokeAll { ttl }, Seen::Revoked(live))
@@ -536,7 +598,7 @@ proptest! {
                 }
                 Step::List => (
                     Op::List { limit: limit_v },
-                    Seen::Listed { limit: model.effective(limit), live: model.live(now) },
+                    Seen::Listed { limit: model.effective(limit), live: model.held(model.live(now)) },
                 ),
                 Step::GetLimit => (
                     Op::GetLimit { fallback: limit_v, source: LimitSource::Plan },
@@ -544,6 +606,9 @@ proptest! {
                 ),
             };
             let outcome = apply(&mut state, op, t);
+            if frees_nothing {
+                prop_assert_eq!(&outcome.writes, &expiry, "a stale or foreign held release writes nothing more");
+            }
             persisted.replay(outcome.writes);
             let got = seen(outcome.reply);
 
@@ -582,7 +647,7 @@ proptest! {
         for step in steps {
             let op = match step {
                 Step::Advance(ms) => { now += i64::from(ms); continue; }
-                Step::Acquire { stream, traits, evict_oldest, evict, .. } => Op::Acquire(Acquire {
+                Step::Acquire { stream, traits, holder, evict_oldest, evict, .. } => Op::Acquire(Acquire {
                     stream_id: StreamId::new(&sid(stream)).unwrap(),
                     device_id: None,
                     content_id: label_of("title", traits.title),
@@ -595,8 +660,12 @@ proptest! {
                     enforce: true,
                     plans: None,
                     held: false,
+                    holder: holder_of(holder),
                 }),
                 Step::Release(i) => Op::Release(StreamId::new(&sid(i)).unwrap()),
+                Step::ReleaseHeld(i, h) => {
+                    Op::ReleaseHeld { stream: StreamId::new(&sid(i)).unwrap(), holder: holder_of(h).unwrap() }
+                }
                 Step::RevokeAll => Op::RevokeAll { ttl },
                 _ => continue,
             };

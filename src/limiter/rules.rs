@@ -9,7 +9,7 @@ use super::{
 /// the same changes are returned as `writes`, for stores that persist them.
 pub fn apply(state: &mut UserState, op: Op, now: Timestamp) -> Outcome {
     // Changes start by dropping what has expired; count those leases.
-    let changes = matches!(op, Op::Acquire(_) | Op::Release(_) | Op::RevokeAll { .. });
+    let changes = matches!(op, Op::Acquire(_) | Op::Release(_) | Op::ReleaseHeld { .. } | Op::RevokeAll { .. });
     let expired = if changes { state.leases.iter().filter(|l| !l.is_live(now)).count() } else { 0 };
     let (reply, writes) = match op {
         Op::List { limit } => {
@@ -35,13 +35,23 @@ pub fn apply(state: &mut UserState, op: Op, now: Timestamp) -> Outcome {
             }
             (Reply::Done, writes)
         }
+        Op::ReleaseHeld { stream, holder } => {
+            let mut writes = expire(state, now);
+            if let Some(i) = lease_of(state, &stream)
+                && state.leases[i].holder.as_ref() == Some(&holder)
+            {
+                state.leases.swap_remove(i);
+                writes.push(Write::DeleteLease(stream));
+            }
+            (Reply::Done, writes)
+        }
         Op::RevokeAll { ttl } => {
             let mut writes = expire(state, now);
             let victims = state.live(now);
             for lease in &victims {
                 revoke(state, lease, RevokeReason::Revoked, lease.expires_at.plus(ttl), &mut writes);
             }
-            (Reply::Revoked(victims.into_iter().map(|l| l.stream_id).collect()), writes)
+            (Reply::Revoked(victims), writes)
         }
         Op::SetOverride(limit) => {
             state.limit_override = limit;
@@ -230,16 +240,7 @@ fn acquire(state: &mut UserState, req: Acquire, now: Timestamp, writes: &mut Vec
         let reason = RevokeReason::EvictedBy(req.stream_id.clone());
         revoke(state, v, reason, v.expires_at.plus(req.ttl), writes);
     }
-    let lease = Lease {
-        stream_id: req.stream_id,
-        device_id: req.device_id,
-        content_id: req.content_id,
-        device_class: req.device_class,
-        content_kind: req.content_kind,
-        plan: req.plan,
-        started_at: now,
-        expires_at: now.plus(req.ttl),
-    };
+    let lease = req.into_lease(now);
     // A state that lives in memory (the memory store) keeps its vectors:
     // grow them one at a time rather than to 4, since most users hold one
     // or two streams.
@@ -308,6 +309,13 @@ fn renew(
     let old = &state.leases[i];
     let mut new = old.clone();
     new.expires_at = now.plus(req.ttl);
+    let replaced = match (&req.holder, &old.holder) {
+        (Some(asks), Some(held)) if asks != held => Some(held.clone()),
+        _ => None,
+    };
+    if req.holder.is_some() {
+        new.holder = req.holder.clone();
+    }
     for (field, given) in [
         (&mut new.device_id, req.device_id),
         (&mut new.content_id, req.content_id),
@@ -338,6 +346,7 @@ fn renew(
     Decision::Renewed(Grant {
         would_deny: blocked.is_some(),
         would_deny_rule: blocked.flatten(),
+        replaced,
         ..grant(state, new, limit)
     })
 }
@@ -365,6 +374,7 @@ fn grant(state: &UserState, lease: Lease, limit: Limit) -> Grant {
         would_deny: false,
         would_deny_rule: None,
         would_evict: Vec::new(),
+        replaced: None,
     }
 }
 
@@ -373,7 +383,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::limiter::{Terms, Ttl};
+    use crate::limiter::{Holder, Terms, Ttl};
 
     fn sid(s: &str) -> StreamId {
         StreamId::new(s).unwrap()
@@ -385,6 +395,15 @@ mod tests {
 
     fn acq(s: &str, limit: u32) -> Op {
         Op::Acquire(req(s, limit))
+    }
+
+    fn holder(h: &str) -> Holder {
+        Holder::new(h).unwrap()
+    }
+
+    /// An acquire of `s` by the socket `h`.
+    fn held_by(s: &str, limit: u32, h: &str) -> Op {
+        Op::Acquire(Acquire { holder: Some(holder(h)), ..req(s, limit) })
     }
 
     fn decision(o: Outcome) -> Decision {
@@ -543,7 +562,8 @@ mod tests {
     fn revoke_all_leaves_tombstones_for_every_live_stream() {
         let mut s = full(3);
         let o = apply(&mut s, Op::RevokeAll { ttl: Ttl::from_secs(30).unwrap() }, at(10));
-        assert_eq!(o.reply, Reply::Revoked(vec![sid("a"), sid("b"), sid("c")]));
+        let Reply::Revoked(revoked) = o.reply else { panic!("{:?}", o.reply) };
+        assert_eq!(ids(&revoked), ["a", "b", "c"]);
         assert!(s.live(at(10)).is_empty());
         match decision(apply(&mut s, acq("c", 3), at(20))) {
             Decision::Gone(t) => {
@@ -867,5 +887,140 @@ mod tests {
         assert!(matches!(decision(apply(&mut s, held("a"), at(1))), Decision::Renewed(_)));
         // After expiry the seat is gone, and a held request says so.
         assert_eq!(decision(apply(&mut s, held("a"), at(61_001))), Decision::NotHeld);
+    }
+
+    #[test]
+    fn a_new_lease_takes_the_holder_of_its_request() {
+        let mut s = UserState::default();
+        match decision(apply(&mut s, held_by("a", 2, "h1"), T0)) {
+            Decision::Granted(g) => assert_eq!((g.lease.holder, g.replaced), (Some(holder("h1")), None)),
+            d => panic!("{d:?}"),
+        }
+        match decision(apply(&mut s, acq("b", 2), T0)) {
+            Decision::Granted(g) => assert_eq!(g.lease.holder, None),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn a_renewal_by_the_same_holder_replaces_nothing() {
+        let mut s = UserState::default();
+        apply(&mut s, held_by("a", 1, "h1"), T0);
+        match decision(apply(&mut s, held_by("a", 1, "h1"), at(1))) {
+            Decision::Renewed(g) => assert_eq!((g.lease.holder, g.replaced), (Some(holder("h1")), None)),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn a_renewal_by_another_holder_takes_the_lease_and_names_the_one_it_replaced() {
+        let mut s = UserState::default();
+        apply(&mut s, held_by("a", 1, "h1"), T0);
+        let o = apply(&mut s, held_by("a", 1, "h2"), at(1));
+        let expected = Lease { holder: Some(holder("h2")), expires_at: at(60_001), ..s.leases[0].clone() };
+        assert_eq!(o.writes, vec![Write::PutLease(expected)]);
+        match decision(o) {
+            Decision::Renewed(g) => assert_eq!((g.lease.holder, g.replaced), (Some(holder("h2")), Some(holder("h1")))),
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(s.leases[0].holder, Some(holder("h2")));
+        // A socket renewing a lease that nobody held replaces nobody.
+        apply(&mut s, acq("b", 2), at(2));
+        match decision(apply(&mut s, held_by("b", 2, "h3"), at(3))) {
+            Decision::Renewed(g) => assert_eq!((g.lease.holder, g.replaced), (Some(holder("h3")), None)),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn a_renewal_without_a_holder_keeps_the_holder() {
+        // An HTTP heartbeat for a stream whose socket holds it.
+        let mut s = UserState::default();
+        apply(&mut s, held_by("a", 1, "h1"), T0);
+        match decision(apply(&mut s, acq("a", 1), at(1))) {
+            Decision::Renewed(g) => assert_eq!((g.lease.holder, g.replaced), (Some(holder("h1")), None)),
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(s.leases[0].holder, Some(holder("h1")));
+    }
+
+    #[test]
+    fn a_refused_renewal_keeps_the_holder() {
+        let rules = [tv(1)];
+        let mut s = UserState::default();
+        let on = |stream: &str, class: &str, h: &str| {
+            let a = Acquire::on_test(stream, 4, &rules, Some(class), None, None);
+            Op::Acquire(Acquire { holder: Some(holder(h)), ..a })
+        };
+        apply(&mut s, on("tv1", "tv", "h1"), T0);
+        apply(&mut s, on("m1", "mobile", "h2"), at(1));
+        let before = s.clone();
+        assert!(matches!(decision(apply(&mut s, on("m1", "tv", "h3"), at(2))), Decision::Denied(_)));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn a_held_release_frees_the_seat_only_for_the_current_holder() {
+        let mut s = UserState::default();
+        apply(&mut s, held_by("a", 1, "h1"), T0);
+        apply(&mut s, held_by("a", 1, "h2"), at(1));
+        // The replaced socket closes: nothing changes, nothing is written.
+        let before = s.clone();
+        let stale = Op::ReleaseHeld { stream: sid("a"), holder: holder("h1") };
+        assert_eq!(apply(&mut s, stale, at(2)), Outcome { reply: Reply::Done, writes: vec![], expired: 0 });
+        assert_eq!(s, before);
+        // Nor for a stream that has no lease, or one nobody holds.
+        apply(&mut s, acq("b", 2), at(3));
+        let before = s.clone();
+        for stream in ["b", "none"] {
+            let o = apply(&mut s, Op::ReleaseHeld { stream: sid(stream), holder: holder("h2") }, at(4));
+            assert_eq!((o.reply, o.writes), (Reply::Done, vec![]), "{stream}");
+        }
+        assert_eq!(s, before);
+        // The current socket frees it, leaving no tombstone, once.
+        let current = || Op::ReleaseHeld { stream: sid("a"), holder: holder("h2") };
+        assert_eq!(apply(&mut s, current(), at(5)).writes, vec![Write::DeleteLease(sid("a"))]);
+        assert_eq!(apply(&mut s, current(), at(6)).writes, vec![]);
+        assert!(s.tombstones.is_empty());
+        assert_eq!(ids(&s.live(at(6))), ["b"]);
+    }
+
+    #[test]
+    fn a_held_release_still_drops_what_has_expired() {
+        let mut s = UserState::default();
+        apply(&mut s, held_by("a", 1, "h1"), T0);
+        let o = apply(&mut s, Op::ReleaseHeld { stream: sid("a"), holder: holder("h2") }, at(60_000));
+        assert_eq!((o.writes, o.expired), (vec![Write::DeleteLease(sid("a"))], 1));
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_plain_release_frees_the_seat_whoever_holds_it() {
+        let mut s = UserState::default();
+        apply(&mut s, held_by("a", 1, "h1"), T0);
+        assert_eq!(apply(&mut s, Op::Release(sid("a")), at(1)).writes, vec![Write::DeleteLease(sid("a"))]);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn evictions_and_revocations_report_the_holders() {
+        let mut s = UserState::default();
+        apply(&mut s, held_by("a", 2, "h1"), T0);
+        apply(&mut s, acq("b", 2), at(1));
+        let evicting = Op::Acquire(Acquire { on_limit: OnLimit::EvictOldest, ..req("c", 2) });
+        match decision(apply(&mut s, evicting, at(2))) {
+            Decision::Granted(g) => {
+                assert_eq!(ids(&g.evicted), ["a"]);
+                assert_eq!(g.evicted[0].holder, Some(holder("h1")));
+            }
+            d => panic!("{d:?}"),
+        }
+        apply(&mut s, held_by("b", 2, "h2"), at(3));
+        let o = apply(&mut s, Op::RevokeAll { ttl: Ttl::from_secs(30).unwrap() }, at(4));
+        let Reply::Revoked(revoked) = o.reply else { panic!("{:?}", o.reply) };
+        let holders: Vec<_> = revoked.iter().map(|l| (l.stream_id.as_str(), l.holder.clone())).collect();
+        assert_eq!(holders, [("b", Some(holder("h2"))), ("c", None)]);
+        // A revoked stream's socket comes back to a tombstone, holder or not.
+        assert!(matches!(decision(apply(&mut s, held_by("b", 2, "h2"), at(5))), Decision::Gone(_)));
     }
 }

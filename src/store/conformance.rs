@@ -12,8 +12,8 @@ use super::Store;
 use super::memory::MemoryBackend;
 use crate::clock::{Clock, ManualClock};
 use crate::limiter::{
-    self, Acquire, Decision, Label, Limit, LimitSource, OnLimit, Op, Plans, RevokeReason, Rule, StreamId, Terms,
-    Timestamp, Ttl, UserId,
+    self, Acquire, Decision, Holder, Label, Limit, LimitSource, OnLimit, Op, Plans, RevokeReason, Rule, StreamId,
+    Terms, Timestamp, Ttl, UserId,
 };
 
 fn user(s: &str) -> UserId {
@@ -52,6 +52,8 @@ pub(crate) async fn suite(store: &Store, clock: &ManualClock) {
     rules_apply_in_scope(store).await;
     concurrent_acquires_fill_each_scope_exactly(store).await;
     plans_stick_to_leases(store).await;
+    holders_are_kept_and_only_the_current_one_releases(store, clock).await;
+    evictions_and_revocations_report_holders(store, clock).await;
 }
 
 async fn grants_up_to_the_limit(store: &Store, clock: &ManualClock) {
@@ -201,7 +203,7 @@ async fn revoke_all_and_tombstone_expiry(store: &Store, clock: &ManualClock) {
         store.acquire(&u, req(s, 5, 10)).await.unwrap();
     }
     let revoked = store.revoke_all(&u, Ttl::from_secs(10).unwrap()).await.unwrap();
-    assert_eq!(revoked, vec![stream("a"), stream("b")]);
+    assert_eq!(names(&revoked), ["a", "b"]);
     assert!(store.revoke_all(&u, Ttl::from_secs(10).unwrap()).await.unwrap().is_empty());
     // Released streams leave no tombstone; revoked ones do, for expiry + ttl.
     store.acquire(&u, req("c", 5, 10)).await.unwrap();
@@ -428,6 +430,88 @@ async fn plans_stick_to_leases(store: &Store) {
     }
 }
 
+fn holder(h: &str) -> Holder {
+    Holder::new(h).unwrap()
+}
+
+/// An acquire of `s` by the socket `h`.
+fn by(s: &str, h: &str) -> Acquire {
+    Acquire { holder: Some(holder(h)), ..req(s, 2, 60) }
+}
+
+/// A lease's holder is stored with it. A renewal by the same socket or by
+/// HTTP (no holder) keeps it; one by another socket takes the lease and
+/// names the socket it replaced. The replaced socket's release then frees
+/// nothing; the current socket's, or a plain release, frees the seat.
+async fn holders_are_kept_and_only_the_current_one_releases(store: &Store, clock: &ManualClock) {
+    let u = user("holder-user");
+    let two = Limit::new(2).unwrap();
+    let holders =
+        |live: &[limiter::Lease]| live.iter().map(|l| (l.stream_id.to_string(), l.holder.clone())).collect::<Vec<_>>();
+    match store.acquire(&u, by("tv", "h1")).await.unwrap() {
+        Decision::Granted(g) => assert_eq!((g.lease.holder, g.replaced), (Some(holder("h1")), None)),
+        d => panic!("{d:?}"),
+    }
+    clock.advance_ms(1);
+    store.acquire(&u, req("phone", 2, 60)).await.unwrap();
+    let listed = store.list(&u, two).await.unwrap().1;
+    assert_eq!(holders(&listed), [("tv".into(), Some(holder("h1"))), ("phone".into(), None)], "stored");
+    for (ask, why) in [(by("tv", "h1"), "the same socket"), (req("tv", 2, 60), "an HTTP heartbeat")] {
+        clock.advance_ms(1);
+        match store.acquire(&u, ask).await.unwrap() {
+            Decision::Renewed(g) => assert_eq!((g.lease.holder, g.replaced), (Some(holder("h1")), None), "{why}"),
+            d => panic!("{why}: {d:?}"),
+        }
+    }
+    clock.advance_ms(1);
+    match store.acquire(&u, by("tv", "h2")).await.unwrap() {
+        Decision::Renewed(g) => assert_eq!((g.lease.holder, g.replaced), (Some(holder("h2")), Some(holder("h1")))),
+        d => panic!("{d:?}"),
+    }
+    // The replaced socket closes: the newer one keeps its seat.
+    store.release_held(&u, stream("tv"), holder("h1")).await.unwrap();
+    let after = store.list(&u, two).await.unwrap().1;
+    assert_eq!(holders(&after), [("tv".into(), Some(holder("h2"))), ("phone".into(), None)], "a stale release");
+    assert_eq!(after[0].expires_at, clock.now().plus(Ttl::from_secs(60).unwrap()), "untouched");
+    // A socket never frees a lease that nobody held, or a stream without one.
+    store.release_held(&u, stream("phone"), holder("h2")).await.unwrap();
+    store.release_held(&u, stream("none"), holder("h2")).await.unwrap();
+    assert_eq!(names(&store.list(&u, two).await.unwrap().1), ["tv", "phone"]);
+    // The current socket frees its seat, leaving no tombstone.
+    store.release_held(&u, stream("tv"), holder("h2")).await.unwrap();
+    store.release_held(&u, stream("tv"), holder("h2")).await.unwrap();
+    assert_eq!(names(&store.list(&u, two).await.unwrap().1), ["phone"]);
+    match store.acquire(&u, by("tv", "h3")).await.unwrap() {
+        Decision::Granted(g) => assert_eq!((g.lease.holder, g.replaced), (Some(holder("h3")), None)),
+        d => panic!("{d:?}"),
+    }
+    // A plain release frees it whoever holds it.
+    store.release(&u, stream("tv")).await.unwrap();
+    assert_eq!(names(&store.list(&u, two).await.unwrap().1), ["phone"]);
+}
+
+/// The leases an eviction or a revoke-all takes come with their holders,
+/// so that the sockets that held them can be told.
+async fn evictions_and_revocations_report_holders(store: &Store, clock: &ManualClock) {
+    let u = user("holder-revoke-user");
+    store.acquire(&u, by("a", "h1")).await.unwrap();
+    clock.advance_ms(1);
+    store.acquire(&u, req("b", 2, 60)).await.unwrap();
+    clock.advance_ms(1);
+    let evicting = Acquire { on_limit: OnLimit::EvictOldest, ..by("c", "h3") };
+    match store.acquire(&u, evicting).await.unwrap() {
+        Decision::Granted(g) => {
+            assert_eq!(names(&g.evicted), ["a"]);
+            assert_eq!(g.evicted[0].holder, Some(holder("h1")));
+        }
+        d => panic!("{d:?}"),
+    }
+    let revoked = store.revoke_all(&u, Ttl::from_secs(10).unwrap()).await.unwrap();
+    let holders: Vec<_> = revoked.iter().map(|l| (l.stream_id.as_str(), l.holder.clone())).collect();
+    assert_eq!(holders, [("b", None), ("c", Some(holder("h3")))]);
+    assert!(matches!(store.acquire(&u, by("c", "h3")).await.unwrap(), Decision::Gone(_)));
+}
+
 /// One step of a differential run.
 #[derive(Clone, Debug)]
 enum Step {
@@ -444,6 +528,8 @@ enum Step {
         /// whether the caller says it holds the stream.
         sticky: bool,
         held: bool,
+        /// The socket `h{holder}` asks, or nobody (0).
+        holder: u8,
         evict_oldest: bool,
         evict: Vec<u8>,
         enforce: bool,
@@ -451,6 +537,11 @@ enum Step {
     Release {
         user: u8,
         stream: u8,
+    },
+    ReleaseHeld {
+        user: u8,
+        stream: u8,
+        holder: u8,
     },
     RevokeAll {
         user: u8,
@@ -489,20 +580,23 @@ fn step() -> impl Strategy<Value = Step> {
             traits: (0, 0, 0, 0, 0),
             sticky: false,
             held: false,
+            holder: 0,
             evict_oldest,
             evict,
             enforce,
         });
     let traits = (0u8..3, 0u8..3, 0u8..3, 0u8..4, prop_oneof![1 => Just(0u8), 3 => 1u8..5]);
-    let acquire = (acquire, traits, any::<bool>(), prop::bool::weighted(0.15)).prop_map(|(mut step, t, s, h)| {
-        if let Step::Acquire { traits, sticky, held, .. } = &mut step {
-            (*traits, *sticky, *held) = (t, s, h);
-        }
-        step
-    });
+    let acquire = (acquire, traits, any::<bool>(), prop::bool::weighted(0.15), prop_oneof![Just(0u8), 1u8..3])
+        .prop_map(|(mut step, t, s, h, by)| {
+            if let Step::Acquire { traits, sticky, held, holder, .. } = &mut step {
+                (*traits, *sticky, *held, *holder) = (t, s, h, by);
+            }
+            step
+        });
     prop_oneof![
         8 => acquire,
         2 => (0u8..3, 0u8..6).prop_map(|(user, stream)| Step::Release { user, stream }),
+        2 => (0u8..3, 0u8..6, 1u8..3).prop_map(|(user, stream, holder)| Step::ReleaseHeld { user, stream, holder }),
         1 => (0u8..3, 1u32..20).prop_map(|(user, ttl)| Step::RevokeAll { user, ttl }),
         1 => (0u8..3, 0u32..4).prop_map(|(user, limit)| Step::List { user, limit }),
         1 => (0u8..3, 0u32..4).prop_map(|(user, limit)| Step::GetLimit { user, limit }),
@@ -564,6 +658,7 @@ fn op_of(step: Step) -> Option<(u8, Op)> {
             traits: (c, k, t, p, rules),
             sticky,
             held,
+            holder: h,
             evict_oldest,
             evict,
             enforce,
@@ -580,9 +675,13 @@ fn op_of(step: Step) -> Option<(u8, Op)> {
             r.enforce = enforce;
             r.plans = (sticky && r.plan.is_none()).then(plans);
             r.held = held;
+            r.holder = (h > 0).then(|| holder(&format!("h{h}")));
             (user, Op::Acquire(r))
         }
         Step::Release { user, stream: s } => (user, Op::Release(stream(&format!("s{s}")))),
+        Step::ReleaseHeld { user, stream: s, holder: h } => {
+            (user, Op::ReleaseHeld { stream: stream(&format!("s{s}")), holder: holder(&format!("h{h}")) })
+        }
         Step::RevokeAll { user, ttl } => (user, Op::RevokeAll { ttl: Ttl::from_secs(ttl).unwrap() }),
         Step::List { user, limit } => (user, Op::List { limit: lim(limit) }),
         Step::GetLimit { user, limit } => (user, Op::GetLimit { fallback: lim(limit), source: LimitSource::Plan }),

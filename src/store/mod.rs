@@ -13,10 +13,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::clock::Clock;
-use crate::limiter::{Acquire, Decision, Lease, Limit, LimitSource, Op, Reply, StreamId, Ttl, UserId};
+use crate::limiter::{Acquire, Decision, Holder, Lease, Limit, LimitSource, Op, Reply, StreamId, Ttl, UserId};
 use crate::metrics;
 
 #[cfg(feature = "dynamodb")]
@@ -274,13 +274,25 @@ impl Store {
         }
     }
 
-    /// Revokes every live lease of `user`; returns their streams, oldest
-    /// first. Each leaves a tombstone until its expiry plus `ttl`.
-    pub async fn revoke_all(&self, user: &UserId, ttl: Ttl) -> Result<Vec<StreamId>, StoreError> {
+    /// Releases the stream's lease only if `holder` still holds it.
+    /// Succeeds whether or not it did.
+    pub async fn release_held(&self, user: &UserId, stream: StreamId, holder: Holder) -> Result<(), StoreError> {
+        match self.execute(user, Op::ReleaseHeld { stream, holder }).await? {
+            Reply::Done => {
+                metrics::decision("released", 1);
+                Ok(())
+            }
+            other => Err(mismatch(&other)),
+        }
+    }
+
+    /// Revokes every live lease of `user`; returns them, oldest first.
+    /// Each leaves a tombstone until its expiry plus `ttl`.
+    pub async fn revoke_all(&self, user: &UserId, ttl: Ttl) -> Result<Vec<Lease>, StoreError> {
         match self.execute(user, Op::RevokeAll { ttl }).await? {
-            Reply::Revoked(streams) => {
-                metrics::decision("revoked", streams.len() as u64);
-                Ok(streams)
+            Reply::Revoked(leases) => {
+                metrics::decision("revoked", leases.len() as u64);
+                Ok(leases)
             }
             other => Err(mismatch(&other)),
         }
@@ -328,6 +340,27 @@ impl Store {
         self.inner.backend.clock_owner()
     }
 
+    /// True when this store carries messages between the instances that
+    /// share it ([`Store::publish`], [`Store::subscribe`]).
+    pub fn carries_messages(&self) -> bool {
+        self.inner.backend.carries_messages()
+    }
+
+    /// Sends `message` to the instance named `to`; answers how many
+    /// subscribers received it (0: nobody listens, or this store carries
+    /// no messages). Delivery is best effort: a message can be lost.
+    pub async fn publish(&self, to: &str, message: Vec<u8>) -> Result<u64, StoreError> {
+        self.timed(self.inner.backend.publish(to, message)).await
+    }
+
+    /// The messages that other instances publish to `me` from now on, for
+    /// as long as the receiver lives; `None` when this store carries no
+    /// messages. The subscription survives reconnections, but what is
+    /// published while it is down is lost.
+    pub async fn subscribe(&self, me: &str) -> Result<Option<Subscription>, StoreError> {
+        self.timed(self.inner.backend.subscribe(me)).await
+    }
+
     /// Answers when the backend can serve requests.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.timed(self.inner.backend.ping()).await
@@ -342,7 +375,7 @@ impl Store {
     async fn execute(&self, user: &UserId, op: Op) -> Result<Reply, StoreError> {
         let name = match &op {
             Op::Acquire(_) => "acquire",
-            Op::Release(_) => "release",
+            Op::Release(_) | Op::ReleaseHeld { .. } => "release",
             Op::RevokeAll { .. } => "revoke_all",
             Op::List { .. } => "list",
             Op::GetLimit { .. } => "get_limit",
@@ -419,6 +452,9 @@ async fn sweeper(store: Store, every: Duration, mut stop: watch::Receiver<bool>)
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The messages [`Store::subscribe`] hands out, in the order they came.
+pub type Subscription = mpsc::UnboundedReceiver<Vec<u8>>;
+
 /// The contract every backend fulfils. Crate-private: callers use [`Store`].
 trait Backend: Send + Sync + 'static {
     /// Runs `op` for `user` as one atomic step: load the user's state, read
@@ -447,6 +483,21 @@ trait Backend: Send + Sync + 'static {
     /// See [`Store::clock_owner`].
     fn clock_owner(&self) -> &'static str {
         "instance"
+    }
+
+    /// See [`Store::carries_messages`].
+    fn carries_messages(&self) -> bool {
+        false
+    }
+
+    /// See [`Store::publish`].
+    fn publish<'a>(&'a self, _to: &'a str, _message: Vec<u8>) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async { Ok(0) })
+    }
+
+    /// See [`Store::subscribe`].
+    fn subscribe<'a>(&'a self, _me: &'a str) -> BoxFuture<'a, Result<Option<Subscription>, StoreError>> {
+        Box::pin(async { Ok(None) })
     }
 
     /// Flushes and releases resources. Idempotent.

@@ -11,6 +11,7 @@ pub mod redis;
 pub mod dynamodb;
 
 pub mod two_instances;
+pub mod ws;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

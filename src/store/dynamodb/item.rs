@@ -7,7 +7,7 @@
 //! | `user_id` | S | the partition key |
 //! | `version` | N | 1 on the first write, +1 on every write |
 //! | `write_id` | S | which write made this version (detects our own write after an ambiguous failure) |
-//! | `leases` | M | stream id → `{s: started_at, e: expires_at, d: device_id?, c: content_id?, dc: device_class?, ck: content_kind?, p: plan?}` |
+//! | `leases` | M | stream id → `{s: started_at, e: expires_at, d: device_id?, c: content_id?, dc: device_class?, ck: content_kind?, p: plan?, h: holder?}` |
 //! | `tombstones` | M | stream id → `{u: until, by: evicting stream?}` (no `by`: revoked) |
 //! | `override` | N | the per-user limit, if any |
 //! | `expires_at` | N | the TTL attribute: the last lease expiry or tombstone `until`, epoch seconds rounded up; absent while there is an override |
@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use crate::limiter::{Label, Lease, Limit, RevokeReason, StreamId, Timestamp, Tombstone, UserId, UserState};
+use crate::limiter::{Holder, Label, Lease, Limit, RevokeReason, StreamId, Timestamp, Tombstone, UserId, UserState};
 
 /// The partition key attribute.
 pub(crate) const KEY: &str = "user_id";
@@ -95,6 +95,7 @@ const CONTENT_ID: &str = "c";
 const DEVICE_CLASS: &str = "dc";
 const CONTENT_KIND: &str = "ck";
 const PLAN: &str = "p";
+const HOLDER: &str = "h";
 
 fn lease(l: &Lease) -> AttributeValue {
     let mut m = HashMap::with_capacity(7);
@@ -110,6 +111,9 @@ fn lease(l: &Lease) -> AttributeValue {
         if let Some(v) = value {
             m.insert(name.into(), AttributeValue::S(v.as_str().into()));
         }
+    }
+    if let Some(h) = &l.holder {
+        m.insert(HOLDER.into(), AttributeValue::S(h.as_str().into()));
     }
     AttributeValue::M(m)
 }
@@ -176,6 +180,7 @@ pub(super) fn decode(user: &UserId, item: &Item) -> Result<Stored, DecodeError> 
 fn decode_lease(at: &str, stream_id: StreamId, m: &Item) -> Result<Lease, DecodeError> {
     let (mut started, mut expires) = (None, None);
     let (mut device_id, mut content_id, mut device_class, mut content_kind, mut plan) = (None, None, None, None, None);
+    let mut holder = None;
     for (name, value) in m {
         let at = || format!("{at}.{name}");
         match name.as_str() {
@@ -186,6 +191,11 @@ fn decode_lease(at: &str, stream_id: StreamId, m: &Item) -> Result<Lease, Decode
             DEVICE_CLASS => device_class = Some(label(&at(), value)?),
             CONTENT_KIND => content_kind = Some(label(&at(), value)?),
             PLAN => plan = Some(label(&at(), value)?),
+            HOLDER => {
+                let text = string(&at(), value)?;
+                let h = Holder::new(text).map_err(|e| DecodeError(format!("{}: holder {text:?} {e}", at())))?;
+                holder = Some(h);
+            }
             _ => return Err(DecodeError(format!("unknown field {}", at()))),
         }
     }
@@ -197,6 +207,7 @@ fn decode_lease(at: &str, stream_id: StreamId, m: &Item) -> Result<Lease, Decode
         device_class,
         content_kind,
         plan,
+        holder,
         started_at: started.ok_or_else(|| missing(STARTED_AT))?,
         expires_at: expires.ok_or_else(|| missing(EXPIRES_AT))?,
     })
@@ -257,6 +268,7 @@ mod tests {
             device_class: d.map(|_| Label::new("tv").unwrap()),
             content_kind: d.map(|_| Label::new("live").unwrap()),
             plan: d.map(|_| Label::new("premium").unwrap()),
+            holder: d.map(|_| Holder::new("sock-1").unwrap()),
             started_at: Timestamp::from_micros(1_700_000_000_000_001),
             expires_at: Timestamp::from_micros(1_700_000_060_000_001),
         };
@@ -313,11 +325,11 @@ mod tests {
             names.sort_unstable();
             names
         };
-        assert_eq!(fields("tv"), ["c", "ck", "d", "dc", "e", "p", "s"]);
+        assert_eq!(fields("tv"), ["c", "ck", "d", "dc", "e", "h", "p", "s"]);
         assert_eq!(fields("phone"), ["c", "e", "s"]);
         let tv = leases["tv"].as_m().unwrap();
         let s = |v: &str| AttributeValue::S(v.into());
-        assert_eq!((&tv["dc"], &tv["ck"], &tv["p"]), (&s("tv"), &s("live"), &s("premium")));
+        assert_eq!((&tv["dc"], &tv["ck"], &tv["p"], &tv["h"]), (&s("tv"), &s("live"), &s("premium"), &s("sock-1")));
 
         let n = |v: &str| AttributeValue::N(v.into());
         let old_lease = [("s", n("1")), ("e", n("2")), ("d", s("tv")), ("c", s("m"))];
@@ -342,7 +354,7 @@ mod tests {
             (l.device_id.as_ref().map(Label::as_str), l.content_id.as_ref().map(Label::as_str)),
             (Some("tv"), Some("m"))
         );
-        assert_eq!((&l.device_class, &l.content_kind, &l.plan), (&None, &None, &None));
+        assert_eq!((&l.device_class, &l.content_kind, &l.plan, &l.holder), (&None, &None, &None, &None));
     }
 
     #[test]
@@ -391,6 +403,10 @@ mod tests {
             ("leases", Some(m(&[("a", m(&[("s", n("1")), ("e", n("2")), ("dc", n("3"))]))])), "leases.a.dc"),
             ("leases", Some(m(&[("a", m(&[("s", n("1")), ("e", n("2")), ("ck", s(&long))]))])), "leases.a.ck"),
             ("leases", Some(m(&[("a", m(&[("s", n("1")), ("e", n("2")), ("p", m(&[]))]))])), "leases.a.p"),
+            ("leases", Some(m(&[("a", m(&[("s", n("1")), ("e", n("2")), ("h", n("3"))]))])), "leases.a.h"),
+            ("leases", Some(m(&[("a", m(&[("s", n("1")), ("e", n("2")), ("h", s(""))]))])), "leases.a.h: holder"),
+            ("leases", Some(m(&[("a", m(&[("s", n("1")), ("e", n("2")), ("h", s("a/b"))]))])), "leases.a.h: holder"),
+            ("leases", Some(m(&[("a", m(&[("s", n("1")), ("e", n("2")), ("h", s(&long))]))])), "leases.a.h: holder"),
             ("tombstones", Some(m(&[("a", m(&[]))])), "tombstones.a has no u"),
             ("tombstones", Some(m(&[("a", m(&[("u", n("1")), ("by", s("no/slash"))]))])), "tombstones.a.by"),
             ("override", Some(n("1001")), "override"),

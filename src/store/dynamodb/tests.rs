@@ -12,7 +12,7 @@ use super::harness::{self, DynamoLocal};
 use super::item::Item;
 use super::*;
 use crate::clock::ManualClock;
-use crate::limiter::{Acquire, Decision, Label, Limit, Timestamp, Ttl, UserState, apply};
+use crate::limiter::{Acquire, Decision, Holder, Label, Limit, Timestamp, Ttl, UserState, apply};
 use crate::store::conformance;
 
 const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
@@ -167,6 +167,12 @@ async fn an_unreadable_item_is_unavailable_for_its_user_only() {
         ("no-version", bad(&[("user_id", s("no-version"))])),
         ("bad-lease", bad(&[("user_id", s("bad-lease")), ("version", n("1")), ("leases", s("oops"))])),
         ("future", bad(&[("user_id", s("future")), ("version", n("1")), ("format", n("2"))])),
+        ("bad-holder", {
+            let lease: Item =
+                [("s".into(), n("1")), ("e".into(), n("99999999999999999")), ("h".into(), s("a b"))].into();
+            let leases = AttributeValue::M([("a".into(), AttributeValue::M(lease))].into());
+            bad(&[("user_id", s("bad-holder")), ("version", n("1")), ("leases", leases)])
+        }),
     ];
     for (name, item) in cases {
         b.client.put_item().table_name(&table).set_item(Some(item.clone())).send().await.unwrap();
@@ -354,9 +360,9 @@ async fn an_item_over_400_kb_is_refused_without_a_grant() {
     assert!(matches!(store.acquire(&u, max(1000 + granted)).await.unwrap(), Decision::Granted(_)));
 }
 
-/// An item written before leases had a device class, content kind and
-/// plan is served as it is, and the write of a renewal that names them
-/// stores them under their short names, for the next reader to find.
+/// An item written before leases had a device class, content kind, plan
+/// and holder is served as it is, and the write of a renewal that names
+/// them stores them under their short names, for the next reader to find.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_item_without_lease_attributes_is_read_and_gains_them() {
     let local = DynamoLocal::shared();
@@ -389,8 +395,13 @@ async fn an_item_without_lease_attributes_is_read_and_gains_them() {
 
     clock.advance_ms(1_000);
     let label = |v: &str| Some(Label::new(v).unwrap());
-    let renew =
-        Acquire { device_class: label("tv"), content_kind: label("live"), plan: label("premium"), ..acquire("tv", 3) };
+    let renew = Acquire {
+        device_class: label("tv"),
+        content_kind: label("live"),
+        plan: label("premium"),
+        holder: Some(Holder::new("sock-1").unwrap()),
+        ..acquire("tv", 3)
+    };
     let renewed = match first.acquire(&u, renew).await.unwrap() {
         Decision::Renewed(g) => g.lease,
         d => panic!("{d:?}"),
@@ -400,8 +411,9 @@ async fn an_item_without_lease_attributes_is_read_and_gains_them() {
     let tv = item["leases"].as_m().unwrap()["tv"].as_m().unwrap();
     let mut fields: Vec<&str> = tv.keys().map(String::as_str).collect();
     fields.sort_unstable();
-    assert_eq!(fields, ["ck", "d", "dc", "e", "p", "s"]);
+    assert_eq!(fields, ["ck", "d", "dc", "e", "h", "p", "s"]);
     assert_eq!((&tv["dc"], &tv["ck"], &tv["p"], &tv["d"]), (&s("tv"), &s("live"), &s("premium"), &s("living-room")));
+    assert_eq!(tv["h"], s("sock-1"));
     assert_eq!(item["version"], n(5));
     // Another instance reads back the same lease.
     let other = store(local, &table, &clock).await;

@@ -31,10 +31,11 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, Pipeline, RedisWrite, ServerErrorKind, ToRedisArgs, Value};
 
 use super::optimistic::{Change, Lost, Optimistic, Read, Shared};
-use super::{Backend, BoxFuture, OpenError, OpenFailure, RedisMode, RedisTls, StoreError, redact_url};
+use super::{Backend, BoxFuture, OpenError, OpenFailure, RedisMode, RedisTls, StoreError, Subscription, redact_url};
 use crate::clock::Clock;
 use crate::limiter::{Limit, Op, Reply, Timestamp, UserId, UserState, Write};
 
+mod bus;
 #[cfg(test)]
 pub(crate) mod harness;
 mod state;
@@ -51,6 +52,12 @@ const GRACE: i64 = 1_000_000;
 
 pub(super) struct RedisBackend {
     conn: Conn,
+    /// How to connect again, for the subscription's own connection.
+    urls: Vec<String>,
+    mode: RedisMode,
+    trust: tls::Trust,
+    /// A cluster without sharded channels (Redis 6): notices are broadcast.
+    unsharded: std::sync::atomic::AtomicBool,
     cas: redis::Script,
     /// Tests inject time; production leaves this `None` and reads Redis's
     /// own clock with TIME.
@@ -121,7 +128,16 @@ impl RedisBackend {
                 Conn::Cluster(client.get_async_connection().await.map_err(fail)?)
             }
         };
-        Ok(Self { conn, cas: redis::Script::new(CAS), test_clock, engine: Optimistic::new() })
+        Ok(Self {
+            conn,
+            urls: urls.to_vec(),
+            mode,
+            trust,
+            unsharded: Default::default(),
+            cas: redis::Script::new(CAS),
+            test_clock,
+            engine: Optimistic::new(),
+        })
     }
 
     /// Sends the commands of `pipe` as one round trip; in a cluster, to the
@@ -335,6 +351,18 @@ impl Backend for RedisBackend {
 
     fn clock_owner(&self) -> &'static str {
         if self.test_clock.is_some() { "instance" } else { "redis" }
+    }
+
+    fn carries_messages(&self) -> bool {
+        true
+    }
+
+    fn publish<'a>(&'a self, to: &'a str, message: Vec<u8>) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(self.publish_to(to, message))
+    }
+
+    fn subscribe<'a>(&'a self, me: &'a str) -> BoxFuture<'a, Result<Option<Subscription>, StoreError>> {
+        Box::pin(async move { self.subscribe_to(me).await.map(Some) })
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -1,28 +1,28 @@
-//! A user's state as Redis keeps it in `sc:{user}:s`: format 3, one
+//! A user's state as Redis keeps it in `sc:{user}:s`: format 3 or 4, one
 //! MessagePack sequence of plain values.
 //!
-//! First come the format (3), the number of leases, the number of
-//! tombstones, the key's deadline (µs since the epoch) and a copy of the
-//! override (false when there is none). Then eight values per lease, in
-//! (`started_at`, stream) order: stream, `started_at`, `expires_at`,
-//! `device_id`, `content_id`, `device_class`, `content_kind` and plan, with
-//! false for an absent label. Then three per tombstone: stream, `until`,
-//! and the evicting stream or false for a revocation. Times are integers in
-//! µs; Lua reads them exactly below 2^53 µs, the year 2255.
+//! First come the format, the number of leases, the number of tombstones,
+//! the key's deadline (µs since the epoch) and a copy of the override
+//! (false when there is none). Then, per lease, in (`started_at`, stream)
+//! order: stream, `started_at`, `expires_at`, `device_id`, `content_id`,
+//! `device_class`, `content_kind` and plan, with false for an absent
+//! label, and in format 4 the holder (false when no socket holds it).
+//! Then three values per tombstone: stream, `until`, and the evicting
+//! stream or false for a revocation. Times are integers in µs; Lua reads
+//! them exactly below 2^53 µs, the year 2255.
 //!
-//! Earlier releases decided inside Redis with a Lua script that read and
-//! wrote this same format, so instances of both kinds can share one Redis:
-//! each reads what the other writes. Format 2, which an older script wrote,
-//! is format 3 with five values per lease (no device class, content kind
-//! or plan); it is read, and written back as format 3 at the user's next
-//! change. Only the forms that Lua's `cmsgpack` writes for strings,
-//! integers and booleans are read; anything else, or a sequence of the
-//! wrong shape, is refused and the key is never overwritten.
+//! Format 4 is written only for a user with a socket-held lease, and
+//! format 3 otherwise, which is what releases before holders read and
+//! write (the releases that decided inside Redis among them): instances
+//! of both can share one Redis, and an older one refuses (503) only the
+//! users whose streams a socket holds. Format 2, which an older script
+//! wrote, is format 3 with five values per lease (no device class, content
+//! kind or plan); it is read, and written back at the user's next change.
+//! Only the forms that Lua's `cmsgpack` writes for strings, integers and
+//! booleans are read; anything else, or a sequence of the wrong shape, is
+//! refused and the key is never overwritten.
 
-use crate::limiter::{Label, Lease, Limit, RevokeReason, StreamId, Timestamp, Tombstone, UserState};
-
-/// The format this module writes.
-const FORMAT: i64 = 3;
+use crate::limiter::{Holder, Label, Lease, Limit, RevokeReason, StreamId, Timestamp, Tombstone, UserState};
 
 /// A decoded state and the key's deadline.
 pub(super) struct Stored {
@@ -31,13 +31,14 @@ pub(super) struct Stored {
     pub deadline: i64,
 }
 
-/// Reads a stored state, format 2 or 3.
+/// Reads a stored state, format 2, 3 or 4.
 pub(super) fn decode(bytes: &[u8]) -> Result<Stored, String> {
     let mut r = Reader(bytes);
     let format = r.int()?;
     let per_lease = match format {
         2 => 5,
         3 => 8,
+        4 => 9,
         other => return Err(format!("unknown state format {other}")),
     };
     let (nl, nt) = (r.count()?, r.count()?);
@@ -57,7 +58,8 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Stored, String> {
         let (stream_id, started_at, expires_at) = (r.stream()?, r.time()?, r.time()?);
         let (device_id, content_id) = (r.label()?, r.label()?);
         let (device_class, content_kind, plan) =
-            if per_lease == 8 { (r.label()?, r.label()?, r.label()?) } else { (None, None, None) };
+            if per_lease >= 8 { (r.label()?, r.label()?, r.label()?) } else { (None, None, None) };
+        let holder = if per_lease == 9 { r.holder()? } else { None };
         leases.push(Lease {
             stream_id,
             device_id,
@@ -65,6 +67,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Stored, String> {
             device_class,
             content_kind,
             plan,
+            holder,
             started_at,
             expires_at,
         });
@@ -84,13 +87,15 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Stored, String> {
     Ok(Stored { state: UserState::new(leases, tombstones, limit_override), deadline })
 }
 
-/// Writes `state` in format 3 with the key's `deadline`.
+/// Writes `state` with the key's `deadline`: in format 4 when a socket
+/// holds one of its leases, else in format 3.
 pub(super) fn encode(state: &UserState, deadline: i64) -> Vec<u8> {
     let mut leases: Vec<&Lease> = state.leases().iter().collect();
     leases.sort_unstable_by(|a, b| (a.started_at, &a.stream_id).cmp(&(b.started_at, &b.stream_id)));
+    let held = leases.iter().any(|l| l.holder.is_some());
     let tombstones = state.tombstones();
     let mut out = Vec::with_capacity(24 + 64 * leases.len() + 24 * tombstones.len());
-    int(&mut out, FORMAT);
+    int(&mut out, if held { 4 } else { 3 });
     int(&mut out, leases.len() as i64);
     int(&mut out, tombstones.len() as i64);
     int(&mut out, deadline);
@@ -105,6 +110,12 @@ pub(super) fn encode(state: &UserState, deadline: i64) -> Vec<u8> {
         for label in [&l.device_id, &l.content_id, &l.device_class, &l.content_kind, &l.plan] {
             match label {
                 Some(label) => bytes(&mut out, label.as_str().as_bytes()),
+                None => out.push(FALSE),
+            }
+        }
+        if held {
+            match &l.holder {
+                Some(h) => bytes(&mut out, h.as_str().as_bytes()),
                 None => out.push(FALSE),
             }
         }
@@ -260,6 +271,12 @@ impl<'a> Reader<'a> {
         stream(self.opt_str()?.ok_or("expected a stream id")?)
     }
 
+    fn holder(&mut self) -> Result<Option<Holder>, String> {
+        let Some(b) = self.opt_str()? else { return Ok(None) };
+        let s = text(b)?;
+        Holder::new(s).map(Some).map_err(|e| format!("holder {s:?} {e}"))
+    }
+
     fn label(&mut self) -> Result<Option<Label>, String> {
         let Some(b) = self.opt_str()? else { return Ok(None) };
         let s = text(b)?;
@@ -284,9 +301,14 @@ mod tests {
             device_class,
             content_kind,
             plan,
+            holder: None,
             started_at: Timestamp::from_micros(started),
             expires_at: Timestamp::from_micros(started + 60_000_000),
         }
+    }
+
+    fn held(l: Lease, h: &str) -> Lease {
+        Lease { holder: Some(Holder::new(h).unwrap()), ..l }
     }
 
     fn tombstone(stream: &str, until: i64, by: Option<&str>) -> Tombstone {
@@ -348,6 +370,56 @@ mod tests {
         assert_eq!(encode(&got.state, got.deadline)[0], 3, "written back as format 3");
     }
 
+    /// A state no socket holds a lease of is written in format 3, value for
+    /// value what releases before holders wrote; one with a held lease in
+    /// format 4, which adds the holder (false when none) to every lease.
+    /// Each reads back as it was written.
+    #[test]
+    fn only_a_held_lease_makes_format_4() {
+        let tv = lease("tv", 1_000_000, [label("living-room"), None, label("tv"), None, None]);
+        let phone = lease("phone", 2_000_000, Default::default());
+        let tombstones = vec![tombstone("old", 5, None)];
+        let plain = UserState::new(vec![tv.clone(), phone.clone()], tombstones.clone(), Limit::new(3));
+        let mut expected = Vec::new();
+        for n in [3, 2, 1, 99] {
+            int(&mut expected, n);
+        }
+        int(&mut expected, 3);
+        let lease_values = |out: &mut Vec<u8>, l: &Lease| {
+            bytes(out, l.stream_id.as_str().as_bytes());
+            int(out, l.started_at.as_micros());
+            int(out, l.expires_at.as_micros());
+            for v in [&l.device_id, &l.content_id, &l.device_class, &l.content_kind, &l.plan] {
+                match v {
+                    Some(v) => bytes(out, v.as_str().as_bytes()),
+                    None => out.push(FALSE),
+                }
+            }
+        };
+        let (mut tv_values, mut phone_values) = (Vec::new(), Vec::new());
+        lease_values(&mut tv_values, &tv);
+        lease_values(&mut phone_values, &phone);
+        let mut tomb_values = Vec::new();
+        bytes(&mut tomb_values, b"old");
+        int(&mut tomb_values, 5);
+        tomb_values.push(FALSE);
+        let format_3 = [&expected[..], &tv_values, &phone_values, &tomb_values].concat();
+        assert_eq!(encode(&plain, 99), format_3);
+        assert_eq!(decode(&format_3).unwrap().state, plain);
+
+        let state = UserState::new(vec![held(tv, "sock-1"), phone], tombstones, Limit::new(3));
+        let mut format_4 = vec![4];
+        format_4.extend_from_slice(&expected[1..]);
+        format_4.extend_from_slice(&tv_values);
+        bytes(&mut format_4, b"sock-1");
+        format_4.extend_from_slice(&phone_values);
+        format_4.push(FALSE);
+        format_4.extend_from_slice(&tomb_values);
+        assert_eq!(encode(&state, 99), format_4);
+        let back = decode(&format_4).unwrap();
+        assert_eq!((back.state, back.deadline), (state, 99));
+    }
+
     #[test]
     fn malformed_states_are_refused() {
         let good = encode(&UserState::new(vec![lease("s", 1, Default::default())], vec![], None), 9);
@@ -355,7 +427,8 @@ mod tests {
             vec![],
             good[..good.len() - 1].to_vec(),                       // truncated
             [good.clone(), vec![0x01]].concat(),                   // trailing values
-            [vec![0x04], good[1..].to_vec()].concat(),             // a later format
+            [vec![0x05], good[1..].to_vec()].concat(),             // a later format
+            [vec![0x04], good[1..].to_vec()].concat(),             // format 4 without holders
             [vec![0x03, 0x7f, 0x7f], good[3..].to_vec()].concat(), // counts that cannot fit
             [vec![0x91], good.clone()].concat(),                   // an array
         ];
@@ -367,6 +440,14 @@ mod tests {
         let mut v = good.clone();
         v[6] = b' ';
         cases.push(v);
+        // A holder that is not one, or not a string.
+        let with_holder = encode(&UserState::new(vec![held(lease("s", 1, Default::default()), "h")], vec![], None), 9);
+        let at = with_holder.len() - 2;
+        assert_eq!(with_holder[at..], [0xa1, b'h']);
+        cases.push([&with_holder[..at], &[0xa1, b'/'][..]].concat());
+        cases.push([&with_holder[..at], &[0xa0][..]].concat());
+        cases.push([&with_holder[..at], &[0x07][..]].concat());
+        cases.push([&with_holder[..at], &[0xc3][..]].concat());
         for bytes in cases {
             assert!(decode(&bytes).is_err(), "{bytes:?}");
         }

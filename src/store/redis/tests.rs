@@ -2,12 +2,13 @@
 //! suite and the differential test against the rules (standalone and
 //! Cluster), what is stored and how long it lives, the formats that
 //! earlier releases wrote, and instances of the previous release deciding
-//! beside this one on the same keys.
+//! beside this one on the same keys (and refusing the users whose streams
+//! a socket holds, whose state they cannot read).
 
 use super::harness::{RedisCluster, RedisServer};
 use super::*;
 use crate::clock::ManualClock;
-use crate::limiter::{Acquire, Decision, Label, Lease, Limit, LimitSource, OnLimit, StreamId, Timestamp, Ttl};
+use crate::limiter::{Acquire, Decision, Holder, Label, Lease, Limit, LimitSource, OnLimit, StreamId, Timestamp, Ttl};
 use crate::store::memory::MemoryBackend;
 use crate::store::{Store, conformance};
 
@@ -32,6 +33,25 @@ fn label(s: &str) -> Option<Label> {
 
 fn acquire(s: &str, limit: u32) -> Acquire {
     Acquire::for_test(s, limit)
+}
+
+fn holder(h: &str) -> Holder {
+    Holder::new(h).unwrap()
+}
+
+/// The values stored under `key`, numbers in decimal and false as "false".
+fn dump(redis: &RedisServer, key: &str) -> Vec<String> {
+    let script = "local v = { cmsgpack.unpack(redis.call('GET', KEYS[1])) } \
+         for i, x in ipairs(v) do \
+           if type(x) == 'number' then v[i] = string.format('%d', x) \
+           elseif x == false then v[i] = 'false' end \
+         end return v";
+    redis.cli(&["EVAL", script, "1", key]).lines().map(str::to_owned).collect()
+}
+
+/// The stored bytes of `key`, if it exists.
+async fn raw(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<Vec<u8>> {
+    redis::cmd("GET").arg(key).query_async(conn).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,15 +277,7 @@ async fn format_2_state_is_read_then_upgraded() {
          'phone-1', 1796002936738575, 'laptop-1'), 'PX', 177739)";
     cli(&["EVAL", seed, "1", "sc:{alice}:s"]);
     cli(&["SET", "sc:{alice}:o", "5"]);
-    // The stored values, numbers in decimal and false as "false".
-    let dump = |key: &str| {
-        let script = "local v = { cmsgpack.unpack(redis.call('GET', KEYS[1])) } \
-             for i, x in ipairs(v) do \
-               if type(x) == 'number' then v[i] = string.format('%d', x) \
-               elseif x == false then v[i] = 'false' end \
-             end return v";
-        cli(&["EVAL", script, "1", key]).lines().map(str::to_owned).collect::<Vec<_>>()
-    };
+    let dump = |key: &str| dump(&redis, key);
     let before = dump("sc:{alice}:s");
     assert_eq!(before[..5], ["2", "2", "1", "1796002997739002", "5"], "{before:?}");
 
@@ -277,6 +289,7 @@ async fn format_2_state_is_read_then_upgraded() {
         device_class: None,
         content_kind: None,
         plan: None,
+        holder: None,
         started_at: Timestamp::from_micros(1_796_002_816_733_200),
         expires_at: Timestamp::from_micros(1_796_002_876_733_200),
     };
@@ -510,8 +523,11 @@ impl PreviousRelease {
     }
 
     /// Runs `op` as that release would, at `now` (Redis's TIME when
-    /// `None`), and answers the kind of its reply ("granted", "denied"…).
-    async fn run(&self, u: &UserId, op: &Op, now: Option<Timestamp>) -> String {
+    /// `None`), and answers the kind of its reply ("granted", "denied"…),
+    /// or the error it answered with. That release had no holders: its
+    /// requests carry none, and it never sends a held release (its
+    /// sockets released plainly).
+    async fn run(&self, u: &UserId, op: &Op, now: Option<Timestamp>) -> Result<String, String> {
         let mut inv = self.script.prepare_invoke();
         inv.key(UserKey(u, b's')).key(UserKey(u, b'o'));
         let now = now.map_or(String::new(), |t| t.as_micros().to_string());
@@ -519,6 +535,7 @@ impl PreviousRelease {
         match op {
             Op::Acquire(a) => {
                 assert!(a.rules.is_empty() && a.plans.is_none(), "this harness sends no rules");
+                assert!(a.holder.is_none(), "the previous release knew no holders");
                 let on_limit = if a.on_limit == OnLimit::Reject { "reject" } else { "evict_oldest" };
                 inv.arg("acquire").arg(now).arg(a.stream_id.as_str()).arg(a.limit.get()).arg(a.ttl.as_micros());
                 inv.arg(on_limit).arg(if a.enforce { "1" } else { "0" });
@@ -533,6 +550,7 @@ impl PreviousRelease {
             Op::Release(s) => {
                 inv.arg("release").arg(now).arg(s.as_str());
             }
+            Op::ReleaseHeld { .. } => panic!("the previous release had no held release: {op:?}"),
             Op::RevokeAll { ttl } => {
                 inv.arg("revoke_all").arg(now).arg(ttl.as_micros());
             }
@@ -550,12 +568,12 @@ impl PreviousRelease {
             Conn::Standalone(mut c) => inv.invoke_async(&mut c).await,
             Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
         }
-        .unwrap();
+        .map_err(|e| e.to_string())?;
         // The reply is a MessagePack sequence whose first value, a short
         // string, names its kind.
         let n = usize::from(reply[0] & 0x1f);
         assert_eq!(reply[0] & 0xe0, 0xa0, "{reply:?}");
-        String::from_utf8(reply[1..1 + n].to_vec()).unwrap()
+        Ok(String::from_utf8(reply[1..1 + n].to_vec()).unwrap())
     }
 }
 
@@ -579,13 +597,18 @@ fn kind(r: &Reply) -> &'static str {
 /// checks it against the rules: this store's whole reply, the previous
 /// release's kind of reply. So each reads exactly what the other wrote
 /// (leases with every label, tombstones, overrides, key expiry), and
-/// neither grants what the rules refuse.
+/// neither grants what the rules refuse. Sockets of this release hold
+/// some streams of two of the users: while one of their leases has a
+/// holder, the previous release refuses every operation on that user
+/// but `get_limit` (which reads only the override) and changes nothing,
+/// and once none has, it decides for that user again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_previous_release_and_this_one_decide_alike_on_shared_keys() {
     let redis = RedisServer::start(&[]);
     let clock = ManualClock::new(T0);
     let pair = Pair::new(&redis, &clock).await;
     let previous = PreviousRelease::connect(&[redis.url()], RedisMode::Standalone).await;
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     let mut next = |n: u64| {
         seed ^= seed << 13;
@@ -593,10 +616,14 @@ async fn the_previous_release_and_this_one_decide_alike_on_shared_keys() {
         seed ^= seed << 17;
         seed % n
     };
-    let (mut by_previous, mut by_this) = (0, 0);
+    let (mut by_previous, mut by_this, mut refused) = (0, 0, 0);
     for _ in 0..3000 {
-        let u = format!("u{}", next(4));
+        let n = next(4);
+        let u = format!("u{n}");
         let s = format!("s{}", next(6));
+        // Users u2 and u3 have sockets h1 and h2 as well as HTTP clients.
+        let sockets = n >= 2;
+        let by = |n: u64| (sockets && n < 2).then(|| holder(&format!("h{}", n + 1)));
         let pick = |n: u64, names: &[&str]| (n < names.len() as u64).then(|| Label::new(names[n as usize]).unwrap());
         let op = match next(16) {
             0..=7 => Op::Acquire(Acquire {
@@ -610,8 +637,10 @@ async fn the_previous_release_and_this_one_decide_alike_on_shared_keys() {
                 evict: if next(8) == 0 { vec![stream(&format!("s{}", next(6)))] } else { vec![] },
                 enforce: next(10) != 0,
                 held: next(10) == 0,
+                holder: by(next(3)),
                 ..acquire(&s, next(4) as u32)
             }),
+            8 if sockets && next(2) == 0 => Op::ReleaseHeld { stream: stream(&s), holder: by(next(2)).unwrap() },
             8 => Op::Release(stream(&s)),
             9 => Op::RevokeAll { ttl: Ttl::from_secs(1 + next(30) as u32).unwrap() },
             10 => Op::List { limit: Limit::new(next(4) as u32).unwrap() },
@@ -622,9 +651,25 @@ async fn the_previous_release_and_this_one_decide_alike_on_shared_keys() {
                 continue;
             }
         };
-        if next(2) == 0 {
+        let mut op = op;
+        let to_previous = !matches!(op, Op::ReleaseHeld { .. }) && next(2) == 0;
+        if to_previous {
+            // The previous release's own requests carry no holder.
+            if let Op::Acquire(a) = &mut op {
+                a.holder = None;
+            }
+            let key = format!("sc:{{{u}}}:s");
+            let before = raw(&mut conn, &key).await;
+            let held = before.as_ref().is_some_and(|b| b[0] == 4);
+            if held && !matches!(op, Op::GetLimit { .. }) {
+                let err = previous.run(&user(&u), &op, Some(clock.now())).await.expect_err("format 4 is refused");
+                assert!(err.contains("unreadable"), "{err}");
+                assert_eq!(raw(&mut conn, &key).await, before, "a refusal changes nothing");
+                refused += 1;
+                continue;
+            }
             let expected = pair.rules.execute(&user(&u), op.clone()).await.unwrap();
-            let got = previous.run(&user(&u), &op, Some(clock.now())).await;
+            let got = previous.run(&user(&u), &op, Some(clock.now())).await.unwrap();
             assert_eq!(got, kind(&expected), "{op:?}");
             by_previous += 1;
         } else {
@@ -632,7 +677,103 @@ async fn the_previous_release_and_this_one_decide_alike_on_shared_keys() {
             by_this += 1;
         }
     }
-    eprintln!("{by_previous} operations by the previous release, {by_this} by this one");
+    eprintln!("{by_previous} operations by the previous release, {refused} refused by it, {by_this} by this one");
+    assert!(refused > 50 && by_previous > 500, "both cases happen often: {refused} refused, {by_previous} decided");
+}
+
+/// A user none of whose leases a socket holds is written in format 3,
+/// exactly as before holders existed; one with a held lease in format 4,
+/// with a ninth value per lease (false where no socket holds it). Both
+/// read back, here and in another instance, and the user returns to
+/// format 3 when its last held lease goes.
+#[tokio::test]
+async fn only_a_user_with_a_held_lease_is_written_in_format_4() {
+    let redis = RedisServer::start(&[]);
+    let clock = ManualClock::new(T0);
+    let store = open(vec![redis.url()], RedisMode::Standalone, &clock).await;
+    let (start, end) = (T0.as_micros().to_string(), T0.plus(Ttl::from_secs(60).unwrap()).as_micros().to_string());
+    let f = "false";
+    let (alice, bob) = (user("alice"), user("bob"));
+
+    store.acquire(&alice, Acquire { device_id: label("living-room"), ..acquire("tv", 3) }).await.unwrap();
+    let plain = dump(&redis, "sc:{alice}:s");
+    assert_eq!([&plain[..3], &plain[4..]].concat(), ["3", "1", "0", f, "tv", &start, &end, "living-room", f, f, f, f]);
+
+    store.acquire(&bob, Acquire { holder: Some(holder("sock-1")), ..acquire("tv", 3) }).await.unwrap();
+    let held = dump(&redis, "sc:{bob}:s");
+    assert_eq!([&held[..3], &held[4..]].concat(), ["4", "1", "0", f, "tv", &start, &end, f, f, f, f, f, "sock-1"]);
+    clock.advance_ms(1);
+    store.acquire(&bob, acquire("phone", 3)).await.unwrap();
+    let (start2, end2) = ((T0.as_micros() + 1000).to_string(), (T0.as_micros() + 60_001_000).to_string());
+    let both = dump(&redis, "sc:{bob}:s");
+    assert_eq!(
+        [&both[..3], &both[4..]].concat(),
+        ["4", "2", "0", f, "tv", &start, &end, f, f, f, f, f, "sock-1", "phone", &start2, &end2, f, f, f, f, f, f]
+    );
+
+    // Both read back, here and in another instance.
+    let other = open(vec![redis.url()], RedisMode::Standalone, &clock).await;
+    for s in [&store, &other] {
+        let live = s.list(&bob, Limit::new(3).unwrap()).await.unwrap().1;
+        let holders: Vec<_> = live.iter().map(|l| (l.stream_id.as_str(), l.holder.clone())).collect();
+        assert_eq!(holders, [("tv", Some(holder("sock-1"))), ("phone", None)]);
+        let live = s.list(&alice, Limit::new(3).unwrap()).await.unwrap().1;
+        assert_eq!((live.len(), &live[0].device_id, &live[0].holder), (1, &label("living-room"), &None));
+    }
+    // An HTTP heartbeat keeps the holder; the socket's release frees the
+    // seat, and with it the user's last held lease: format 3 again.
+    clock.advance_ms(1);
+    store.acquire(&bob, acquire("tv", 3)).await.unwrap();
+    assert_eq!(dump(&redis, "sc:{bob}:s")[..1], ["4"]);
+    store.release_held(&bob, stream("tv"), holder("sock-1")).await.unwrap();
+    let back = dump(&redis, "sc:{bob}:s");
+    assert_eq!([&back[..3], &back[4..]].concat(), ["3", "1", "0", f, "phone", &start2, &end2, f, f, f, f, f]);
+}
+
+/// The previous release's script never grants on a state it cannot read:
+/// a user whose stream a socket holds (format 4) gets an error for every
+/// operation that reads the state, and the key is left byte for byte;
+/// users in format 3 are decided as always. Once the held lease is gone,
+/// the previous release decides for that user again.
+#[tokio::test]
+async fn the_previous_release_refuses_a_user_whose_stream_a_socket_holds() {
+    let redis = RedisServer::start(&[]);
+    let clock = ManualClock::new(T0);
+    let pair = Pair::new(&redis, &clock).await;
+    let previous = PreviousRelease::connect(&[redis.url()], RedisMode::Standalone).await;
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let now = Some(clock.now());
+    pair.run("held", Op::Acquire(Acquire { holder: Some(holder("sock-1")), ..acquire("tv", 1) })).await;
+    pair.run("plain", Op::Acquire(acquire("tv", 1))).await;
+    let before = raw(&mut conn, "sc:{held}:s").await.unwrap();
+    assert_eq!(before[0], 4);
+
+    let ops = [
+        // At a limit of 5 it would grant, had it read the state as empty.
+        Op::Acquire(acquire("phone", 5)),
+        Op::Acquire(acquire("tv", 1)),
+        Op::Release(stream("tv")),
+        Op::RevokeAll { ttl: Ttl::from_secs(30).unwrap() },
+        Op::List { limit: Limit::new(1).unwrap() },
+        Op::SetOverride(Limit::new(4)),
+    ];
+    for op in &ops {
+        let err = previous.run(&user("held"), op, now).await.expect_err("refused");
+        assert!(err.contains("unreadable sc:{held}:s"), "{op:?}: {err}");
+    }
+    assert_eq!(raw(&mut conn, "sc:{held}:s").await.unwrap(), before, "left byte for byte");
+    assert_eq!(redis.cli(&["EXISTS", "sc:{held}:o"]).trim(), "0", "no override was written");
+    let get_limit = Op::GetLimit { fallback: Limit::new(1).unwrap(), source: LimitSource::Default };
+    assert_eq!(previous.run(&user("held"), &get_limit, now).await.unwrap(), "limit", "the override alone is read");
+
+    // The same operations on a user in format 3 are decided as the rules do.
+    for op in ops {
+        let expected = pair.rules.execute(&user("plain"), op.clone()).await.unwrap();
+        assert_eq!(previous.run(&user("plain"), &op, now).await.unwrap(), kind(&expected), "{op:?}");
+    }
+    // The socket's release leaves format 3, which the previous release reads.
+    pair.run("held", Op::ReleaseHeld { stream: stream("tv"), holder: holder("sock-1") }).await;
+    assert_eq!(previous.run(&user("held"), &Op::Acquire(acquire("phone", 1)), now).await.unwrap(), "granted");
 }
 
 /// Instances of both releases race for one user's seats on Redis's own
@@ -652,7 +793,7 @@ async fn both_releases_race(urls: Vec<String>, mode: RedisMode) {
             let (u, req) = (u.clone(), acquire(&format!("s{i}"), 3));
             if i % 2 == 0 {
                 let previous = previous.clone();
-                set.spawn(async move { Ok(previous.run(&u, &Op::Acquire(req), None).await) });
+                set.spawn(async move { Ok(previous.run(&u, &Op::Acquire(req), None).await.unwrap()) });
             } else {
                 let store = instances[i % 4 / 2].clone();
                 set.spawn(async move { store.acquire(&u, req).await.map(|d| kind(&Reply::Decision(d)).to_owned()) });

@@ -95,6 +95,14 @@ impl Trust {
         }
     }
 
+    /// A standalone client for `url` that speaks RESP3, which subscriptions
+    /// over a multiplexed connection need.
+    pub(super) fn resp3_client(&self, url: &str) -> Result<redis::Client, RedisError> {
+        let info = self.client(url)?.get_connection_info().clone();
+        let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
+        redis::Client::open(info.set_redis_settings(settings))
+    }
+
     /// The cluster client's TLS, for the seeds and every node it learns of.
     pub(super) fn cluster(&self, builder: ClusterClientBuilder) -> ClusterClientBuilder {
         match self {

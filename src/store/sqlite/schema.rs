@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use rusqlite::{Connection, Row};
 
 use super::users::{Undecodable, Users};
-use crate::limiter::{Label, Lease, Limit, RevokeReason, StreamId, Timestamp, Tombstone, UserId, UserState};
+use crate::limiter::{Holder, Label, Lease, Limit, RevokeReason, StreamId, Timestamp, Tombstone, UserId, UserState};
 
 /// Schema changes in order; `PRAGMA user_version` counts how many ran.
 /// Never edit one that has shipped: add a new one.
@@ -49,6 +49,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE leases ADD COLUMN device_class TEXT;
     ALTER TABLE leases ADD COLUMN content_kind TEXT;
     ALTER TABLE leases ADD COLUMN plan         TEXT;",
+    // 5: the socket that holds a lease, if one does. Instant, as 4.
+    "ALTER TABLE leases ADD COLUMN holder TEXT;",
 ];
 
 /// Sets the connection up for durability and brings the schema up to date.
@@ -96,7 +98,8 @@ pub(super) fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
 
     // Leases first: a user's leases become their state.
     let mut stmt = conn.prepare(
-        "SELECT user_id, stream_id, device_id, content_id, started_at, expires_at, device_class, content_kind, plan
+        "SELECT user_id, stream_id, device_id, content_id, started_at, expires_at, device_class, content_kind, plan,
+                holder
          FROM leases ORDER BY user_id",
     )?;
     each_user(&mut stmt.query([])?, &mut loaded, lease, |users, user, leases| {
@@ -168,7 +171,7 @@ fn corrupt(loaded: &mut Loaded, user: &UserId, why: String) {
 fn lease(r: &Row<'_>) -> rusqlite::Result<Result<Lease, String>> {
     let (stream, device, content) = (r.get_ref(1)?, r.get_ref(2)?, r.get_ref(3)?);
     let (started_at, expires_at) = (r.get_ref(4)?, r.get_ref(5)?);
-    let (class, kind, plan) = (r.get_ref(6)?, r.get_ref(7)?, r.get_ref(8)?);
+    let (class, kind, plan, holder) = (r.get_ref(6)?, r.get_ref(7)?, r.get_ref(8)?, r.get_ref(9)?);
     Ok((|| {
         Ok(Lease {
             stream_id: stream_id("stream_id", stream.as_str().ok())?,
@@ -177,6 +180,11 @@ fn lease(r: &Row<'_>) -> rusqlite::Result<Result<Lease, String>> {
             device_class: label("device_class", class.as_str_or_null().ok())?,
             content_kind: label("content_kind", kind.as_str_or_null().ok())?,
             plan: label("plan", plan.as_str_or_null().ok())?,
+            holder: match holder.as_str_or_null() {
+                Ok(None) => None,
+                Ok(Some(h)) => Some(Holder::new(h).map_err(|e| format!("holder {h:?} {e}"))?),
+                Err(_) => return Err("holder is not text".to_owned()),
+            },
             started_at: time("started_at", started_at.as_i64().ok())?,
             expires_at: time("expires_at", expires_at.as_i64().ok())?,
         })

@@ -14,8 +14,8 @@ use super::writer::SWEEP_BATCH;
 use super::*;
 use crate::clock::ManualClock;
 use crate::limiter::{
-    Acquire, Decision, Label, Lease, Limit, LimitSource, OnLimit, RevokeReason, StreamId, Timestamp, Tombstone, Ttl,
-    UserState,
+    Acquire, Decision, Holder, Label, Lease, Limit, LimitSource, OnLimit, RevokeReason, StreamId, Timestamp, Tombstone,
+    Ttl, UserState,
 };
 use crate::store::memory::MemoryBackend;
 use crate::store::{Store, conformance};
@@ -64,6 +64,7 @@ fn req(stream: &str) -> Acquire {
         enforce: true,
         plans: None,
         held: false,
+        holder: None,
     }
 }
 
@@ -198,6 +199,7 @@ async fn a_schema_3_database_migrates_in_place_and_keeps_everything() {
         device_class: None,
         content_kind: None,
         plan: None,
+        holder: None,
         started_at: Timestamp::from_micros(start + at),
         expires_at: Timestamp::from_micros(end + at),
     };
@@ -256,6 +258,109 @@ async fn a_schema_3_database_migrates_in_place_and_keeps_everything() {
     assert_eq!(live.iter().find(|l| l.stream_id.as_str() == "tv"), Some(&renewed));
 }
 
+/// A database written by the previous schema (4), with leases carrying
+/// every attribute, both kinds of tombstone and an override, opens,
+/// migrates in place and keeps every row; its leases have no holder until
+/// a socket renews one, and the holder is written and read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_4_database_migrates_in_place_and_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (start, end) = (T0.as_micros(), T0.plus(Ttl::from_secs(60).unwrap()).as_micros());
+    {
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        for migration in &MIGRATIONS[..4] {
+            conn.execute_batch(migration).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 4).unwrap();
+        // Schema 4's own columns, in its own order.
+        let mut lease = conn.prepare("INSERT INTO leases VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)").unwrap();
+        lease.execute(params!["u", "tv", "living-room", "movie-42", start, end, "tv", "live", "premium"]).unwrap();
+        let none = None::<String>;
+        lease.execute(params!["u", "phone", none, none, start + 1, end + 1, "mobile", none, none]).unwrap();
+        lease.execute(params!["v", "a", "laptop", none, start, end, none, "vod", "basic"]).unwrap();
+        let mut tomb = conn.prepare("INSERT INTO tombstones VALUES (?1, ?2, ?3, ?4)").unwrap();
+        tomb.execute(params!["u", "old", "tv", end]).unwrap();
+        tomb.execute(params!["w", "gone", none, end]).unwrap();
+        conn.execute("INSERT INTO overrides VALUES ('u', 2)", []).unwrap();
+        conn.execute("INSERT INTO overrides VALUES ('x', 0)", []).unwrap();
+    }
+    let label = |s: &str| Some(Label::new(s).unwrap());
+    let lease = |s: &str, labels: [Option<Label>; 5], at: i64| {
+        let [device_id, content_id, device_class, content_kind, plan] = labels;
+        Lease {
+            stream_id: StreamId::new(s).unwrap(),
+            device_id,
+            content_id,
+            device_class,
+            content_kind,
+            plan,
+            holder: None,
+            started_at: Timestamp::from_micros(start + at),
+            expires_at: Timestamp::from_micros(end + at),
+        }
+    };
+    let tomb = |s: &str, reason| Tombstone {
+        stream_id: StreamId::new(s).unwrap(),
+        reason,
+        until: Timestamp::from_micros(end),
+    };
+    let tv = lease("tv", [label("living-room"), label("movie-42"), label("tv"), label("live"), label("premium")], 0);
+    let expected: Snapshot = [
+        (
+            "u",
+            canonical(
+                vec![tv.clone(), lease("phone", [None, None, label("mobile"), None, None], 1)],
+                vec![tomb("old", RevokeReason::EvictedBy(StreamId::new("tv").unwrap()))],
+                Limit::new(2),
+            ),
+        ),
+        (
+            "v",
+            canonical(vec![lease("a", [label("laptop"), None, None, label("vod"), label("basic")], 0)], vec![], None),
+        ),
+        ("w", canonical(Vec::new(), vec![tomb("gone", RevokeReason::Revoked)], None)),
+        ("x", canonical(Vec::new(), Vec::new(), Limit::new(0))),
+    ]
+    .into_iter()
+    .map(|(u, s)| (u.to_owned(), s))
+    .collect();
+
+    let clock = ManualClock::new(T0);
+    let (store, jobs, _) = opened(dir.path(), &clock);
+    assert_eq!(in_memory(&jobs).await, expected, "loaded");
+    assert_eq!(on_disk(dir.path()), expected, "migrated without touching a row");
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, MIGRATIONS.len());
+    let holders: i64 =
+        conn.query_row("SELECT count(*) FROM leases WHERE holder IS NOT NULL", [], |r| r.get(0)).unwrap();
+    assert_eq!(holders, 0);
+
+    // The migrated rows answer as before: the override, the tombstones.
+    let (u, w) = (UserId::new("u").unwrap(), UserId::new("w").unwrap());
+    assert!(matches!(store.acquire(&u, req("laptop")).await.unwrap(), Decision::Denied(_)), "override of 2");
+    assert!(matches!(store.acquire(&u, req("old")).await.unwrap(), Decision::Gone(_)));
+    assert!(matches!(store.acquire(&w, req("gone")).await.unwrap(), Decision::Gone(_)));
+    // A socket's renewal gives the lease a holder, keeping everything else.
+    let sock = Some(Holder::new("sock-1").unwrap());
+    let renew = Acquire { device_id: None, holder: sock.clone(), ..req("tv") };
+    let renewed = match store.acquire(&u, renew).await.unwrap() {
+        Decision::Renewed(g) => {
+            assert_eq!(g.replaced, None);
+            g.lease
+        }
+        d => panic!("{d:?}"),
+    };
+    assert_eq!(renewed, Lease { holder: sock, expires_at: T0.plus(Ttl::from_secs(60).unwrap()), ..tv });
+    store.close().await.unwrap();
+    drop(store);
+
+    let (store, jobs, _) = opened(dir.path(), &clock);
+    assert_eq!(in_memory(&jobs).await, on_disk(dir.path()));
+    let (_, live) = store.list(&u, Limit::new(3).unwrap()).await.unwrap();
+    assert_eq!(live.iter().find(|l| l.stream_id.as_str() == "tv"), Some(&renewed));
+}
+
 /// Every attribute of a lease is written with it and read back at open:
 /// after a restart, the lease comes back identical in a listing, a
 /// renewal, a denial and an eviction. A renewal that names new attributes
@@ -266,11 +371,13 @@ async fn lease_attributes_survive_reopening() {
     let clock = ManualClock::new(T0);
     let u = UserId::new("u").unwrap();
     let label = |s: &str| Some(Label::new(s).unwrap());
+    let sock = |h: &str| Some(Holder::new(h).unwrap());
     let tv = Acquire {
         device_class: label("tv"),
         content_kind: label("live"),
         content_id: label("final"),
         plan: label("premium"),
+        holder: sock("sock-1"),
         ..req("tv")
     };
     let (store, jobs, _) = opened(dir.path(), &clock);
@@ -279,10 +386,11 @@ async fn lease_attributes_survive_reopening() {
         d => panic!("{d:?}"),
     };
     assert_eq!(
-        (granted.device_class.clone(), granted.content_kind.clone(), granted.plan.clone()),
-        (label("tv"), label("live"), label("premium"))
+        (granted.device_class.clone(), granted.content_kind.clone(), granted.plan.clone(), granted.holder.clone()),
+        (label("tv"), label("live"), label("premium"), sock("sock-1"))
     );
-    // Moves to another class and kind, names no plan: the plan stays.
+    // Moves to another class and kind, names no plan and no holder: the
+    // plan and the holder stay.
     clock.advance_ms(1_000);
     let moved = Acquire { device_class: label("mobile"), content_kind: label("vod"), ..req("tv") };
     let moved = match store.acquire(&u, moved).await.unwrap() {
@@ -293,6 +401,7 @@ async fn lease_attributes_survive_reopening() {
         (moved.device_class.clone(), moved.content_kind.clone(), moved.content_id.clone(), moved.plan.clone()),
         (label("mobile"), label("vod"), label("final"), label("premium"))
     );
+    assert_eq!(moved.holder, sock("sock-1"));
     assert_eq!(in_memory(&jobs).await, on_disk(dir.path()));
     // No clean close: the commit is what counts.
     drop(store);
@@ -306,15 +415,25 @@ async fn lease_attributes_survive_reopening() {
         Decision::Denied(d) => assert_eq!(d.live, vec![moved.clone()], "a refusal lists it"),
         d => panic!("{d:?}"),
     }
-    // A renewal naming a plan replaces it, and the restart keeps that too.
+    // A renewal naming a plan and another socket replaces both, and the
+    // restart keeps that too.
     clock.advance_ms(1_000);
-    let basic = match store.acquire(&u, Acquire { plan: label("basic"), ..limited("tv") }).await.unwrap() {
-        Decision::Renewed(g) => g.lease,
+    let basic = Acquire { plan: label("basic"), holder: sock("sock-2"), ..limited("tv") };
+    let basic = match store.acquire(&u, basic).await.unwrap() {
+        Decision::Renewed(g) => {
+            assert_eq!(g.replaced, sock("sock-1"));
+            g.lease
+        }
         d => panic!("{d:?}"),
     };
     assert_eq!(
         basic,
-        Lease { plan: label("basic"), expires_at: clock.now().plus(Ttl::from_secs(60).unwrap()), ..moved }
+        Lease {
+            plan: label("basic"),
+            holder: sock("sock-2"),
+            expires_at: clock.now().plus(Ttl::from_secs(60).unwrap()),
+            ..moved
+        }
     );
     store.close().await.unwrap();
     drop(store);
@@ -414,7 +533,8 @@ fn on_disk(dir: &Path) -> Snapshot {
     let mut users: BTreeMap<String, Rows> = BTreeMap::new();
     let mut stmt = conn
         .prepare(
-            "SELECT user_id, stream_id, device_id, content_id, started_at, expires_at, device_class, content_kind, plan
+            "SELECT user_id, stream_id, device_id, content_id, started_at, expires_at, device_class, content_kind, plan,
+                    holder
              FROM leases",
         )
         .unwrap();
@@ -428,6 +548,7 @@ fn on_disk(dir: &Path) -> Snapshot {
             device_class: label(6),
             content_kind: label(7),
             plan: label(8),
+            holder: r.get::<_, Option<String>>(9).unwrap().map(|h| Holder::new(&h).unwrap()),
             started_at: Timestamp::from_micros(r.get(4).unwrap()),
             expires_at: Timestamp::from_micros(r.get(5).unwrap()),
         });
@@ -453,8 +574,8 @@ fn on_disk(dir: &Path) -> Snapshot {
 }
 
 /// A deterministic mix of every operation over a few users, with clock
-/// advances, so that leases, tombstones of both kinds and overrides pile
-/// up and expire.
+/// advances, so that leases (some held by sockets), tombstones of both
+/// kinds and overrides pile up and expire.
 struct Workload {
     seed: u64,
 }
@@ -485,6 +606,7 @@ impl Workload {
                 a.device_class = pick(self, ["tv", "mobile"]);
                 a.content_kind = pick(self, ["live", "download"]);
                 a.plan = pick(self, ["basic", "premium"]);
+                a.holder = pick(self, ["sock-1", "sock-2"]).map(|h| Holder::new(h.as_str()).unwrap());
                 a.on_limit = [OnLimit::Reject, OnLimit::EvictOldest][self.next(2) as usize];
                 if self.next(5) == 0 {
                     a.evict = vec![stream(self), stream(self)];
@@ -492,7 +614,11 @@ impl Workload {
                 a.enforce = self.next(8) != 0;
                 Op::Acquire(a)
             }
-            9..=10 => Op::Release(stream(self)),
+            9 => Op::Release(stream(self)),
+            10 => {
+                let holder = Holder::new(["sock-1", "sock-2"][self.next(2) as usize]).unwrap();
+                Op::ReleaseHeld { stream: stream(self), holder }
+            }
             11 => Op::RevokeAll { ttl: Ttl::from_secs(1 + self.next(60) as u32).unwrap() },
             12 => Op::SetOverride([None, Some(limit(self))][self.next(2) as usize]),
             13 => Op::List { limit: limit(self) },
@@ -526,7 +652,7 @@ async fn reopening_loads_exactly_what_memory_held() {
     let clock = ManualClock::new(T0);
     let reference = Store::for_test(Box::new(MemoryBackend::new(Arc::new(clock.clone()))));
     let mut workload = Workload { seed: 7 };
-    let mut saw = (false, false, false);
+    let mut saw = (false, false, false, false);
     for round in 0..6 {
         let (store, jobs, _) = opened(dir.path(), &clock);
         if round > 0 {
@@ -544,6 +670,7 @@ async fn reopening_loads_exactly_what_memory_held() {
             saw.0 |= state.tombstones().iter().any(|t| matches!(t.reason, RevokeReason::EvictedBy(_)));
             saw.1 |= state.tombstones().iter().any(|t| t.reason == RevokeReason::Revoked);
             saw.2 |= state.limit_override().is_some();
+            saw.3 |= state.leases().iter().any(|l| l.holder.is_some());
         }
         // Half the rounds end without a clean close.
         if round % 2 == 0 {
@@ -552,7 +679,7 @@ async fn reopening_loads_exactly_what_memory_held() {
         // Dropping the store lets go of the data dir.
         drop(store);
     }
-    assert_eq!(saw, (true, true, true), "the workload left evictions, revocations and overrides behind");
+    assert_eq!(saw, (true, true, true, true), "the workload left evictions, revocations, overrides and holders behind");
 }
 
 /// If a statement fails, the whole batch fails: every job in it answers
@@ -715,6 +842,8 @@ async fn a_corrupt_row_makes_only_its_user_unavailable() {
                 VALUES ('classless', 'a', 0, {until}, X'07');
              INSERT INTO leases (user_id, stream_id, started_at, expires_at, plan)
                 VALUES ('planless', 'a', 0, {until}, '{long}');
+             INSERT INTO leases (user_id, stream_id, started_at, expires_at, holder)
+                VALUES ('unheld', 'a', 0, {until}, 'not a token');
              INSERT INTO overrides VALUES ('good', 1);
              INSERT INTO overrides VALUES ('worse', 5000);
              INSERT INTO tombstones VALUES ('not a user', 'a', NULL, {until});"
@@ -728,6 +857,7 @@ async fn a_corrupt_row_makes_only_its_user_unavailable() {
         ("worse", "stream_limit 5000"),
         ("classless", "device_class is not text"),
         ("planless", "plan"),
+        ("unheld", "holder \"not a token\""),
     ] {
         let user = UserId::new(name).unwrap();
         match store.list(&user, Limit::new(3).unwrap()).await {
@@ -742,7 +872,7 @@ async fn a_corrupt_row_makes_only_its_user_unavailable() {
     assert!(matches!(store.acquire(&good, req("b")).await.unwrap(), Decision::Denied(_)), "limit 1 from the override");
     assert_eq!(store.inner.backend.sweep().await.unwrap(), 0);
     assert_eq!(in_memory(&jobs).await.keys().collect::<Vec<_>>(), ["good"]);
-    assert_eq!(on_disk_rows(dir.path()), 8, "nothing was deleted");
+    assert_eq!(on_disk_rows(dir.path()), 9, "nothing was deleted");
 }
 
 fn on_disk_rows(dir: &Path) -> i64 {

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use crate::limiter::{Label, Lease, Limit, RevokeReason, StreamId, Timestamp, Tombstone, UserId, UserState};
+use crate::limiter::{Holder, Label, Lease, Limit, RevokeReason, StreamId, Timestamp, Tombstone, UserId, UserState};
 
 /// How many pieces the map is split into; the sweeper's unit of progress.
 pub(super) const SHARDS: usize = 64;
@@ -136,7 +136,7 @@ fn shard_of(user: &UserId) -> usize {
 /// ```text
 /// leases  tombstones  override (0: none, n+1: n)
 /// leases × (started_at expires_at stream_id device_id? content_id?
-///           device_class? content_kind? plan?)
+///           device_class? content_kind? plan? holder?)
 /// tombstones × (until stream_id evicted_by?)
 /// ```
 ///
@@ -157,6 +157,7 @@ fn encode(state: &UserState, out: &mut Vec<u8>) -> i64 {
         put_opt(out, l.device_class.as_ref().map(Label::as_str));
         put_opt(out, l.content_kind.as_ref().map(Label::as_str));
         put_opt(out, l.plan.as_ref().map(Label::as_str));
+        put_opt(out, l.holder.as_ref().map(Holder::as_str));
     }
     for t in state.tombstones() {
         next_expiry = next_expiry.min(t.until.as_micros());
@@ -192,6 +193,7 @@ fn decode(bytes: &[u8]) -> Result<UserState, Undecodable> {
             device_class: r.label()?,
             content_kind: r.label()?,
             plan: r.label()?,
+            holder: r.holder()?,
             started_at,
             expires_at,
         });
@@ -288,6 +290,10 @@ impl<'a> Reader<'a> {
     fn label(&mut self) -> Result<Option<Label>, Undecodable> {
         self.opt()?.map(Label::new).transpose().map_err(|_| Undecodable)
     }
+
+    fn holder(&mut self) -> Result<Option<Holder>, Undecodable> {
+        self.opt()?.map(Holder::new).transpose().map_err(|_| Undecodable)
+    }
 }
 
 #[cfg(test)]
@@ -300,13 +306,14 @@ mod tests {
 
     fn sample() -> UserState {
         let label = |l: Option<&str>| l.map(|l| Label::new(l).unwrap());
-        let lease = |s: &str, labels: [Option<&str>; 5], t: i64| Lease {
+        let lease = |s: &str, labels: [Option<&str>; 6], t: i64| Lease {
             stream_id: sid(s),
             device_id: label(labels[0]),
             content_id: label(labels[1]),
             device_class: label(labels[2]),
             content_kind: label(labels[3]),
             plan: label(labels[4]),
+            holder: labels[5].map(|h| Holder::new(h).unwrap()),
             started_at: Timestamp::from_micros(t),
             expires_at: Timestamp::from_micros(t + 60_000_000),
         };
@@ -315,14 +322,14 @@ mod tests {
             vec![
                 lease(
                     "a",
-                    [Some("tv"), Some("title-1"), Some("tv"), Some("live"), Some("premium")],
+                    [Some("tv"), Some("title-1"), Some("tv"), Some("live"), Some("premium"), Some("sock-1")],
                     1_700_000_000_000_001,
                 ),
-                lease("b", [None, Some(""), None, Some("download"), None], -5),
-                lease("c", [None, None, Some("mobile"), None, Some("")], 3),
+                lease("b", [None, Some(""), None, Some("download"), None, None], -5),
+                lease("c", [None, None, Some("mobile"), None, Some(""), None], 3),
                 lease(
                     &"x".repeat(128),
-                    [Some(&long), None, Some(&long), Some(&long), Some(&long)],
+                    [Some(&long), None, Some(&long), Some(&long), Some(&long), Some(&"h".repeat(128))],
                     i64::MAX - 60_000_000,
                 ),
             ],

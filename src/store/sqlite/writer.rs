@@ -13,7 +13,7 @@ use super::checkpoint::Checkpoints;
 use super::users::{Packed, SHARDS, Undecodable, Users};
 use super::{Job, Stats, Swept};
 use crate::clock::Clock;
-use crate::limiter::{self, Label, Op, Reply, RevokeReason, Timestamp, UserId, Write};
+use crate::limiter::{self, Holder, Label, Op, Reply, RevokeReason, Timestamp, UserId, Write};
 use crate::metrics;
 use crate::store::StoreError;
 
@@ -52,6 +52,10 @@ pub(super) struct Writer {
 
 /// A job's answer, held back until its transaction has committed. If the
 /// batch fails, every one of them becomes that failure instead.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one answer per job, moved once; boxing the reply would allocate on every request"
+)]
 pub(super) enum Answer {
     Execute(oneshot::Sender<Result<Reply, StoreError>>, Result<Reply, StoreError>),
     Sweep(oneshot::Sender<Result<Swept, StoreError>>, Result<Swept, StoreError>),
@@ -330,13 +334,13 @@ fn persist(conn: &Connection, user: &UserId, write: &Write) -> rusqlite::Result<
         Write::PutLease(l) => {
             conn.prepare_cached(
                 "INSERT INTO leases (user_id, stream_id, device_id, content_id, started_at, expires_at,
-                                     device_class, content_kind, plan)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                                     device_class, content_kind, plan, holder)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT (user_id, stream_id) DO UPDATE SET
                     device_id = excluded.device_id, content_id = excluded.content_id,
                     started_at = excluded.started_at, expires_at = excluded.expires_at,
                     device_class = excluded.device_class, content_kind = excluded.content_kind,
-                    plan = excluded.plan",
+                    plan = excluded.plan, holder = excluded.holder",
             )?
             .execute(params![
                 u,
@@ -348,6 +352,7 @@ fn persist(conn: &Connection, user: &UserId, write: &Write) -> rusqlite::Result<
                 l.device_class.as_ref().map(Label::as_str),
                 l.content_kind.as_ref().map(Label::as_str),
                 l.plan.as_ref().map(Label::as_str),
+                l.holder.as_ref().map(Holder::as_str),
             ])?;
         }
         Write::DeleteLease(stream) => {
