@@ -70,6 +70,10 @@ fn describe() {
     describe_counter!("streamcap_auth_failures_total", "Requests refused with 401.");
     describe_counter!("streamcap_rate_limited_total", "Requests refused with 429, by bucket.");
     describe_counter!(
+        "streamcap_requests_shed_total",
+        "Requests refused with 503 overloaded because the concurrency limit was reached."
+    );
+    describe_counter!(
         "streamcap_store_conflicts_total",
         "Conditional writes (Redis, DynamoDB) that lost a race with another instance and were decided again."
     );
@@ -143,6 +147,12 @@ pub fn auth_failure() {
 
 pub fn rate_limited(bucket: &'static str) {
     counter!("streamcap_rate_limited_total", "bucket" => bucket).increment(1);
+}
+
+/// A request shed at the edge (503 `overloaded`): every permit of the
+/// concurrency limit was taken. Other 503s (the store) are not counted here.
+pub fn shed() {
+    handles().shed.get(|| counter!("streamcap_requests_shed_total")).increment(1);
 }
 
 /// A conditional write that found another version than it had read; the
@@ -219,6 +229,7 @@ struct Handles {
     would_deny: Slot<Counter>,
     would_evict: Slot<Counter>,
     auth_failures: Slot<Counter>,
+    shed: Slot<Counter>,
     store_conflicts: Slot<Counter>,
     websockets_open: Slot<Gauge>,
     websocket_closes: [Slot<Counter>; CLOSE_CODES.len()],

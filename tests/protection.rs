@@ -84,6 +84,10 @@ async fn requests_beyond_the_concurrency_limit_are_shed_with_503() {
     let head = read_head(&mut first);
     assert!(head.starts_with("HTTP/1.1 201"), "the admitted request completes: {head}");
     assert_eq!(s.get("/livez").await.status, 200);
+    // The shed request is counted apart from the store's 503s.
+    let metrics = s.get("/metrics").await.text;
+    let shed = metrics.lines().find_map(|l| l.strip_prefix("streamcap_requests_shed_total ")?.parse::<f64>().ok());
+    assert!(shed.is_some_and(|n| n >= 1.0), "no shed request counted:\n{metrics}");
 }
 
 /// Reads one response head (up to its blank line) from `c`.

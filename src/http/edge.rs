@@ -1,9 +1,9 @@
 //! The edge: the one middleware every request passes first. It gives the
 //! request its id and its tracing span, refuses oversized headers (431)
-//! and load beyond the concurrency limit (503), bounds the request's time
-//! (408), turns a panic into a 500, turns any error response that is not
-//! yet problem+json into one, echoes the id and records the latency under
-//! the route template.
+//! and load beyond the concurrency limit (503, counted as shed), bounds
+//! the request's time (408), turns a panic into a 500, turns any error
+//! response that is not yet problem+json into one, echoes the id and
+//! records the latency under the route template.
 //!
 //! These jobs share one service and one future on purpose: each is a few
 //! lines, and as separate layers each cost an allocation, a boxed future
@@ -121,7 +121,10 @@ where
         }
         match self.shared.permits.clone().try_acquire_owned() {
             Ok(permit) => done._permit = Some(permit),
-            Err(_) => return EdgeFuture::answered(overloaded(), done),
+            Err(_) => {
+                metrics::shed();
+                return EdgeFuture::answered(overloaded(), done);
+            }
         }
         let called = done.span.in_scope(|| catch_unwind(AssertUnwindSafe(|| self.inner.call(req))));
         match called {
