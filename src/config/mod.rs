@@ -217,6 +217,7 @@ fn build_store(s: &Settings) -> Result<StoreConfig, ConfigError> {
         redis_urls,
         redis_mode,
         redis_tls,
+        redis_replica_acks: s.redis_replica_acks.0,
         dynamodb_table: s.dynamodb_table.clone(),
         dynamodb_endpoint: s.dynamodb_endpoint.clone(),
         // Often enough that the file stays small, rarely enough to cost nothing.

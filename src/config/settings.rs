@@ -89,6 +89,10 @@ pub(super) struct Settings {
     #[arg(long, env = "STREAMCAP_REDIS_TLS_INSECURE", value_name = "BOOL",
           num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub redis_tls_insecure: bool,
+    /// Replicas that must acknowledge each write before it is answered (WAIT), 0..=16; 0 = none [default: 0]
+    #[arg(long, env = "STREAMCAP_REDIS_REPLICA_ACKS", value_name = "N", value_parser = flag::<ReplicaAcks>)]
+    #[serde(deserialize_with = "key")]
+    pub redis_replica_acks: ReplicaAcks,
     /// DynamoDB table of the dynamodb store [default: streamcap]
     #[arg(long, env = "STREAMCAP_DYNAMODB_TABLE", value_name = "TABLE")]
     pub dynamodb_table: String,
@@ -312,6 +316,7 @@ impl Default for Settings {
             redis_mode: RedisMode::Standalone.name().into(),
             redis_ca_file: None,
             redis_tls_insecure: false,
+            redis_replica_acks: ReplicaAcks(0),
             dynamodb_table: "streamcap".into(),
             dynamodb_endpoint: None,
             on_store_error: OnStoreError::Deny,
@@ -404,6 +409,10 @@ pub(super) struct RequestTimeout(Duration);
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct MaxConcurrentRequests(usize);
 
+/// How many replicas must acknowledge a Redis write.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct ReplicaAcks(pub u32);
+
 /// An API key's digest.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct Sha256(pub [u8; 32]);
@@ -448,6 +457,7 @@ spelling! {
     Ttl: u32 => |n| Ttl::from_secs(n).ok_or_else(|| out_of_range(n, 1..=Ttl::MAX_SECONDS));
     RequestTimeout: u64 => |n| in_range(n, 1..=300).map(|n| RequestTimeout(Duration::from_secs(n)));
     MaxConcurrentRequests: u64 => |n| in_range(n, 1..=1_000_000).map(|n| MaxConcurrentRequests(n as usize));
+    ReplicaAcks: u64 => |n| in_range(n, 0..=16).map(|n| ReplicaAcks(n as u32));
     Sha256: String => |s: String| {
         parse_sha256_hex(&s).map(Sha256).ok_or_else(|| "must be 64 hex digits (the SHA-256 of the key)".to_owned())
     };

@@ -86,6 +86,9 @@ pub struct StoreConfig {
     pub redis_mode: RedisMode,
     /// What `rediss://` URLs trust (redis only).
     pub redis_tls: RedisTls,
+    /// Replicas that must acknowledge each write before a decision is
+    /// answered, 0 for none (redis only; `--redis-replica-acks`).
+    pub redis_replica_acks: u32,
     /// The DynamoDB table (dynamodb only).
     pub dynamodb_table: String,
     /// An endpoint URL instead of the region's, such as DynamoDB Local
@@ -107,6 +110,7 @@ impl StoreConfig {
             redis_urls: Vec::new(),
             redis_mode: RedisMode::Standalone,
             redis_tls: RedisTls::default(),
+            redis_replica_acks: 0,
             dynamodb_table: "streamcap".into(),
             dynamodb_endpoint: None,
             sweep_interval: Duration::from_secs(60),
@@ -123,6 +127,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("redis_urls", &self.redis_urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>())
             .field("redis_mode", &self.redis_mode)
             .field("redis_tls", &self.redis_tls)
+            .field("redis_replica_acks", &self.redis_replica_acks)
             .field("dynamodb_table", &self.dynamodb_table)
             .field("dynamodb_endpoint", &self.dynamodb_endpoint)
             .field("sweep_interval", &self.sweep_interval)
@@ -212,7 +217,8 @@ impl Store {
             // Redis reads its own clock (TIME), so that every instance agrees.
             #[cfg(feature = "redis")]
             StoreKind::Redis => {
-                Box::new(redis::RedisBackend::open(&config.redis_urls, config.redis_mode, &config.redis_tls).await?)
+                let (urls, mode, acks) = (&config.redis_urls, config.redis_mode, config.redis_replica_acks);
+                Box::new(redis::RedisBackend::open_acked(urls, mode, &config.redis_tls, acks).await?)
             }
             // Region and credentials come from the standard AWS chain.
             #[cfg(feature = "dynamodb")]

@@ -35,6 +35,7 @@ use super::{Backend, BoxFuture, OpenError, OpenFailure, RedisMode, RedisTls, Sto
 use crate::clock::Clock;
 use crate::limiter::{Limit, Op, Reply, Timestamp, UserId, UserState, Write};
 
+mod acks;
 mod bus;
 #[cfg(test)]
 pub(crate) mod harness;
@@ -63,6 +64,9 @@ pub(super) struct RedisBackend {
     /// own clock with TIME.
     test_clock: Option<Arc<dyn Clock>>,
     engine: Optimistic,
+    /// With `--redis-replica-acks` N ≥ 1: the connections that write and
+    /// then wait for N replicas.
+    acks: Option<acks::Acks>,
 }
 
 #[derive(Clone)]
@@ -74,8 +78,20 @@ enum Conn {
 impl RedisBackend {
     /// Connects to `urls` (one URL, or the seed nodes of a cluster), over
     /// TLS for `rediss://` URLs. Every decision reads Redis's own clock.
+    #[cfg(test)]
     pub(super) async fn open(urls: &[String], mode: RedisMode, tls: &RedisTls) -> Result<Self, OpenFailure> {
-        Self::connect(urls, mode, tls, None).await
+        Self::connect(urls, mode, tls, 0, None).await
+    }
+
+    /// Like `open`; with `replica_acks` ≥ 1, a decision that writes is
+    /// answered only once that many replicas have the write ([`acks`]).
+    pub(super) async fn open_acked(
+        urls: &[String],
+        mode: RedisMode,
+        tls: &RedisTls,
+        replica_acks: u32,
+    ) -> Result<Self, OpenFailure> {
+        Self::connect(urls, mode, tls, replica_acks, None).await
     }
 
     /// Like `open`, but decisions take this clock's time instead of
@@ -86,7 +102,7 @@ impl RedisBackend {
         mode: RedisMode,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, OpenFailure> {
-        Self::connect(urls, mode, &RedisTls::default(), Some(clock)).await
+        Self::connect(urls, mode, &RedisTls::default(), 0, Some(clock)).await
     }
 
     /// A server certificate that is not trusted is a misconfiguration
@@ -95,6 +111,7 @@ impl RedisBackend {
         urls: &[String],
         mode: RedisMode,
         tls: &RedisTls,
+        replica_acks: u32,
         test_clock: Option<Arc<dyn Clock>>,
     ) -> Result<Self, OpenFailure> {
         let shown = urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(",");
@@ -128,6 +145,10 @@ impl RedisBackend {
                 Conn::Cluster(client.get_async_connection().await.map_err(fail)?)
             }
         };
+        let acks = match replica_acks {
+            0 => None,
+            n => Some(acks::Acks::connect(urls, mode, &trust, n).await.map_err(fail)?),
+        };
         Ok(Self {
             conn,
             urls: urls.to_vec(),
@@ -137,6 +158,7 @@ impl RedisBackend {
             cas: redis::Script::new(CAS),
             test_clock,
             engine: Optimistic::new(),
+            acks,
         })
     }
 
@@ -279,8 +301,15 @@ impl Shared for RedisBackend {
             Some(None) => cmd.arg("-"),
             Some(Some(l)) => cmd.arg(l.get()),
         };
-        match self.compare_and_set(&cmd).await {
+        let wrote = match &self.acks {
+            Some(acks) => acks.compare_and_set(&cmd, &self.cas).await,
+            None => self.compare_and_set(&cmd).await,
+        };
+        match wrote {
             Ok(true) => Ok(()),
+            // An acknowledged write is never sent twice, so the state read
+            // next cannot be a repeat of it: decide again, and wait again.
+            Ok(false) if self.acks.is_some() => Err(Lost::Race(None)),
             Ok(false) => Err(Lost::Race(new_state)),
             Err(e) => Err(Lost::Failed(e)),
         }
