@@ -40,6 +40,7 @@
 //! - `contention`: concurrent acquires for one user over two instances.
 //! - `report`: the results as JSON and Markdown.
 
+mod acks;
 mod bare;
 mod contention;
 #[path = "../../src/store/dynamodb/harness.rs"]
@@ -162,6 +163,9 @@ struct Args {
     /// Measure nothing: re-render the Markdown section from a recorded JSON.
     #[arg(long, value_name = "JSON")]
     from_json: Option<PathBuf>,
+    /// Measure only what --redis-replica-acks 1 costs: the Redis mix with and without it, on a primary with one replica (writes bench/results/acks.json).
+    #[arg(long)]
+    replica_acks: bool,
     /// Seed of the workload's random choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -254,6 +258,10 @@ fn main() -> ExitCode {
             b.display()
         );
         return ExitCode::from(2);
+    }
+    if ctx.args.replica_acks {
+        let done = acks::run(&mut ctx);
+        return done.map_or_else(|e| (eprintln!("streamcap-bench: {e}"), ExitCode::FAILURE).1, |()| ExitCode::SUCCESS);
     }
     let started = Instant::now();
     let loadavg_before = loadavg();
