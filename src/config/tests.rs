@@ -77,6 +77,7 @@ fn errors_are_one_line_and_name_the_culprit() {
         (vec!["serve".into(), "--lease-ttl".into(), "86401".into()], "--lease-ttl"),
         (vec!["serve".into(), "--lease-ttl".into(), "abc".into()], "--lease-ttl"),
         (vec!["serve".into(), "--store".into(), "mongo".into()], "--store"),
+        (vec!["serve".into(), "--redis-replica-acks".into(), "17".into()], "--redis-replica-acks"),
         (
             vec!["serve".into(), "--store".into(), "dynamodb".into(), "--dynamodb-table".into(), "a b".into()],
             if cfg!(feature = "dynamodb") { "--dynamodb-table" } else { "--store dynamodb is not built" },
@@ -157,6 +158,7 @@ fn file_errors_name_the_key() {
         ("default_limit = \"three\"\n", "line 1"),
         ("store = \"dynamodb\"\ndynamodb_table = \"x\"\n", "dynamodb"),
         ("store = \"redis\"\nredis_mode = \"ring\"\n", "--redis-mode"),
+        ("redis_replica_acks = -1\n", "redis_replica_acks"),
     ] {
         let f = file(text);
         let e = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap_err().0;
@@ -339,6 +341,18 @@ fn redis_settings_are_checked_only_when_redis_is_the_store() {
         .unwrap();
     assert_eq!(c.store.redis_mode, RedisMode::Cluster);
     assert_eq!(c.store.redis_urls, ["redis://a:1", "redis://b:2"]);
+    assert_eq!(c.store.redis_replica_acks, 0, "no replica acknowledgements unless asked for");
+}
+
+#[test]
+fn replica_acks_come_from_the_flag_or_the_file() {
+    let c = parse(&["serve", "--store", "redis", "--redis-replica-acks", "2"]).unwrap();
+    assert_eq!(c.store.redis_replica_acks, 2);
+    let f = file("store = \"redis\"\nredis_replica_acks = 16\n");
+    let c = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap();
+    assert_eq!(c.store.redis_replica_acks, 16);
+    let c = parse(&["serve", "--config", f.path().to_str().unwrap(), "--redis-replica-acks", "1"]).unwrap();
+    assert_eq!(c.store.redis_replica_acks, 1, "the flag wins over the file");
 }
 
 #[test]
