@@ -86,6 +86,12 @@ impl Acks {
             };
             pool.push(conn);
         }
+        tracing::info!(
+            replicas,
+            wait_ms = WAIT_MS,
+            connections = POOL,
+            "redis writes wait for replica acknowledgements"
+        );
         Ok(Acks { replicas, pool: pool.into(), next: AtomicUsize::new(0) })
     }
 
@@ -93,10 +99,10 @@ impl Acks {
     /// first where Redis has not got it. True when it wrote and enough
     /// replicas acknowledged; false when the user's state had changed (no
     /// write, nothing to wait for).
-    pub(super) async fn compare_and_set(&self, cmd: &Cmd, script: &redis::Script) -> Result<bool, StoreError> {
+    pub(super) async fn compare_and_set(&self, cmd: Cmd, script: &redis::Script) -> Result<bool, StoreError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
         let mut pipe = redis::pipe();
-        pipe.add_command(cmd.clone()).cmd("WAIT").arg(self.replicas).arg(WAIT_MS).ignore_errors();
+        pipe.add_command(cmd).cmd("WAIT").arg(self.replicas).arg(WAIT_MS).ignore_errors();
         let mut conn = self.pool[i].clone();
         let mut replies = query(&mut conn, &pipe).await?;
         if matches!(&replies[0], Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript)) {

@@ -19,6 +19,10 @@
 //! tombstone ends; a write that the key's deadline still covers keeps its
 //! expiry (`KEEPTTL`), which costs Redis less than setting a new one.
 //!
+//! With `--redis-replica-acks` N ≥ 1, the write goes through [`acks`]
+//! instead: on a connection of its own, followed by `WAIT`, and answered
+//! only once N replicas have it.
+//!
 //! [`limiter::apply`]: crate::limiter::apply
 
 use std::io::Write as _;
@@ -302,7 +306,7 @@ impl Shared for RedisBackend {
             Some(Some(l)) => cmd.arg(l.get()),
         };
         let wrote = match &self.acks {
-            Some(acks) => acks.compare_and_set(&cmd, &self.cas).await,
+            Some(acks) => acks.compare_and_set(cmd, &self.cas).await,
             None => self.compare_and_set(&cmd).await,
         };
         match wrote {
