@@ -145,3 +145,90 @@ async fn query(conn: &mut Conn, pipe: &redis::Pipeline) -> Result<Vec<Value>, St
     }
     Ok(replies)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::RedisBackend;
+    use super::super::harness::{RedisCluster, RedisServer};
+    use crate::clock::ManualClock;
+    use crate::limiter::{Acquire, Decision, Limit, Timestamp, UserId};
+    use crate::store::{RedisMode, Store, conformance};
+
+    const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+
+    /// A primary with one replica that has synced.
+    fn primary_and_replica() -> (RedisServer, RedisServer) {
+        let primary = RedisServer::start(&[]);
+        let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !replica.cli(&["INFO", "replication"]).contains("master_link_status:up") {
+            assert!(std::time::Instant::now() < deadline, "the replica did not sync");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        (primary, replica)
+    }
+
+    async fn open(urls: Vec<String>, mode: RedisMode, clock: &ManualClock) -> Store {
+        let backend = RedisBackend::open_acked_with_clock(&urls, mode, 1, Arc::new(clock.clone())).await.unwrap();
+        Store::for_test(Box::new(backend))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance_standalone_with_a_replica_acknowledging() {
+        let (primary, _replica) = primary_and_replica();
+        let clock = ManualClock::new(T0);
+        conformance::suite(&open(vec![primary.url()], RedisMode::Standalone, &clock).await, &clock).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance_cluster_with_replicas_acknowledging() {
+        let cluster = RedisCluster::start(3, 1);
+        let clock = ManualClock::new(T0);
+        conformance::suite(&open(cluster.urls(), RedisMode::Cluster, &clock).await, &clock).await;
+    }
+
+    /// Eight instances race 64 acquires for one user, with every write
+    /// waiting for the replica: exactly the limit is granted, after the
+    /// script was flushed from the primary (each pool connection loads it
+    /// on `NOSCRIPT`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn instances_racing_with_acks_grant_exactly_the_limit() {
+        let (primary, replica) = primary_and_replica();
+        assert!(primary.cli(&["SCRIPT", "FLUSH"]).contains("OK"));
+        let mut instances = Vec::new();
+        for _ in 0..8 {
+            let backend = RedisBackend::open_acked(&[primary.url()], RedisMode::Standalone, &Default::default(), 1)
+                .await
+                .unwrap();
+            instances.push(Store::for_test(Box::new(backend)));
+        }
+        let u = UserId::new("racer").unwrap();
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..64 {
+            let (store, u) = (instances[i % 8].clone(), u.clone());
+            set.spawn(async move { store.acquire(&u, Acquire::for_test(&format!("s{i}"), 5)).await });
+        }
+        let (mut granted, mut unavailable) = (0, 0);
+        while let Some(d) = set.join_next().await {
+            match d.unwrap() {
+                Ok(Decision::Granted(_)) => granted += 1,
+                Ok(Decision::Denied(d)) => assert_eq!(d.live.len(), 5),
+                Ok(d) => panic!("{d:?}"),
+                Err(_) => unavailable += 1,
+            }
+        }
+        eprintln!("8 instances with acks, 64 acquires: {unavailable} answered Unavailable");
+        assert_eq!(granted, 5);
+        for s in &instances {
+            assert_eq!(s.list(&u, Limit::new(5).unwrap()).await.unwrap().1.len(), 5);
+        }
+        // The last write was acknowledged: the replica holds what the
+        // primary holds.
+        let key = ["GET", "sc:{racer}:s"];
+        let stored = primary.cli(&key);
+        assert!(stored.len() > 20, "{stored:?}");
+        assert_eq!(replica.cli(&key), stored);
+    }
+}

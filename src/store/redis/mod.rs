@@ -109,6 +109,17 @@ impl RedisBackend {
         Self::connect(urls, mode, &RedisTls::default(), 0, Some(clock)).await
     }
 
+    /// Like `open_acked`, with this clock's time: only tests can build it.
+    #[cfg(test)]
+    pub(super) async fn open_acked_with_clock(
+        urls: &[String],
+        mode: RedisMode,
+        replica_acks: u32,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, OpenFailure> {
+        Self::connect(urls, mode, &RedisTls::default(), replica_acks, Some(clock)).await
+    }
+
     /// A server certificate that is not trusted is a misconfiguration
     /// (exit 2): trying again will not help.
     async fn connect(
