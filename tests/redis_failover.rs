@@ -176,12 +176,102 @@ struct Grants {
     unavailable_while_lagging: usize,
 }
 
-/// A 3+3 cluster, two instances: `acked` with `--redis-replica-acks 1`,
-/// `plain` without. Both start streams for new users without pause while
-/// the replica of one primary lags, that primary is killed with `kill -9`,
-/// and the replica is promoted. Every stream `acked` answered 201 is
-/// there afterwards; the ones `plain` answered 201 and the cluster lost
-/// are counted and printed.
+/// Four loops per instance, each starting a stream for a new user as soon
+/// as the last one was answered.
+struct Load {
+    lagging: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(&'static str, Grants)>>,
+}
+
+impl Load {
+    /// `acked` runs with `--redis-replica-acks 1`, `plain` without.
+    fn start(client: &reqwest::Client, acked: &Arc<Process>, plain: &Arc<Process>) -> Load {
+        let lagging = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for (name, p) in [("acked", acked), ("plain", plain)] {
+            for _ in 0..4 {
+                let (p, client, lagging, stop, next) =
+                    (p.clone(), client.clone(), lagging.clone(), stop.clone(), next.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut grants = Grants::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        let user = format!("{name}{}", next.fetch_add(1, Ordering::Relaxed));
+                        let (status, body) = put(&client, p.url(&format!("/v1/users/{user}/streams/s"))).await;
+                        let during = lagging.load(Ordering::Relaxed);
+                        match status {
+                            201 => {
+                                grants.acknowledged.insert(user, during);
+                            }
+                            503 => {
+                                grants.unavailable += 1;
+                                grants.unavailable_while_lagging += usize::from(during);
+                            }
+                            _ => panic!("{user}: {status} {body}"),
+                        }
+                    }
+                    (name, grants)
+                }));
+            }
+        }
+        Load { lagging, stop, tasks }
+    }
+
+    fn lagging(&self, now: bool) {
+        self.lagging.store(now, Ordering::Relaxed);
+    }
+
+    /// Stops the loops and looks up, through `reader`, every grant they
+    /// were answered: none of `acked` may be lost; those of `plain` that
+    /// were are counted and printed.
+    async fn finish(self, what: &str, client: &reqwest::Client, reader: &Process) {
+        self.stop.store(true, Ordering::Relaxed);
+        // name → (lost, lost of those answered while lagging, answered, 503s)
+        let mut tally = BTreeMap::<&str, (usize, usize, usize, usize)>::new();
+        for task in self.tasks {
+            let (name, grants) = task.await.unwrap();
+            let entry = tally.entry(name).or_default();
+            for (user, during) in &grants.acknowledged {
+                let streams = live(client, reader, user).await;
+                if streams != ["s"] {
+                    assert_eq!(name, "plain", "{what}: {user}'s acknowledged grant was lost: {streams:?}");
+                    entry.0 += 1;
+                    entry.1 += usize::from(*during);
+                }
+            }
+            entry.2 += grants.acknowledged.len();
+            entry.3 += grants.unavailable;
+            eprintln!(
+                "{what}, {name}: {} acknowledged ({} while the replica lagged), {} answered 503 ({} while it lagged)",
+                grants.acknowledged.len(),
+                grants.acknowledged.values().filter(|d| **d).count(),
+                grants.unavailable,
+                grants.unavailable_while_lagging
+            );
+        }
+        let (a, p) = (tally["acked"], tally["plain"]);
+        eprintln!(
+            "{what}, with --redis-replica-acks 1: {} of {} acknowledged grants lost ({} answered 503)",
+            a.0, a.2, a.3
+        );
+        eprintln!(
+            "{what}, without acks: {} of {} acknowledged grants lost, {} of them answered while the replica lagged \
+             ({} answered 503)",
+            p.0, p.2, p.1, p.3
+        );
+        assert_eq!(a.0, 0);
+        assert!(a.2 > 0 && p.2 > 0, "no load went through");
+    }
+}
+
+/// A 3+3 cluster, two instances: one with `--redis-replica-acks 1`, one
+/// without. Both start streams for new users without pause while the
+/// replica of one primary lags, that primary is killed with `kill -9`,
+/// and the replica is promoted. Every stream the first answered 201 is
+/// there afterwards; the ones the second answered 201 and the cluster
+/// lost are counted and printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_primary_loses_no_acknowledged_grant() {
     let mut cluster = RedisCluster::start(3, 1);
@@ -205,42 +295,13 @@ async fn a_killed_primary_loses_no_acknowledged_grant() {
         .unwrap_or_else(|| panic!("the victim has no replica: {info}"));
     let replica = cluster.nodes.iter().position(|s| s.port == replica_port).unwrap();
 
-    let lagging = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut load = Vec::new();
-    for (name, p) in [("a", &acked), ("p", &plain)] {
-        for _ in 0..4 {
-            let (p, client, lagging, stop, next) =
-                (p.clone(), client.clone(), lagging.clone(), stop.clone(), next.clone());
-            load.push(tokio::spawn(async move {
-                let mut grants = Grants::default();
-                while !stop.load(Ordering::Relaxed) {
-                    let user = format!("{name}{}", next.fetch_add(1, Ordering::Relaxed));
-                    let (status, body) = put(&client, p.url(&format!("/v1/users/{user}/streams/s"))).await;
-                    let during = lagging.load(Ordering::Relaxed);
-                    match status {
-                        201 => {
-                            grants.acknowledged.insert(user, during);
-                        }
-                        503 => {
-                            grants.unavailable += 1;
-                            grants.unavailable_while_lagging += usize::from(during);
-                        }
-                        _ => panic!("{user}: {status} {body}"),
-                    }
-                }
-                (name, grants)
-            }));
-        }
-    }
-
+    let load = Load::start(&client, &acked, &plain);
     tokio::time::sleep(Duration::from_secs(2)).await;
     lag(&cluster.nodes[victim], &cluster.nodes[replica]);
-    lagging.store(true, Ordering::Relaxed);
+    load.lagging(true);
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.nodes[victim].kill9();
-    lagging.store(false, Ordering::Relaxed);
+    load.lagging(false);
     resume(&cluster.nodes[replica]);
     // The replica takes over at once rather than after the node timeout.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -251,36 +312,32 @@ async fn a_killed_primary_loses_no_acknowledged_grant() {
     }
     cluster.wait_healthy(Duration::from_secs(30));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
+    load.finish("cluster", &client, &plain).await;
+}
 
-    let mut lost = BTreeMap::<&str, (usize, usize, usize, usize)>::new();
-    for task in load {
-        let (name, grants) = task.await.unwrap();
-        let entry = lost.entry(name).or_default();
-        for (user, during) in &grants.acknowledged {
-            let streams = live(&client, &plain, user).await;
-            if streams != ["s"] {
-                assert_eq!(name, "p", "{user}'s acknowledged grant was lost: {streams:?}");
-                entry.0 += 1;
-                entry.1 += usize::from(*during);
-            }
-        }
-        entry.2 += grants.acknowledged.len();
-        entry.3 += grants.unavailable;
-        eprintln!(
-            "{name}: {} acknowledged ({} while the replica lagged), {} answered 503 ({} while it lagged)",
-            grants.acknowledged.len(),
-            grants.acknowledged.values().filter(|d| **d).count(),
-            grants.unavailable,
-            grants.unavailable_while_lagging
-        );
-    }
-    let (a, p) = (lost["a"], lost["p"]);
-    eprintln!("with --redis-replica-acks 1: {} of {} acknowledged grants lost ({} answered 503)", a.0, a.2, a.3);
-    eprintln!(
-        "without acks: {} of {} acknowledged grants lost, {} of them acknowledged while the replica lagged ({} answered 503)",
-        p.0, p.2, p.1, p.3
-    );
-    assert_eq!(a.0, 0);
-    assert!(a.2 > 0 && p.2 > 0, "no load went through");
+/// The same with one primary and its replica: after the `kill -9`, the
+/// replica is promoted by hand (`REPLICAOF NO ONE`, as Sentinel would) and
+/// a new instance on it looks up every grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_standalone_primary_loses_no_acknowledged_grant() {
+    let mut primary = RedisServer::start(&[]);
+    let port = primary.port.to_string();
+    let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &port]);
+    wait_synced(&replica);
+    let store = vec!["--store".to_owned(), "redis".into(), "--redis-url".into(), primary.url()];
+    let acked = Arc::new(start(&store, 1));
+    let plain = Arc::new(start(&store, 0));
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+
+    let load = Load::start(&client, &acked, &plain);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    lag(&primary, &replica);
+    load.lagging(true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    primary.kill9();
+    load.lagging(false);
+    resume(&replica);
+    assert!(replica.cli(&["REPLICAOF", "NO", "ONE"]).contains("OK"));
+    let reader = start(&["--store".to_owned(), "redis".into(), "--redis-url".into(), replica.url()], 0);
+    load.finish("standalone", &client, &reader).await;
 }
