@@ -27,11 +27,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use crate::Ctx;
 use crate::load::{Pace, Work};
+use crate::measure::{phase, server_args};
 use crate::procs::{self, Redis, Server};
 use crate::report::{CommandCost, CommandUse, Keyspace, KeyspacePoint, SetCeiling, int, ratio, round1, round3};
 use crate::workload::{MixParams, Zipf};
-use crate::{Ctx, phase, server_args};
 
 /// Users in Redis for the small keyspace; the large one is `--keyspace-users`.
 pub const SMALL_KEYSPACE: u64 = 10_000;
