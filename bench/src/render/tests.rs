@@ -1,5 +1,5 @@
 use super::*;
-use crate::report::samples;
+use crate::report::{ratio, samples};
 
 #[test]
 fn splice_replaces_only_its_own_section() {
