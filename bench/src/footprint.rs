@@ -2,6 +2,7 @@
 //! restarts after a crash and after a clean stop, timed to the first
 //! correct decision.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::load::{Pace, Work};
@@ -38,13 +39,7 @@ pub fn footprint_run(ctx: &mut Ctx, store: &str, recovery: &mut Vec<Recovery>) -
     }
     let created = fill.statuses.get("acquire 201").copied().unwrap_or(0);
     let probe = one_request(server.addr, &workload::fill_probe_new(0))?;
-    let disk = data_dir.as_ref().map(|d| {
-        ["streamcap.db", "streamcap.db-wal", "streamcap.db-shm"]
-            .iter()
-            .filter_map(|f| std::fs::metadata(d.join(f)).ok())
-            .map(|m| m.len())
-            .sum::<u64>()
-    });
+    let disk = data_dir.as_deref().map(disk_bytes);
     let per_lease = (rss_after as f64 - rss_before as f64) / created.max(1) as f64;
     eprintln!(
         "   RSS {:.1} MiB -> {:.1} MiB for {created} leases: {per_lease:.0} bytes per lease",
@@ -68,24 +63,7 @@ pub fn footprint_run(ctx: &mut Ctx, store: &str, recovery: &mut Vec<Recovery>) -
         ctx.failures.push(format!("{store}: a full user's next acquire gave {probe}, not 409"));
     }
     match data_dir {
-        Some(d) if created == ctx.leases => {
-            let args = server_args(store, Some(&d), None, &["--lease-ttl", "86400"]);
-            // A crash first (the WAL holds the tail), then a clean stop.
-            server.kill9();
-            let crash = restart(ctx, &args, created, users, "SIGKILL", None)?;
-            eprintln!("   restart after SIGKILL: first decision after {:.3} s", crash.0.to_first_decision_seconds);
-            let took = crash.1.terminate(Duration::from_secs(120))?;
-            let clean = restart(ctx, &args, created, users, "SIGTERM", Some(took))?;
-            eprintln!(
-                "   restart after SIGTERM (shutdown {:.3} s): ready after {:.3} s, first decision after {:.3} s",
-                took.as_secs_f64(),
-                clean.0.to_ready_seconds,
-                clean.0.to_first_decision_seconds
-            );
-            clean.1.terminate(Duration::from_secs(120))?;
-            recovery.push(crash.0);
-            recovery.push(clean.0);
-        }
+        Some(d) if created == ctx.leases => recovery.extend(restarts(ctx, store, server, &d, created, users)?),
         Some(_) => {
             ctx.failures
                 .push(format!("sqlite: only {created} of {} leases were created; recovery not measured", ctx.leases));
@@ -96,6 +74,43 @@ pub fn footprint_run(ctx: &mut Ctx, store: &str, recovery: &mut Vec<Recovery>) -
         }
     }
     Ok(footprint)
+}
+
+/// The bytes of the sqlite database in `data_dir`, with its WAL.
+fn disk_bytes(data_dir: &Path) -> u64 {
+    ["streamcap.db", "streamcap.db-wal", "streamcap.db-shm"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(data_dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Kills `server`, filled with `created` leases of `users` in
+/// `data_dir`, and restarts it; then stops it cleanly and restarts it
+/// again. Returns both recoveries.
+fn restarts(
+    ctx: &mut Ctx,
+    store: &str,
+    server: Server,
+    data_dir: &Path,
+    created: u64,
+    users: u64,
+) -> Result<[Recovery; 2], String> {
+    let args = server_args(store, Some(data_dir), None, &["--lease-ttl", "86400"]);
+    // A crash first (the WAL holds the tail), then a clean stop.
+    server.kill9();
+    let crash = restart(ctx, &args, created, users, "SIGKILL", None)?;
+    eprintln!("   restart after SIGKILL: first decision after {:.3} s", crash.0.to_first_decision_seconds);
+    let took = crash.1.terminate(Duration::from_secs(120))?;
+    let clean = restart(ctx, &args, created, users, "SIGTERM", Some(took))?;
+    eprintln!(
+        "   restart after SIGTERM (shutdown {:.3} s): ready after {:.3} s, first decision after {:.3} s",
+        took.as_secs_f64(),
+        clean.0.to_ready_seconds,
+        clean.0.to_first_decision_seconds
+    );
+    clean.1.terminate(Duration::from_secs(120))?;
+    Ok([crash.0, clean.0])
 }
 
 /// Starts the server on an existing data dir and times it to its first
