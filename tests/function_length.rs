@@ -176,6 +176,26 @@ fn is_test(attrs: &[syn::Attribute]) -> bool {
     attrs.iter().any(|a| a.path().segments.last().is_some_and(|s| s.ident == "test"))
 }
 
+#[test]
+fn a_file_is_test_code_when_only_cfg_test_declares_it() {
+    let root = canonical(Path::new(env!("CARGO_MANIFEST_DIR")));
+    let parse = |relative: &str| {
+        let path = root.join(relative);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {relative}: {e}"));
+        (path, syn::parse_file(&text).unwrap())
+    };
+    // src/store/redis/mod.rs declares `harness` and `tests` under
+    // #[cfg(test)]; the bench's main.rs declares the harness again, through
+    // #[path], for real.
+    let redis = parse("src/store/redis/mod.rs");
+    let tests = root.join("src/store/redis/tests.rs");
+    let harness = root.join("src/store/redis/harness.rs");
+    let only_redis = test_files(std::slice::from_ref(&redis));
+    assert!(only_redis.contains(&tests) && only_redis.contains(&harness), "{only_redis:?}");
+    let with_bench = test_files(&[redis, parse("bench/src/main.rs")]);
+    assert!(with_bench.contains(&tests) && !with_bench.contains(&harness), "{with_bench:?}");
+}
+
 /// Every `*.rs` file under `dir`, recursively.
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));

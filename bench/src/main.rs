@@ -182,6 +182,9 @@ struct Args {
 /// Flags every server gets: no rate limits, so they cannot cap the run.
 const SERVER_FLAGS: [&str; 4] = ["--user-rate-limit", "0", "--credential-rate-limit", "0"];
 
+/// The run's settings, resolved from the flags with the full or quick
+/// defaults, and what it collects on the way: the commands it spawned and
+/// its failures.
 struct Ctx {
     args: Args,
     mode: &'static str,
@@ -367,6 +370,7 @@ fn run(ctx: &mut Ctx) -> Report {
     }
 }
 
+/// Writes the JSON, and unless `--no-docs` the Markdown section.
 fn write_outputs(ctx: &Ctx, report: &Report) -> Result<(), String> {
     let json_path = ctx.args.json.clone().unwrap_or_else(|| PathBuf::from(format!("bench/results/{}.json", ctx.mode)));
     if let Some(dir) = json_path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -385,6 +389,7 @@ fn write_outputs(ctx: &Ctx, report: &Report) -> Result<(), String> {
     Ok(())
 }
 
+/// The targets, one line each, for the terminal.
 fn summary(r: &Report) -> String {
     let mut s = format!("streamcap-bench ({} run, {}). {}\n", r.mode, r.date, r.host());
     for t in &r.targets {
