@@ -49,9 +49,9 @@ pub fn report(ctx: &mut Ctx, rig: Rig<'_>, [mix, half_load]: [Conflicts; 2], jit
 
 /// DynamoDB Local's JIT warm-up: windows of the mix until its CPU per
 /// decision stops falling.
-pub const JIT_WINDOW: Duration = Duration::from_secs(2);
+const JIT_WINDOW: Duration = Duration::from_secs(2);
 
-pub const JIT_MAX_WINDOWS: usize = 30;
+const JIT_MAX_WINDOWS: usize = 30;
 
 /// Runs the mix in 2-s windows until DynamoDB Local's CPU per decision
 /// has settled: the mean of the last three windows within 5 % of the mean
@@ -76,7 +76,7 @@ pub fn jit_warm_up(ctx: &mut Ctx, addr: SocketAddr, watch: &[u32]) -> Result<(f6
 
 /// Whether the mean of the last three costs is within 5 % of the mean of
 /// the three before.
-pub fn settled(costs: &[f64]) -> bool {
+fn settled(costs: &[f64]) -> bool {
     let [.., a, b, c, d, e, f] = costs else { return false };
     let (before, last) = ((a + b + c) / 3.0, (d + e + f) / 3.0);
     last >= before * 0.95
@@ -102,7 +102,7 @@ pub fn start(ctx: &mut Ctx) -> Result<DynamoLocal, String> {
 /// The closed-loop mix over two instances on the table: `first` (already
 /// warm) and a second one started with the same `args`; the connections
 /// alternate between them.
-pub fn two_instances(
+fn two_instances(
     ctx: &mut Ctx,
     dynamo: &DynamoLocal,
     first: &Server,

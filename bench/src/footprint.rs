@@ -115,7 +115,7 @@ fn restarts(
 
 /// Starts the server on an existing data dir and times it to its first
 /// correct decision.
-pub fn restart(
+fn restart(
     ctx: &mut Ctx,
     args: &[String],
     leases: u64,

@@ -62,7 +62,7 @@ pub fn command_line(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-pub fn git_revision() -> String {
+fn git_revision() -> String {
     let rev = command_line("git", &["rev-parse", "--short", "HEAD"]);
     let dirty = std::process::Command::new("git")
         .args(["status", "--porcelain", "--untracked-files=no"])
@@ -73,7 +73,7 @@ pub fn git_revision() -> String {
 }
 
 /// "ext4 on /dev/vda (/tmp)": the filesystem type and source of `dir`.
-pub fn filesystem_of(dir: &Path) -> String {
+fn filesystem_of(dir: &Path) -> String {
     let out = command_line("findmnt", &["-n", "-o", "FSTYPE,SOURCE", "-T", &dir.display().to_string()]);
     let mut f = out.split_whitespace();
     match (f.next(), f.next()) {
@@ -90,7 +90,7 @@ pub fn loadavg() -> String {
 
 /// The CPU's model: `lscpu`'s "Model name" (in the C locale, so the
 /// label is English), else /proc/cpuinfo's "model name".
-pub fn cpu_model() -> String {
+fn cpu_model() -> String {
     let lscpu = std::process::Command::new("lscpu")
         .env("LC_ALL", "C")
         .output()
@@ -107,7 +107,7 @@ pub fn cpu_model() -> String {
 
 /// "Model name:   AMD EPYC 7B13" from `lscpu`'s output (not "BIOS Model
 /// name").
-pub fn lscpu_model(text: &str) -> Option<String> {
+fn lscpu_model(text: &str) -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix("Model name:"))
         .map(str::trim)
@@ -115,7 +115,7 @@ pub fn lscpu_model(text: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-pub fn mem_total() -> String {
+fn mem_total() -> String {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {

@@ -40,7 +40,7 @@ pub fn server_args_with(
 }
 
 /// Runs one window of load. `tag` keeps stream ids unique across windows.
-pub fn measure(
+fn measure(
     ctx: &Ctx,
     tag: &str,
     addr: SocketAddr,
@@ -168,7 +168,7 @@ pub fn interleaved(ctx: &mut Ctx, specs: &[Spec<'_>]) -> Result<Vec<Phase>, Stri
 
 /// The order of `n` workloads in round `round`: as given, and reversed in
 /// odd rounds.
-pub fn round_order(n: usize, round: u32) -> Vec<usize> {
+fn round_order(n: usize, round: u32) -> Vec<usize> {
     if round.is_multiple_of(2) { (0..n).collect() } else { (0..n).rev().collect() }
 }
 

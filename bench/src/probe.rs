@@ -25,7 +25,7 @@ pub fn conflicts(addrs: &[SocketAddr]) -> Result<u64, String> {
 /// streamcap's metrics but not this one counts 0, and so does an empty
 /// page (a server that has recorded nothing yet, not even a scrape); a
 /// page with other text gives `None`.
-pub fn counter(text: &str, name: &str) -> Option<u64> {
+fn counter(text: &str, name: &str) -> Option<u64> {
     let value = text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' '));
     match value {
         Some(v) => v.trim().parse::<f64>().ok().map(|v| v as u64),
@@ -34,7 +34,7 @@ pub fn counter(text: &str, name: &str) -> Option<u64> {
 }
 
 /// One `GET /metrics`, its body as text.
-pub fn metrics_text(addr: SocketAddr) -> Result<String, String> {
+fn metrics_text(addr: SocketAddr) -> Result<String, String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async {
         let mut c = http::Conn::connect(addr).await.map_err(|e| format!("/metrics of {addr}: {e}"))?;
@@ -53,7 +53,7 @@ pub struct Scraper {
     handle: std::thread::JoinHandle<u64>,
 }
 
-pub const METRICS: &[u8] = b"GET /metrics HTTP/1.1\r\nhost: bench\r\n\r\n";
+const METRICS: &[u8] = b"GET /metrics HTTP/1.1\r\nhost: bench\r\n\r\n";
 
 impl Scraper {
     pub fn start(addr: SocketAddr) -> Scraper {

@@ -257,7 +257,7 @@ fn contention_run(ctx: &mut Ctx) -> Vec<crate::report::Contention> {
 
 /// The baseline server on a redis-server of its own, warmed up like the
 /// current one.
-pub struct Baseline {
+struct Baseline {
     bin: PathBuf,
     redis: Redis,
     server: Server,

@@ -157,7 +157,7 @@ fn commands_table(m: &mut String, s: &StoreReport, host: &str) {
 
 /// The baseline and the current server side by side, from the same
 /// rounds.
-pub fn baseline_table(m: &mut String, s: &StoreReport, b: &RedisBaseline, host: &str) {
+fn baseline_table(m: &mut String, s: &StoreReport, b: &RedisBaseline, host: &str) {
     let _ = writeln!(m, "\n#### Redis: against the baseline {}\n", b.label);
     let _ = writeln!(
         m,
@@ -215,7 +215,7 @@ pub fn baseline_table(m: &mut String, s: &StoreReport, b: &RedisBaseline, host: 
 }
 
 /// The concurrent acquires for one user over two instances.
-pub fn contention_table(m: &mut String, runs: &[Contention], host: &str) {
+fn contention_table(m: &mut String, runs: &[Contention], host: &str) {
     let first = &runs[0];
     let _ = writeln!(
         m,

@@ -12,7 +12,7 @@ use dynamodb::dynamodb_row;
 use redis::redis_targets;
 
 /// A target whose measurement is missing (its store or phase failed).
-pub fn missing(name: &str, target: &str) -> Target {
+fn missing(name: &str, target: &str) -> Target {
     Target { name: name.into(), target: target.into(), measured: "–".into(), met: None, reported_only: false }
 }
 

@@ -99,7 +99,7 @@ fn contention_targets(s: Option<&StoreReport>, t: &mut Vec<Target>) {
 }
 
 /// The current server against the baseline, from the same rounds.
-pub fn baseline_targets(s: Option<&StoreReport>, t: &mut Vec<Target>) {
+fn baseline_targets(s: Option<&StoreReport>, t: &mut Vec<Target>) {
     let pair = s.and_then(|s| Some((s, s.redis_baseline.as_ref()?)));
     let label = |what: &str| match pair {
         Some((_, b)) => format!("redis vs baseline {}: {what}", b.label),
@@ -127,7 +127,7 @@ pub fn baseline_targets(s: Option<&StoreReport>, t: &mut Vec<Target>) {
 
 /// One figure of the mix set against the baseline's: current ÷ baseline,
 /// and whether that ratio meets the goal.
-pub struct Versus {
+struct Versus {
     what: &'static str,
     goal: &'static str,
     figure: fn(&Phase) -> Option<f64>,
@@ -135,7 +135,7 @@ pub struct Versus {
     unit: &'static str,
 }
 
-pub const VERSUS_BASELINE: [Versus; 3] = [
+const VERSUS_BASELINE: [Versus; 3] = [
     Versus {
         what: "redis-server CPU per decision",
         goal: "≤ 0.4 × baseline",
