@@ -74,18 +74,20 @@ fn declared_modules(rust: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// How the document names module `name` of directory `dir`: `name.rs` or
-/// `name/`, whichever is on disk.
+/// How the document names module `name` of directory `dir`: `name.rs` if
+/// that file exists (a directory beside it holds assets, as `http/demo/`
+/// does), else `name/`.
 fn file_name(dir: &Path, name: &str) -> String {
-    if dir.join(name).is_dir() { format!("{name}/") } else { format!("{name}.rs") }
+    if dir.join(format!("{name}.rs")).is_file() { format!("{name}.rs") } else { format!("{name}/") }
 }
 
-/// The file names that start the bullets of a section (`- \`x.rs\`: …`).
+/// The file names that start the bullets of a section (`- \`x.rs\`: …`),
+/// except the directory's own `mod.rs`.
 fn bullet_files(body: &str) -> BTreeSet<String> {
     body.lines()
         .filter_map(|line| line.strip_prefix("- `"))
         .filter_map(|rest| rest.split('`').next())
-        .filter(|name| name.ends_with(".rs") || name.ends_with('/'))
+        .filter(|name| (name.ends_with(".rs") || name.ends_with('/')) && *name != "mod.rs")
         .map(str::to_string)
         .collect()
 }
@@ -98,10 +100,8 @@ fn code_map_problems(doc: &str, src_root: &Path) -> Vec<String> {
     let sections = sections(part(doc, "Code map"));
     let headed: BTreeSet<&str> = sections.iter().flat_map(|(paths, _)| paths.iter().map(String::as_str)).collect();
     let lib = std::fs::read_to_string(src_root.join("src/lib.rs")).expect("read src/lib.rs");
-    let mut wanted: Vec<String> = declared_modules(&lib)
-        .iter()
-        .map(|m| if src_root.join("src").join(m).is_dir() { format!("src/{m}/") } else { format!("src/{m}.rs") })
-        .collect();
+    let mut wanted: Vec<String> =
+        declared_modules(&lib).iter().map(|m| format!("src/{}", file_name(&src_root.join("src"), m))).collect();
     wanted.push("src/main.rs".into());
     if let Ok(bins) = std::fs::read_dir(src_root.join("src/bin")) {
         for bin in bins.flatten() {
@@ -167,7 +167,7 @@ fn entry_point_problems(item: &str, src_root: &Path, shown: &str) -> Vec<String>
         Some(module) => {
             let mut problems = Vec::new();
             let before = &code[..at];
-            if !before.ends_with("pub fn ") && !before.ends_with("pub async fn ") {
+            if !before.ends_with("pub ") && !before.ends_with("pub async ") {
                 problems.push(format!("`{item}`: `fn {name}` in `{shown}` is not `pub`"));
             }
             let own = format!("src/{module}.rs");
@@ -286,6 +286,12 @@ fn the_checks_catch_what_they_are_for() {
     let entry = entry_points_problems(doc, dir.path());
     assert_eq!(entry.len(), 2, "{entry:?}");
     assert!(entry.iter().all(|p| p.contains("does not list")), "{entry:?}");
+
+    // Assets in a directory beside a module's file, and the directory's own
+    // `mod.rs` in a bullet, are no modules.
+    at("src/store/memory/data.txt", "");
+    let with_mod = doc.replace("- `memory.rs`: a map.", "- `memory.rs`: a map.\n- `mod.rs`: the handle.");
+    assert_eq!(code_map_problems(&with_mod, dir.path()), Vec::<String>::new());
 
     // A new module without its paragraph.
     at(
