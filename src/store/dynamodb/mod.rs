@@ -13,6 +13,11 @@
 //! Expiry happens on write and DynamoDB's TTL deletes idle items
 //! (`expires_at`); no decision depends on TTL, and no sweeper scans the
 //! table. `item` documents the item's attributes.
+//!
+//! The client is the official AWS SDK with its retries and timeouts set
+//! explicitly, all well inside the store's operation timeout. `ping` and
+//! the check at open read a probe key that no user id can be.
+//! [`create_table`] is the body of `streamcap dynamodb create-table`.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;

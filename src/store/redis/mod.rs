@@ -19,6 +19,12 @@
 //! tombstone ends; a write that the key's deadline still covers keeps its
 //! expiry (`KEEPTTL`), which costs Redis less than setting a new one.
 //!
+//! A write is one `EVALSHA` of `cas.lua` with both keys; a node that has
+//! not got the script (`NOSCRIPT`, after a restart or `SCRIPT FLUSH`) gets
+//! `SCRIPT LOAD` and the call is sent again. `ping` sends `PING`; `sweep`
+//! does nothing. Messages between the instances that share the Redis go
+//! over its pub/sub ([`bus`]); `tls` says what `rediss://` trusts.
+//!
 //! [`limiter::apply`]: crate::limiter::apply
 
 use std::io::Write as _;

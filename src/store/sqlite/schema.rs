@@ -1,5 +1,17 @@
 //! The database file: its schema, its settings, and reading it whole at
 //! open.
+//!
+//! Three tables, each keyed by user and stream (`overrides` by user), with
+//! no secondary index: `leases`, `tombstones` (`evicted_by` is NULL for a
+//! revocation) and `overrides`. Times are integer microseconds since the
+//! epoch. A lease's `device_class`, `content_kind`, `plan` and `holder` are
+//! nullable columns, added by migrations that only add columns and so run
+//! instantly on any file. [`MIGRATIONS`] run in order at open, and
+//! `PRAGMA user_version` records how many have run; a database newer than
+//! this binary is refused. A shipped migration is never edited: a change
+//! adds a new one. [`load`] reads each table once in primary-key order. A
+//! row that does not hold valid values makes its user answer `Unavailable`
+//! and is left as it is.
 
 use std::collections::HashMap;
 

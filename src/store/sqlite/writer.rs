@@ -1,6 +1,14 @@
 //! The writer thread: the only owner of the connection that writes rows,
 //! and of every user's state. It runs jobs in batches, one transaction per
 //! batch, and tells its [`Checkpoints`] after each commit.
+//!
+//! Each change to a user's state in memory pushes the user's previous
+//! state onto an undo log. If a statement or the commit fails, the
+//! transaction rolls back, the undo log restores every touched user's
+//! committed state, and every job of the batch answers `Unavailable`. A
+//! sweep runs in bounded steps ([`SWEEP_BATCH`] rows, [`SWEEP_SCAN`] users):
+//! it calls [`limiter::expire`] on each user whose earliest expiry has
+//! passed and deletes the rows it returns by primary key.
 
 use std::collections::HashMap;
 use std::sync::Arc;
