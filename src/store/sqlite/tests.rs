@@ -361,6 +361,51 @@ async fn a_schema_4_database_migrates_in_place_and_keeps_everything() {
     assert_eq!(live.iter().find(|l| l.stream_id.as_str() == "tv"), Some(&renewed));
 }
 
+/// A database of the previous schema (5) migrates in place: its overrides
+/// keep their limits and last for good. An override with an expiry is then
+/// written with it, read back at open, ends at that time, and is dropped
+/// from the file by the sweeper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_5_database_migrates_and_overrides_gain_an_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        for migration in &MIGRATIONS[..5] {
+            conn.execute_batch(migration).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 5).unwrap();
+        conn.execute("INSERT INTO overrides VALUES ('u', 2)", []).unwrap();
+        conn.execute("INSERT INTO overrides VALUES ('v', 0)", []).unwrap();
+    }
+    let clock = ManualClock::new(T0);
+    let (store, jobs, _) = opened(dir.path(), &clock);
+    let expected: Snapshot = [("u", 2), ("v", 0)]
+        .into_iter()
+        .map(|(u, n)| (u.to_owned(), canonical(vec![], vec![], Limit::new(n).map(Override::permanent))))
+        .collect();
+    assert_eq!(in_memory(&jobs).await, expected, "loaded");
+    assert_eq!(on_disk(dir.path()), expected, "migrated without touching a row");
+
+    let (u, three) = (UserId::new("u").unwrap(), Limit::new(3).unwrap());
+    let until = T0.plus(Ttl::from_secs(30).unwrap());
+    let ending = Override { limit: Limit::new(5).unwrap(), expires_at: Some(until) };
+    store.set_override(&u, Some(ending)).await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+
+    let (store, jobs, _) = opened(dir.path(), &clock);
+    assert_eq!(in_memory(&jobs).await, on_disk(dir.path()));
+    assert_eq!(
+        store.limit(&u, three, LimitSource::Default).await.unwrap(),
+        (Limit::new(5).unwrap(), LimitSource::Override, Some(until))
+    );
+    clock.advance_ms(30_000);
+    assert_eq!(store.limit(&u, three, LimitSource::Default).await.unwrap(), (three, LimitSource::Default, None));
+    store.inner.backend.sweep().await.unwrap();
+    let left = on_disk(dir.path());
+    assert_eq!(left.keys().collect::<Vec<_>>(), ["v"], "the sweeper dropped the ended override");
+}
+
 /// Every attribute of a lease is written with it and read back at open:
 /// after a restart, the lease comes back identical in a listing, a
 /// renewal, a denial and an eviction. A renewal that names new attributes
@@ -852,8 +897,9 @@ async fn a_corrupt_row_makes_only_its_user_unavailable() {
                 VALUES ('planless', 'a', 0, {until}, '{long}');
              INSERT INTO leases (user_id, stream_id, started_at, expires_at, holder)
                 VALUES ('unheld', 'a', 0, {until}, 'not a token');
-             INSERT INTO overrides VALUES ('good', 1);
-             INSERT INTO overrides VALUES ('worse', 5000);
+             INSERT INTO overrides (user_id, stream_limit) VALUES ('good', 1);
+             INSERT INTO overrides (user_id, stream_limit) VALUES ('worse', 5000);
+             INSERT INTO overrides VALUES ('late', 2, 'soon');
              INSERT INTO tombstones VALUES ('not a user', 'a', NULL, {until});"
         ))
         .unwrap();
@@ -863,6 +909,7 @@ async fn a_corrupt_row_makes_only_its_user_unavailable() {
     for (name, why) in [
         ("bad", "stream_id"),
         ("worse", "stream_limit 5000"),
+        ("late", "expires_at is not an integer"),
         ("classless", "device_class is not text"),
         ("planless", "plan"),
         ("unheld", "holder \"not a token\""),
@@ -880,7 +927,7 @@ async fn a_corrupt_row_makes_only_its_user_unavailable() {
     assert!(matches!(store.acquire(&good, req("b")).await.unwrap(), Decision::Denied(_)), "limit 1 from the override");
     assert_eq!(store.inner.backend.sweep().await.unwrap(), 0);
     assert_eq!(in_memory(&jobs).await.keys().collect::<Vec<_>>(), ["good"]);
-    assert_eq!(on_disk_rows(dir.path()), 9, "nothing was deleted");
+    assert_eq!(on_disk_rows(dir.path()), 10, "nothing was deleted");
 }
 
 fn on_disk_rows(dir: &Path) -> i64 {
