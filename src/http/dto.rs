@@ -92,7 +92,8 @@ pub struct SetLimitBody {
     pub limit: Option<u32>,
     /// When the override ends: an RFC 3339 time, in the future and at most
     /// 366 days ahead. Past it, the plan's limit or the default applies
-    /// again. Absent: the override lasts until it is changed or removed.
+    /// again. Absent (or `null`): the override lasts until it is changed
+    /// or removed.
     #[schema(value_type = Option<String>, format = DateTime, example = "2026-12-24T00:00:00Z")]
     pub expires_at: Option<serde_json::Value>,
 }
