@@ -170,9 +170,11 @@ async fn stopping_a_socket_held_stream_tells_its_socket_here_and_on_another_inst
     assert_eq!(close_code(&mut here).await, 4410);
 
     // Stopped through the other instance, which holds no socket of it.
+    let asked = std::time::Instant::now();
     let r = post(&b, "/v1/users/w/streams/laptop/revoke").await;
     assert_eq!(r.json(), json!({"revoked": ["laptop"]}));
     let m = expect(&mut there, "revoked").await;
+    eprintln!("a stream stopped on B reached its socket on A {:?} after the POST was sent", asked.elapsed());
     assert_eq!(m, json!({"type": "revoked", "reason": "revoked", "by_stream_id": null}));
     assert_eq!(close_code(&mut there).await, 4410);
 }
@@ -257,4 +259,40 @@ fn admin_changes_are_audited_in_the_log_and_counted() {
     let admin: Vec<&str> = metrics.lines().filter(|l| l.starts_with("streamcap_admin_actions_total{")).collect();
     assert_eq!(admin.len(), 4, "{admin:?}");
     assert!(admin.iter().all(|l| !l.contains("ann") && !l.contains("support-desk")), "{admin:?}");
+}
+
+/// A player lists its own streams with the same shape, and a token with the
+/// admin scope is an admin whose `sub` an audit line would name: it may
+/// stop a stream, which a plain player token may not.
+#[tokio::test]
+async fn a_player_s_own_listing_has_the_same_shape_and_only_admins_stop_streams() {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    const SECRET: &str = "an-hs256-test-secret-of-at-least-32-bytes!";
+    let auth = common::hs256_auth(SECRET, Vec::new());
+    let protection = streamcap::policy::Protection::unlimited();
+    let srv = Server::with_everything(StoreKind::Memory, policy(), auth, protection).await;
+    let exp = SystemClock.now().as_millis() / 1000 + 300;
+    let token =
+        |claims: Value| encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
+    let player = token(json!({"sub": "pia", "exp": exp}));
+    let support = token(json!({"sub": "support-7", "exp": exp, "scope": "streams:admin"}));
+    let call = |method: reqwest::Method, path: &str, bearer: &str| {
+        let r = srv.client.request(method, srv.url(path)).bearer_auth(bearer);
+        async move { Reply::from(r.send().await.unwrap()).await }
+    };
+    use reqwest::Method;
+    assert_eq!(call(Method::PUT, "/v1/me/streams/tv", &player).await.status, 201);
+    assert_eq!(call(Method::PUT, "/v1/me/streams/phone", &player).await.status, 201);
+    call(Method::POST, "/v1/users/pia/streams/phone/revoke", &player).await.assert_problem(403, "forbidden");
+    let r = call(Method::POST, "/v1/users/pia/streams/phone/revoke", &support).await;
+    assert_eq!((r.status, r.json()), (200, json!({"revoked": ["phone"]})));
+    let mine = call(Method::GET, "/v1/me/streams", &player).await.json();
+    assert_eq!(mine["active_streams"].as_array().unwrap().len(), 1, "{mine}");
+    assert_eq!(
+        (mine["active_streams"][0]["stream_id"].clone(), mine["active_streams"][0]["socket"].clone()),
+        (json!("tv"), json!(false))
+    );
+    assert_eq!(mine["tombstones"][0]["stream_id"], "phone", "{mine}");
+    let theirs = call(Method::GET, "/v1/users/pia/streams", &support).await.json();
+    assert_eq!(mine, theirs);
 }
