@@ -12,18 +12,18 @@
 //!
 //! All of a user's state lives under one hash tag, `sc:{user}:…`: the
 //! state (`s`, in [`state`]'s format, with a copy of the override) and the
-//! override itself (`o`, kept for good). Both sit in one cluster slot, so
-//! the read, the clock and the write for a user all go to the primary that
-//! owns it. The override key is read only for a user with no state. An
-//! override for good is a decimal string, as every release wrote it; one
-//! that ends is a hash (`limit`, `until` in µs) that Redis deletes a second
-//! after it ends. A release before override expiry reads it with `GET`,
-//! which fails on a hash: it refuses that user (503) rather than read the
-//! override as one for good, and the state key's copy is format 5, which
-//! it refuses too. The
-//! state key expires by itself a second or so after its last lease or
-//! tombstone ends; a write that the key's deadline still covers keeps its
-//! expiry (`KEEPTTL`), which costs Redis less than setting a new one.
+//! override itself (`o`, kept for good or until it ends). Both sit in one
+//! cluster slot, so the read, the clock and the write for a user all go to
+//! the primary that owns it. The override key is read only for a user with
+//! no state. An override for good is a decimal string, as every release
+//! wrote it; one that ends is a hash (`limit`, `until` in µs) that Redis
+//! deletes a second after it ends. A release before override expiry reads
+//! the key with `GET`, which fails on a hash, and does not know the state's
+//! format 5 that carries such an override: it refuses that user (503)
+//! rather than read the override as one for good. The state key expires by
+//! itself a second or so after its last lease or tombstone ends; a write
+//! that the key's deadline still covers keeps its expiry (`KEEPTTL`), which
+//! costs Redis less than setting a new one.
 //!
 //! [`limiter::apply`]: crate::limiter::apply
 
