@@ -22,7 +22,9 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::Process;
@@ -111,15 +113,17 @@ async fn the_console_in_headless_chromium_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = start(&dir, &["--store", "sqlite", "--data-dir", data.to_str().unwrap()]);
-    in_the_browser(&server, "sqlite").await;
+    in_the_browser(&server, "sqlite", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_in_headless_chromium_on_redis() {
-    let redis = RedisServer::start(&[]);
+    let mut redis = RedisServer::start(&[]);
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir, &["--store", "redis", "--redis-url", &redis.url()]);
-    in_the_browser(&server, "redis").await;
+    // At the end, the browser test has the store stopped: a look-up then
+    // gets the page's 503 message.
+    in_the_browser(&server, "redis", Some(&mut redis)).await;
 }
 
 /// The real binary with the console, an admin and a service key, a
@@ -138,11 +142,15 @@ fn start(dir: &tempfile::TempDir, store: &[&str]) -> Process {
     std::fs::write(&config, text).unwrap();
     let mut args =
         vec!["--config", config.to_str().unwrap(), "--console", "--default-limit", "1", "--lease-ttl", "600"];
+    // A user's bucket refills once a second, so that the browser test can
+    // empty one for the 429 message; the session's own requests fit in
+    // the burst.
+    args.extend(["--user-rate-limit", "1", "--user-rate-burst", "200"]);
     args.extend(store);
     Process::start(&args)
 }
 
-async fn in_the_browser(server: &Process, store: &str) {
+async fn in_the_browser(server: &Process, store: &str, mut stop: Option<&mut RedisServer>) {
     let python = python();
     require_tools(&python);
 
@@ -197,14 +205,35 @@ async fn in_the_browser(server: &Process, store: &str) {
         // Selenium must not look for a browser or a driver online.
         .env("SE_OFFLINE", "true");
     // The socket is read on this runtime's other thread meanwhile.
-    let out =
-        tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("run tests/console/browser_test.py");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stop.is_some() {
+        cmd.arg("--stop-store");
+    }
+    // The script runs on this thread while the socket is read on the
+    // runtime's other one. It prints `stop the store` when it wants the
+    // store gone, and waits for an answer on stdin.
+    let out = tokio::task::block_in_place(|| {
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = String::new();
+        for line in BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok) {
+            if line == "stop the store"
+                && let Some(redis) = stop.as_deref_mut()
+            {
+                redis.kill9();
+                writeln!(stdin, "stopped").unwrap();
+            }
+            stdout.push_str(&line);
+            stdout.push('\n');
+        }
+        let mut stderr = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        (child.wait().unwrap(), stdout, stderr)
+    });
+    let (status, stdout, stderr) = out;
     assert!(
-        out.status.success(),
+        status.success(),
         "the browser test on {store} failed ({}):\n{stdout}\n{stderr}\n--- server log:\n{}",
-        out.status,
+        status,
         server.log()
     );
     println!("{store}: {stdout}");

@@ -23,7 +23,14 @@ was told `revoked`. Here, as a support agent would:
 - the service key reads the user, but stopping a stream or clearing the
   override gets the page's 403 message and changes nothing on the server;
 - back as admin, "stop all" revokes every stream and the override is
-  cleared.
+  cleared;
+- a user whose rate-limit bucket the test has just emptied gets the page's
+  429 message, which says when to try again (the server runs with a
+  per-user rate of 1 a second, so the bucket stays empty long enough; if
+  it refilled before the look-up, the test empties it and tries again);
+- with --stop-store, the test prints `stop the store` and waits for a
+  line on stdin (the caller kills redis-server meanwhile), then a look-up
+  gets the page's 503 message.
 
 Every wait polls for a state with a deadline; nothing sleeps for a fixed
 time. On failure it prints the page's state and the browser's console log,
@@ -199,6 +206,15 @@ class Console:
         self.click("#lookup-form button[type=submit]")
         return self.settled(before, f"user {user} shown")
 
+    def look_up_answer(self, user):
+        """Looks `user` up and returns the page once it answered: the user
+        shown again, or a message other than the one before."""
+        before = self.page()
+        self.type("user-id", user)
+        self.click("#lookup-form button[type=submit]")
+        return self.wait(f"an answer to looking up {user}", lambda p: not p["busy"] and (
+            p["loads"] > before["loads"] or (p["message"] is not None and p["message"] != before["message"])))
+
     def confirm(self, answer):
         """Answers the open confirmation dialog with Confirm or Cancel."""
         self.wait("a confirmation dialog", lambda p: p["dialogOpen"])
@@ -248,7 +264,7 @@ def check_streams(page, listed, socket_stream):
             check(t["title"] == t["iso"] and t["text"] and t["text"] != t["iso"], f"time shown as {t}")
 
 
-def scenario(console, api, admin_key, service_key, user, socket_stream, screenshot):
+def scenario(console, api, admin_key, service_key, user, socket_stream, screenshot, stop_store):
     steps = {}
     started = time.monotonic()
 
@@ -364,6 +380,30 @@ def scenario(console, api, admin_key, service_key, user, socket_stream, screensh
     check(page["source"] != "override", f"the override is still shown: {page['sourceText']!r}")
     check(api.limit(user)["source"] == "plan", "the override is still set")
     step("stopped_all_and_cleared")
+
+    # 429, with when to try again.
+    busy = "busy-viewer"
+    for attempt in range(5):
+        for _ in range(1000):
+            status, _ = api.call("GET", f"/v1/users/{busy}/limit")
+            if status == 429:
+                break
+        check(status == 429, f"1000 requests for {busy} were never rate limited")
+        page = console.look_up_answer(busy)
+        if page["message"] and "(429)" in page["message"]["text"]:
+            break
+        print(f"the bucket refilled before look-up {attempt + 1}; emptying it again", flush=True)
+    text = page["message"]["text"] if page["message"] else ""
+    check("(429)" in text and "try again in 1 second" in text and "{" not in text, f"rate limited, the page reads {text!r}")
+    step("rate_limited")
+
+    if stop_store:
+        print("stop the store", flush=True)
+        check(sys.stdin.readline().strip() == "stopped", "the caller did not stop the store")
+        page = console.look_up_answer(user)
+        text = page["message"]["text"] if page["message"] else ""
+        check("(503)" in text and "Nothing was changed" in text and "{" not in text, f"store down, the page reads {text!r}")
+        step("store_down")
     return steps
 
 
@@ -376,13 +416,15 @@ def main():
     parser.add_argument("--socket-stream", required=True, help="the stream a WebSocket of the caller holds")
     parser.add_argument("--screenshot", help="where to write a PNG of the user after the socket's stream stopped")
     parser.add_argument("--failure-dir", required=True)
+    parser.add_argument("--stop-store", action="store_true",
+                        help="at the end, ask the caller to stop the store, and check the 503 message")
     args = parser.parse_args()
     console = None
     try:
         console = Console(f"{args.base}/console")
         api = Api(args.base, args.admin_key)
         steps = scenario(console, api, args.admin_key, args.service_key, args.user, args.socket_stream,
-                         args.screenshot)
+                         args.screenshot, args.stop_store)
         print("passed; ms since the page loaded: " + ", ".join(f"{k} {v}" for k, v in steps.items()), flush=True)
         return 0
     except Exception as e:
