@@ -28,6 +28,7 @@ use crate::store::Store;
 use axum::http::HeaderName;
 
 mod access;
+mod audit;
 mod console;
 mod demo;
 pub mod dto;
@@ -184,6 +185,7 @@ fn api_router(with_metrics: bool) -> OpenApiRouter<Arc<AppState>> {
     let router = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(acquire, release))
         .routes(routes!(list, revoke_all))
+        .routes(routes!(revoke_stream))
         .routes(routes!(get_limit, set_limit, clear_limit))
         .routes(routes!(acquire_mine, release_mine))
         .routes(routes!(list_mine))

@@ -8,7 +8,9 @@
 use super::harness::{RedisCluster, RedisServer};
 use super::*;
 use crate::clock::ManualClock;
-use crate::limiter::{Acquire, Decision, Holder, Label, Lease, Limit, LimitSource, OnLimit, StreamId, Timestamp, Ttl};
+use crate::limiter::{
+    Acquire, Decision, Holder, Label, Lease, Limit, LimitSource, OnLimit, Override, StreamId, Timestamp, Ttl,
+};
 use crate::store::memory::MemoryBackend;
 use crate::store::{Store, conformance};
 
@@ -309,7 +311,7 @@ async fn format_2_state_is_read_then_upgraded() {
     // The next write, here the override's, stores format 3: each lease
     // gains three absent values, and the override key moves with the copy.
     let pttl: i64 = cli(&["PTTL", "sc:{alice}:s"]).parse().unwrap();
-    store.set_override(&u, Some(Limit::new(6).unwrap())).await.unwrap();
+    store.set_override(&u, Limit::new(6).map(Override::permanent)).await.unwrap();
     let six = Limit::new(6).unwrap();
     let upgraded = dump("sc:{alice}:s");
     assert_eq!(upgraded[..5], ["3", "2", "1", "1796002997739002", "6"]);
@@ -391,7 +393,7 @@ async fn a_format_1_hash_is_refused_and_left_alone() {
     assert!(store.acquire(&u, acquire("phone-1", 3)).await.is_err());
     assert!(store.release(&u, stream("tv-1")).await.is_err());
     assert!(store.list(&u, Limit::new(3).unwrap()).await.is_err());
-    assert!(store.set_override(&u, Limit::new(5)).await.is_err());
+    assert!(store.set_override(&u, Limit::new(5).map(Override::permanent)).await.is_err());
     assert_eq!(redis.cli(&["TYPE", key]).trim(), "hash");
     assert_eq!(redis.cli(&["HLEN", key]).trim(), "1");
     assert_eq!(redis.cli(&["EXISTS", "sc:{alice}:o"]).trim(), "0");
@@ -551,6 +553,7 @@ impl PreviousRelease {
                 inv.arg("release").arg(now).arg(s.as_str());
             }
             Op::ReleaseHeld { .. } => panic!("the previous release had no held release: {op:?}"),
+            Op::Revoke { .. } => panic!("the previous release could not revoke one stream: {op:?}"),
             Op::RevokeAll { ttl } => {
                 inv.arg("revoke_all").arg(now).arg(ttl.as_micros());
             }
@@ -561,7 +564,7 @@ impl PreviousRelease {
                 inv.arg("get_limit").arg(now);
             }
             Op::SetOverride(l) => {
-                inv.arg("set_override").arg(now).arg(l.map_or(String::new(), |l| l.get().to_string()));
+                inv.arg("set_override").arg(now).arg(l.map_or(String::new(), |o| o.limit.get().to_string()));
             }
         }
         let reply: Vec<u8> = match self.conn.clone() {
@@ -645,7 +648,9 @@ async fn the_previous_release_and_this_one_decide_alike_on_shared_keys() {
             9 => Op::RevokeAll { ttl: Ttl::from_secs(1 + next(30) as u32).unwrap() },
             10 => Op::List { limit: Limit::new(next(4) as u32).unwrap() },
             11 => Op::GetLimit { fallback: Limit::new(3).unwrap(), source: LimitSource::Default },
-            12 => Op::SetOverride(if next(2) == 0 { None } else { Limit::new(next(5) as u32) }),
+            12 => {
+                Op::SetOverride(if next(2) == 0 { None } else { Limit::new(next(5) as u32).map(Override::permanent) })
+            }
             _ => {
                 clock.advance_ms(next(12_000) as i64);
                 continue;
@@ -755,7 +760,7 @@ async fn the_previous_release_refuses_a_user_whose_stream_a_socket_holds() {
         Op::Release(stream("tv")),
         Op::RevokeAll { ttl: Ttl::from_secs(30).unwrap() },
         Op::List { limit: Limit::new(1).unwrap() },
-        Op::SetOverride(Limit::new(4)),
+        Op::SetOverride(Limit::new(4).map(Override::permanent)),
     ];
     for op in &ops {
         let err = previous.run(&user("held"), op, now).await.expect_err("refused");

@@ -375,12 +375,13 @@ fn persist(conn: &Connection, user: &UserId, write: &Write) -> rusqlite::Result<
             conn.prepare_cached("DELETE FROM tombstones WHERE user_id = ?1 AND stream_id = ?2")?
                 .execute([u, stream.as_str()])?;
         }
-        Write::SetOverride(Some(limit)) => {
+        Write::SetOverride(Some(o)) => {
             conn.prepare_cached(
-                "INSERT INTO overrides (user_id, stream_limit) VALUES (?1, ?2)
-                 ON CONFLICT (user_id) DO UPDATE SET stream_limit = excluded.stream_limit",
+                "INSERT INTO overrides (user_id, stream_limit, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_id) DO UPDATE SET
+                    stream_limit = excluded.stream_limit, expires_at = excluded.expires_at",
             )?
-            .execute(params![u, limit.get()])?;
+            .execute(params![u, o.limit.get(), o.expires_at.map(Timestamp::as_micros)])?;
         }
         Write::SetOverride(None) => {
             conn.prepare_cached("DELETE FROM overrides WHERE user_id = ?1")?.execute([u])?;
