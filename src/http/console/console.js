@@ -5,6 +5,8 @@
 
 const STORAGE_KEY = 'streamcap-console-credential';
 const USER_ID = /^[A-Za-z0-9._~:@-]{1,128}$/;
+// Local time, to the second, in the browser's own format.
+const TIME_STYLE = { dateStyle: 'short', timeStyle: 'medium' };
 
 const $ = (id) => document.getElementById(id);
 
@@ -130,7 +132,7 @@ function timeOf(iso) {
   t.dateTime = iso;
   t.title = iso;
   const date = new Date(iso);
-  t.textContent = Number.isNaN(date.getTime()) ? iso : date.toLocaleString();
+  t.textContent = Number.isNaN(date.getTime()) ? iso : date.toLocaleString(undefined, TIME_STYLE);
   return t;
 }
 
@@ -215,7 +217,6 @@ function render(user, list, limit, plan) {
     id.scope = 'row';
     id.textContent = t.stream_id;
     tr.append(id);
-    cell(tr, timeOf(t.revoked_at));
     cell(tr, timeOf(t.expires_at));
     return tr;
   }));
@@ -321,7 +322,7 @@ $('override-form').addEventListener('submit', async (event) => {
       return;
     }
     body.expires_at = at.toISOString();
-    until = `until ${at.toLocaleString()}`;
+    until = `until ${at.toLocaleString(undefined, TIME_STYLE)}`;
   }
   const sure = await confirmAction(
     `Let user ${user} watch ${limit} stream${limit === 1 ? '' : 's'} at once, ${until}, whatever their plan allows? Streams already playing go on; the new limit applies to the next one they start.`,
