@@ -12,7 +12,9 @@
 //!   admin key, an override of 5 that lets a fourth stream in, stopping the
 //!   socket's stream, a service key refused on change, stop all; its
 //!   docstring has the details), and this test checks that the socket was
-//!   told `revoked` and closed with 4410.
+//!   told `revoked` and closed with 4410. A user whose rate-limit bucket
+//!   is empty gets the page's 429 message, and on Redis, once this test
+//!   has killed redis-server, a look-up gets its 503 message.
 //!
 //! The SQLite run writes a screenshot to `target/tmp/console-sqlite.png`,
 //! and, when `UPDATE_DOCS_SCREENSHOTS=1`, to docs/console.png as well.

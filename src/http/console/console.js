@@ -242,16 +242,18 @@ async function load(user) {
 // (whatever happened, so the page never shows a stale state).
 async function act(user, request, done) {
   setBusy(true);
+  let outcome = null;
   try {
-    const answer = await request();
-    say(done(answer), 'ok');
+    outcome = done(await request());
+    say(outcome, 'ok');
   } catch (e) {
     say(e.message, 'error');
   }
   try {
     await load(user);
   } catch (e) {
-    say(e.message, 'error');
+    // Whether the action happened must stay on screen.
+    say(outcome ? `${outcome} But the user could not be shown again: ${e.message}` : e.message, 'error');
   } finally {
     setBusy(false);
   }
