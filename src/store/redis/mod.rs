@@ -278,7 +278,7 @@ impl Shared for RedisBackend {
                 let last = last.map_or(change.now.as_micros(), Timestamp::as_micros);
                 let slack = match change.op {
                     Op::Acquire(a) => a.ttl.as_micros(),
-                    Op::RevokeAll { ttl } => ttl.as_micros(),
+                    Op::RevokeAll { ttl } | Op::Revoke { ttl, .. } => ttl.as_micros(),
                     _ => 0,
                 };
                 // In ms and relative, so that an injected test clock cannot

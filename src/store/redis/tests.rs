@@ -686,6 +686,74 @@ async fn the_previous_release_and_this_one_decide_alike_on_shared_keys() {
     assert!(refused > 50 && by_previous > 500, "both cases happen often: {refused} refused, {by_previous} decided");
 }
 
+/// An override that ends is kept where the previous releases refuse it
+/// rather than read it as one for good: the override key becomes a hash,
+/// on which their `GET` fails (WRONGTYPE), expiring a second after the
+/// override ends, and a state key that holds a copy of it is format 5.
+/// The previous release refuses every operation on such a user that reads
+/// the override (a `set_override` replaces the key) and changes nothing; once the
+/// override is for good again, it decides for that user as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_previous_release_refuses_an_override_that_ends_and_never_misreads_it() {
+    let redis = RedisServer::start(&[]);
+    let clock = ManualClock::new(T0);
+    let store = open(vec![redis.url()], RedisMode::Standalone, &clock).await;
+    let previous = PreviousRelease::connect(&[redis.url()], RedisMode::Standalone).await;
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let until = T0.plus(Ttl::from_secs(30).unwrap());
+    let ending = Override { limit: Limit::new(1).unwrap(), expires_at: Some(until) };
+    let (idle, busy) = (user("idle"), user("busy"));
+    store.set_override(&idle, Some(ending)).await.unwrap();
+    store.acquire(&busy, acquire("tv", 3)).await.unwrap();
+    store.set_override(&busy, Some(ending)).await.unwrap();
+
+    let got: redis::RedisResult<Option<Vec<u8>>> = redis::cmd("GET").arg("sc:{idle}:o").query_async(&mut conn).await;
+    assert!(got.unwrap_err().to_string().contains("WRONGTYPE"), "GET fails on the override of an idle user");
+    let fields: Vec<String> =
+        redis::cmd("HMGET").arg("sc:{idle}:o").arg("limit").arg("until").query_async(&mut conn).await.unwrap();
+    assert_eq!(fields, ["1".to_owned(), until.as_micros().to_string()]);
+    let pttl: i64 = redis::cmd("PTTL").arg("sc:{idle}:o").query_async(&mut conn).await.unwrap();
+    assert!((30_000..=31_000).contains(&pttl), "the key expires a second after the override: {pttl} ms");
+    let state = dump(&redis, "sc:{busy}:s");
+    assert_eq!((state[0].as_str(), state[4].as_str(), state[5].clone()), ("5", "1", until.as_micros().to_string()));
+
+    let three = Limit::new(3).unwrap();
+    let ops = [
+        Op::GetLimit { fallback: three, source: LimitSource::Default },
+        Op::List { limit: three },
+        Op::Acquire(acquire("phone", 3)),
+        Op::Release(stream("tv")),
+        Op::RevokeAll { ttl: Ttl::from_secs(10).unwrap() },
+    ];
+    let before = (raw(&mut conn, "sc:{busy}:s").await, raw(&mut conn, "sc:{idle}:s").await);
+    for u in [&idle, &busy] {
+        for op in &ops {
+            match previous.run(u, op, Some(clock.now())).await {
+                Err(err) => assert!(err.contains("WRONGTYPE") || err.contains("unreadable"), "{u} {op:?}: {err}"),
+                // With no state, a release or a revoke-all has nothing to
+                // do and reads no override.
+                Ok(reply) => assert!(
+                    *u == idle && matches!(op, Op::Release(_) | Op::RevokeAll { .. }),
+                    "{u} {op:?} answered {reply}"
+                ),
+            }
+        }
+    }
+    assert_eq!((raw(&mut conn, "sc:{busy}:s").await, raw(&mut conn, "sc:{idle}:s").await), before, "nothing changed");
+
+    // For good again: both releases read it alike.
+    for u in [&idle, &busy] {
+        store.set_override(u, Some(Override::permanent(Limit::new(2).unwrap()))).await.unwrap();
+        let op = Op::GetLimit { fallback: three, source: LimitSource::Default };
+        assert_eq!(previous.run(u, &op, Some(clock.now())).await.unwrap(), "limit", "{u}");
+        let op = Op::Acquire(acquire("phone", 3));
+        let expected = store.inner.backend.execute(u, op.clone()).await.unwrap();
+        store.release(u, stream("phone")).await.unwrap();
+        assert_eq!(previous.run(u, &op, Some(clock.now())).await.unwrap(), kind(&expected), "{u}");
+    }
+    assert_eq!(dump(&redis, "sc:{busy}:s")[0], "3");
+}
+
 /// A user none of whose leases a socket holds is written in format 3,
 /// exactly as before holders existed; one with a held lease in format 4,
 /// with a ninth value per lease (false where no socket holds it). Both
