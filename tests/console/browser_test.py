@@ -14,7 +14,8 @@ was told `revoked`. Here, as a support agent would:
 - signed in with the admin key, the user shows the plan's limit of 3 and
   its three streams, each with the fields the API lists (the socket-held
   one marked so), every time in local time with its ISO value as title;
-- cancelling a confirmation changes nothing;
+- a confirmation opens by keyboard with Cancel focused, and Escape
+  cancels it, changing nothing;
 - a fourth stream is refused (409) under the plan; an override of 5 that
   expires tomorrow is set through the page, and the fourth stream is then
   granted and shown;
@@ -295,9 +296,14 @@ def scenario(console, api, admin_key, service_key, user, socket_stream, screensh
     check_streams(page, listed, socket_stream)
     step("signed_in")
 
-    # Cancel changes nothing.
-    console.click("#stop-all")
-    console.confirm(False)
+    # By keyboard: Enter on "Stop all streams" asks, with Cancel focused,
+    # and Escape cancels, which changes nothing.
+    console.driver.find_element(By.ID, "stop-all").send_keys(Keys.ENTER)
+    console.wait("a confirmation dialog", lambda p: p["dialogOpen"])
+    focused = console.driver.switch_to.active_element.get_attribute("id")
+    check(focused == "confirm-cancel", f"the dialog opened with {focused!r} focused, not Cancel")
+    console.driver.switch_to.active_element.send_keys(Keys.ESCAPE)
+    console.wait("the dialog to close on Escape", lambda p: not p["dialogOpen"])
     check(len(api.streams(user)["active_streams"]) == 3, "cancelling 'stop all' stopped streams")
 
     # The plan allows 3: a fourth is refused.
