@@ -118,6 +118,10 @@ pub(super) struct Settings {
     #[arg(long, env = "STREAMCAP_DEMO", value_name = "BOOL",
           num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub demo: bool,
+    /// Serve the support console at /console, for operators with an admin or service credential [default: false]
+    #[arg(long, env = "STREAMCAP_CONSOLE", value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub console: bool,
     #[command(flatten)]
     pub auth: AuthSettings,
     #[command(flatten)]
@@ -320,6 +324,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             metrics_listen: None,
             demo: false,
+            console: false,
             auth: AuthSettings::default(),
             protection: ProtectionSettings::default(),
         }

@@ -596,6 +596,20 @@ fn the_demo_is_off_by_default_and_refused_without_auth_off_loopback() {
     assert!(c.demo && c.insecure_no_auth);
 }
 
+/// The support console is off unless asked for, by flag, variable or file
+/// key, and a flag overrides the file.
+#[test]
+fn the_console_is_off_by_default() {
+    assert!(!parse(&["serve"]).unwrap().console);
+    assert!(parse(&["serve", "--console"]).unwrap().console);
+    assert!(!parse(&["serve", "--console", "false"]).unwrap().console);
+    let f = file("console = true\n");
+    let p = f.path().to_str().unwrap();
+    assert!(parse(&["serve", "--config", p]).unwrap().console);
+    assert!(!parse(&["serve", "--config", p, "--console", "false"]).unwrap().console);
+    assert!(parse(&["serve", "--console", "maybe"]).unwrap_err().0.contains("--console"));
+}
+
 /// A self-signed CA certificate, good for a century.
 const CA_PEM: &str = "\
 -----BEGIN CERTIFICATE-----\n\

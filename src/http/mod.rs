@@ -29,6 +29,7 @@ use axum::http::HeaderName;
 
 mod access;
 mod audit;
+mod console;
 mod demo;
 pub mod dto;
 mod edge;
@@ -68,6 +69,8 @@ pub struct AppState {
     pub expose_metrics: bool,
     /// Serve the demo page at `/demo` (`--demo`).
     pub demo: bool,
+    /// Serve the support console at `/console` (`--console`).
+    pub console: bool,
     /// This instance's name: in the start line, `/readyz` and the holder
     /// tokens of its sockets.
     pub instance: InstanceId,
@@ -86,12 +89,13 @@ impl AppState {
         let sockets = Sockets::new(instance.clone(), store.clone());
         let plans = (!policy.plans.is_empty()).then(|| Arc::new(policy.terms()));
         let policy = Arc::new(policy);
-        let (expose_metrics, demo) = (true, false);
-        Self { store, policy, auth, protection, rate, clock, expose_metrics, demo, instance, sockets, plans }
+        let (expose_metrics, demo, console) = (true, false, false);
+        Self { store, policy, auth, protection, rate, clock, expose_metrics, demo, console, instance, sockets, plans }
     }
 }
 
-/// The whole API as one router, with the demo page when `state.demo`.
+/// The whole API as one router, with the demo page when `state.demo` and
+/// the support console when `state.console`.
 pub fn app(state: AppState) -> Router {
     let protection = state.protection.clone();
     let (mut router, doc) = api_router(state.expose_metrics).split_for_parts();
@@ -101,6 +105,11 @@ pub fn app(state: AppState) -> Router {
     if state.demo {
         router = router.merge(demo::router());
         routes.extend(demo::ROUTES);
+    }
+    // Nor is the support console, a page that calls the API like any client.
+    if state.console {
+        router = router.merge(console::router());
+        routes.extend(console::ROUTES);
     }
     let edge = edge::Edge::new(routes, &protection);
     router
