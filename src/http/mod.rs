@@ -28,6 +28,7 @@ use crate::store::Store;
 use axum::http::HeaderName;
 
 mod access;
+mod cors;
 mod demo;
 pub mod dto;
 mod edge;
@@ -93,7 +94,8 @@ impl AppState {
 /// The whole API as one router, with the demo page when `state.demo`.
 pub fn app(state: AppState) -> Router {
     let protection = state.protection.clone();
-    let (mut router, doc) = api_router(state.expose_metrics).split_for_parts();
+    let cors = cors::Cors::new(&protection.cors_allowed_origins);
+    let (mut router, doc) = api_router(state.expose_metrics, cors.as_ref()).split_for_parts();
     let mut routes: Vec<&str> = doc.paths.paths.keys().map(String::as_str).collect();
     // The demo page is not part of the API: it sits beside the documented
     // routes, never in the OpenAPI document.
@@ -170,16 +172,21 @@ pub async fn serve(
 }
 
 /// Every route, with its documentation: the router and the OpenAPI
-/// document come from these same `routes!` calls.
-fn api_router(with_metrics: bool) -> OpenApiRouter<Arc<AppState>> {
+/// document come from these same `routes!` calls. With `cors`, each `/v1`
+/// route answers preflights with its own methods.
+fn api_router(with_metrics: bool, cors: Option<&cors::Cors>) -> OpenApiRouter<Arc<AppState>> {
+    let v1 = |route| match cors {
+        Some(cors) => cors.route(route),
+        None => route,
+    };
     let router = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
-        .routes(routes!(acquire, release))
-        .routes(routes!(list, revoke_all))
-        .routes(routes!(get_limit, set_limit, clear_limit))
-        .routes(routes!(acquire_mine, release_mine))
-        .routes(routes!(list_mine))
-        .routes(routes!(socket))
-        .routes(routes!(socket_mine))
+        .routes(v1(routes!(acquire, release)))
+        .routes(v1(routes!(list, revoke_all)))
+        .routes(v1(routes!(get_limit, set_limit, clear_limit)))
+        .routes(v1(routes!(acquire_mine, release_mine)))
+        .routes(v1(routes!(list_mine)))
+        .routes(v1(routes!(socket)))
+        .routes(v1(routes!(socket_mine)))
         .routes(routes!(livez))
         .routes(routes!(readyz))
         .routes(routes!(openapi_json));
@@ -188,7 +195,7 @@ fn api_router(with_metrics: bool) -> OpenApiRouter<Arc<AppState>> {
 
 /// The OpenAPI 3.1 document of this API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router(true).split_for_parts().1
+    api_router(true, None).split_for_parts().1
 }
 
 #[utoipa::path(
