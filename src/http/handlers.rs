@@ -126,12 +126,25 @@ enum SocketAnswers {
     /// subprotocol `streamcap.v1` is chosen when offered.
     #[response(status = 101)]
     Upgraded,
-    /// Subprotocols were offered without `streamcap.v1`
+    /// A request that cannot be upgraded, with a malformed id or query, or
+    /// with subprotocols offered without `streamcap.v1`
     #[response(status = 400, content_type = "application/problem+json")]
     BadRequest(ProblemBody),
-    /// Not a WebSocket upgrade (`upgrade-required`, with `Upgrade: websocket`)
+    /// A request that cannot be upgraded, without a valid credential
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(ProblemBody),
+    /// A page of an origin that `--cors-allowed-origins` does not list; or
+    /// a request that cannot be upgraded, for a user this credential may
+    /// not act for
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(ProblemBody),
+    /// A valid request that is not a WebSocket upgrade (`upgrade-required`,
+    /// with `Upgrade: websocket`)
     #[response(status = 426, content_type = "application/problem+json")]
     UpgradeRequired(ProblemBody),
+    /// A request that cannot be upgraded, rate limited (with `Retry-After`)
+    #[response(status = 429, content_type = "application/problem+json")]
+    RateLimited(ProblemBody),
     /// Too many requests in flight (`overloaded`)
     #[response(status = 503, content_type = "application/problem+json")]
     Overloaded(ProblemBody),
