@@ -539,7 +539,8 @@ fn admitted(
         (e, _) => e,
     })?;
     let (whose, stream) = target?;
-    acquire_request(state, &caller, whose, stream, query?.into_body())
+    let body = query?.into_body();
+    acquire_request(state, &caller, whose, stream, body)
 }
 
 /// Acquires the lease as the `PUT` would, once [`admitted`], and registers
