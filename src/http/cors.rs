@@ -39,7 +39,7 @@ const EXPOSED_HEADERS: [HeaderName; 4] =
 /// Preflights are cached this long (Chromium caps it at two hours).
 const MAX_AGE_SECS: u64 = 600;
 
-/// The CORS of the routes: `None` when no origin is listed.
+/// The CORS of the `/v1` routes, when some origin is listed.
 #[derive(Clone)]
 pub(super) struct Cors {
     origins: Vec<HeaderValue>,

@@ -5,7 +5,8 @@
 //! input into limiter types, resolve the limit and TTL, call the store and
 //! turn its answer into JSON. They never decide anything themselves. The
 //! WebSocket routes hold a lease for as long as a socket stays open
-//! (`socket`).
+//! (`socket`). Pages of other origins reach the `/v1` routes only through
+//! `cors`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -113,7 +114,9 @@ pub fn app(state: AppState) -> Router {
         // (431), sheds load beyond the concurrency limit (503), bounds the
         // request's time (408), turns a panic into a 500, turns every error
         // status into problem+json and times the request by route. Inside
-        // it, the body limit (413) sits right around the handlers.
+        // it, the body limit (413) sits right around the handlers, and with
+        // `--cors-allowed-origins` each `/v1` route has its own CORS layer
+        // (`cors`), so the edge's own answers carry no CORS headers.
         .layer(ServiceBuilder::new().layer(edge).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)))
 }
 
