@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
-use super::access::{Authed, Need, Whose, admit, resolve};
+use super::access::{Authed, AuthedUser, Need, Whose, admit, resolve};
 #[allow(unused_imports)] // some are named only in #[utoipa::path] attributes
 use super::dto::{
     self, AcquireBody, ActiveStream, ClockBody, LeaseBody, LimitBody, ListBody, PlanQuery, ProblemBody, ReadyBody,
@@ -77,10 +77,10 @@ pub(super) async fn acquire(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
     PathIds((user, stream)): PathIds<(UserId, StreamId)>,
-    IfMatch(held): IfMatch,
+    if_match: IfMatch,
     OptionalJson(body): OptionalJson<AcquireBody>,
 ) -> Result<Response, ApiError> {
-    acquire_for(&state, &caller, Whose::User(user), stream, body, held).await
+    acquire_for(&state, &caller, Whose::User(user), stream, body, if_match).await
 }
 
 #[utoipa::path(
@@ -104,12 +104,12 @@ pub(super) async fn acquire(
 )]
 pub(super) async fn acquire_mine(
     State(state): State<Arc<AppState>>,
-    Authed(caller): Authed,
+    AuthedUser(caller): AuthedUser,
     PathIds(stream): PathIds<StreamId>,
-    IfMatch(held): IfMatch,
+    if_match: IfMatch,
     OptionalJson(body): OptionalJson<AcquireBody>,
 ) -> Result<Response, ApiError> {
-    acquire_for(&state, &caller, Whose::Mine, stream, body, held).await
+    acquire_for(&state, &caller, Whose::Mine, stream, body, if_match).await
 }
 
 /// The answers of the WebSocket routes, for the OpenAPI document.
@@ -126,12 +126,25 @@ enum SocketAnswers {
     /// subprotocol `streamcap.v1` is chosen when offered.
     #[response(status = 101)]
     Upgraded,
-    /// Subprotocols were offered without `streamcap.v1`
+    /// A request that cannot be upgraded, with a malformed id or query, or
+    /// with subprotocols offered without `streamcap.v1`
     #[response(status = 400, content_type = "application/problem+json")]
     BadRequest(ProblemBody),
-    /// Not a WebSocket upgrade (`upgrade-required`, with `Upgrade: websocket`)
+    /// A request that cannot be upgraded, without a valid credential
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(ProblemBody),
+    /// A page of an origin that `--cors-allowed-origins` does not list; or
+    /// a request that cannot be upgraded, for a user this credential may
+    /// not act for
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(ProblemBody),
+    /// A valid request that is not a WebSocket upgrade (`upgrade-required`,
+    /// with `Upgrade: websocket`)
     #[response(status = 426, content_type = "application/problem+json")]
     UpgradeRequired(ProblemBody),
+    /// A request that cannot be upgraded, rate limited (with `Retry-After`)
+    #[response(status = 429, content_type = "application/problem+json")]
+    RateLimited(ProblemBody),
     /// Too many requests in flight (`overloaded`)
     #[response(status = 503, content_type = "application/problem+json")]
     Overloaded(ProblemBody),
@@ -221,7 +234,7 @@ pub(super) async fn release(
 )]
 pub(super) async fn release_mine(
     State(state): State<Arc<AppState>>,
-    Authed(caller): Authed,
+    AuthedUser(caller): AuthedUser,
     PathIds(stream): PathIds<StreamId>,
 ) -> Result<StatusCode, ApiError> {
     release_for(&state, &caller, Whose::Mine, stream).await
@@ -326,7 +339,7 @@ pub(super) async fn list(
 )]
 pub(super) async fn list_mine(
     State(state): State<Arc<AppState>>,
-    Authed(caller): Authed,
+    AuthedUser(caller): AuthedUser,
     PlanParam(query): PlanParam<PlanQuery>,
 ) -> Result<Response, ApiError> {
     list_for(&state, &caller, Whose::Mine, query).await
@@ -481,11 +494,20 @@ async fn acquire_for(
     whose: Whose,
     stream: StreamId,
     body: AcquireBody,
-    held: bool,
+    if_match: IfMatch,
 ) -> Result<Response, ApiError> {
     let (user, req) = acquire_request(state, caller, whose, stream, body)?;
+    // The precondition, once the request is admitted and valid.
+    let held = match if_match {
+        IfMatch::Absent => false,
+        IfMatch::Any => true,
+        IfMatch::Tags => return Err(ApiError::NotHeld(NO_ENTITY_TAGS)),
+    };
     acquired(state, user, Acquire { held, ..req }).await
 }
+
+/// The 412 for an `If-Match` that names entity tags.
+const NO_ENTITY_TAGS: &str = "streamcap issues no entity tags: send If-Match: * to renew a lease the stream holds";
 
 /// The answer to an admitted, validated acquire, exactly as the `PUT`
 /// gives it: 201, 200, 409, 410, 503, or a degraded 201 when the policy
