@@ -16,7 +16,8 @@
 //!   and the edge limits (`Protection`).
 //! - [`clock`]: where "now" comes from; a manual clock for tests.
 //! - [`store`]: the [`store::Store`] handle and its backends (memory,
-//!   sqlite, redis), each running the rules atomically per user.
+//!   sqlite, redis, and dynamodb with the cargo feature `dynamodb`), each
+//!   running the rules atomically per user.
 //! - [`http`]: the only module that knows HTTP and JSON: routes, bodies,
 //!   problem+json errors.
 //! - [`auth`]: who is calling (JWT or API key) and what they may do.

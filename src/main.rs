@@ -144,6 +144,10 @@ async fn run(config: Config) -> Result<(), Failure> {
     if config.demo {
         tracing::info!(url = %format_args!("http://{addr}/demo"), "serving the demo page");
     }
+    state.console = config.console;
+    if config.console {
+        tracing::info!(url = %format_args!("http://{addr}/console"), "serving the support console");
+    }
     let metrics_server = match &config.metrics_listen {
         Some(addr) => {
             let l = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;

@@ -83,6 +83,10 @@ fn describe() {
         "streamcap_pushes_total",
         "Notices between instances about socket-held leases: sent, received by a socket, or dropped."
     );
+    describe_counter!(
+        "streamcap_admin_actions_total",
+        "Changes made through the API with an admin credential, by action and outcome."
+    );
     describe_counter!("streamcap_sqlite_commits_total", "SQLite group commits (one fsync each).");
     describe_counter!("streamcap_sqlite_jobs_total", "Operations carried by SQLite group commits.");
 }
@@ -105,7 +109,7 @@ pub fn decision(outcome: &'static str, n: u64) {
 }
 
 /// Store operations, as the `op` label of the store metrics.
-pub const STORE_OPS: [&str; 6] = ["acquire", "release", "revoke_all", "list", "get_limit", "set_override"];
+pub const STORE_OPS: [&str; 7] = ["acquire", "release", "revoke_all", "revoke", "list", "get_limit", "set_override"];
 
 pub fn store_operation(op: &'static str, ok: bool, took: Duration) {
     let h = handles();
@@ -191,6 +195,24 @@ pub fn push(event: &'static str) {
     handles().pushes[i].get(|| counter!("streamcap_pushes_total", "event" => PUSH_EVENTS[i])).increment(1);
 }
 
+/// The `action` label of `streamcap_admin_actions_total`: the changes an
+/// admin credential makes through the API.
+pub const ADMIN_ACTIONS: [&str; 4] = ["set_override", "clear_override", "revoke_stream", "revoke_all"];
+
+/// The `outcome` label of `streamcap_admin_actions_total`: `ok` when the
+/// change was made (or there was nothing to change), `unavailable` when
+/// the store failed.
+pub const ADMIN_OUTCOMES: [&str; 2] = ["ok", "unavailable"];
+
+/// Counts one admin `action` (one of [`ADMIN_ACTIONS`]) with its outcome.
+pub fn admin_action(action: &'static str, ok: bool) {
+    let a = ADMIN_ACTIONS.iter().position(|x| *x == action).unwrap_or(0);
+    let o = usize::from(!ok);
+    let register =
+        || counter!("streamcap_admin_actions_total", "action" => ADMIN_ACTIONS[a], "outcome" => ADMIN_OUTCOMES[o]);
+    handles().admin_actions[a * ADMIN_OUTCOMES.len() + o].get(register).increment(1);
+}
+
 pub fn sqlite_commit(jobs: u64) {
     let h = handles();
     h.sqlite_commits.get(|| counter!("streamcap_sqlite_commits_total")).increment(1);
@@ -234,6 +256,7 @@ struct Handles {
     websockets_open: Slot<Gauge>,
     websocket_closes: [Slot<Counter>; CLOSE_CODES.len()],
     pushes: [Slot<Counter>; PUSH_EVENTS.len()],
+    admin_actions: [Slot<Counter>; ADMIN_ACTIONS.len() * ADMIN_OUTCOMES.len()],
     sqlite_commits: Slot<Counter>,
     sqlite_jobs: Slot<Counter>,
 }

@@ -180,6 +180,10 @@ pub struct Protection {
     pub request_timeout: Duration,
     /// More requests in flight than this are shed with 503.
     pub max_concurrent_requests: usize,
+    /// The browser origins (`scheme://host[:port]`, lowercase) whose pages
+    /// may call the `/v1` routes (CORS) and open their sockets; none by
+    /// default, which sends no CORS headers and lets any socket open.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for Protection {
@@ -194,6 +198,7 @@ impl Default for Protection {
             trusted_proxies: Vec::new(),
             request_timeout: Duration::from_secs(10),
             max_concurrent_requests: 1024,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }

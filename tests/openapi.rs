@@ -47,7 +47,7 @@ async fn send(s: &Server, method: &str, path: &str) -> Reply {
 async fn the_router_serves_exactly_the_documented_routes() {
     let s = Server::start(StoreKind::Memory, 3, 60).await;
     let documented = documented();
-    assert_eq!(documented.len(), 16, "{documented:?}");
+    assert_eq!(documented.len(), 17, "{documented:?}");
     let paths: BTreeSet<&str> = documented.iter().map(|(p, _)| p.as_str()).collect();
     for path in paths {
         for method in METHODS {

@@ -506,8 +506,11 @@ async fn authentication_by_header_or_subprotocol() {
         Err(tungstenite::Error::Http(res)) => assert_eq!(res.status(), 400),
         other => panic!("expected a 400, got {other:?}"),
     }
-    // A plain GET is not an upgrade: 426.
-    let r = s.get(&socket("alice", "a")).await;
+    // A plain GET is not an upgrade: 426, once it passes the checks that
+    // come first (tests/order.rs): without a credential, 401.
+    s.get(&socket("alice", "a")).await.assert_problem(401, "unauthorized");
+    let r = s.client.get(s.url(&socket("alice", "a"))).bearer_auth(&alice).send().await.unwrap();
+    let r = Reply::from(r).await;
     let p = r.assert_problem(426, "upgrade-required");
     assert!(p["detail"].as_str().unwrap().contains("WebSocket"), "{p}");
     assert_eq!(r.header("upgrade"), Some("websocket"));

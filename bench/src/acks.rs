@@ -9,14 +9,17 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::procs::{Redis, Server};
-use crate::report::{Phase, round1, round3};
-use crate::{Ctx, Spec, interleaved, mix, server_args};
+use crate::Ctx;
+use crate::host::{command_line, loadavg, machine};
+use crate::load::Pace;
+use crate::measure::{Spec, interleaved, mix, server_args};
+use crate::procs::{Redis, Server, fsync_latency};
+use crate::report::{Machine, Phase, round1, round3};
 
 #[derive(Serialize)]
 struct AcksReport {
     date: String,
-    cpu_model: String,
+    machine: Machine,
     connections: usize,
     rounds: u32,
     mix_seconds: f64,
@@ -28,6 +31,9 @@ struct AcksReport {
 
 /// Runs the comparison and writes its report.
 pub fn run(ctx: &mut Ctx) -> Result<(), String> {
+    let loadavg_before = loadavg();
+    let tmp = std::env::temp_dir();
+    let fsync = fsync_latency(&tmp)?;
     let primary = Redis::start(&ctx.commands)?;
     let replica = Redis::start(&ctx.commands)?;
     replica.cli(&["REPLICAOF", "127.0.0.1", &primary.port.to_string()])?;
@@ -47,7 +53,7 @@ pub fn run(ctx: &mut Ctx) -> Result<(), String> {
     let watch = |s: &Server| vec![s.pid(), primary.pid(), replica.pid()];
     let (plain_watch, acked_watch) = (watch(&plain), watch(&acked));
     let warm = Duration::from_millis(if ctx.args.quick { 500 } else { 1500 });
-    let closed = crate::load::Pace::Closed;
+    let closed = Pace::Closed;
     let specs = |duration| {
         [
             Spec { name: "mix, acks 0", addr: plain.addr, watch: &plain_watch, work: &mix, pace: closed, duration },
@@ -58,8 +64,8 @@ pub fn run(ctx: &mut Ctx) -> Result<(), String> {
     let mut phases = interleaved(ctx, &specs(ctx.mix))?.into_iter();
     let (without, with_one) = (phases.next().ok_or("no phase")?, phases.next().ok_or("no phase")?);
     let report = AcksReport {
-        date: crate::command_line("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]),
-        cpu_model: crate::cpu_model(),
+        date: command_line("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]),
+        machine: machine(&tmp, fsync, loadavg_before),
         connections: ctx.args.connections,
         rounds: ctx.rounds,
         mix_seconds: ctx.mix.as_secs_f64(),
@@ -81,7 +87,7 @@ pub fn run(ctx: &mut Ctx) -> Result<(), String> {
         "\nwith acks 1: {} × the throughput, {} × the p99 ({}, {} connections, {} rounds of {} s each)",
         report.throughput_ratio,
         report.p99_ratio,
-        report.cpu_model,
+        report.machine.cpu_model,
         report.connections,
         report.rounds,
         report.mix_seconds

@@ -16,10 +16,11 @@ use std::time::Duration;
 
 use crate::http::Conn;
 use crate::load::REQUEST_TIMEOUT;
+use crate::probe::conflicts;
 use crate::procs::{self, Redis, Server};
 use crate::redis_harness::RedisCluster;
 use crate::report::{Contention, ContentionRound};
-use crate::{Ctx, SERVER_FLAGS, conflicts, workload};
+use crate::{Ctx, SERVER_FLAGS, workload};
 
 /// Acquires sent at once in each round.
 pub const CONCURRENT: usize = 64;

@@ -43,6 +43,8 @@ pub struct Config {
     pub protection: Protection,
     /// Serve the demo page at `/demo`.
     pub demo: bool,
+    /// Serve the support console at `/console`.
+    pub console: bool,
 }
 
 /// A configuration error, as one line for an operator.
@@ -165,6 +167,7 @@ fn build(s: Settings) -> Result<Config, ConfigError> {
         insecure_no_auth,
         protection: s.protection.into(),
         demo: s.demo,
+        console: s.console,
     })
 }
 

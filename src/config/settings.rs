@@ -122,6 +122,10 @@ pub(super) struct Settings {
     #[arg(long, env = "STREAMCAP_DEMO", value_name = "BOOL",
           num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub demo: bool,
+    /// Serve the support console at /console, for operators with an admin or service credential [default: false]
+    #[arg(long, env = "STREAMCAP_CONSOLE", value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub console: bool,
     #[command(flatten)]
     pub auth: AuthSettings,
     #[command(flatten)]
@@ -303,6 +307,11 @@ pub(super) struct ProtectionSettings {
           value_parser = flag::<MaxConcurrentRequests>)]
     #[serde(deserialize_with = "key")]
     max_concurrent_requests: MaxConcurrentRequests,
+    /// Browser origins whose pages may call the API (CORS) and open its sockets: comma-separated or repeated
+    #[arg(long, env = "STREAMCAP_CORS_ALLOWED_ORIGINS", value_name = "ORIGIN[,ORIGIN...]", value_delimiter = ',',
+          value_parser = flag::<AllowedOrigin>)]
+    #[serde(deserialize_with = "key_list")]
+    cors_allowed_origins: Vec<AllowedOrigin>,
 }
 
 impl Default for Settings {
@@ -325,6 +334,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             metrics_listen: None,
             demo: false,
+            console: false,
             auth: AuthSettings::default(),
             protection: ProtectionSettings::default(),
         }
@@ -377,6 +387,7 @@ impl Default for ProtectionSettings {
             trusted_proxies: p.trusted_proxies.into_iter().map(TrustedProxy).collect(),
             request_timeout: RequestTimeout(p.request_timeout),
             max_concurrent_requests: MaxConcurrentRequests(p.max_concurrent_requests),
+            cors_allowed_origins: p.cors_allowed_origins.into_iter().map(AllowedOrigin).collect(),
         }
     }
 }
@@ -393,6 +404,7 @@ impl From<ProtectionSettings> for Protection {
             trusted_proxies: p.trusted_proxies.into_iter().map(|t| t.0).collect(),
             request_timeout: p.request_timeout.0,
             max_concurrent_requests: p.max_concurrent_requests.0,
+            cors_allowed_origins: p.cors_allowed_origins.into_iter().map(|o| o.0).collect(),
         }
     }
 }
@@ -420,6 +432,10 @@ pub(super) struct Sha256(pub [u8; 32]);
 /// A network of trusted proxies: a CIDR, or one address.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct TrustedProxy(pub IpNet);
+
+/// A browser origin, as browsers send it in `Origin`.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct AllowedOrigin(pub String);
 
 /// How a type is written in a flag, an env var or the file. Flags and env
 /// vars are read through [`flag`], file keys through [`key`]; both end in
@@ -462,6 +478,49 @@ spelling! {
         parse_sha256_hex(&s).map(Sha256).ok_or_else(|| "must be 64 hex digits (the SHA-256 of the key)".to_owned())
     };
     TrustedProxy: String => |s: String| cidr(&s).map(TrustedProxy);
+    AllowedOrigin: String => |s: String| origin(&s).map(AllowedOrigin);
+}
+
+/// An origin exactly as a browser serializes it in `Origin`: `http` or
+/// `https`, `://`, a host, and a port only when it is not the scheme's
+/// default; lowercase, with no path, not even `/`. Anything else could
+/// never equal what a browser sends, so it is refused rather than kept as
+/// an entry that silently matches nothing.
+pub(super) fn origin(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let lower = s.to_ascii_lowercase();
+    let example = "an origin such as https://player.example.com or http://localhost:3000";
+    let (scheme, rest) = lower.split_once("://").ok_or_else(|| format!("{s:?} is not {example}"))?;
+    let default_port = match scheme {
+        "http" => "80",
+        "https" => "443",
+        _ => return Err(format!("{s:?} is not {example}: the scheme must be http or https")),
+    };
+    if rest.contains(['/', '?', '#', '@', '*']) {
+        return Err(format!("{s:?} is not {example}: an origin has no path, query, user or wildcard"));
+    }
+    // An IPv6 address is bracketed, and has colons of its own.
+    let (host, port) = match rest.find(']') {
+        Some(end) if rest.starts_with('[') => (&rest[..=end], &rest[end + 1..]),
+        _ => rest.find(':').map_or((rest, ""), |at| rest.split_at(at)),
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
+    };
+    if !host_ok {
+        return Err(format!("{s:?} is not {example}: {host:?} is not a host name or address"));
+    }
+    let port = (!port.is_empty()).then(|| port.strip_prefix(':').unwrap_or("x"));
+    match port {
+        Some(p) if p == default_port => {
+            Err(format!("{s:?}: browsers leave out the scheme's default port; write {scheme}://{host}"))
+        }
+        Some(p) if p.parse::<u16>().map_or(true, |n| n == 0) || p.starts_with('0') => {
+            Err(format!("{s:?} is not {example}: {p:?} is not a port"))
+        }
+        _ => Ok(lower),
+    }
 }
 
 /// A CIDR such as `10.0.0.0/8` or `fd00::/8`, or a single address (a /32

@@ -610,6 +610,20 @@ fn the_demo_is_off_by_default_and_refused_without_auth_off_loopback() {
     assert!(c.demo && c.insecure_no_auth);
 }
 
+/// The support console is off unless asked for, by flag, variable or file
+/// key, and a flag overrides the file.
+#[test]
+fn the_console_is_off_by_default() {
+    assert!(!parse(&["serve"]).unwrap().console);
+    assert!(parse(&["serve", "--console"]).unwrap().console);
+    assert!(!parse(&["serve", "--console", "false"]).unwrap().console);
+    let f = file("console = true\n");
+    let p = f.path().to_str().unwrap();
+    assert!(parse(&["serve", "--config", p]).unwrap().console);
+    assert!(!parse(&["serve", "--config", p, "--console", "false"]).unwrap().console);
+    assert!(parse(&["serve", "--console", "maybe"]).unwrap_err().0.contains("--console"));
+}
+
 /// A self-signed CA certificate, good for a century.
 const CA_PEM: &str = "\
 -----BEGIN CERTIFICATE-----\n\
@@ -704,4 +718,37 @@ fn trusted_proxies_come_as_a_list_from_flags_or_the_file_and_are_checked_as_cidr
     let f = file("[protection]\ntrusted_proxies = 10\n");
     let e = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap_err().to_string();
     assert!(e.contains("an array of strings, or one comma-separated string"), "{e}");
+}
+
+#[test]
+fn cors_allowed_origins_come_as_a_list_and_are_checked_as_browsers_spell_origins() {
+    let c = parse(&["serve"]).unwrap();
+    assert!(c.protection.cors_allowed_origins.is_empty(), "no origin is allowed by default");
+    let c = parse(&["serve", "--cors-allowed-origins", "https://Player.example.com, http://localhost:3000"]);
+    let c = parse(&["serve", "--cors-allowed-origins", "http://[::1]:8080"]).map(|d| (c, d));
+    let (c, d) = c.unwrap();
+    assert_eq!(c.unwrap().protection.cors_allowed_origins, ["https://player.example.com", "http://localhost:3000"]);
+    assert_eq!(d.protection.cors_allowed_origins, ["http://[::1]:8080"]);
+    let f = file("[protection]\ncors_allowed_origins = [\"https://a.example\", \"http://127.0.0.1:5173\"]\n");
+    let c = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap();
+    assert_eq!(c.protection.cors_allowed_origins, ["https://a.example", "http://127.0.0.1:5173"]);
+
+    for (bad, needle) in [
+        ("https://a.example/", "no path"),
+        ("https://*.example.com", "wildcard"),
+        ("*", "is not an origin"),
+        ("a.example", "is not an origin"),
+        ("ftp://a.example", "http or https"),
+        ("https://a.example:443", "write https://a.example"),
+        ("http://a.example:80", "write http://a.example"),
+        ("http://a.example:99999", "is not a port"),
+        ("http://a_b.example", "is not a host"),
+        ("http://[::1", "is not a host"),
+    ] {
+        let e = parse(&["serve", "--cors-allowed-origins", bad]).unwrap_err().to_string();
+        assert!(e.contains("--cors-allowed-origins") && e.contains(needle), "{bad}: {e}");
+        let f = file(&format!("[protection]\ncors_allowed_origins = [\"{bad}\"]\n"));
+        let e = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap_err().to_string();
+        assert!(e.contains("protection.cors_allowed_origins") && e.contains(needle), "{bad}: {e}");
+    }
 }

@@ -33,6 +33,21 @@ impl FromRequestParts<Arc<AppState>> for Authed {
     }
 }
 
+/// The authenticated caller of a `/v1/me` route, which must be a user's
+/// token: a request without one is refused here, before anything in it is
+/// read, as a request without a credential is on any other route.
+pub(super) struct AuthedUser(pub(super) Caller);
+
+impl FromRequestParts<Arc<AppState>> for AuthedUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let Authed(caller) = Authed::from_request_parts(parts, state).await?;
+        own_user(&caller)?;
+        Ok(Self(caller))
+    }
+}
+
 /// The caller behind an `Authorization` value (`Bearer <token or key>`),
 /// charged one token of its per-credential rate limit. The extractor and
 /// the WebSocket routes, whose browsers send the token another way, share it.

@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 use time::macros::format_description;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::limiter::{Grant, Label, Lease, LimitSource, StreamId, Timestamp, UserId};
+use crate::limiter::{Grant, Label, Lease, LimitSource, StreamId, Timestamp, Tombstone, Ttl, UserId};
 
 /// `PUT /v1/users/{user_id}/streams/{stream_id}` body. Every field is
 /// optional and an empty body is the same as `{}`. Unknown fields are a 400.
@@ -90,6 +90,12 @@ pub struct SetLimitBody {
     /// The user's new limit, 0 to 1000. Required.
     #[schema(required = true, minimum = 0, maximum = 1000, example = 5)]
     pub limit: Option<u32>,
+    /// When the override ends: an RFC 3339 time, in the future and at most
+    /// 366 days ahead. Past it, the plan's limit or the default applies
+    /// again. Absent (or `null`): the override lasts until it is changed
+    /// or removed.
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-12-24T00:00:00Z")]
+    pub expires_at: Option<serde_json::Value>,
 }
 
 /// The `?plan=` query of the read routes.
@@ -109,12 +115,19 @@ pub struct LimitBody<'a> {
     /// Where the limit comes from: `override`, `plan` or `default`.
     #[schema(value_type = String, example = "override")]
     pub source: &'static str,
+    /// RFC 3339, UTC, microseconds: when the override in force ends.
+    /// Absent when it lasts until changed, or when no override is in force.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "2026-12-24T00:00:00.000000Z")]
+    pub expires_at: Option<String>,
 }
 
-/// `DELETE /v1/users/{user_id}/streams`.
+/// `DELETE /v1/users/{user_id}/streams` and
+/// `POST /v1/users/{user_id}/streams/{stream_id}/revoke`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RevokedBody<'a> {
-    /// The streams that were live and are now revoked, oldest first.
+    /// The streams that were live and are now revoked, oldest first; empty
+    /// when there was none.
     pub revoked: Vec<&'a str>,
 }
 
@@ -384,7 +397,61 @@ pub fn source_name(source: LimitSource) -> &'static str {
 pub struct ListBody<'a> {
     pub user_id: &'a str,
     pub limit: u32,
-    pub active_streams: Vec<StreamView<'a>>,
+    /// The live leases, oldest first.
+    pub active_streams: Vec<ActiveStream<'a>>,
+    /// The user's revoked or evicted streams whose mark is still live: a
+    /// renewal of one is refused with 410 until `expires_at`.
+    pub tombstones: Vec<TombstoneView<'a>>,
+}
+
+/// One live lease in a listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActiveStream<'a> {
+    #[serde(flatten)]
+    pub lease: StreamView<'a>,
+    /// The plan the lease was acquired or last renewed under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "premium")]
+    pub plan: Option<&'a str>,
+    /// RFC 3339, UTC, microseconds: the last grant or renewal, which is
+    /// `expires_at` less the configured lease TTL.
+    #[schema(example = "2026-11-24T05:29:50.123456Z")]
+    pub renewed_at: String,
+    /// Whether a WebSocket holds the lease.
+    pub socket: bool,
+}
+
+impl<'a> ActiveStream<'a> {
+    pub fn new(l: &'a Lease, ttl: Ttl) -> Self {
+        Self {
+            lease: StreamView::from(l),
+            plan: l.plan.as_ref().map(Label::as_str),
+            renewed_at: rfc3339(Timestamp::from_micros(l.expires_at.as_micros() - ttl.as_micros())),
+            socket: l.holder.is_some(),
+        }
+    }
+}
+
+/// A live tombstone in a listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TombstoneView<'a> {
+    pub stream_id: &'a str,
+    /// RFC 3339, UTC, microseconds: until then, a renewal of the stream is
+    /// refused with 410.
+    #[schema(example = "2026-11-24T05:31:50.123456Z")]
+    pub expires_at: String,
+}
+
+impl<'a> From<&'a Tombstone> for TombstoneView<'a> {
+    fn from(t: &'a Tombstone) -> Self {
+        Self { stream_id: t.stream_id.as_str(), expires_at: rfc3339(t.until) }
+    }
+}
+
+/// An RFC 3339 time as a [`Timestamp`]; `None` when `s` is not one.
+pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
+    let dt = OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(dt.unix_timestamp_nanos().div_euclid(1_000)).ok().map(Timestamp::from_micros)
 }
 
 /// RFC 3339 in UTC with microseconds, e.g. `2026-11-24T05:29:50.123456Z`.
@@ -400,6 +467,16 @@ pub fn rfc3339(t: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_rfc3339_with_any_offset_and_precision() {
+        let t = Timestamp::from_micros(1_795_498_190_123_456);
+        assert_eq!(parse_rfc3339("2026-11-24T05:29:50.123456Z"), Some(t));
+        assert_eq!(parse_rfc3339("2026-11-24T06:29:50.123456789+01:00"), Some(t));
+        for bad in ["", "tomorrow", "2026-11-24", "2026-11-24T05:29:50", "2026-13-01T00:00:00Z"] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn formats_utc_with_microseconds() {
@@ -435,7 +512,8 @@ mod tests {
             serde_json::to_string(&ListBody {
                 user_id: user.as_str(),
                 limit: 2,
-                active_streams: leases.iter().map(StreamView::from).collect(),
+                active_streams: leases.iter().map(|l| ActiveStream::new(l, Ttl::from_secs(60).unwrap())).collect(),
+                tombstones: Vec::new(),
             })
             .unwrap(),
         ];

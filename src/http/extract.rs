@@ -11,10 +11,19 @@ use serde::de::DeserializeOwned;
 use super::problem::ApiError;
 use crate::limiter::{StreamId, UserId};
 
-/// `If-Match` on an acquire: `*` says the caller holds the stream's lease
-/// and wants it renewed, never started again. streamcap issues no entity
-/// tags, so any other value can never match: 412.
-pub struct IfMatch(pub bool);
+/// `If-Match` on an acquire, read for its syntax only: what it asks is
+/// evaluated once the request is admitted and valid. `*` says the caller
+/// holds the stream's lease and wants it renewed, never started again.
+/// streamcap issues no entity tags, so entity tags can never match: 412.
+/// An empty or malformed value is a 400.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum IfMatch {
+    Absent,
+    /// `If-Match: *`.
+    Any,
+    /// One or more entity tags.
+    Tags,
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     type Rejection = ApiError;
@@ -22,12 +31,37 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let mut values = parts.headers.get_all(header::IF_MATCH).iter().peekable();
         if values.peek().is_none() {
-            return Ok(Self(false));
+            return Ok(Self::Absent);
         }
-        if values.all(|v| v.as_bytes().trim_ascii() == b"*") {
-            return Ok(Self(true));
+        let (mut any, mut tags) = (false, false);
+        for item in values.flat_map(|v| v.as_bytes().split(|&b| b == b',')).map(<[u8]>::trim_ascii) {
+            match item {
+                b"" => {}
+                b"*" => any = true,
+                tag if is_entity_tag(tag) => tags = true,
+                _ => return Err(bad_if_match("it is neither * nor a list of quoted entity tags")),
+            }
         }
-        Err(ApiError::NotHeld("streamcap issues no entity tags: send If-Match: * to renew a lease the stream holds"))
+        match (any, tags) {
+            (true, false) => Ok(Self::Any),
+            (false, true) => Ok(Self::Tags),
+            (false, false) => Err(bad_if_match("it is empty")),
+            (true, true) => Err(bad_if_match("* stands alone, never beside entity tags")),
+        }
+    }
+}
+
+fn bad_if_match(why: &str) -> ApiError {
+    ApiError::BadRequest(format!("invalid If-Match header: {why}; send If-Match: * to renew a lease the stream holds"))
+}
+
+/// An entity tag (RFC 9110): optionally `W/`, then a quoted string of
+/// visible characters other than `"`.
+fn is_entity_tag(tag: &[u8]) -> bool {
+    let tag = tag.strip_prefix(b"W/").unwrap_or(tag);
+    match tag.strip_prefix(b"\"").and_then(|t| t.strip_suffix(b"\"")) {
+        Some(inner) => inner.iter().all(|&b| b == 0x21 || (0x23..=0x7e).contains(&b) || b >= 0x80),
+        None => false,
     }
 }
 
@@ -133,7 +167,34 @@ fn is_json(content_type: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_json;
+    use axum::http::Request;
+
+    use super::*;
+
+    async fn if_match(values: &[&str]) -> Result<IfMatch, u16> {
+        let mut req = Request::put("/");
+        for v in values {
+            req = req.header(header::IF_MATCH, *v);
+        }
+        let (mut parts, ()) = req.body(()).unwrap().into_parts();
+        IfMatch::from_request_parts(&mut parts, &()).await.map_err(|e| {
+            use axum::response::IntoResponse;
+            e.into_response().status().as_u16()
+        })
+    }
+
+    #[tokio::test]
+    async fn if_match_is_star_or_entity_tags_and_anything_else_is_a_400() {
+        assert_eq!(if_match(&[]).await, Ok(IfMatch::Absent));
+        assert_eq!(if_match(&["*"]).await, Ok(IfMatch::Any));
+        assert_eq!(if_match(&[" * "]).await, Ok(IfMatch::Any));
+        assert_eq!(if_match(&["\"a\""]).await, Ok(IfMatch::Tags));
+        assert_eq!(if_match(&["W/\"a\", \"b\"", "\"c\""]).await, Ok(IfMatch::Tags));
+        assert_eq!(if_match(&["\"\""]).await, Ok(IfMatch::Tags), "the empty entity tag is one");
+        for bad in [&[""][..], &[" "], &[","], &["a"], &["\"a"], &["\"a\"b\""], &["*", "\"a\""], &["W/*"], &["**"]] {
+            assert_eq!(if_match(bad).await, Err(400), "{bad:?}");
+        }
+    }
 
     #[test]
     fn json_media_types() {

@@ -16,19 +16,19 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
-use super::access::{Authed, Need, Whose, admit, resolve};
+use super::access::{Authed, AuthedUser, Need, Whose, admit, resolve};
 #[allow(unused_imports)] // some are named only in #[utoipa::path] attributes
 use super::dto::{
-    self, AcquireBody, ClockBody, LeaseBody, LimitBody, ListBody, PlanQuery, ProblemBody, ReadyBody, RevokedBody,
-    SetLimitBody, SocketMessage, SocketQuery, StatusBody, StreamView,
+    self, AcquireBody, ActiveStream, ClockBody, LeaseBody, LimitBody, ListBody, PlanQuery, ProblemBody, ReadyBody,
+    RevokedBody, SetLimitBody, SocketMessage, SocketQuery, StatusBody, StreamView, TombstoneView,
 };
 use super::extract::{IfMatch, OptionalJson, PathIds, PlanParam};
 use super::problem::{ApiError, Problem};
-use super::respond;
 use super::source::Source;
+use super::{audit, respond};
 use crate::auth::Caller;
 use crate::clock::TimeSource;
-use crate::limiter::{Acquire, Decision, Label, Limit, StreamId, UserId};
+use crate::limiter::{Acquire, Decision, Label, Limit, Override, StreamId, Timestamp, UserId};
 use crate::policy::OnStoreError;
 use crate::store::StoreError;
 
@@ -77,10 +77,10 @@ pub(super) async fn acquire(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
     PathIds((user, stream)): PathIds<(UserId, StreamId)>,
-    IfMatch(held): IfMatch,
+    if_match: IfMatch,
     OptionalJson(body): OptionalJson<AcquireBody>,
 ) -> Result<Response, ApiError> {
-    acquire_for(&state, &caller, Whose::User(user), stream, body, held).await
+    acquire_for(&state, &caller, Whose::User(user), stream, body, if_match).await
 }
 
 #[utoipa::path(
@@ -104,12 +104,12 @@ pub(super) async fn acquire(
 )]
 pub(super) async fn acquire_mine(
     State(state): State<Arc<AppState>>,
-    Authed(caller): Authed,
+    AuthedUser(caller): AuthedUser,
     PathIds(stream): PathIds<StreamId>,
-    IfMatch(held): IfMatch,
+    if_match: IfMatch,
     OptionalJson(body): OptionalJson<AcquireBody>,
 ) -> Result<Response, ApiError> {
-    acquire_for(&state, &caller, Whose::Mine, stream, body, held).await
+    acquire_for(&state, &caller, Whose::Mine, stream, body, if_match).await
 }
 
 /// The answers of the WebSocket routes, for the OpenAPI document.
@@ -126,12 +126,25 @@ enum SocketAnswers {
     /// subprotocol `streamcap.v1` is chosen when offered.
     #[response(status = 101)]
     Upgraded,
-    /// Subprotocols were offered without `streamcap.v1`
+    /// A request that cannot be upgraded, with a malformed id or query, or
+    /// with subprotocols offered without `streamcap.v1`
     #[response(status = 400, content_type = "application/problem+json")]
     BadRequest(ProblemBody),
-    /// Not a WebSocket upgrade (`upgrade-required`, with `Upgrade: websocket`)
+    /// A request that cannot be upgraded, without a valid credential
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(ProblemBody),
+    /// A page of an origin that `--cors-allowed-origins` does not list; or
+    /// a request that cannot be upgraded, for a user this credential may
+    /// not act for
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(ProblemBody),
+    /// A valid request that is not a WebSocket upgrade (`upgrade-required`,
+    /// with `Upgrade: websocket`)
     #[response(status = 426, content_type = "application/problem+json")]
     UpgradeRequired(ProblemBody),
+    /// A request that cannot be upgraded, rate limited (with `Retry-After`)
+    #[response(status = 429, content_type = "application/problem+json")]
+    RateLimited(ProblemBody),
     /// Too many requests in flight (`overloaded`)
     #[response(status = 503, content_type = "application/problem+json")]
     Overloaded(ProblemBody),
@@ -221,7 +234,7 @@ pub(super) async fn release(
 )]
 pub(super) async fn release_mine(
     State(state): State<Arc<AppState>>,
-    Authed(caller): Authed,
+    AuthedUser(caller): AuthedUser,
     PathIds(stream): PathIds<StreamId>,
 ) -> Result<StatusCode, ApiError> {
     release_for(&state, &caller, Whose::Mine, stream).await
@@ -246,7 +259,46 @@ pub(super) async fn revoke_all(
     PathIds(user): PathIds<UserId>,
 ) -> Result<Response, ApiError> {
     let user = admit(&state, &caller, Whose::User(user), Need::Admin)?;
-    let revoked = state.store.revoke_all(&user, state.policy.lease_ttl).await?;
+    let answer = state.store.revoke_all(&user, state.policy.lease_ttl).await;
+    let detail = match &answer {
+        Ok(revoked) => format!("revoked={}", revoked.len()),
+        Err(_) => String::new(),
+    };
+    audit::record(&caller, &user, "revoke_all", answer.is_ok(), &detail);
+    let revoked = answer?;
+    state.sockets.revoked(&user, &revoked);
+    let body = RevokedBody { revoked: revoked.iter().map(|l| l.stream_id.as_str()).collect() };
+    Ok(axum::Json(body).into_response())
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/users/{user_id}/streams/{stream_id}/revoke",
+    tag = "streams",
+    summary = "Stop one stream of a user (admin)",
+    description = "Revokes the stream's live lease, as revoke-all does for every stream: it leaves a tombstone until \
+its former expiry plus one TTL (a PUT for it gets 410), and a WebSocket holding it gets `revoked`. A stream \
+that holds no live lease is left as it is.",
+    params(("user_id" = String, Path), ("stream_id" = String, Path)),
+    responses(
+        (status = 200, description = "`revoked` names the stream, or is empty when it held no live lease", body = RevokedBody),
+        CommonErrors,
+    ),
+    security((), ("bearer_jwt" = []), ("api_key" = []))
+)]
+pub(super) async fn revoke_stream(
+    State(state): State<Arc<AppState>>,
+    Authed(caller): Authed,
+    PathIds((user, stream)): PathIds<(UserId, StreamId)>,
+) -> Result<Response, ApiError> {
+    let user = admit(&state, &caller, Whose::User(user), Need::Admin)?;
+    let answer = state.store.revoke(&user, stream.clone(), state.policy.lease_ttl).await;
+    let detail = match &answer {
+        Ok(revoked) => format!("stream={stream} revoked={}", u8::from(revoked.is_some())),
+        Err(_) => format!("stream={stream}"),
+    };
+    audit::record(&caller, &user, "revoke_stream", answer.is_ok(), &detail);
+    let revoked: Vec<_> = answer?.into_iter().collect();
     state.sockets.revoked(&user, &revoked);
     let body = RevokedBody { revoked: revoked.iter().map(|l| l.stream_id.as_str()).collect() };
     Ok(axum::Json(body).into_response())
@@ -287,7 +339,7 @@ pub(super) async fn list(
 )]
 pub(super) async fn list_mine(
     State(state): State<Arc<AppState>>,
-    Authed(caller): Authed,
+    AuthedUser(caller): AuthedUser,
     PlanParam(query): PlanParam<PlanQuery>,
 ) -> Result<Response, ApiError> {
     list_for(&state, &caller, Whose::Mine, query).await
@@ -313,8 +365,13 @@ pub(super) async fn get_limit(
 ) -> Result<Response, ApiError> {
     let user = admit(&state, &caller, Whose::User(user), Need::ActFor)?;
     let policy = resolve(&state, &caller, query.plan.as_deref())?;
-    let (limit, source) = state.store.limit(&user, policy.limit, policy.source).await?;
-    let body = LimitBody { user_id: user.as_str(), limit: limit.get(), source: dto::source_name(source) };
+    let (limit, source, expires_at) = state.store.limit(&user, policy.limit, policy.source).await?;
+    let body = LimitBody {
+        user_id: user.as_str(),
+        limit: limit.get(),
+        source: dto::source_name(source),
+        expires_at: expires_at.map(dto::rfc3339),
+    };
     Ok(axum::Json(body).into_response())
 }
 
@@ -323,7 +380,8 @@ pub(super) async fn get_limit(
     path = "/v1/users/{user_id}/limit",
     tag = "limits",
     summary = "Set a per-user override (admin)",
-    description = "Durable. Lowering it below the live count evicts nobody; new acquires are refused until the count drops.",
+    description = "Durable. Lowering it below the live count evicts nobody; new acquires are refused until the count drops. \
+With `expires_at`, the override counts until then, and the plan's limit or the default applies again after it.",
     params(("user_id" = String, Path)),
     request_body(content = SetLimitBody, content_type = "application/json"),
     responses(
@@ -344,8 +402,18 @@ pub(super) async fn set_limit(
     let n = body.limit.ok_or_else(|| ApiError::BadRequest("limit is required, e.g. {\"limit\": 5}".into()))?;
     let limit =
         Limit::new(n).ok_or_else(|| ApiError::BadRequest(format!("limit {n} is out of range 0..={}", Limit::MAX)))?;
-    state.store.set_override(&user, Some(limit)).await?;
-    let body = LimitBody { user_id: user.as_str(), limit: limit.get(), source: "override" };
+    let expires_at = body.expires_at.map(|v| override_expiry(&v, state.clock.now())).transpose()?;
+    let set = Override { limit, expires_at };
+    let answer = state.store.set_override(&user, Some(set)).await;
+    let until = expires_at.map_or_else(|| "never".to_owned(), dto::rfc3339);
+    audit::record(&caller, &user, "set_override", answer.is_ok(), &format!("limit={n} expires_at={until}"));
+    answer?;
+    let body = LimitBody {
+        user_id: user.as_str(),
+        limit: limit.get(),
+        source: "override",
+        expires_at: expires_at.map(dto::rfc3339),
+    };
     Ok(axum::Json(body).into_response())
 }
 
@@ -367,7 +435,9 @@ pub(super) async fn clear_limit(
     PathIds(user): PathIds<UserId>,
 ) -> Result<StatusCode, ApiError> {
     let user = admit(&state, &caller, Whose::User(user), Need::Admin)?;
-    state.store.set_override(&user, None).await?;
+    let answer = state.store.set_override(&user, None).await;
+    audit::record(&caller, &user, "clear_override", answer.is_ok(), "");
+    answer?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -424,11 +494,20 @@ async fn acquire_for(
     whose: Whose,
     stream: StreamId,
     body: AcquireBody,
-    held: bool,
+    if_match: IfMatch,
 ) -> Result<Response, ApiError> {
     let (user, req) = acquire_request(state, caller, whose, stream, body)?;
+    // The precondition, once the request is admitted and valid.
+    let held = match if_match {
+        IfMatch::Absent => false,
+        IfMatch::Any => true,
+        IfMatch::Tags => return Err(ApiError::NotHeld(NO_ENTITY_TAGS)),
+    };
     acquired(state, user, Acquire { held, ..req }).await
 }
+
+/// The 412 for an `If-Match` that names entity tags.
+const NO_ENTITY_TAGS: &str = "streamcap issues no entity tags: send If-Match: * to renew a lease the stream holds";
 
 /// The answer to an admitted, validated acquire, exactly as the `PUT`
 /// gives it: 201, 200, 409, 410, 503, or a degraded 201 when the policy
@@ -465,11 +544,13 @@ async fn release_for(
 async fn list_for(state: &AppState, caller: &Caller, whose: Whose, query: PlanQuery) -> Result<Response, ApiError> {
     let user = admit(state, caller, whose, Need::ActFor)?;
     let policy = resolve(state, caller, query.plan.as_deref())?;
-    let (limit, live) = state.store.list(&user, policy.limit).await?;
+    let listing = state.store.listing(&user, policy.limit).await?;
+    let ttl = state.policy.lease_ttl;
     let body = ListBody {
         user_id: user.as_str(),
-        limit: limit.get(),
-        active_streams: live.iter().map(StreamView::from).collect(),
+        limit: listing.limit.get(),
+        active_streams: listing.live.iter().map(|l| ActiveStream::new(l, ttl)).collect(),
+        tombstones: listing.tombstones.iter().map(TombstoneView::from).collect(),
     };
     Ok(axum::Json(body).into_response())
 }
@@ -516,6 +597,22 @@ pub(super) fn acquire_request(
         holder: None,
     };
     Ok((user, req))
+}
+
+/// An override's `expires_at` as given: an RFC 3339 time after `now` and
+/// at most 366 days ahead of it.
+fn override_expiry(value: &serde_json::Value, now: Timestamp) -> Result<Timestamp, ApiError> {
+    let bad = |why: &str| ApiError::BadRequest(format!("expires_at {why}"));
+    let text = value.as_str().ok_or_else(|| bad("must be a string holding an RFC 3339 time"))?;
+    let at = dto::parse_rfc3339(text)
+        .ok_or_else(|| bad(&format!("{text:?} is not an RFC 3339 time, e.g. \"2026-12-24T00:00:00Z\"")))?;
+    if at <= now {
+        return Err(bad(&format!("{text:?} is not in the future")));
+    }
+    if at.as_micros() - now.as_micros() > Override::MAX_AHEAD_MICROS {
+        return Err(bad(&format!("{text:?} is more than 366 days ahead")));
+    }
+    Ok(at)
 }
 
 /// A trait that rules match on (`device_class`, `content_kind`): a label

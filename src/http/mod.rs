@@ -5,7 +5,8 @@
 //! input into limiter types, resolve the limit and TTL, call the store and
 //! turn its answer into JSON. They never decide anything themselves. The
 //! WebSocket routes hold a lease for as long as a socket stays open
-//! (`socket`).
+//! (`socket`). Pages of other origins reach the `/v1` routes only through
+//! `cors`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,6 +29,9 @@ use crate::store::Store;
 use axum::http::HeaderName;
 
 mod access;
+mod audit;
+mod console;
+mod cors;
 mod demo;
 pub mod dto;
 mod edge;
@@ -67,6 +71,8 @@ pub struct AppState {
     pub expose_metrics: bool,
     /// Serve the demo page at `/demo` (`--demo`).
     pub demo: bool,
+    /// Serve the support console at `/console` (`--console`).
+    pub console: bool,
     /// This instance's name: in the start line, `/readyz` and the holder
     /// tokens of its sockets.
     pub instance: InstanceId,
@@ -85,21 +91,28 @@ impl AppState {
         let sockets = Sockets::new(instance.clone(), store.clone());
         let plans = (!policy.plans.is_empty()).then(|| Arc::new(policy.terms()));
         let policy = Arc::new(policy);
-        let (expose_metrics, demo) = (true, false);
-        Self { store, policy, auth, protection, rate, clock, expose_metrics, demo, instance, sockets, plans }
+        let (expose_metrics, demo, console) = (true, false, false);
+        Self { store, policy, auth, protection, rate, clock, expose_metrics, demo, console, instance, sockets, plans }
     }
 }
 
-/// The whole API as one router, with the demo page when `state.demo`.
+/// The whole API as one router, with the demo page when `state.demo` and
+/// the support console when `state.console`.
 pub fn app(state: AppState) -> Router {
     let protection = state.protection.clone();
-    let (mut router, doc) = api_router(state.expose_metrics).split_for_parts();
+    let cors = cors::Cors::new(&protection.cors_allowed_origins);
+    let (mut router, doc) = api_router(state.expose_metrics, cors.as_ref()).split_for_parts();
     let mut routes: Vec<&str> = doc.paths.paths.keys().map(String::as_str).collect();
     // The demo page is not part of the API: it sits beside the documented
     // routes, never in the OpenAPI document.
     if state.demo {
         router = router.merge(demo::router());
         routes.extend(demo::ROUTES);
+    }
+    // Nor is the support console, a page that calls the API like any client.
+    if state.console {
+        router = router.merge(console::router());
+        routes.extend(console::ROUTES);
     }
     let edge = edge::Edge::new(routes, &protection);
     router
@@ -111,7 +124,9 @@ pub fn app(state: AppState) -> Router {
         // (431), sheds load beyond the concurrency limit (503), bounds the
         // request's time (408), turns a panic into a 500, turns every error
         // status into problem+json and times the request by route. Inside
-        // it, the body limit (413) sits right around the handlers.
+        // it, the body limit (413) sits right around the handlers, and with
+        // `--cors-allowed-origins` each `/v1` route has its own CORS layer
+        // (`cors`), so the edge's own answers carry no CORS headers.
         .layer(ServiceBuilder::new().layer(edge).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)))
 }
 
@@ -170,16 +185,22 @@ pub async fn serve(
 }
 
 /// Every route, with its documentation: the router and the OpenAPI
-/// document come from these same `routes!` calls.
-fn api_router(with_metrics: bool) -> OpenApiRouter<Arc<AppState>> {
+/// document come from these same `routes!` calls. With `cors`, each `/v1`
+/// route answers preflights with its own methods.
+fn api_router(with_metrics: bool, cors: Option<&cors::Cors>) -> OpenApiRouter<Arc<AppState>> {
+    let v1 = |route| match cors {
+        Some(cors) => cors.route(route),
+        None => route,
+    };
     let router = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
-        .routes(routes!(acquire, release))
-        .routes(routes!(list, revoke_all))
-        .routes(routes!(get_limit, set_limit, clear_limit))
-        .routes(routes!(acquire_mine, release_mine))
-        .routes(routes!(list_mine))
-        .routes(routes!(socket))
-        .routes(routes!(socket_mine))
+        .routes(v1(routes!(acquire, release)))
+        .routes(v1(routes!(list, revoke_all)))
+        .routes(v1(routes!(revoke_stream)))
+        .routes(v1(routes!(get_limit, set_limit, clear_limit)))
+        .routes(v1(routes!(acquire_mine, release_mine)))
+        .routes(v1(routes!(list_mine)))
+        .routes(v1(routes!(socket)))
+        .routes(v1(routes!(socket_mine)))
         .routes(routes!(livez))
         .routes(routes!(readyz))
         .routes(routes!(openapi_json));
@@ -188,7 +209,7 @@ fn api_router(with_metrics: bool) -> OpenApiRouter<Arc<AppState>> {
 
 /// The OpenAPI 3.1 document of this API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router(true).split_for_parts().1
+    api_router(true, None).split_for_parts().1
 }
 
 #[utoipa::path(

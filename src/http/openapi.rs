@@ -37,7 +37,8 @@ Every error is `application/problem+json` (RFC 9457) whose `type` is \
 | 503 | `store-unavailable`, `overloaded`, `service-unavailable` | the store did not answer, or too many requests are in flight (with `Retry-After` for the store) |\n\n\
 Authentication: players send a JWT as a Bearer token and may act only for the user in its user claim \
 (`sub` by default). Services send an API key as a Bearer token. Scopes: `streams:service` acts for any \
-user and may set `plan`; `streams:admin` may also change overrides and revoke all streams. On a \
+user and may set `plan`; `streams:admin` may also change overrides and revoke one or all streams, and \
+each such change is written to the audit log. On a \
 WebSocket route, a browser sends its token as the subprotocol `streamcap.bearer.<token>`. `/livez`, \
 `/readyz`, `/metrics` and `/openapi.json` need no credential. With auth mode `none` and no API keys, \
 no credential is needed anywhere (loopback only unless `--insecure-no-auth`).",

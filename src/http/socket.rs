@@ -36,6 +36,7 @@ use tracing::Instrument;
 
 use super::AppState;
 use super::access::{Whose, authenticate};
+use super::cors;
 use super::dto::{RenewedMessage, RevokedMessage, SocketMessage, SocketQuery, rfc3339};
 use super::handlers::{acquire_lease, acquire_request, acquired};
 use super::notice::{self, InstanceId, Loss, Notice};
@@ -371,10 +372,15 @@ enum Start {
     ShuttingDown,
 }
 
-/// Answers a WebSocket route. A request that is not an upgrade gets 426,
-/// and one whose subprotocols leave out [`PROTOCOL`] gets 400. Any other
-/// is upgraded, whatever the acquire answered, so that a browser can read
-/// why it failed from the first message.
+/// Answers a WebSocket route. A page of an origin that
+/// `--cors-allowed-origins` does not list gets 403 first. A request that
+/// cannot be upgraded, because it is not an upgrade or its subprotocols
+/// leave out [`PROTOCOL`], is answered over HTTP with the first check that
+/// fails, in the order of every route: authentication (401), the request's
+/// validity (400), the caller's rights (403), then the subprotocols (400)
+/// and the upgrade itself (426). Any other is upgraded, whatever the
+/// acquire answered, so that a browser can read why it failed from the
+/// first message.
 pub(super) async fn open(
     state: Arc<AppState>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -383,20 +389,28 @@ pub(super) async fn open(
     target: Result<(Whose, StreamId), ApiError>,
     query: Result<SocketQuery, ApiError>,
 ) -> Response {
-    let upgrade = match upgrade {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => return not_an_upgrade(&rejection).into_response(),
+    if let Err(e) = cors::check_socket_origin(&state.protection.cors_allowed_origins, headers) {
+        return e.into_response();
+    }
+    let offer = Offer::of(headers);
+    let upgrade = match (upgrade, offer.speaks) {
+        (Ok(upgrade), true) => upgrade,
+        (upgrade, speaks) => {
+            let e = match (admitted(&state, headers, source, offer.bearers, target, query), upgrade) {
+                (Err(e), _) => e,
+                (Ok(_), Err(rejection)) if speaks => not_an_upgrade(&rejection),
+                (Ok(_), _) => Offer::unspoken(),
+            };
+            return e.into_response();
+        }
     };
-    let bearers = match offered_bearers(&upgrade) {
-        Ok(bearers) => bearers,
-        Err(e) => return e.into_response(),
-    };
+    let bearers = offer.bearers;
     // Counted from here, so that shutdown waits for a socket whose
     // upgrade is still under way.
     let running = state.sockets.track();
     let start = match state.sockets.is_closing() {
         true => Start::ShuttingDown,
-        false => connect(&state, headers, source, bearers, target, query).await,
+        false => connect(&state, admitted(&state, headers, source, bearers, target, query)).await,
     };
     // Exactly one of the two callbacks runs; whichever does takes these.
     let pending = Arc::new(Mutex::new(Some((start, running))));
@@ -450,27 +464,39 @@ fn not_an_upgrade(rejection: &WebSocketUpgradeRejection) -> ApiError {
     })
 }
 
-/// The tokens of the `streamcap.bearer.<token>` subprotocols offered; a
-/// 400 when subprotocols are offered but [`PROTOCOL`] is not, since no
-/// WebSocket client accepts an answer without one of its own.
-fn offered_bearers(upgrade: &WebSocketUpgrade) -> Result<Vec<String>, ApiError> {
-    let (mut offered, mut speaks, mut bearers) = (false, false, Vec::new());
-    for protocol in upgrade.requested_protocols() {
-        offered = true;
-        let protocol = protocol.to_str().unwrap_or("");
-        if protocol == PROTOCOL {
-            speaks = true;
-        } else if let Some(token) = protocol.strip_prefix(BEARER_PROTOCOL) {
-            bearers.push(token.to_owned());
+/// The subprotocols a request offers (`Sec-WebSocket-Protocol`).
+struct Offer {
+    /// Whether it offers [`PROTOCOL`], or offers none: either can be
+    /// answered, while no WebSocket client accepts an answer without one of
+    /// the protocols it offered.
+    speaks: bool,
+    /// The tokens of the `streamcap.bearer.<token>` subprotocols.
+    bearers: Vec<String>,
+}
+
+impl Offer {
+    fn of(headers: &HeaderMap) -> Self {
+        let (mut offered, mut speaks, mut bearers) = (false, false, Vec::new());
+        let values = headers.get_all(header::SEC_WEBSOCKET_PROTOCOL).into_iter();
+        for protocol in values.flat_map(|v| v.as_bytes().split(|&b| b == b',')) {
+            offered = true;
+            let protocol = std::str::from_utf8(protocol.trim_ascii()).unwrap_or("");
+            if protocol == PROTOCOL {
+                speaks = true;
+            } else if let Some(token) = protocol.strip_prefix(BEARER_PROTOCOL) {
+                bearers.push(token.to_owned());
+            }
         }
+        Self { speaks: speaks || !offered, bearers }
     }
-    if offered && !speaks {
-        return Err(ApiError::BadRequest(format!(
+
+    /// The 400 for an offer without [`PROTOCOL`].
+    fn unspoken() -> ApiError {
+        ApiError::BadRequest(format!(
             "the offered subprotocols do not include {PROTOCOL}; offer {PROTOCOL} \
              (with {BEARER_PROTOCOL}<token> to authenticate from a browser), or no subprotocol"
-        )));
+        ))
     }
-    Ok(bearers)
 }
 
 /// The `Authorization` value a socket authenticates with: the header's, or
@@ -491,29 +517,35 @@ fn credential(headers: &HeaderMap, bearers: Vec<String>) -> Result<Option<Header
     }
 }
 
-/// Acquires the lease as the `PUT` would, with the same checks in the same
-/// order, and registers the socket as its owner when it is held.
-async fn connect(
+/// The checks of the `PUT`, in the same order, for a socket's request:
+/// its credential (the header's or the bearer subprotocol's) authenticated,
+/// its target and query validated and the caller admitted for the user.
+fn admitted(
     state: &AppState,
     headers: &HeaderMap,
     source: Source,
     bearers: Vec<String>,
     target: Result<(Whose, StreamId), ApiError>,
     query: Result<SocketQuery, ApiError>,
-) -> Start {
-    let admitted = credential(headers, bearers).and_then(|credential| {
-        let caller = authenticate(state, source, credential.as_ref()).map_err(|e| match (e, &credential) {
-            // The usual wording names only the header, which a browser
-            // cannot send on a WebSocket.
-            (ApiError::Unauthorized(_), None) => ApiError::Unauthorized(format!(
-                "this socket needs a credential: an Authorization: Bearer header, or the subprotocols \
-                 {PROTOCOL}, {BEARER_PROTOCOL}<token>"
-            )),
-            (e, _) => e,
-        })?;
-        let (whose, stream) = target?;
-        acquire_request(state, &caller, whose, stream, query?.into_body())
-    });
+) -> Result<(UserId, Acquire), ApiError> {
+    let credential = credential(headers, bearers)?;
+    let caller = authenticate(state, source, credential.as_ref()).map_err(|e| match (e, &credential) {
+        // The usual wording names only the header, which a browser
+        // cannot send on a WebSocket.
+        (ApiError::Unauthorized(_), None) => ApiError::Unauthorized(format!(
+            "this socket needs a credential: an Authorization: Bearer header, or the subprotocols \
+             {PROTOCOL}, {BEARER_PROTOCOL}<token>"
+        )),
+        (e, _) => e,
+    })?;
+    let (whose, stream) = target?;
+    let body = query?.into_body();
+    acquire_request(state, &caller, whose, stream, body)
+}
+
+/// Acquires the lease as the `PUT` would, once [`admitted`], and registers
+/// the socket as its owner when it is held.
+async fn connect(state: &AppState, admitted: Result<(UserId, Acquire), ApiError>) -> Start {
     let (user, req) = match admitted {
         Ok(admitted) => admitted,
         Err(e) => return Start::Refused(refusal(e.into_response()).await),

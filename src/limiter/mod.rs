@@ -158,6 +158,31 @@ pub enum LimitSource {
     Default,
 }
 
+/// A per-user limit set by an admin, stored with the user. It counts while
+/// `now < expires_at`, or for good without an expiry; past its expiry the
+/// plan's limit or the default applies again, and whoever holds a seat
+/// keeps it, as with any change of limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Override {
+    pub limit: Limit,
+    pub expires_at: Option<Timestamp>,
+}
+
+impl Override {
+    /// How far ahead an expiry may be: 366 days, in µs.
+    pub const MAX_AHEAD_MICROS: i64 = 366 * 86_400 * 1_000_000;
+
+    /// An override without an expiry.
+    pub fn permanent(limit: Limit) -> Self {
+        Self { limit, expires_at: None }
+    }
+
+    /// True while the override counts.
+    pub fn counts_at(&self, now: Timestamp) -> bool {
+        self.expires_at.is_none_or(|e| now < e)
+    }
+}
+
 /// A limit on part of a user's streams: those that match its scope, or
 /// with `per_content`, those that match it and play one title. A rule
 /// with neither `device_class` nor `content_kind` matches every stream.
@@ -202,11 +227,11 @@ pub struct RuleHit {
 pub struct UserState {
     leases: Vec<Lease>,
     tombstones: Vec<Tombstone>,
-    limit_override: Option<Limit>,
+    limit_override: Option<Override>,
 }
 
 impl UserState {
-    pub fn new(leases: Vec<Lease>, tombstones: Vec<Tombstone>, limit_override: Option<Limit>) -> Self {
+    pub fn new(leases: Vec<Lease>, tombstones: Vec<Tombstone>, limit_override: Option<Override>) -> Self {
         Self { leases, tombstones, limit_override }
     }
 
@@ -220,8 +245,14 @@ impl UserState {
         &self.tombstones
     }
 
-    pub fn limit_override(&self) -> Option<Limit> {
+    /// The stored override, whether or not it still counts.
+    pub fn limit_override(&self) -> Option<Override> {
         self.limit_override
+    }
+
+    /// The override if it counts at `now`.
+    pub fn override_at(&self, now: Timestamp) -> Option<Override> {
+        self.limit_override.filter(|o| o.counts_at(now))
     }
 
     /// True when nothing about this user needs to be kept.
@@ -350,12 +381,16 @@ pub enum Op {
     /// Revoke every live lease, leaving tombstones that last one `ttl` past
     /// each lease's expiry.
     RevokeAll { ttl: Ttl },
-    /// Read the live leases and the effective limit. Changes nothing.
+    /// Revoke the stream's live lease, if it has one, leaving a tombstone
+    /// as [`Op::RevokeAll`] does.
+    Revoke { stream: StreamId, ttl: Ttl },
+    /// Read the live leases, the live tombstones and the effective limit.
+    /// Changes nothing.
     List { limit: Limit },
     /// Read the effective limit and where it comes from. Changes nothing.
     GetLimit { fallback: Limit, source: LimitSource },
     /// Set or clear the per-user override. Evicts nobody.
-    SetOverride(Option<Limit>),
+    SetOverride(Option<Override>),
 }
 
 /// What an [`Op`] answered.
@@ -372,10 +407,14 @@ pub enum Reply {
     Leases {
         limit: Limit,
         live: Vec<Lease>,
+        /// The live tombstones, in stream id order.
+        tombstones: Vec<Tombstone>,
     },
     Limit {
         limit: Limit,
         source: LimitSource,
+        /// When the override that sets the limit ends, if it does.
+        expires_at: Option<Timestamp>,
     },
 }
 
@@ -441,7 +480,7 @@ pub enum Write {
     PutTombstone(Tombstone),
     DeleteTombstone(StreamId),
     /// Set (`Some`) or remove (`None`) the per-user override.
-    SetOverride(Option<Limit>),
+    SetOverride(Option<Override>),
 }
 
 /// The reply to an [`Op`] and the writes that persist its effect.

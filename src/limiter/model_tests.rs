@@ -1,7 +1,8 @@
 //! Model-based tests: random sequences of acquire (with every policy,
 //! random device classes, content kinds and titles under a random rule
-//! set, and random holders), release, held release, revoke-all, override
-//! changes, reads and clock advances run against [`apply`] and against a
+//! set, and random holders), release, held release, revoke-all, revoke of
+//! one stream, override changes (for good or until a time), reads and
+//! clock advances run against [`apply`] and against a
 //! deliberately naive reference model built on plain maps. Replies must
 //! agree step by step, the `Write`s must replay to the same state, a held
 //! release that frees nothing writes nothing but expiry, and no enforced
@@ -55,7 +56,10 @@ struct Model {
     leases: BTreeMap<String, (i64, i64, Traits, u8, u8)>,
     /// stream -> (evicted by, or None when revoked; until)
     tombs: BTreeMap<String, (Option<String>, i64)>,
-    limit_override: Option<u32>,
+    /// The override and when it ends (ms), if it does.
+    limit_override: Option<(u32, Option<i64>)>,
+    /// The time of the step at hand (ms).
+    now: i64,
 }
 
 /// A rule by its index in the set that applies, or `None` for the total.
@@ -105,10 +109,13 @@ enum Seen {
     Listed {
         limit: u32,
         live: Vec<Held>,
+        /// Live tombstones: stream and until (ms), by stream.
+        tombs: Vec<(String, i64)>,
     },
     Limit {
         limit: u32,
         overridden: bool,
+        until: Option<i64>,
     },
 }
 
@@ -143,8 +150,17 @@ impl Model {
         streams.into_iter().map(|s| (s.clone(), self.leases[&s].4)).collect()
     }
 
+    /// The override, if it counts now.
+    fn counting(&self) -> Option<(u32, Option<i64>)> {
+        self.limit_override.filter(|(_, until)| until.is_none_or(|u| self.now < u))
+    }
+
     fn effective(&self, limit: u32) -> u32 {
-        self.limit_override.unwrap_or(limit)
+        self.counting().map_or(limit, |(l, _)| l)
+    }
+
+    fn live_tombs(&self, now: i64) -> Vec<(String, i64)> {
+        self.tombs.iter().filter(|(_, t)| now < t.1).map(|(k, t)| (k.clone(), t.1)).collect()
     }
 
     fn kill(&mut self, stream: &str, by: Option<String>, ttl: i64) {
@@ -319,7 +335,9 @@ enum Step {
     /// The socket `h{holder}` (1..) releases the stream.
     ReleaseHeld(u8, u8),
     RevokeAll,
-    SetOverride(Option<u32>),
+    Revoke(u8),
+    /// A limit, and when it ends: this many ms from now, if it does.
+    SetOverride(Option<(u32, Option<u32>)>),
     List,
     GetLimit,
     Advance(u32),
@@ -336,7 +354,8 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0u8..8).prop_map(Step::Release),
         2 => (0u8..8, 1u8..4).prop_map(|(stream, holder)| Step::ReleaseHeld(stream, holder)),
         1 => Just(Step::RevokeAll),
-        1 => prop::option::of(0u32..5).prop_map(Step::SetOverride),
+        1 => (0u8..8).prop_map(Step::Revoke),
+        1 => prop::option::of((0u32..5, prop::option::of(1u32..100_000))).prop_map(Step::SetOverride),
         1 => Just(Step::List),
         1 => Just(Step::GetLimit),
         // Small and large jumps, so leases and tombstones both survive and expire.
@@ -460,10 +479,16 @@ fn seen(reply: Reply) -> Seen {
         },
         Reply::Done => Seen::Done,
         Reply::Revoked(v) => Seen::Revoked(held(&v)),
-        Reply::Leases { limit, live } => Seen::Listed { limit: limit.get(), live: held(&live) },
-        Reply::Limit { limit, source } => {
-            Seen::Limit { limit: limit.get(), overridden: source == LimitSource::Override }
-        }
+        Reply::Leases { limit, live, tombstones } => Seen::Listed {
+            limit: limit.get(),
+            live: held(&live),
+            tombs: tombstones.iter().map(|t| (t.stream_id.to_string(), t.until.as_millis())).collect(),
+        },
+        Reply::Limit { limit, source, expires_at } => Seen::Limit {
+            limit: limit.get(),
+            overridden: source == LimitSource::Override,
+            until: expires_at.map(Timestamp::as_millis),
+        },
     }
 }
 
@@ -472,7 +497,7 @@ fn seen(reply: Reply) -> Seen {
 struct Persisted {
     leases: BTreeMap<StreamId, Lease>,
     tombs: BTreeMap<StreamId, Tombstone>,
-    limit_override: Option<Limit>,
+    limit_override: Option<Override>,
 }
 
 impl Persisted {
@@ -538,6 +563,7 @@ proptest! {
         for step in steps {
             let step_copy = step.clone();
             let t = Timestamp::from_millis(now);
+            model.now = now;
             // What expiry alone would write now: all that a held release
             // that frees nothing may write.
             let expiry = expire(&mut state.clone(), t);
@@ -588,21 +614,42 @@ proptest! {
                     }
                     (Op::RevokeAll { ttl }, Seen::Revoked(live))
                 }
+                Step::Revoke(i) => {
+                    let live = model.live(now).contains(&sid(i));
+                    let revoked = if live { model.held(vec![sid(i)]) } else { vec![] };
+                    if live {
+                        model.kill(&sid(i), None, ttl.as_millis());
+                    }
+                    (Op::Revoke { stream: StreamId::new(&sid(i)).unwrap(), ttl }, Seen::Revoked(revoked))
+                }
                 Step::SetOverride(o) => {
+                    let o = o.map(|(l, ahead)| (l, ahead.map(|ms| now + i64::from(ms))));
                     model.limit_override = o;
                     let expected = match o {
-                        Some(l) => Seen::Limit { limit: l, overridden: true },
+                        Some((l, until)) => Seen::Limit { limit: l, overridden: true, until },
                         None => Seen::Done,
                     };
-                    (Op::SetOverride(o.map(|l| Limit::new(l).unwrap())), expected)
+                    let set = o.map(|(l, until)| Override {
+                        limit: Limit::new(l).unwrap(),
+                        expires_at: until.map(Timestamp::from_millis),
+                    });
+                    (Op::SetOverride(set), expected)
                 }
                 Step::List => (
                     Op::List { limit: limit_v },
-                    Seen::Listed { limit: model.effective(limit), live: model.held(model.live(now)) },
+                    Seen::Listed {
+                        limit: model.effective(limit),
+                        live: model.held(model.live(now)),
+                        tombs: model.live_tombs(now),
+                    },
                 ),
                 Step::GetLimit => (
                     Op::GetLimit { fallback: limit_v, source: LimitSource::Plan },
-                    Seen::Limit { limit: model.effective(limit), overridden: model.limit_override.is_some() },
+                    Seen::Limit {
+                        limit: model.effective(limit),
+                        overridden: model.counting().is_some(),
+                        until: model.counting().and_then(|(_, until)| until),
+                    },
                 ),
             };
             let outcome = apply(&mut state, op, t);
@@ -667,6 +714,7 @@ proptest! {
                     Op::ReleaseHeld { stream: StreamId::new(&sid(i)).unwrap(), holder: holder_of(h).unwrap() }
                 }
                 Step::RevokeAll => Op::RevokeAll { ttl },
+                Step::Revoke(i) => Op::Revoke { stream: StreamId::new(&sid(i)).unwrap(), ttl },
                 _ => continue,
             };
             let t = Timestamp::from_millis(now);

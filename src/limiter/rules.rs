@@ -9,19 +9,24 @@ use super::{
 /// the same changes are returned as `writes`, for stores that persist them.
 pub fn apply(state: &mut UserState, op: Op, now: Timestamp) -> Outcome {
     // Changes start by dropping what has expired; count those leases.
-    let changes = matches!(op, Op::Acquire(_) | Op::Release(_) | Op::ReleaseHeld { .. } | Op::RevokeAll { .. });
+    let changes = matches!(
+        op,
+        Op::Acquire(_) | Op::Release(_) | Op::ReleaseHeld { .. } | Op::RevokeAll { .. } | Op::Revoke { .. }
+    );
     let expired = if changes { state.leases.iter().filter(|l| !l.is_live(now)).count() } else { 0 };
     let (reply, writes) = match op {
         Op::List { limit } => {
-            let limit = state.limit_override.unwrap_or(limit);
-            (Reply::Leases { limit, live: state.live(now) }, Vec::new())
+            let limit = state.override_at(now).map_or(limit, |o| o.limit);
+            let mut tombstones: Vec<Tombstone> = state.tombstones.iter().filter(|t| t.is_live(now)).cloned().collect();
+            tombstones.sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
+            (Reply::Leases { limit, live: state.live(now), tombstones }, Vec::new())
         }
         Op::GetLimit { fallback, source } => {
-            let (limit, source) = match state.limit_override {
-                Some(o) => (o, LimitSource::Override),
-                None => (fallback, source),
+            let reply = match state.override_at(now) {
+                Some(o) => Reply::Limit { limit: o.limit, source: LimitSource::Override, expires_at: o.expires_at },
+                None => Reply::Limit { limit: fallback, source, expires_at: None },
             };
-            (Reply::Limit { limit, source }, Vec::new())
+            (reply, Vec::new())
         }
         Op::Acquire(req) => {
             let mut writes = expire(state, now);
@@ -53,23 +58,35 @@ pub fn apply(state: &mut UserState, op: Op, now: Timestamp) -> Outcome {
             }
             (Reply::Revoked(victims), writes)
         }
-        Op::SetOverride(limit) => {
-            state.limit_override = limit;
-            let reply = match limit {
-                Some(limit) => Reply::Limit { limit, source: LimitSource::Override },
+        Op::Revoke { stream, ttl } => {
+            let mut writes = expire(state, now);
+            let victim = lease_of(state, &stream).map(|i| state.leases[i].clone());
+            if let Some(lease) = &victim {
+                revoke(state, lease, RevokeReason::Revoked, lease.expires_at.plus(ttl), &mut writes);
+            }
+            (Reply::Revoked(victim.into_iter().collect()), writes)
+        }
+        Op::SetOverride(set) => {
+            state.limit_override = set;
+            let reply = match set {
+                Some(o) => Reply::Limit { limit: o.limit, source: LimitSource::Override, expires_at: o.expires_at },
                 None => Reply::Done,
             };
-            (reply, vec![Write::SetOverride(limit)])
+            (reply, vec![Write::SetOverride(set)])
         }
     };
     Outcome { reply, writes, expired }
 }
 
-/// Removes every lease and tombstone that is no longer live and returns
-/// the deletions. Stores call it from their sweeper; [`apply`] calls it
-/// before every change.
+/// Removes every lease and tombstone that is no longer live, and an
+/// override past its expiry, and returns the deletions. Stores call it
+/// from their sweeper; [`apply`] calls it before every change.
 pub fn expire(state: &mut UserState, now: Timestamp) -> Vec<Write> {
     let mut writes = Vec::new();
+    if state.limit_override.is_some_and(|o| !o.counts_at(now)) {
+        state.limit_override = None;
+        writes.push(Write::SetOverride(None));
+    }
     state.leases.retain(|l| {
         let live = l.is_live(now);
         if !live {
@@ -194,7 +211,8 @@ fn acquire(state: &mut UserState, req: Acquire, now: Timestamp, writes: &mut Vec
     if let Some(plans) = req.plans.take() {
         inherit(state, &mut req, &plans);
     }
-    let limit = state.limit_override.unwrap_or(req.limit);
+    // `expire` ran: an override left in `state` counts.
+    let limit = state.limit_override.map_or(req.limit, |o| o.limit);
     if let Some(i) = lease_of(state, &req.stream_id) {
         return renew(state, i, req, limit, now, writes);
     }
@@ -383,7 +401,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::limiter::{Holder, Terms, Ttl};
+    use crate::limiter::{Holder, Override, Terms, Ttl};
 
     fn sid(s: &str) -> StreamId {
         StreamId::new(s).unwrap()
@@ -491,15 +509,107 @@ mod tests {
     #[test]
     fn reads_change_nothing() {
         let mut s = full(3);
-        apply(&mut s, Op::SetOverride(Limit::new(2)), T0);
+        apply(&mut s, Op::SetOverride(Limit::new(2).map(Override::permanent)), T0);
         let before = s.clone();
         let late = at(120_000);
         let o = apply(&mut s, Op::List { limit: Limit::new(3).unwrap() }, late);
-        let expected = Reply::Leases { limit: Limit::new(2).unwrap(), live: vec![] };
+        let expected = Reply::Leases { limit: Limit::new(2).unwrap(), live: vec![], tombstones: vec![] };
         assert_eq!(o, Outcome { reply: expected, writes: vec![], expired: 0 });
         let o = apply(&mut s, Op::GetLimit { fallback: Limit::new(3).unwrap(), source: LimitSource::Plan }, late);
-        assert_eq!(o.reply, Reply::Limit { limit: Limit::new(2).unwrap(), source: LimitSource::Override });
+        assert_eq!(
+            o.reply,
+            Reply::Limit { limit: Limit::new(2).unwrap(), source: LimitSource::Override, expires_at: None }
+        );
         assert_eq!(s, before);
+    }
+
+    fn until(limit: u32, ms: i64) -> Op {
+        Op::SetOverride(Some(Override { limit: Limit::new(limit).unwrap(), expires_at: Some(at(ms)) }))
+    }
+
+    #[test]
+    fn an_override_counts_until_its_expiry_and_then_the_fallback_does() {
+        let mut s = UserState::default();
+        let o = apply(&mut s, until(1, 10_000), T0);
+        let one = Limit::new(1).unwrap();
+        assert_eq!(o.reply, Reply::Limit { limit: one, source: LimitSource::Override, expires_at: Some(at(10_000)) });
+        let get = || Op::GetLimit { fallback: Limit::new(3).unwrap(), source: LimitSource::Plan };
+        let o = apply(&mut s, get(), at(9_999));
+        assert_eq!(o.reply, Reply::Limit { limit: one, source: LimitSource::Override, expires_at: Some(at(10_000)) });
+        assert!(matches!(decision(apply(&mut s, acq("a", 3), at(1))), Decision::Granted(_)));
+        assert!(matches!(decision(apply(&mut s, acq("b", 3), at(2))), Decision::Denied(_)));
+        // At its expiry the plan's limit is back; reads say so and change nothing.
+        let before = s.clone();
+        let o = apply(&mut s, get(), at(10_000));
+        let three = Limit::new(3).unwrap();
+        assert_eq!(
+            o,
+            Outcome {
+                reply: Reply::Limit { limit: three, source: LimitSource::Plan, expires_at: None },
+                writes: vec![],
+                expired: 0
+            }
+        );
+        match apply(&mut s, Op::List { limit: three }, at(10_000)).reply {
+            Reply::Leases { limit, live, .. } => assert_eq!((limit, ids(&live)), (three, vec!["a"])),
+            r => panic!("{r:?}"),
+        }
+        assert_eq!(s, before);
+        // The next change drops it, as it drops what has expired.
+        let o = apply(&mut s, acq("b", 3), at(10_001));
+        assert_eq!(o.writes[0], Write::SetOverride(None));
+        assert!(matches!(decision(o), Decision::Granted(_)));
+        assert_eq!(s.limit_override(), None);
+    }
+
+    #[test]
+    fn an_override_that_ends_evicts_nobody_and_a_lower_one_cuts_off_nobody() {
+        let mut s = UserState::default();
+        apply(&mut s, until(3, 10_000), T0);
+        for (i, stream) in ["a", "b", "c"].into_iter().enumerate() {
+            assert!(matches!(decision(apply(&mut s, acq(stream, 1), at(i as i64))), Decision::Granted(_)));
+        }
+        // Past it the default (1) applies: all three renew, a fourth waits.
+        for stream in ["a", "b", "c"] {
+            assert!(matches!(decision(apply(&mut s, acq(stream, 1), at(20_000))), Decision::Renewed(_)));
+        }
+        assert!(matches!(decision(apply(&mut s, acq("d", 1), at(20_001))), Decision::Denied(_)));
+    }
+
+    #[test]
+    fn expiry_drops_an_override_past_its_end_only() {
+        let mut s = UserState::default();
+        apply(&mut s, until(2, 10_000), T0);
+        assert_eq!(expire(&mut s, at(9_999)), vec![]);
+        assert_eq!(expire(&mut s, at(10_000)), vec![Write::SetOverride(None)]);
+        assert!(s.is_empty());
+        apply(&mut s, Op::SetOverride(Limit::new(2).map(Override::permanent)), T0);
+        assert_eq!(expire(&mut s, at(i64::MAX / 1000)), vec![]);
+    }
+
+    #[test]
+    fn revoking_one_stream_leaves_a_tombstone_for_it_alone() {
+        let mut s = UserState::default();
+        apply(&mut s, held_by("a", 3, "h1"), T0);
+        apply(&mut s, acq("b", 3), at(1));
+        let ttl = Ttl::from_secs(30).unwrap();
+        let o = apply(&mut s, Op::Revoke { stream: sid("a"), ttl }, at(2));
+        let Reply::Revoked(revoked) = o.reply else { panic!("{:?}", o.reply) };
+        assert_eq!((ids(&revoked), revoked[0].holder.clone()), (vec!["a"], Some(holder("h1"))));
+        let tomb = Tombstone { stream_id: sid("a"), reason: RevokeReason::Revoked, until: at(60_000 + 30_000) };
+        assert_eq!(o.writes, vec![Write::DeleteLease(sid("a")), Write::PutTombstone(tomb.clone())]);
+        assert_eq!(ids(&s.live(at(3))), ["b"]);
+        assert_eq!(decision(apply(&mut s, acq("a", 3), at(4))), Decision::Gone(tomb.clone()));
+        // A stream without a live lease: nothing is revoked, nothing written.
+        for stream in ["a", "none"] {
+            let o = apply(&mut s, Op::Revoke { stream: sid(stream), ttl }, at(5));
+            assert_eq!((o.reply, o.writes), (Reply::Revoked(vec![]), vec![]), "{stream}");
+        }
+        // The listing shows the live tombstone.
+        match apply(&mut s, Op::List { limit: Limit::new(3).unwrap() }, at(6)).reply {
+            Reply::Leases { tombstones, .. } => assert_eq!(tombstones, vec![tomb]),
+            r => panic!("{r:?}"),
+        }
     }
 
     #[test]
@@ -541,7 +651,7 @@ mod tests {
     #[test]
     fn lowering_the_override_evicts_nobody_and_refuses_new_streams() {
         let mut s = full(3);
-        apply(&mut s, Op::SetOverride(Limit::new(1)), at(5));
+        apply(&mut s, Op::SetOverride(Limit::new(1).map(Override::permanent)), at(5));
         assert_eq!(s.live(at(5)).len(), 3);
         // Even evict_oldest refuses: evicting one would still not make room.
         let op = Op::Acquire(Acquire { on_limit: OnLimit::EvictOldest, ..req("d", 3) });
@@ -552,7 +662,7 @@ mod tests {
         // Existing streams keep renewing.
         assert!(matches!(decision(apply(&mut s, acq("b", 3), at(7))), Decision::Renewed(_)));
         // Raising it lets new streams in again.
-        apply(&mut s, Op::SetOverride(Limit::new(4)), at(8));
+        apply(&mut s, Op::SetOverride(Limit::new(4).map(Override::permanent)), at(8));
         assert!(matches!(decision(apply(&mut s, acq("d", 3), at(9))), Decision::Granted(_)));
         apply(&mut s, Op::SetOverride(None), at(10));
         assert!(matches!(decision(apply(&mut s, acq("e", 3), at(11))), Decision::Denied(_)));

@@ -12,8 +12,8 @@ use super::Store;
 use super::memory::MemoryBackend;
 use crate::clock::{Clock, ManualClock};
 use crate::limiter::{
-    self, Acquire, Decision, Holder, Label, Limit, LimitSource, OnLimit, Op, Plans, RevokeReason, Rule, StreamId,
-    Terms, Timestamp, Ttl, UserId,
+    self, Acquire, Decision, Holder, Label, Limit, LimitSource, OnLimit, Op, Override, Plans, RevokeReason, Rule,
+    StreamId, Terms, Timestamp, Ttl, UserId,
 };
 
 fn user(s: &str) -> UserId {
@@ -46,6 +46,8 @@ pub(crate) async fn suite(store: &Store, clock: &ManualClock) {
     take_over_is_all_or_nothing(store).await;
     revoke_all_and_tombstone_expiry(store, clock).await;
     overrides_are_kept_and_win(store).await;
+    overrides_with_an_expiry_end_by_themselves(store, clock).await;
+    revoking_one_stream_leaves_its_tombstone(store, clock).await;
     shadow_mode_changes_no_one_else(store).await;
     concurrent_evictions_keep_the_limit(store).await;
     leases_keep_every_attribute(store, clock).await;
@@ -218,26 +220,95 @@ async fn revoke_all_and_tombstone_expiry(store: &Store, clock: &ManualClock) {
 async fn overrides_are_kept_and_win(store: &Store) {
     let u = user("override-user");
     let three = Limit::new(3).unwrap();
-    assert_eq!(store.limit(&u, three, LimitSource::Plan).await.unwrap(), (three, LimitSource::Plan));
-    store.set_override(&u, Limit::new(1)).await.unwrap();
+    assert_eq!(store.limit(&u, three, LimitSource::Plan).await.unwrap(), (three, LimitSource::Plan, None));
+    store.set_override(&u, Limit::new(1).map(Override::permanent)).await.unwrap();
     assert_eq!(
         store.limit(&u, three, LimitSource::Default).await.unwrap(),
-        (Limit::new(1).unwrap(), LimitSource::Override)
+        (Limit::new(1).unwrap(), LimitSource::Override, None)
     );
     assert!(matches!(store.acquire(&u, req("a", 3, 60)).await.unwrap(), Decision::Granted(_)));
     match store.acquire(&u, req("b", 3, 60)).await.unwrap() {
         Decision::Denied(d) => assert_eq!(d.limit.get(), 1),
         d => panic!("{d:?}"),
     }
-    store.set_override(&u, Limit::new(0)).await.unwrap();
+    store.set_override(&u, Limit::new(0).map(Override::permanent)).await.unwrap();
     let (limit, live) = store.list(&u, three).await.unwrap();
     assert_eq!((limit.get(), live.len()), (0, 1), "lowering evicts nobody");
     store.set_override(&u, None).await.unwrap();
-    assert_eq!(store.limit(&u, three, LimitSource::Default).await.unwrap(), (three, LimitSource::Default));
+    assert_eq!(store.limit(&u, three, LimitSource::Default).await.unwrap(), (three, LimitSource::Default, None));
     // An override alone, with no lease, is still kept.
     let idle = user("override-idle");
-    store.set_override(&idle, Limit::new(7)).await.unwrap();
+    store.set_override(&idle, Limit::new(7).map(Override::permanent)).await.unwrap();
     assert_eq!(store.limit(&idle, three, LimitSource::Default).await.unwrap().0.get(), 7);
+}
+
+/// An override with an expiry is kept with it, counts until then, and
+/// afterwards the fallback does, evicting nobody; with or without leases.
+async fn overrides_with_an_expiry_end_by_themselves(store: &Store, clock: &ManualClock) {
+    let three = Limit::new(3).unwrap();
+    let ends = |limit: u32, ms: i64| Override {
+        limit: Limit::new(limit).unwrap(),
+        expires_at: Some(Timestamp::from_micros(clock.now().as_micros() + ms * 1000)),
+    };
+    let u = user("override-until");
+    let five = ends(5, 20_000);
+    store.set_override(&u, Some(five)).await.unwrap();
+    assert_eq!(
+        store.limit(&u, three, LimitSource::Plan).await.unwrap(),
+        (Limit::new(5).unwrap(), LimitSource::Override, five.expires_at)
+    );
+    for s in ["a", "b", "c", "d"] {
+        assert!(matches!(store.acquire(&u, req(s, 3, 60)).await.unwrap(), Decision::Granted(_)), "{s}");
+    }
+    clock.advance_ms(19_999);
+    assert_eq!(store.list(&u, three).await.unwrap().0.get(), 5);
+    clock.advance_ms(1);
+    assert_eq!(store.limit(&u, three, LimitSource::Plan).await.unwrap(), (three, LimitSource::Plan, None));
+    let (limit, live) = store.list(&u, three).await.unwrap();
+    assert_eq!((limit, live.len()), (three, 4), "the end of an override evicts nobody");
+    assert!(matches!(store.acquire(&u, req("e", 3, 60)).await.unwrap(), Decision::Denied(_)));
+    assert!(matches!(store.acquire(&u, req("a", 3, 60)).await.unwrap(), Decision::Renewed(_)));
+    // A user with nothing but an override that ends.
+    let idle = user("override-until-idle");
+    let one = ends(1, 5_000);
+    store.set_override(&idle, Some(one)).await.unwrap();
+    assert_eq!(
+        store.limit(&idle, three, LimitSource::Default).await.unwrap(),
+        (Limit::new(1).unwrap(), LimitSource::Override, one.expires_at)
+    );
+    clock.advance_ms(5_000);
+    assert_eq!(store.limit(&idle, three, LimitSource::Default).await.unwrap(), (three, LimitSource::Default, None));
+    // Setting one for good after one that ends replaces it.
+    store.set_override(&idle, Some(ends(2, 1_000))).await.unwrap();
+    store.set_override(&idle, Limit::new(4).map(Override::permanent)).await.unwrap();
+    clock.advance_ms(2_000);
+    assert_eq!(
+        store.limit(&idle, three, LimitSource::Default).await.unwrap(),
+        (Limit::new(4).unwrap(), LimitSource::Override, None)
+    );
+    store.set_override(&idle, None).await.unwrap();
+}
+
+/// Revoking one stream revokes its live lease alone, leaves a tombstone
+/// that the listing shows and a renewal meets, and revokes nothing for a
+/// stream without a live lease.
+async fn revoking_one_stream_leaves_its_tombstone(store: &Store, clock: &ManualClock) {
+    let u = user("revoke-one");
+    let ttl = Ttl::from_secs(10).unwrap();
+    store.acquire(&u, Acquire { holder: Some(holder("h1")), ..req("a", 5, 10) }).await.unwrap();
+    store.acquire(&u, req("b", 5, 10)).await.unwrap();
+    let revoked = store.revoke(&u, stream("a"), ttl).await.unwrap().expect("a was live");
+    assert_eq!((revoked.stream_id.as_str(), revoked.holder), ("a", Some(holder("h1"))));
+    assert_eq!(store.revoke(&u, stream("a"), ttl).await.unwrap(), None);
+    assert_eq!(store.revoke(&u, stream("none"), ttl).await.unwrap(), None);
+    let listing = store.listing(&u, Limit::new(5).unwrap()).await.unwrap();
+    assert_eq!(names(&listing.live), ["b"]);
+    let until = revoked.expires_at.plus(ttl);
+    assert_eq!(listing.tombstones.iter().map(|t| (t.stream_id.as_str(), t.until)).collect::<Vec<_>>(), [("a", until)]);
+    assert!(matches!(store.acquire(&u, req("a", 5, 10)).await.unwrap(), Decision::Gone(_)));
+    clock.advance_ms(until.as_millis() - clock.now().as_millis());
+    assert!(store.listing(&u, Limit::new(5).unwrap()).await.unwrap().tombstones.is_empty());
+    assert!(matches!(store.acquire(&u, req("a", 5, 10)).await.unwrap(), Decision::Granted(_)));
 }
 
 async fn shadow_mode_changes_no_one_else(store: &Store) {
@@ -555,9 +626,16 @@ enum Step {
         user: u8,
         limit: u32,
     },
+    Revoke {
+        user: u8,
+        stream: u8,
+        ttl: u32,
+    },
+    /// `until`: the override ends this many ms after the step, if it does.
     SetOverride {
         user: u8,
         limit: Option<u32>,
+        until: Option<u32>,
     },
     Advance(u32),
 }
@@ -600,7 +678,9 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0u8..3, 1u32..20).prop_map(|(user, ttl)| Step::RevokeAll { user, ttl }),
         1 => (0u8..3, 0u32..4).prop_map(|(user, limit)| Step::List { user, limit }),
         1 => (0u8..3, 0u32..4).prop_map(|(user, limit)| Step::GetLimit { user, limit }),
-        1 => (0u8..3, prop::option::of(0u32..4)).prop_map(|(user, limit)| Step::SetOverride { user, limit }),
+        1 => (0u8..3, 0u8..6, 1u32..20).prop_map(|(user, stream, ttl)| Step::Revoke { user, stream, ttl }),
+        1 => (0u8..3, prop::option::of(0u32..4), prop::option::of(1u32..40_000))
+            .prop_map(|(user, limit, until)| Step::SetOverride { user, limit, until }),
         3 => (0u32..25_000).prop_map(Step::Advance),
     ]
 }
@@ -645,7 +725,8 @@ fn rule_set(n: u8) -> Vec<Rule> {
     }
 }
 
-fn op_of(step: Step) -> Option<(u8, Op)> {
+/// The operation of `step` at `now`.
+fn op_of(step: Step, now: Timestamp) -> Option<(u8, Op)> {
     let lim = |n: u32| Limit::new(n).unwrap();
     Some(match step {
         Step::Advance(_) => return None,
@@ -685,7 +766,13 @@ fn op_of(step: Step) -> Option<(u8, Op)> {
         Step::RevokeAll { user, ttl } => (user, Op::RevokeAll { ttl: Ttl::from_secs(ttl).unwrap() }),
         Step::List { user, limit } => (user, Op::List { limit: lim(limit) }),
         Step::GetLimit { user, limit } => (user, Op::GetLimit { fallback: lim(limit), source: LimitSource::Plan }),
-        Step::SetOverride { user, limit } => (user, Op::SetOverride(limit.map(lim))),
+        Step::Revoke { user, stream: s, ttl } => {
+            (user, Op::Revoke { stream: stream(&format!("s{s}")), ttl: Ttl::from_secs(ttl).unwrap() })
+        }
+        Step::SetOverride { user, limit, until } => {
+            let expires_at = until.map(|ms| Timestamp::from_micros(now.as_micros() + i64::from(ms) * 1000));
+            (user, Op::SetOverride(limit.map(|l| Override { limit: lim(l), expires_at })))
+        }
     })
 }
 
@@ -711,7 +798,7 @@ where
                         clock.advance_ms(i64::from(ms));
                         continue;
                     }
-                    let Some((u, op)) = op_of(s) else { continue };
+                    let Some((u, op)) = op_of(s, clock.now()) else { continue };
                     let u = user(&format!("u{u}"));
                     let expected = reference.execute(&u, op.clone()).await.unwrap();
                     let got = store.execute(&u, op).await.unwrap();

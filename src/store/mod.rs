@@ -16,7 +16,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::clock::Clock;
-use crate::limiter::{Acquire, Decision, Holder, Lease, Limit, LimitSource, Op, Reply, StreamId, Ttl, UserId};
+use crate::limiter::{
+    Acquire, Decision, Holder, Lease, Limit, LimitSource, Op, Override, Reply, StreamId, Timestamp, Tombstone, Ttl,
+    UserId,
+};
 use crate::metrics;
 
 #[cfg(feature = "dynamodb")]
@@ -167,6 +170,17 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// What [`Store::listing`] answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listing {
+    /// The effective limit.
+    pub limit: Limit,
+    /// The live leases, oldest first.
+    pub live: Vec<Lease>,
+    /// The live tombstones, in stream id order.
+    pub tombstones: Vec<Tombstone>,
+}
+
 /// A backend could not be opened. The message is meant for an operator.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -304,31 +318,49 @@ impl Store {
         }
     }
 
-    /// The user's live leases, oldest first, and the effective limit
-    /// (`limit` unless the user has an override).
-    pub async fn list(&self, user: &UserId, limit: Limit) -> Result<(Limit, Vec<Lease>), StoreError> {
-        match self.execute(user, Op::List { limit }).await? {
-            Reply::Leases { limit, live } => Ok((limit, live)),
+    /// Revokes the stream's live lease, if it has one, and returns it. It
+    /// leaves a tombstone until its expiry plus `ttl`.
+    pub async fn revoke(&self, user: &UserId, stream: StreamId, ttl: Ttl) -> Result<Option<Lease>, StoreError> {
+        match self.execute(user, Op::Revoke { stream, ttl }).await? {
+            Reply::Revoked(mut leases) => {
+                metrics::decision("revoked", leases.len() as u64);
+                Ok(leases.pop())
+            }
             other => Err(mismatch(&other)),
         }
     }
 
-    /// The effective limit: the user's override, else `fallback` from `source`.
+    /// The user's live leases, oldest first, and the effective limit
+    /// (`limit` unless the user has an override that counts).
+    pub async fn list(&self, user: &UserId, limit: Limit) -> Result<(Limit, Vec<Lease>), StoreError> {
+        self.listing(user, limit).await.map(|l| (l.limit, l.live))
+    }
+
+    /// [`Store::list`], with the user's live tombstones.
+    pub async fn listing(&self, user: &UserId, limit: Limit) -> Result<Listing, StoreError> {
+        match self.execute(user, Op::List { limit }).await? {
+            Reply::Leases { limit, live, tombstones } => Ok(Listing { limit, live, tombstones }),
+            other => Err(mismatch(&other)),
+        }
+    }
+
+    /// The effective limit: the user's override while it counts, else
+    /// `fallback` from `source`; and when that override ends, if it does.
     pub async fn limit(
         &self,
         user: &UserId,
         fallback: Limit,
         source: LimitSource,
-    ) -> Result<(Limit, LimitSource), StoreError> {
+    ) -> Result<(Limit, LimitSource, Option<Timestamp>), StoreError> {
         match self.execute(user, Op::GetLimit { fallback, source }).await? {
-            Reply::Limit { limit, source } => Ok((limit, source)),
+            Reply::Limit { limit, source, expires_at } => Ok((limit, source, expires_at)),
             other => Err(mismatch(&other)),
         }
     }
 
     /// Sets (`Some`) or clears (`None`) the user's override. Evicts nobody.
-    pub async fn set_override(&self, user: &UserId, limit: Option<Limit>) -> Result<(), StoreError> {
-        match self.execute(user, Op::SetOverride(limit)).await? {
+    pub async fn set_override(&self, user: &UserId, set: Option<Override>) -> Result<(), StoreError> {
+        match self.execute(user, Op::SetOverride(set)).await? {
             Reply::Limit { .. } | Reply::Done => Ok(()),
             other => Err(mismatch(&other)),
         }
@@ -383,6 +415,7 @@ impl Store {
             Op::Acquire(_) => "acquire",
             Op::Release(_) | Op::ReleaseHeld { .. } => "release",
             Op::RevokeAll { .. } => "revoke_all",
+            Op::Revoke { .. } => "revoke",
             Op::List { .. } => "list",
             Op::GetLimit { .. } => "get_limit",
             Op::SetOverride(_) => "set_override",

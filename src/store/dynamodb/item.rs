@@ -10,7 +10,8 @@
 //! | `leases` | M | stream id → `{s: started_at, e: expires_at, d: device_id?, c: content_id?, dc: device_class?, ck: content_kind?, p: plan?, h: holder?}` |
 //! | `tombstones` | M | stream id → `{u: until, by: evicting stream?}` (no `by`: revoked) |
 //! | `override` | N | the per-user limit, if any |
-//! | `expires_at` | N | the TTL attribute: the last lease expiry or tombstone `until`, epoch seconds rounded up; absent while there is an override |
+//! | `override_until` | N | when that override ends, µs since the Unix epoch; absent when it is for good |
+//! | `expires_at` | N | the TTL attribute: the last lease expiry, tombstone `until` or override end, epoch seconds rounded up; absent while there is an override for good |
 //!
 //! Times inside the maps are integers, microseconds since the Unix epoch,
 //! as in `limiter`. Empty maps and absent labels are left out; an empty
@@ -23,7 +24,9 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use crate::limiter::{Holder, Label, Lease, Limit, RevokeReason, StreamId, Timestamp, Tombstone, UserId, UserState};
+use crate::limiter::{
+    Holder, Label, Lease, Limit, Override, RevokeReason, StreamId, Timestamp, Tombstone, UserId, UserState,
+};
 
 /// The partition key attribute.
 pub(crate) const KEY: &str = "user_id";
@@ -34,6 +37,10 @@ const WRITE_ID: &str = "write_id";
 const LEASES: &str = "leases";
 const TOMBSTONES: &str = "tombstones";
 const OVERRIDE: &str = "override";
+/// An attribute that releases before override expiry do not know, so they
+/// refuse (503) an item that has one rather than read its override as
+/// one for good.
+const OVERRIDE_UNTIL: &str = "override_until";
 
 pub(super) type Item = HashMap<String, AttributeValue>;
 
@@ -64,25 +71,27 @@ pub(super) fn encode(user: &UserId, state: &UserState, version: u64, write_id: &
         let tombs = state.tombstones().iter().map(|t| (t.stream_id.as_str().to_owned(), tombstone(t))).collect();
         item.insert(TOMBSTONES.into(), AttributeValue::M(tombs));
     }
-    match state.limit_override() {
-        Some(limit) => {
-            item.insert(OVERRIDE.into(), number(limit.get()));
+    if let Some(o) = state.limit_override() {
+        item.insert(OVERRIDE.into(), number(o.limit.get()));
+        if let Some(until) = o.expires_at {
+            item.insert(OVERRIDE_UNTIL.into(), number(until.as_micros()));
         }
-        // An override is kept for good, so an item that holds one never
-        // expires by TTL.
-        None => {
-            if let Some(secs) = ttl_seconds(state) {
-                item.insert(TTL.into(), number(secs));
-            }
-        }
+    }
+    // An override for good keeps its item for good: no TTL.
+    if state.limit_override().is_none_or(|o| o.expires_at.is_some())
+        && let Some(secs) = ttl_seconds(state)
+    {
+        item.insert(TTL.into(), number(secs));
     }
     item
 }
 
-/// The latest lease expiry or tombstone end, in epoch seconds rounded up.
+/// The latest lease expiry, tombstone end or override end, in epoch
+/// seconds rounded up.
 pub(super) fn ttl_seconds(state: &UserState) -> Option<i64> {
     let leases = state.leases().iter().map(|l| l.expires_at);
-    let last = leases.chain(state.tombstones().iter().map(|t| t.until)).max()?;
+    let until = state.limit_override().and_then(|o| o.expires_at);
+    let last = leases.chain(state.tombstones().iter().map(|t| t.until)).chain(until).max()?;
     Some(last.as_micros().div_euclid(1_000_000) + i64::from(last.as_micros().rem_euclid(1_000_000) != 0))
 }
 
@@ -138,6 +147,7 @@ pub(super) fn decode(user: &UserId, item: &Item) -> Result<Stored, DecodeError> 
     let mut leases = Vec::new();
     let mut tombstones = Vec::new();
     let mut limit_override = None;
+    let mut override_until = None;
     for (name, value) in item {
         match name.as_str() {
             KEY => {
@@ -164,6 +174,7 @@ pub(super) fn decode(user: &UserId, item: &Item) -> Result<Stored, DecodeError> 
                 let limit = u32::try_from(n).ok().and_then(Limit::new);
                 limit_override = Some(limit.ok_or_else(|| DecodeError(format!("{OVERRIDE} {n} is out of range")))?);
             }
+            OVERRIDE_UNTIL => override_until = Some(Timestamp::from_micros(integer(name, value)?)),
             // Derived from the rest; never read back.
             TTL => {
                 integer::<i64>(name, value)?;
@@ -172,6 +183,11 @@ pub(super) fn decode(user: &UserId, item: &Item) -> Result<Stored, DecodeError> 
         }
     }
     let version = version.ok_or_else(|| DecodeError(format!("no {VERSION}")))?;
+    let limit_override = match (limit_override, override_until) {
+        (Some(limit), expires_at) => Some(Override { limit, expires_at }),
+        (None, None) => None,
+        (None, Some(_)) => return Err(DecodeError(format!("{OVERRIDE_UNTIL} without {OVERRIDE}"))),
+    };
     Ok(Stored { state: UserState::new(leases, tombstones, limit_override), version, write_id })
 }
 
@@ -306,10 +322,18 @@ mod tests {
         let expected = Stored { state, version: 7, write_id: Some("w1".into()) };
         assert_eq!(sorted(back), sorted(expected));
 
-        let with_override = UserState::new(sample().leases().to_vec(), Vec::new(), Some(Limit::new(0).unwrap()));
+        let with_override =
+            UserState::new(sample().leases().to_vec(), Vec::new(), Limit::new(0).map(Override::permanent));
         let item = encode(&u, &with_override, 1, "w2");
         assert!(!item.contains_key(TTL), "an override keeps the item for good");
-        assert_eq!(decode(&u, &item).unwrap().state.limit_override(), Limit::new(0));
+        assert_eq!(decode(&u, &item).unwrap().state.limit_override(), Limit::new(0).map(Override::permanent));
+        // An override that ends keeps the item until then, and no longer.
+        let until = Timestamp::from_micros(4_000_000_000_000_001);
+        let ending = Override { limit: Limit::new(2).unwrap(), expires_at: Some(until) };
+        let item = encode(&u, &UserState::new(sample().leases().to_vec(), Vec::new(), Some(ending)), 1, "w3");
+        assert_eq!(item.get(TTL), Some(&number(4_000_000_001_i64)));
+        assert_eq!(item.get(OVERRIDE_UNTIL), Some(&number(until.as_micros())));
+        assert_eq!(decode(&u, &item).unwrap().state.limit_override(), Some(ending));
     }
 
     /// The attributes are written under their short names, each only
@@ -411,6 +435,7 @@ mod tests {
             ("tombstones", Some(m(&[("a", m(&[("u", n("1")), ("by", s("no/slash"))]))])), "tombstones.a.by"),
             ("override", Some(n("1001")), "override"),
             ("override", Some(n("-3")), "override"),
+            ("override_until", Some(s("soon")), "override_until"),
             ("expires_at", Some(s("soon")), "expires_at"),
             ("surprise", Some(n("1")), "surprise"),
         ];

@@ -13,6 +13,11 @@
 //! Expiry happens on write and DynamoDB's TTL deletes idle items
 //! (`expires_at`); no decision depends on TTL, and no sweeper scans the
 //! table. `item` documents the item's attributes.
+//!
+//! The client is the official AWS SDK with its retries and timeouts set
+//! explicitly, all well inside the store's operation timeout. `ping` and
+//! the check at open read a probe key that no user id can be.
+//! [`create_table`] is the body of `streamcap dynamodb create-table`.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -370,14 +375,31 @@ pub async fn create_table(
     say: &mut (dyn FnMut(&str) + Send),
 ) -> Result<(), OpenFailure> {
     let client = client(endpoint, aws).await?;
-    let fail = |what: &str, e: String| OpenFailure::Failed(OpenError(format!("{what} {table}: {e}")));
+    let status = describe_or_create(&client, table, say).await?;
+    wait_until_active(&client, table, status, say).await?;
+    enable_ttl(&client, table, say).await
+}
+
+/// A failure of one step of `create_table` on `table`.
+fn table_failure(table: &str, what: &str, e: String) -> OpenFailure {
+    OpenFailure::Failed(OpenError(format!("{what} {table}: {e}")))
+}
+
+/// Checks the key schema of `table` when it exists, else creates it;
+/// returns its status.
+async fn describe_or_create(
+    client: &Client,
+    table: &str,
+    say: &mut (dyn FnMut(&str) + Send),
+) -> Result<Option<TableStatus>, OpenFailure> {
+    let fail = |what: &str, e: String| table_failure(table, what, e);
     let described = client.describe_table().table_name(table).send().await;
-    let mut status = match described {
+    match described {
         Ok(out) => {
             let t = out.table.ok_or_else(|| fail("cannot describe table", "no description in the answer".into()))?;
             check_schema(table, t.key_schema(), t.attribute_definitions())?;
             say(&format!("table {table} already exists with partition key user_id (S)"));
-            t.table_status
+            Ok(t.table_status)
         }
         Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("ResourceNotFoundException") => {
             let created = client
@@ -402,11 +424,21 @@ pub async fn create_table(
                 .await
                 .map_err(|e| fail("cannot create table", explain(&e)))?;
             say(&format!("created table {table} (on-demand billing, partition key user_id of type S)"));
-            created.table_description.and_then(|t| t.table_status)
+            Ok(created.table_description.and_then(|t| t.table_status))
         }
-        Err(e) => return Err(fail("cannot describe table", explain(&e))),
-    };
-    // A new table takes a few seconds to become ACTIVE on AWS.
+        Err(e) => Err(fail("cannot describe table", explain(&e))),
+    }
+}
+
+/// Polls `table` until it is ACTIVE: a new table takes a few seconds to
+/// become so on AWS.
+async fn wait_until_active(
+    client: &Client,
+    table: &str,
+    mut status: Option<TableStatus>,
+    say: &mut (dyn FnMut(&str) + Send),
+) -> Result<(), OpenFailure> {
+    let fail = |what: &str, e: String| table_failure(table, what, e);
     let deadline = Instant::now() + Duration::from_secs(300);
     while status != Some(TableStatus::Active) {
         if Instant::now() > deadline {
@@ -419,7 +451,13 @@ pub async fn create_table(
             say(&format!("table {table} is ACTIVE"));
         }
     }
+    Ok(())
+}
 
+/// Turns TTL on for `expires_at`, unless it is on already; TTL on another
+/// attribute is `OpenFailure::Misconfigured`.
+async fn enable_ttl(client: &Client, table: &str, say: &mut (dyn FnMut(&str) + Send)) -> Result<(), OpenFailure> {
+    let fail = |what: &str, e: String| table_failure(table, what, e);
     let ttl = client.describe_time_to_live().table_name(table).send().await;
     let ttl = ttl.map_err(|e| fail("cannot read the TTL setting of table", explain(&e)))?;
     let ttl = ttl.time_to_live_description;

@@ -12,7 +12,7 @@ use super::harness::{self, DynamoLocal};
 use super::item::Item;
 use super::*;
 use crate::clock::ManualClock;
-use crate::limiter::{Acquire, Decision, Holder, Label, Limit, Timestamp, Ttl, UserState, apply};
+use crate::limiter::{Acquire, Decision, Holder, Label, Limit, Override, Timestamp, Ttl, UserState, apply};
 use crate::store::conformance;
 
 const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
@@ -438,7 +438,7 @@ async fn ttl_deletes_idle_items_but_keeps_overrides() {
     let short = |s: &str| Acquire { ttl: Ttl::from_secs(1).unwrap(), ..acquire(s, 2) };
     store.acquire(&user("idle"), short("a")).await.unwrap();
     store.acquire(&user("kept"), short("a")).await.unwrap();
-    store.set_override(&user("kept"), Limit::new(2)).await.unwrap();
+    store.set_override(&user("kept"), Limit::new(2).map(Override::permanent)).await.unwrap();
     let b = backend(local, &name, &clock).await;
     let deadline = Instant::now() + std::time::Duration::from_secs(60);
     while b.get_item(&user("idle")).await.unwrap().is_some() {
@@ -446,5 +446,5 @@ async fn ttl_deletes_idle_items_but_keeps_overrides() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let kept = b.get_item(&user("kept")).await.unwrap().expect("an item with an override has no TTL");
-    assert_eq!(kept.state.limit_override(), Limit::new(2));
+    assert_eq!(kept.state.limit_override(), Limit::new(2).map(Override::permanent));
 }

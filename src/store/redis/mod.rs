@@ -12,12 +12,24 @@
 //!
 //! All of a user's state lives under one hash tag, `sc:{user}:…`: the
 //! state (`s`, in [`state`]'s format, with a copy of the override) and the
-//! override itself (`o`, kept for good). Both sit in one cluster slot, so
-//! the read, the clock and the write for a user all go to the primary that
-//! owns it. The override key is read only for a user with no state. The
-//! state key expires by itself a second or so after its last lease or
-//! tombstone ends; a write that the key's deadline still covers keeps its
-//! expiry (`KEEPTTL`), which costs Redis less than setting a new one.
+//! override itself (`o`, kept for good or until it ends). Both sit in one
+//! cluster slot, so the read, the clock and the write for a user all go to
+//! the primary that owns it. The override key is read only for a user with
+//! no state. An override for good is a decimal string, as every release
+//! wrote it; one that ends is a hash (`limit`, `until` in µs) that Redis
+//! deletes a second after it ends. A release before override expiry reads
+//! the key with `GET`, which fails on a hash, and does not know the state's
+//! format 5 that carries such an override: it refuses that user (503)
+//! rather than read the override as one for good. The state key expires by
+//! itself a second or so after its last lease or tombstone ends; a write
+//! that the key's deadline still covers keeps its expiry (`KEEPTTL`), which
+//! costs Redis less than setting a new one.
+//!
+//! A write is one `EVALSHA` of `cas.lua` with both keys; a node that has
+//! not got the script (`NOSCRIPT`, after a restart or `SCRIPT FLUSH`) gets
+//! `SCRIPT LOAD` and the call is sent again. `ping` sends `PING`; `sweep`
+//! does nothing. Messages between the instances that share the Redis go
+//! over its pub/sub ([`bus`]); `tls` says what `rediss://` trusts.
 //!
 //! With `--redis-replica-acks` N ≥ 1, the write goes through [`acks`]
 //! instead: on a connection of its own, followed by `WAIT`, and answered
@@ -37,7 +49,7 @@ use redis::{Cmd, ErrorKind, Pipeline, RedisWrite, ServerErrorKind, ToRedisArgs, 
 use super::optimistic::{Change, Lost, Optimistic, Read, Shared};
 use super::{Backend, BoxFuture, OpenError, OpenFailure, RedisMode, RedisTls, StoreError, Subscription, redact_url};
 use crate::clock::Clock;
-use crate::limiter::{Limit, Op, Reply, Timestamp, UserId, UserState, Write};
+use crate::limiter::{Limit, Op, Override, Reply, Timestamp, UserId, UserState, Write};
 
 mod acks;
 mod bus;
@@ -212,19 +224,42 @@ impl RedisBackend {
         }
     }
 
-    /// The override key of a user with no state: `None` when absent.
-    async fn read_override(&self, user: &UserId) -> Result<(Option<Limit>, Option<Vec<u8>>), StoreError> {
+    /// The override key of a user with no state, and its value as the
+    /// write script compares it: `None` when absent.
+    async fn read_override(&self, user: &UserId) -> Result<(Option<Override>, Option<Vec<u8>>), StoreError> {
         let mut pipe = redis::pipe();
+        // One of the two fails with WRONGTYPE, unless the key is absent.
+        pipe.ignore_errors();
         pipe.cmd("GET").arg(UserKey(user, b'o'));
-        let raw = match self.pipeline(&pipe).await?.pop() {
-            Some(Value::BulkString(raw)) => raw,
-            Some(Value::Nil) => return Ok((None, None)),
+        pipe.cmd("HMGET").arg(UserKey(user, b'o')).arg("limit").arg("until");
+        let mut values = self.pipeline(&pipe).await?.into_iter();
+        let (raw, until) = match (values.next(), values.next()) {
+            (Some(Value::Nil), _) => return Ok((None, None)),
+            (Some(Value::BulkString(raw)), _) => (raw, None),
+            (_, Some(Value::Array(fields))) => match &fields[..] {
+                [Value::BulkString(limit), Value::BulkString(until)] => {
+                    let raw = [&limit[..], b"@", &until[..]].concat();
+                    let until = std::str::from_utf8(until).ok().and_then(|s| s.parse().ok());
+                    let Some(until) = until else {
+                        return Err(unreadable(
+                            user,
+                            'o',
+                            format!("until {:?} is not a time", String::from_utf8_lossy(&raw)),
+                        ));
+                    };
+                    (limit.clone(), Some((Timestamp::from_micros(until), raw)))
+                }
+                other => return Err(unreadable(user, 'o', format!("an override hash of {other:?}"))),
+            },
             other => return Err(StoreError::Unavailable(format!("invalid reply to GET: {other:?}"))),
         };
         let limit = std::str::from_utf8(&raw).ok().and_then(|s| s.parse().ok()).and_then(Limit::new);
-        match limit {
-            Some(l) => Ok((Some(l), Some(raw))),
-            None => Err(unreadable(user, 'o', format!("override {:?} is not a limit", String::from_utf8_lossy(&raw)))),
+        match (limit, until) {
+            (Some(limit), None) => Ok((Some(Override::permanent(limit)), Some(raw))),
+            (Some(limit), Some((at, raw))) => Ok((Some(Override { limit, expires_at: Some(at) }), Some(raw))),
+            (None, _) => {
+                Err(unreadable(user, 'o', format!("override {:?} is not a limit", String::from_utf8_lossy(&raw))))
+            }
         }
     }
 }
@@ -286,7 +321,7 @@ impl Shared for RedisBackend {
                 let last = last.map_or(change.now.as_micros(), Timestamp::as_micros);
                 let slack = match change.op {
                     Op::Acquire(a) => a.ttl.as_micros(),
-                    Op::RevokeAll { ttl } => ttl.as_micros(),
+                    Op::RevokeAll { ttl } | Op::Revoke { ttl, .. } => ttl.as_micros(),
                     _ => 0,
                 };
                 // In ms and relative, so that an injected test clock cannot
@@ -314,7 +349,12 @@ impl Shared for RedisBackend {
         match new_override {
             None => cmd.arg(""),
             Some(None) => cmd.arg("-"),
-            Some(Some(l)) => cmd.arg(l.get()),
+            Some(Some(Override { limit, expires_at: None })) => cmd.arg(limit.get()),
+            Some(Some(Override { limit, expires_at: Some(until) })) => {
+                // Relative, as the state key's expiry is; never below the grace.
+                let ms = (until.as_micros() - change.now.as_micros()).max(0).div_euclid(1000) + GRACE / 1000;
+                cmd.arg(format!("{}@{}", limit.get(), until.as_micros())).arg(ms)
+            }
         };
         let wrote = match &self.acks {
             Some(acks) => acks.compare_and_set(cmd, &self.cas).await,

@@ -1,5 +1,5 @@
-//! A user's state as Redis keeps it in `sc:{user}:s`: format 3 or 4, one
-//! MessagePack sequence of plain values.
+//! A user's state as Redis keeps it in `sc:{user}:s`: format 3, 4 or 5,
+//! one MessagePack sequence of plain values.
 //!
 //! First come the format, the number of leases, the number of tombstones,
 //! the key's deadline (µs since the epoch) and a copy of the override
@@ -15,14 +15,18 @@
 //! format 3 otherwise, which is what releases before holders read and
 //! write (the releases that decided inside Redis among them): instances
 //! of both can share one Redis, and an older one refuses (503) only the
-//! users whose streams a socket holds. Format 2, which an older script
+//! users whose streams a socket holds. Format 5 is format 4 with one more
+//! value after the override: when it ends (µs). It is written only for a
+//! user whose override has an expiry, so that every release before
+//! override expiry refuses that user (an unknown format) rather than read
+//! the override as one for good. Format 2, which an older script
 //! wrote, is format 3 with five values per lease (no device class, content
 //! kind or plan); it is read, and written back at the user's next change.
 //! Only the forms that Lua's `cmsgpack` writes for strings, integers and
 //! booleans are read; anything else, or a sequence of the wrong shape, is
 //! refused and the key is never overwritten.
 
-use crate::limiter::{Holder, Label, Lease, Limit, RevokeReason, StreamId, Timestamp, Tombstone, UserState};
+use crate::limiter::{Holder, Label, Lease, Limit, Override, RevokeReason, StreamId, Timestamp, Tombstone, UserState};
 
 /// A decoded state and the key's deadline.
 pub(super) struct Stored {
@@ -31,22 +35,27 @@ pub(super) struct Stored {
     pub deadline: i64,
 }
 
-/// Reads a stored state, format 2, 3 or 4.
+/// Reads a stored state, format 2, 3, 4 or 5.
 pub(super) fn decode(bytes: &[u8]) -> Result<Stored, String> {
     let mut r = Reader(bytes);
     let format = r.int()?;
     let per_lease = match format {
         2 => 5,
         3 => 8,
-        4 => 9,
+        4 | 5 => 9,
         other => return Err(format!("unknown state format {other}")),
     };
     let (nl, nt) = (r.count()?, r.count()?);
     let deadline = r.int()?;
     let limit_override = match r.item()? {
         Item::Bool(false) | Item::Nil => None,
-        Item::Int(n) => Some(limit(n)?),
+        Item::Int(n) => Some(Override::permanent(limit(n)?)),
         _ => return Err("the override is not a number".into()),
+    };
+    let limit_override = match (format, limit_override) {
+        (5, Some(o)) => Some(Override { expires_at: Some(r.time()?), ..o }),
+        (5, None) => return Err("format 5 without an override".into()),
+        (_, o) => o,
     };
     // Each lease takes at least 5 bytes, each tombstone 3: a count larger
     // than the bytes left is corrupt, and must not size an allocation.
@@ -87,21 +96,35 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Stored, String> {
     Ok(Stored { state: UserState::new(leases, tombstones, limit_override), deadline })
 }
 
-/// Writes `state` with the key's `deadline`: in format 4 when a socket
-/// holds one of its leases, else in format 3.
+/// Writes `state` with the key's `deadline`: in format 5 when its
+/// override has an expiry, else in format 4 when a socket holds one of its
+/// leases, else in format 3.
 pub(super) fn encode(state: &UserState, deadline: i64) -> Vec<u8> {
     let mut leases: Vec<&Lease> = state.leases().iter().collect();
     leases.sort_unstable_by(|a, b| (a.started_at, &a.stream_id).cmp(&(b.started_at, &b.stream_id)));
-    let held = leases.iter().any(|l| l.holder.is_some());
+    let until = state.limit_override().and_then(|o| o.expires_at);
+    let held = until.is_some() || leases.iter().any(|l| l.holder.is_some());
     let tombstones = state.tombstones();
     let mut out = Vec::with_capacity(24 + 64 * leases.len() + 24 * tombstones.len());
-    int(&mut out, if held { 4 } else { 3 });
+    int(
+        &mut out,
+        if until.is_some() {
+            5
+        } else if held {
+            4
+        } else {
+            3
+        },
+    );
     int(&mut out, leases.len() as i64);
     int(&mut out, tombstones.len() as i64);
     int(&mut out, deadline);
     match state.limit_override() {
-        Some(l) => int(&mut out, i64::from(l.get())),
+        Some(o) => int(&mut out, i64::from(o.limit.get())),
         None => out.push(FALSE),
+    }
+    if let Some(until) = until {
+        int(&mut out, until.as_micros());
     }
     for l in leases {
         bytes(&mut out, l.stream_id.as_str().as_bytes());
@@ -334,13 +357,16 @@ mod tests {
             })
             .collect();
         let tombstones = vec![tombstone("gone", 5, Some("s1")), tombstone("revoked", 1 << 40, None)];
-        let state = UserState::new(leases.clone(), tombstones, Limit::new(1000));
+        let state = UserState::new(leases.clone(), tombstones, Limit::new(1000).map(Override::permanent));
         let bytes = encode(&state, (1 << 53) - 1);
         let back = decode(&bytes).unwrap();
         assert_eq!(back.deadline, (1 << 53) - 1);
         let mut sorted = leases;
         sorted.sort_by_key(|l| l.started_at);
-        assert_eq!(back.state, UserState::new(sorted, state.tombstones().to_vec(), Limit::new(1000)));
+        assert_eq!(
+            back.state,
+            UserState::new(sorted, state.tombstones().to_vec(), Limit::new(1000).map(Override::permanent))
+        );
         // Encoding what was decoded gives the same bytes.
         assert_eq!(encode(&back.state, back.deadline), bytes);
     }
@@ -379,7 +405,8 @@ mod tests {
         let tv = lease("tv", 1_000_000, [label("living-room"), None, label("tv"), None, None]);
         let phone = lease("phone", 2_000_000, Default::default());
         let tombstones = vec![tombstone("old", 5, None)];
-        let plain = UserState::new(vec![tv.clone(), phone.clone()], tombstones.clone(), Limit::new(3));
+        let plain =
+            UserState::new(vec![tv.clone(), phone.clone()], tombstones.clone(), Limit::new(3).map(Override::permanent));
         let mut expected = Vec::new();
         for n in [3, 2, 1, 99] {
             int(&mut expected, n);
@@ -407,7 +434,7 @@ mod tests {
         assert_eq!(encode(&plain, 99), format_3);
         assert_eq!(decode(&format_3).unwrap().state, plain);
 
-        let state = UserState::new(vec![held(tv, "sock-1"), phone], tombstones, Limit::new(3));
+        let state = UserState::new(vec![held(tv, "sock-1"), phone], tombstones, Limit::new(3).map(Override::permanent));
         let mut format_4 = vec![4];
         format_4.extend_from_slice(&expected[1..]);
         format_4.extend_from_slice(&tv_values);
@@ -420,6 +447,32 @@ mod tests {
         assert_eq!((back.state, back.deadline), (state, 99));
     }
 
+    /// An override with an expiry makes format 5: format 4 (a holder, or
+    /// false, per lease) with the expiry after the override. It reads back
+    /// as it was written, and a user whose override is for good goes back
+    /// to format 3.
+    #[test]
+    fn only_an_override_with_an_expiry_makes_format_5() {
+        let tv = lease("tv", 1_000_000, [label("living-room"), None, None, None, None]);
+        let until = Timestamp::from_micros(5_000_000_000);
+        let ending = Override { limit: Limit::new(2).unwrap(), expires_at: Some(until) };
+        let state = UserState::new(vec![tv.clone()], vec![tombstone("old", 5, None)], Some(ending));
+        let bytes = encode(&state, 99);
+        let mut head = Vec::new();
+        for n in [5, 1, 1, 99, 2, 5_000_000_000] {
+            int(&mut head, n);
+        }
+        assert_eq!(bytes[..head.len()], head[..]);
+        let back = decode(&bytes).unwrap();
+        assert_eq!((back.state, back.deadline), (state, 99));
+        let good = UserState::new(vec![tv], vec![], Limit::new(2).map(Override::permanent));
+        assert_eq!(encode(&good, 99)[0], 3);
+        // Format 5 must carry an override.
+        let mut none = encode(&UserState::default(), 99);
+        none[0] = 5;
+        assert!(decode(&none).is_err());
+    }
+
     #[test]
     fn malformed_states_are_refused() {
         let good = encode(&UserState::new(vec![lease("s", 1, Default::default())], vec![], None), 9);
@@ -427,7 +480,7 @@ mod tests {
             vec![],
             good[..good.len() - 1].to_vec(),                       // truncated
             [good.clone(), vec![0x01]].concat(),                   // trailing values
-            [vec![0x05], good[1..].to_vec()].concat(),             // a later format
+            [vec![0x06], good[1..].to_vec()].concat(),             // a later format
             [vec![0x04], good[1..].to_vec()].concat(),             // format 4 without holders
             [vec![0x03, 0x7f, 0x7f], good[3..].to_vec()].concat(), // counts that cannot fit
             [vec![0x91], good.clone()].concat(),                   // an array

@@ -8,7 +8,9 @@
 use super::harness::{RedisCluster, RedisServer};
 use super::*;
 use crate::clock::ManualClock;
-use crate::limiter::{Acquire, Decision, Holder, Label, Lease, Limit, LimitSource, OnLimit, StreamId, Timestamp, Ttl};
+use crate::limiter::{
+    Acquire, Decision, Holder, Label, Lease, Limit, LimitSource, OnLimit, Override, StreamId, Timestamp, Ttl,
+};
 use crate::store::memory::MemoryBackend;
 use crate::store::{Store, conformance};
 
@@ -309,7 +311,7 @@ async fn format_2_state_is_read_then_upgraded() {
     // The next write, here the override's, stores format 3: each lease
     // gains three absent values, and the override key moves with the copy.
     let pttl: i64 = cli(&["PTTL", "sc:{alice}:s"]).parse().unwrap();
-    store.set_override(&u, Some(Limit::new(6).unwrap())).await.unwrap();
+    store.set_override(&u, Limit::new(6).map(Override::permanent)).await.unwrap();
     let six = Limit::new(6).unwrap();
     let upgraded = dump("sc:{alice}:s");
     assert_eq!(upgraded[..5], ["3", "2", "1", "1796002997739002", "6"]);
@@ -391,7 +393,7 @@ async fn a_format_1_hash_is_refused_and_left_alone() {
     assert!(store.acquire(&u, acquire("phone-1", 3)).await.is_err());
     assert!(store.release(&u, stream("tv-1")).await.is_err());
     assert!(store.list(&u, Limit::new(3).unwrap()).await.is_err());
-    assert!(store.set_override(&u, Limit::new(5)).await.is_err());
+    assert!(store.set_override(&u, Limit::new(5).map(Override::permanent)).await.is_err());
     assert_eq!(redis.cli(&["TYPE", key]).trim(), "hash");
     assert_eq!(redis.cli(&["HLEN", key]).trim(), "1");
     assert_eq!(redis.cli(&["EXISTS", "sc:{alice}:o"]).trim(), "0");
@@ -551,6 +553,7 @@ impl PreviousRelease {
                 inv.arg("release").arg(now).arg(s.as_str());
             }
             Op::ReleaseHeld { .. } => panic!("the previous release had no held release: {op:?}"),
+            Op::Revoke { .. } => panic!("the previous release could not revoke one stream: {op:?}"),
             Op::RevokeAll { ttl } => {
                 inv.arg("revoke_all").arg(now).arg(ttl.as_micros());
             }
@@ -561,7 +564,7 @@ impl PreviousRelease {
                 inv.arg("get_limit").arg(now);
             }
             Op::SetOverride(l) => {
-                inv.arg("set_override").arg(now).arg(l.map_or(String::new(), |l| l.get().to_string()));
+                inv.arg("set_override").arg(now).arg(l.map_or(String::new(), |o| o.limit.get().to_string()));
             }
         }
         let reply: Vec<u8> = match self.conn.clone() {
@@ -645,7 +648,9 @@ async fn the_previous_release_and_this_one_decide_alike_on_shared_keys() {
             9 => Op::RevokeAll { ttl: Ttl::from_secs(1 + next(30) as u32).unwrap() },
             10 => Op::List { limit: Limit::new(next(4) as u32).unwrap() },
             11 => Op::GetLimit { fallback: Limit::new(3).unwrap(), source: LimitSource::Default },
-            12 => Op::SetOverride(if next(2) == 0 { None } else { Limit::new(next(5) as u32) }),
+            12 => {
+                Op::SetOverride(if next(2) == 0 { None } else { Limit::new(next(5) as u32).map(Override::permanent) })
+            }
             _ => {
                 clock.advance_ms(next(12_000) as i64);
                 continue;
@@ -679,6 +684,74 @@ async fn the_previous_release_and_this_one_decide_alike_on_shared_keys() {
     }
     eprintln!("{by_previous} operations by the previous release, {refused} refused by it, {by_this} by this one");
     assert!(refused > 50 && by_previous > 500, "both cases happen often: {refused} refused, {by_previous} decided");
+}
+
+/// An override that ends is kept where the previous releases refuse it
+/// rather than read it as one for good: the override key becomes a hash,
+/// on which their `GET` fails (WRONGTYPE), expiring a second after the
+/// override ends, and a state key that holds a copy of it is format 5.
+/// The previous release refuses every operation on such a user that reads
+/// the override (a `set_override` replaces the key) and changes nothing; once the
+/// override is for good again, it decides for that user as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_previous_release_refuses_an_override_that_ends_and_never_misreads_it() {
+    let redis = RedisServer::start(&[]);
+    let clock = ManualClock::new(T0);
+    let store = open(vec![redis.url()], RedisMode::Standalone, &clock).await;
+    let previous = PreviousRelease::connect(&[redis.url()], RedisMode::Standalone).await;
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let until = T0.plus(Ttl::from_secs(30).unwrap());
+    let ending = Override { limit: Limit::new(1).unwrap(), expires_at: Some(until) };
+    let (idle, busy) = (user("idle"), user("busy"));
+    store.set_override(&idle, Some(ending)).await.unwrap();
+    store.acquire(&busy, acquire("tv", 3)).await.unwrap();
+    store.set_override(&busy, Some(ending)).await.unwrap();
+
+    let got: redis::RedisResult<Option<Vec<u8>>> = redis::cmd("GET").arg("sc:{idle}:o").query_async(&mut conn).await;
+    assert!(got.unwrap_err().to_string().contains("WRONGTYPE"), "GET fails on the override of an idle user");
+    let fields: Vec<String> =
+        redis::cmd("HMGET").arg("sc:{idle}:o").arg("limit").arg("until").query_async(&mut conn).await.unwrap();
+    assert_eq!(fields, ["1".to_owned(), until.as_micros().to_string()]);
+    let pttl: i64 = redis::cmd("PTTL").arg("sc:{idle}:o").query_async(&mut conn).await.unwrap();
+    assert!((30_000..=31_000).contains(&pttl), "the key expires a second after the override: {pttl} ms");
+    let state = dump(&redis, "sc:{busy}:s");
+    assert_eq!((state[0].as_str(), state[4].as_str(), state[5].clone()), ("5", "1", until.as_micros().to_string()));
+
+    let three = Limit::new(3).unwrap();
+    let ops = [
+        Op::GetLimit { fallback: three, source: LimitSource::Default },
+        Op::List { limit: three },
+        Op::Acquire(acquire("phone", 3)),
+        Op::Release(stream("tv")),
+        Op::RevokeAll { ttl: Ttl::from_secs(10).unwrap() },
+    ];
+    let before = (raw(&mut conn, "sc:{busy}:s").await, raw(&mut conn, "sc:{idle}:s").await);
+    for u in [&idle, &busy] {
+        for op in &ops {
+            match previous.run(u, op, Some(clock.now())).await {
+                Err(err) => assert!(err.contains("WRONGTYPE") || err.contains("unreadable"), "{u} {op:?}: {err}"),
+                // With no state, a release or a revoke-all has nothing to
+                // do and reads no override.
+                Ok(reply) => assert!(
+                    *u == idle && matches!(op, Op::Release(_) | Op::RevokeAll { .. }),
+                    "{u} {op:?} answered {reply}"
+                ),
+            }
+        }
+    }
+    assert_eq!((raw(&mut conn, "sc:{busy}:s").await, raw(&mut conn, "sc:{idle}:s").await), before, "nothing changed");
+
+    // For good again: both releases read it alike.
+    for u in [&idle, &busy] {
+        store.set_override(u, Some(Override::permanent(Limit::new(2).unwrap()))).await.unwrap();
+        let op = Op::GetLimit { fallback: three, source: LimitSource::Default };
+        assert_eq!(previous.run(u, &op, Some(clock.now())).await.unwrap(), "limit", "{u}");
+        let op = Op::Acquire(acquire("phone", 3));
+        let expected = store.inner.backend.execute(u, op.clone()).await.unwrap();
+        store.release(u, stream("phone")).await.unwrap();
+        assert_eq!(previous.run(u, &op, Some(clock.now())).await.unwrap(), kind(&expected), "{u}");
+    }
+    assert_eq!(dump(&redis, "sc:{busy}:s")[0], "3");
 }
 
 /// A user none of whose leases a socket holds is written in format 3,
@@ -755,7 +828,7 @@ async fn the_previous_release_refuses_a_user_whose_stream_a_socket_holds() {
         Op::Release(stream("tv")),
         Op::RevokeAll { ttl: Ttl::from_secs(30).unwrap() },
         Op::List { limit: Limit::new(1).unwrap() },
-        Op::SetOverride(Limit::new(4)),
+        Op::SetOverride(Limit::new(4).map(Override::permanent)),
     ];
     for op in &ops {
         let err = previous.run(&user("held"), op, now).await.expect_err("refused");

@@ -1,12 +1,26 @@
 //! The database file: its schema, its settings, and reading it whole at
 //! open.
+//!
+//! Three tables, each keyed by user and stream (`overrides` by user), with
+//! no secondary index: `leases`, `tombstones` (`evicted_by` is NULL for a
+//! revocation) and `overrides`. Times are integer microseconds since the
+//! epoch. A lease's `device_class`, `content_kind`, `plan` and `holder` are
+//! nullable columns, added by migrations that only add columns and so run
+//! instantly on any file. [`MIGRATIONS`] run in order at open, and
+//! `PRAGMA user_version` records how many have run; a database newer than
+//! this binary is refused. A shipped migration is never edited: a change
+//! adds a new one. [`load`] reads each table once in primary-key order. A
+//! row that does not hold valid values makes its user answer `Unavailable`
+//! and is left as it is.
 
 use std::collections::HashMap;
 
 use rusqlite::{Connection, Row};
 
 use super::users::{Undecodable, Users};
-use crate::limiter::{Holder, Label, Lease, Limit, RevokeReason, StreamId, Timestamp, Tombstone, UserId, UserState};
+use crate::limiter::{
+    Holder, Label, Lease, Limit, Override, RevokeReason, StreamId, Timestamp, Tombstone, UserId, UserState,
+};
 
 /// Schema changes in order; `PRAGMA user_version` counts how many ran.
 /// Never edit one that has shipped: add a new one.
@@ -51,6 +65,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE leases ADD COLUMN plan         TEXT;",
     // 5: the socket that holds a lease, if one does. Instant, as 4.
     "ALTER TABLE leases ADD COLUMN holder TEXT;",
+    // 6: when an override ends (µs since the Unix epoch, UTC); NULL, as
+    // every existing override has, is for good. Instant, as 4.
+    "ALTER TABLE overrides ADD COLUMN expires_at INTEGER;",
 ];
 
 /// Sets the connection up for durability and brings the schema up to date.
@@ -115,8 +132,8 @@ pub(super) fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
         Ok(())
     })?;
 
-    let mut stmt = conn.prepare("SELECT user_id, stream_limit FROM overrides ORDER BY user_id")?;
-    each_user(&mut stmt.query([])?, &mut loaded, limit, |users, user, mut limits| {
+    let mut stmt = conn.prepare("SELECT user_id, stream_limit, expires_at FROM overrides ORDER BY user_id")?;
+    each_user(&mut stmt.query([])?, &mut loaded, limit_override, |users, user, mut limits| {
         let state = users.state(user)?;
         users.replace(user, &UserState::new(state.leases().to_vec(), state.tombstones().to_vec(), limits.pop()));
         Ok(())
@@ -205,12 +222,17 @@ fn tombstone(r: &Row<'_>) -> rusqlite::Result<Result<Tombstone, String>> {
     })())
 }
 
-fn limit(r: &Row<'_>) -> rusqlite::Result<Result<Limit, String>> {
+fn limit_override(r: &Row<'_>) -> rusqlite::Result<Result<Override, String>> {
     let n = r.get_ref(1)?.as_i64().ok();
-    Ok(n.and_then(|n| u32::try_from(n).ok()).and_then(Limit::new).ok_or_else(|| match n {
-        Some(n) => format!("stream_limit {n} out of range"),
-        None => "stream_limit is not an integer".to_owned(),
-    }))
+    let until = r.get_ref(2)?.as_i64_or_null();
+    Ok((|| {
+        let limit = n.and_then(|n| u32::try_from(n).ok()).and_then(Limit::new).ok_or_else(|| match n {
+            Some(n) => format!("stream_limit {n} out of range"),
+            None => "stream_limit is not an integer".to_owned(),
+        })?;
+        let expires_at = until.map_err(|_| "expires_at is not an integer".to_owned())?.map(Timestamp::from_micros);
+        Ok(Override { limit, expires_at })
+    })())
 }
 
 fn time(column: &str, raw: Option<i64>) -> Result<Timestamp, String> {

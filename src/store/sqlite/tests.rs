@@ -14,8 +14,8 @@ use super::writer::SWEEP_BATCH;
 use super::*;
 use crate::clock::ManualClock;
 use crate::limiter::{
-    Acquire, Decision, Holder, Label, Lease, Limit, LimitSource, OnLimit, RevokeReason, StreamId, Timestamp, Tombstone,
-    Ttl, UserState,
+    Acquire, Decision, Holder, Label, Lease, Limit, LimitSource, OnLimit, Override, RevokeReason, StreamId, Timestamp,
+    Tombstone, Ttl, UserState,
 };
 use crate::store::memory::MemoryBackend;
 use crate::store::{Store, conformance};
@@ -145,7 +145,7 @@ async fn an_older_schema_is_migrated_in_place_and_a_newer_one_refused() {
     let (_, live) = store.list(&user, Limit::new(3).unwrap()).await.unwrap();
     assert_eq!(live[0].stream_id.as_str(), "old");
     assert_eq!(live[0].started_at, T0, "times were converted to µs");
-    store.set_override(&user, Limit::new(2)).await.unwrap();
+    store.set_override(&user, Limit::new(2).map(Override::permanent)).await.unwrap();
     store.close().await.unwrap();
     drop(store);
 
@@ -214,12 +214,12 @@ async fn a_schema_3_database_migrates_in_place_and_keeps_everything() {
             canonical(
                 vec![old("tv", label("living-room"), label("movie-42"), 0), old("phone", None, None, 1)],
                 vec![tomb("old", RevokeReason::EvictedBy(StreamId::new("tv").unwrap()))],
-                Limit::new(2),
+                Limit::new(2).map(Override::permanent),
             ),
         ),
         ("v", canonical(vec![old("a", label("laptop"), None, 0)], Vec::new(), None)),
         ("w", canonical(Vec::new(), vec![tomb("gone", RevokeReason::Revoked)], None)),
-        ("x", canonical(Vec::new(), Vec::new(), Limit::new(0))),
+        ("x", canonical(Vec::new(), Vec::new(), Limit::new(0).map(Override::permanent))),
     ]
     .into_iter()
     .map(|(u, s)| (u.to_owned(), s))
@@ -311,7 +311,7 @@ async fn a_schema_4_database_migrates_in_place_and_keeps_everything() {
             canonical(
                 vec![tv.clone(), lease("phone", [None, None, label("mobile"), None, None], 1)],
                 vec![tomb("old", RevokeReason::EvictedBy(StreamId::new("tv").unwrap()))],
-                Limit::new(2),
+                Limit::new(2).map(Override::permanent),
             ),
         ),
         (
@@ -319,7 +319,7 @@ async fn a_schema_4_database_migrates_in_place_and_keeps_everything() {
             canonical(vec![lease("a", [label("laptop"), None, None, label("vod"), label("basic")], 0)], vec![], None),
         ),
         ("w", canonical(Vec::new(), vec![tomb("gone", RevokeReason::Revoked)], None)),
-        ("x", canonical(Vec::new(), Vec::new(), Limit::new(0))),
+        ("x", canonical(Vec::new(), Vec::new(), Limit::new(0).map(Override::permanent))),
     ]
     .into_iter()
     .map(|(u, s)| (u.to_owned(), s))
@@ -359,6 +359,51 @@ async fn a_schema_4_database_migrates_in_place_and_keeps_everything() {
     assert_eq!(in_memory(&jobs).await, on_disk(dir.path()));
     let (_, live) = store.list(&u, Limit::new(3).unwrap()).await.unwrap();
     assert_eq!(live.iter().find(|l| l.stream_id.as_str() == "tv"), Some(&renewed));
+}
+
+/// A database of the previous schema (5) migrates in place: its overrides
+/// keep their limits and last for good. An override with an expiry is then
+/// written with it, read back at open, ends at that time, and is dropped
+/// from the file by the sweeper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_5_database_migrates_and_overrides_gain_an_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        for migration in &MIGRATIONS[..5] {
+            conn.execute_batch(migration).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 5).unwrap();
+        conn.execute("INSERT INTO overrides VALUES ('u', 2)", []).unwrap();
+        conn.execute("INSERT INTO overrides VALUES ('v', 0)", []).unwrap();
+    }
+    let clock = ManualClock::new(T0);
+    let (store, jobs, _) = opened(dir.path(), &clock);
+    let expected: Snapshot = [("u", 2), ("v", 0)]
+        .into_iter()
+        .map(|(u, n)| (u.to_owned(), canonical(vec![], vec![], Limit::new(n).map(Override::permanent))))
+        .collect();
+    assert_eq!(in_memory(&jobs).await, expected, "loaded");
+    assert_eq!(on_disk(dir.path()), expected, "migrated without touching a row");
+
+    let (u, three) = (UserId::new("u").unwrap(), Limit::new(3).unwrap());
+    let until = T0.plus(Ttl::from_secs(30).unwrap());
+    let ending = Override { limit: Limit::new(5).unwrap(), expires_at: Some(until) };
+    store.set_override(&u, Some(ending)).await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+
+    let (store, jobs, _) = opened(dir.path(), &clock);
+    assert_eq!(in_memory(&jobs).await, on_disk(dir.path()));
+    assert_eq!(
+        store.limit(&u, three, LimitSource::Default).await.unwrap(),
+        (Limit::new(5).unwrap(), LimitSource::Override, Some(until))
+    );
+    clock.advance_ms(30_000);
+    assert_eq!(store.limit(&u, three, LimitSource::Default).await.unwrap(), (three, LimitSource::Default, None));
+    store.inner.backend.sweep().await.unwrap();
+    let left = on_disk(dir.path());
+    assert_eq!(left.keys().collect::<Vec<_>>(), ["v"], "the sweeper dropped the ended override");
 }
 
 /// Every attribute of a lease is written with it and read back at open:
@@ -505,7 +550,7 @@ impl Held {
 /// Every user's leases, tombstones and override, in a canonical order.
 type Snapshot = BTreeMap<String, UserState>;
 
-fn canonical(leases: Vec<Lease>, tombstones: Vec<Tombstone>, limit: Option<Limit>) -> UserState {
+fn canonical(leases: Vec<Lease>, tombstones: Vec<Tombstone>, limit: Option<Override>) -> UserState {
     let mut leases = leases;
     leases.sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
     let mut tombstones = tombstones;
@@ -529,7 +574,7 @@ async fn in_memory(jobs: &mpsc::Sender<Job>) -> Snapshot {
 /// What the file holds, read with plain SQL on a connection of its own.
 fn on_disk(dir: &Path) -> Snapshot {
     let conn = Connection::open(dir.join(DB_FILE)).unwrap();
-    type Rows = (Vec<Lease>, Vec<Tombstone>, Option<Limit>);
+    type Rows = (Vec<Lease>, Vec<Tombstone>, Option<Override>);
     let mut users: BTreeMap<String, Rows> = BTreeMap::new();
     let mut stmt = conn
         .prepare(
@@ -565,10 +610,12 @@ fn on_disk(dir: &Path) -> Snapshot {
             until: Timestamp::from_micros(r.get(3).unwrap()),
         });
     }
-    let mut stmt = conn.prepare("SELECT user_id, stream_limit FROM overrides").unwrap();
+    let mut stmt = conn.prepare("SELECT user_id, stream_limit, expires_at FROM overrides").unwrap();
     let mut rows = stmt.query([]).unwrap();
     while let Some(r) = rows.next().unwrap() {
-        users.entry(r.get(0).unwrap()).or_default().2 = Limit::new(r.get(1).unwrap());
+        let expires_at = r.get::<_, Option<i64>>(2).unwrap().map(Timestamp::from_micros);
+        users.entry(r.get(0).unwrap()).or_default().2 =
+            Limit::new(r.get(1).unwrap()).map(|limit| Override { limit, expires_at });
     }
     users.into_iter().map(|(u, (l, t, o))| (u, canonical(l, t, o))).collect()
 }
@@ -620,7 +667,13 @@ impl Workload {
                 Op::ReleaseHeld { stream: stream(self), holder }
             }
             11 => Op::RevokeAll { ttl: Ttl::from_secs(1 + self.next(60) as u32).unwrap() },
-            12 => Op::SetOverride([None, Some(limit(self))][self.next(2) as usize]),
+            12 => {
+                let limit = limit(self);
+                let ends = Timestamp::from_micros(clock.now().as_micros() + 1_000 * (1 + self.next(60_000) as i64));
+                let expires_at = [None, Some(ends)][self.next(2) as usize];
+                Op::SetOverride([None, Some(Override { limit, expires_at })][self.next(2) as usize])
+            }
+            19 => Op::Revoke { stream: stream(self), ttl: Ttl::from_secs(1 + self.next(60) as u32).unwrap() },
             13 => Op::List { limit: limit(self) },
             14 => Op::GetLimit { fallback: limit(self), source: LimitSource::Plan },
             _ => {
@@ -738,7 +791,7 @@ async fn a_failed_commit_fails_its_batch_and_changes_nothing() {
     let (store, jobs, _) = opened(dir.path(), &clock);
     let u = UserId::new("u").unwrap();
     store.acquire(&u, req("a")).await.unwrap();
-    store.set_override(&u, Limit::new(2)).await.unwrap();
+    store.set_override(&u, Limit::new(2).map(Override::permanent)).await.unwrap();
     let before = in_memory(&jobs).await;
 
     let held = Held::new(&jobs).await;
@@ -844,8 +897,9 @@ async fn a_corrupt_row_makes_only_its_user_unavailable() {
                 VALUES ('planless', 'a', 0, {until}, '{long}');
              INSERT INTO leases (user_id, stream_id, started_at, expires_at, holder)
                 VALUES ('unheld', 'a', 0, {until}, 'not a token');
-             INSERT INTO overrides VALUES ('good', 1);
-             INSERT INTO overrides VALUES ('worse', 5000);
+             INSERT INTO overrides (user_id, stream_limit) VALUES ('good', 1);
+             INSERT INTO overrides (user_id, stream_limit) VALUES ('worse', 5000);
+             INSERT INTO overrides VALUES ('late', 2, 'soon');
              INSERT INTO tombstones VALUES ('not a user', 'a', NULL, {until});"
         ))
         .unwrap();
@@ -855,6 +909,7 @@ async fn a_corrupt_row_makes_only_its_user_unavailable() {
     for (name, why) in [
         ("bad", "stream_id"),
         ("worse", "stream_limit 5000"),
+        ("late", "expires_at is not an integer"),
         ("classless", "device_class is not text"),
         ("planless", "plan"),
         ("unheld", "holder \"not a token\""),
@@ -872,7 +927,7 @@ async fn a_corrupt_row_makes_only_its_user_unavailable() {
     assert!(matches!(store.acquire(&good, req("b")).await.unwrap(), Decision::Denied(_)), "limit 1 from the override");
     assert_eq!(store.inner.backend.sweep().await.unwrap(), 0);
     assert_eq!(in_memory(&jobs).await.keys().collect::<Vec<_>>(), ["good"]);
-    assert_eq!(on_disk_rows(dir.path()), 9, "nothing was deleted");
+    assert_eq!(on_disk_rows(dir.path()), 10, "nothing was deleted");
 }
 
 fn on_disk_rows(dir: &Path) -> i64 {

@@ -10,7 +10,9 @@
 
 use std::collections::HashMap;
 
-use crate::limiter::{Holder, Label, Lease, Limit, RevokeReason, StreamId, Timestamp, Tombstone, UserId, UserState};
+use crate::limiter::{
+    Holder, Label, Lease, Limit, Override, RevokeReason, StreamId, Timestamp, Tombstone, UserId, UserState,
+};
 
 /// How many pieces the map is split into; the sweeper's unit of progress.
 pub(super) const SHARDS: usize = 64;
@@ -27,7 +29,8 @@ pub(super) struct Users {
 
 /// One user's state, packed. See [`encode`] for the layout.
 pub(super) struct Packed {
-    /// The earliest `expires_at` or `until` in `bytes`; `i64::MAX` if none.
+    /// The earliest `expires_at` or `until` in `bytes`, the override's
+    /// expiry included; `i64::MAX` if none.
     next_expiry: i64,
     bytes: Box<[u8]>,
 }
@@ -135,6 +138,7 @@ fn shard_of(user: &UserId) -> usize {
 ///
 /// ```text
 /// leases  tombstones  override (0: none, n+1: n)
+/// [with an override: 0 (for good) | 1 expires_at]
 /// leases × (started_at expires_at stream_id device_id? content_id?
 ///           device_class? content_kind? plan? holder?)
 /// tombstones × (until stream_id evicted_by?)
@@ -146,7 +150,17 @@ fn encode(state: &UserState, out: &mut Vec<u8>) -> i64 {
     let mut next_expiry = i64::MAX;
     put_varint(out, state.leases().len() as u64);
     put_varint(out, state.tombstones().len() as u64);
-    put_varint(out, state.limit_override().map_or(0, |l| u64::from(l.get()) + 1));
+    put_varint(out, state.limit_override().map_or(0, |o| u64::from(o.limit.get()) + 1));
+    if let Some(o) = state.limit_override() {
+        match o.expires_at {
+            None => put_varint(out, 0),
+            Some(at) => {
+                next_expiry = next_expiry.min(at.as_micros());
+                put_varint(out, 1);
+                out.extend_from_slice(&at.as_micros().to_le_bytes());
+            }
+        }
+    }
     for l in state.leases() {
         next_expiry = next_expiry.min(l.expires_at.as_micros());
         out.extend_from_slice(&l.started_at.as_micros().to_le_bytes());
@@ -179,7 +193,15 @@ fn decode(bytes: &[u8]) -> Result<UserState, Undecodable> {
     let (leases, tombstones, limit) = (r.len()?, r.len()?, r.varint()?);
     let limit_override = match limit {
         0 => None,
-        n => Some(u32::try_from(n - 1).ok().and_then(Limit::new).ok_or(Undecodable)?),
+        n => {
+            let limit = u32::try_from(n - 1).ok().and_then(Limit::new).ok_or(Undecodable)?;
+            let expires_at = match r.varint()? {
+                0 => None,
+                1 => Some(r.time()?),
+                _ => return Err(Undecodable),
+            };
+            Some(Override { limit, expires_at })
+        }
     };
     // One spare seat: an acquire pushes a lease.
     let mut ls = Vec::with_capacity(leases + 1);
@@ -345,7 +367,7 @@ mod tests {
                     until: Timestamp::from_micros(i64::MIN),
                 },
             ],
-            Limit::new(1000),
+            Limit::new(1000).map(Override::permanent),
         )
     }
 
@@ -353,7 +375,12 @@ mod tests {
     fn a_packed_state_decodes_to_the_same_state() {
         for state in [
             sample(),
-            UserState::new(Vec::new(), Vec::new(), Limit::new(0)),
+            UserState::new(Vec::new(), Vec::new(), Limit::new(0).map(Override::permanent)),
+            UserState::new(
+                Vec::new(),
+                sample().tombstones().to_vec(),
+                Some(Override { limit: Limit::new(2).unwrap(), expires_at: Some(Timestamp::from_micros(-3)) }),
+            ),
             UserState::new(sample().leases().to_vec(), Vec::new(), None),
             UserState::new(Vec::new(), sample().tombstones().to_vec(), None),
         ] {
@@ -365,6 +392,7 @@ mod tests {
                 .iter()
                 .map(|l| l.expires_at.as_micros())
                 .chain(state.tombstones().iter().map(|t| t.until.as_micros()))
+                .chain(state.limit_override().and_then(|o| o.expires_at).map(|t| t.as_micros()))
                 .min()
                 .unwrap_or(i64::MAX);
             assert_eq!(next, earliest);

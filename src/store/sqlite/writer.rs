@@ -1,6 +1,14 @@
 //! The writer thread: the only owner of the connection that writes rows,
 //! and of every user's state. It runs jobs in batches, one transaction per
 //! batch, and tells its [`Checkpoints`] after each commit.
+//!
+//! Each change to a user's state in memory pushes the user's previous
+//! state onto an undo log. If a statement or the commit fails, the
+//! transaction rolls back, the undo log restores every touched user's
+//! committed state, and every job of the batch answers `Unavailable`. A
+//! sweep runs in bounded steps ([`SWEEP_BATCH`] rows, [`SWEEP_SCAN`] users):
+//! it calls [`limiter::expire`] on each user whose earliest expiry has
+//! passed and deletes the rows it returns by primary key.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -375,12 +383,13 @@ fn persist(conn: &Connection, user: &UserId, write: &Write) -> rusqlite::Result<
             conn.prepare_cached("DELETE FROM tombstones WHERE user_id = ?1 AND stream_id = ?2")?
                 .execute([u, stream.as_str()])?;
         }
-        Write::SetOverride(Some(limit)) => {
+        Write::SetOverride(Some(o)) => {
             conn.prepare_cached(
-                "INSERT INTO overrides (user_id, stream_limit) VALUES (?1, ?2)
-                 ON CONFLICT (user_id) DO UPDATE SET stream_limit = excluded.stream_limit",
+                "INSERT INTO overrides (user_id, stream_limit, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_id) DO UPDATE SET
+                    stream_limit = excluded.stream_limit, expires_at = excluded.expires_at",
             )?
-            .execute(params![u, limit.get()])?;
+            .execute(params![u, o.limit.get(), o.expires_at.map(Timestamp::as_micros)])?;
         }
         Write::SetOverride(None) => {
             conn.prepare_cached("DELETE FROM overrides WHERE user_id = ?1")?.execute([u])?;
