@@ -170,7 +170,7 @@ async fn more_acks_than_replicas_refuse_every_write_but_not_reads() {
 #[derive(Default)]
 struct Grants {
     /// user → true when the grant was answered while the replica lagged
-    /// (after it was cut off, before its primary was killed).
+    /// (from just before it was cut off until its primary was killed).
     acknowledged: BTreeMap<String, bool>,
     unavailable: usize,
     unavailable_while_lagging: usize,
@@ -297,8 +297,8 @@ async fn a_killed_primary_loses_no_acknowledged_grant() {
 
     let load = Load::start(&client, &acked, &plain);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    lag(&cluster.nodes[victim], &cluster.nodes[replica]);
     load.lagging(true);
+    lag(&cluster.nodes[victim], &cluster.nodes[replica]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.nodes[victim].kill9();
     load.lagging(false);
@@ -331,8 +331,8 @@ async fn a_killed_standalone_primary_loses_no_acknowledged_grant() {
 
     let load = Load::start(&client, &acked, &plain);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    lag(&primary, &replica);
     load.lagging(true);
+    lag(&primary, &replica);
     tokio::time::sleep(Duration::from_secs(2)).await;
     primary.kill9();
     load.lagging(false);
