@@ -43,6 +43,9 @@ pub struct Config {
     pub protection: Protection,
     /// Serve the demo page at `/demo`.
     pub demo: bool,
+    /// The TTL of leases held by API Gateway WebSocket connections, which
+    /// renew over the socket and are released when it closes.
+    pub socket_lease_ttl: Ttl,
 }
 
 /// A configuration error, as one line for an operator.
@@ -165,6 +168,7 @@ fn build(s: Settings) -> Result<Config, ConfigError> {
         insecure_no_auth,
         protection: s.protection.into(),
         demo: s.demo,
+        socket_lease_ttl: s.socket_lease_ttl.unwrap_or(s.lease_ttl),
     })
 }
 
