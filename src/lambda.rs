@@ -199,7 +199,11 @@ pub async fn run(config: Config) -> Result<(), String> {
             push::ENDPOINT
         );
     }
-    let gateway = Arc::new(socket::Gateway { state: state.clone(), pusher, ttl: config.socket_lease_ttl });
+    // The same state, but leases live socket_lease_ttl: both the acquire
+    // and its answer's `ttl_seconds` read the policy's TTL.
+    let mut sockets = state.clone();
+    sockets.policy = Arc::new(crate::policy::Policy { lease_ttl: config.socket_lease_ttl, ..(*state.policy).clone() });
+    let gateway = Arc::new(socket::Gateway { state: sockets, pusher });
     let losses = gateway.clone();
     http::push_to_gateway(move |holder, message| losses.pusher.lost(holder, message));
     let routed = lambda_http::Adapter::from(handler(http::app(state)));

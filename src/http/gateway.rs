@@ -10,8 +10,10 @@
 //! fields, with the plan that applies already settled. API Gateway hands
 //! the ticket back with every later event of the connection, and
 //! [`start`], [`renew`] and [`release`] act on it with the connection's
-//! holder token. The caller was admitted for exactly this ticket, so they
-//! act with a service's rights, and the user's rate limit still applies.
+//! holder token, for the TTL of the state's policy (streamcap-lambda gives
+//! these steps a state whose `lease_ttl` is `socket_lease_ttl`). The
+//! caller was admitted for exactly this ticket, so they act with a
+//! service's rights, and the user's rate limit still applies.
 //! Nothing here decides: every answer is the store's, through the rules.
 
 use std::collections::HashMap;
@@ -30,7 +32,7 @@ use super::problem::ApiError;
 use super::socket::{self, BEARER_PROTOCOL, PROTOCOL};
 use super::source::Source;
 use crate::auth::{Caller, KeyScope};
-use crate::limiter::{Acquire, Holder, StreamId, Ttl, UserId};
+use crate::limiter::{Acquire, Holder, StreamId, UserId};
 
 /// A connection's admitted request: what its `$connect` asked for, once
 /// authenticated and validated. It travels as JSON in the authorizer's
@@ -150,8 +152,8 @@ fn admitted(
 
 /// The first acquire of a connection (its `start` message): `granted`, or
 /// `refused`, `revoked` or `error` and a close.
-pub async fn start(state: &AppState, ticket: &Ticket, holder: Holder, ttl: Ttl) -> Reply {
-    let (user, req) = match request(state, ticket, holder, ttl, true) {
+pub async fn start(state: &AppState, ticket: &Ticket, holder: Holder) -> Reply {
+    let (user, req) = match request(state, ticket, holder, true) {
         Ok(admitted) => admitted,
         Err(e) => return refused(e.into_response()).await,
     };
@@ -165,8 +167,8 @@ pub async fn start(state: &AppState, ticket: &Ticket, holder: Holder, ttl: Ttl) 
 /// A renewal (a `renew` message): `renewed`; an `error` without a close
 /// when the store cannot answer (the client tries again); or `refused`,
 /// `revoked` or `error` and a close.
-pub async fn renew(state: &AppState, ticket: &Ticket, holder: Holder, ttl: Ttl) -> Reply {
-    let (user, req) = match request(state, ticket, holder, ttl, false) {
+pub async fn renew(state: &AppState, ticket: &Ticket, holder: Holder) -> Reply {
+    let (user, req) = match request(state, ticket, holder, false) {
         Ok(admitted) => admitted,
         Err(e) => return refused(e.into_response()).await,
     };
@@ -208,15 +210,9 @@ fn target(ticket: &Ticket) -> Result<(UserId, StreamId), ApiError> {
     Ok((UserId::new(&ticket.user).map_err(bad)?, StreamId::new(&ticket.stream).map_err(bad)?))
 }
 
-/// The acquire a ticket stands for, held by `holder` for `ttl`. Only the
-/// first takes over the streams the connect named.
-fn request(
-    state: &AppState,
-    ticket: &Ticket,
-    holder: Holder,
-    ttl: Ttl,
-    first: bool,
-) -> Result<(UserId, Acquire), ApiError> {
+/// The acquire a ticket stands for, held by `holder`. Only the first takes
+/// over the streams the connect named.
+fn request(state: &AppState, ticket: &Ticket, holder: Holder, first: bool) -> Result<(UserId, Acquire), ApiError> {
     let (user, stream) = target(ticket)?;
     let query = SocketQuery {
         device_id: ticket.device_id.clone(),
@@ -229,7 +225,7 @@ fn request(
     // Admitted at the connect for this very user, stream and plan.
     let admitted = Caller::Service { name: "websocket-connection".into(), scope: KeyScope::Service };
     let (user, req) = acquire_request(state, &admitted, Whose::User(user), stream, query.into_body())?;
-    Ok((user, Acquire { holder: Some(holder), ttl, ..req }))
+    Ok((user, Acquire { holder: Some(holder), ..req }))
 }
 
 #[cfg(test)]

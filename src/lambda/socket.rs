@@ -29,7 +29,7 @@ use serde_json::{Map, Value, json};
 use super::push::Pusher;
 use crate::http::gateway::{self, Reply, Ticket};
 use crate::http::{AppState, GATEWAY};
-use crate::limiter::{Holder, Ttl};
+use crate::limiter::Holder;
 
 /// The authorizer's context key that holds the connection's ticket.
 const TICKET: &str = "streamcap";
@@ -37,12 +37,12 @@ const TICKET: &str = "streamcap";
 /// is answered with.
 const REFUSAL: &str = "refusal";
 
-/// What the WebSocket events need: the state of the router, the pusher,
-/// and the TTL of connection-held leases.
+/// What the WebSocket events need: the state of the router, whose
+/// policy's `lease_ttl` is the TTL of connection-held leases, and the
+/// pusher.
 pub struct Gateway {
     pub state: AppState,
     pub pusher: Pusher,
-    pub ttl: Ttl,
 }
 
 /// Which kind of event an invocation carries.
@@ -225,8 +225,8 @@ impl Gateway {
         };
         let kind = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["type"].as_str().map(str::to_owned));
         match kind.as_deref() {
-            Some("start") => gateway::start(&self.state, ticket, holder, self.ttl).await,
-            Some("renew") => gateway::renew(&self.state, ticket, holder, self.ttl).await,
+            Some("start") => gateway::start(&self.state, ticket, holder).await,
+            Some("renew") => gateway::renew(&self.state, ticket, holder).await,
             _ => {
                 gateway::bad_message(
                     "a message is a JSON object whose type is \"start\" (once, first) or \"renew\"".into(),
