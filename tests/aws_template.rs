@@ -252,8 +252,8 @@ fn every_streamcap_variable_is_a_setting_of_the_binary_and_defaults_to_its_defau
 ///
 /// The binary's socket lease TTL is the heartbeat TTL's; on Lambda a
 /// socket that is released when it closes can live longer, and each
-/// renewal is billed: 300 s is the TTL docs/aws.md recommends and prices.
-const DELIBERATE_DEFAULTS: [(&str, &str); 2] = [("STREAMCAP_AUTH_MODE", "jwt"), ("STREAMCAP_SOCKET_LEASE_TTL", "300")];
+/// renewal is billed: 900 s is the TTL docs/aws.md recommends and prices.
+const DELIBERATE_DEFAULTS: [(&str, &str); 2] = [("STREAMCAP_AUTH_MODE", "jwt"), ("STREAMCAP_SOCKET_LEASE_TTL", "900")];
 
 #[test]
 fn insecure_no_auth_is_set_only_when_its_parameter_says_true() {

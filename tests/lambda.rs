@@ -948,6 +948,30 @@ async fn socket_held_leases(deployment: Deployment) {
     assert_eq!(s.ws.counts().invocations.get("$disconnect").copied(), Some(seen));
     s.ws.lose_disconnects(false);
 
+    // What one viewer's socket costs, counted at the front: a connection
+    // with its start, three renewals and its close.
+    let before = s.ws.counts();
+    let (mut viewer, _) = player::connect(&url, "stream=counted", &me).await.unwrap();
+    player::ask(&mut viewer, "start", "granted").await;
+    for _ in 0..3 {
+        player::ask(&mut viewer, "renew", "renewed").await;
+    }
+    common::ws::stop(viewer).await;
+    s.disconnects(seen + 1).await;
+    let after = s.ws.counts();
+    let delta = |route: &str| after.invocations.get(route).unwrap_or(&0) - before.invocations.get(route).unwrap_or(&0);
+    let counted = [delta("authorizer"), delta("$connect"), delta("$default"), delta("$disconnect")];
+    let messages = (after.messages_in - before.messages_in, after.messages_out - before.messages_out);
+    assert_eq!(counted, [1, 1, 4, 1], "invocations: authorizer, $connect, $default, $disconnect");
+    assert_eq!(messages, (4, 4), "messages in and out");
+    let per_renewal = (1, 1, 1);
+    let per_connection = (counted.iter().sum::<u64>() - 3, messages.0 - 3, messages.1 - 3);
+    eprintln!(
+        "counted: a renewal is {} invocation, {} message in and {} out; a connection adds {} invocations, \
+         {} message in and {} out",
+        per_renewal.0, per_renewal.1, per_renewal.2, per_connection.0, per_connection.1, per_connection.2
+    );
+
     let log = s.f.log();
     assert!(!log.contains("panicked") && !log.contains("posting to a WebSocket connection failed"), "{log}");
     for secret in [JWT_SECRET, SERVICE_KEY, alice.as_str()] {
