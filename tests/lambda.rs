@@ -979,6 +979,54 @@ async fn socket_held_leases(deployment: Deployment) {
     }
 }
 
+/// The JavaScript client in its lambda-websocket mode, its node tests
+/// (clients/js/test-lambda/) against the function behind the WebSocket
+/// front, on Redis.
+#[tokio::test]
+async fn the_js_client_holds_leases_in_lambda_socket_mode() {
+    let limit = 2;
+    let deployment = with_auth(redis())
+        .with("STREAMCAP_DEFAULT_LIMIT", &limit.to_string())
+        .with("STREAMCAP_SOCKET_LEASE_TTL", &SOCKET_TTL.to_string());
+    let s = Stack::start(deployment).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut node = Command::new("node");
+    let version =
+        Command::new("node").arg("--version").output().expect("node is not installed; ./scripts/test installs it");
+    let major: u32 = String::from_utf8_lossy(&version.stdout)
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    if major < 22 {
+        node.arg("--experimental-websocket");
+    }
+    node.args([
+        "--test",
+        "--test-reporter=tap",
+        "--test-timeout=120000",
+        "clients/js/test-lambda/lambda-socket.test.js",
+    ])
+    .current_dir(root)
+    .env("STREAMCAP_LAMBDA_SOCKET_URL", s.ws.url())
+    .env("STREAMCAP_LAMBDA_JWT_SECRET", JWT_SECRET)
+    .env("STREAMCAP_LAMBDA_SOCKET_TTL", SOCKET_TTL.to_string())
+    .env("STREAMCAP_LAMBDA_LIMIT", limit.to_string());
+    // The front and the emulator run on this test's runtime meanwhile.
+    let out = tokio::task::spawn_blocking(move || node.output().expect("run node")).await.unwrap();
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the JS client's lambda tests failed ({}); TAP above; the function's log:\n{}",
+        out.status,
+        s.f.log()
+    );
+}
+
 #[tokio::test]
 async fn on_redis_socket_held_leases() {
     socket_held_leases(redis()).await;
