@@ -101,11 +101,19 @@ test('stop closes the socket, which frees the seat', async () => {
 
 test('a new connection takes the lease over before the connection limit, without losing the seat', async () => {
   const user = newUser('lw');
-  const tv = player(user, 'tv', { maxConnectionMs: 1_000 });
+  let sockets = 0;
+  const Counted = class extends WebSocket {
+    constructor(...args) {
+      super(...args);
+      sockets += 1;
+    }
+  };
+  const tv = player(user, 'tv', { maxConnectionMs: 1_000, WebSocket: Counted });
   const events = record(tv);
   const lease = await tv.start();
   assert.ok(lease);
   await sleep(3_500);
+  assert.ok(sockets >= 3, `${sockets} connections in 3.5 s`);
   assert.equal(tv.state, 'active');
   assert.deepEqual(events.filter((e) => ['error', 'revoked', 'refused'].includes(e.type)), []);
   // The same lease throughout: it kept its start.
