@@ -782,12 +782,10 @@ mod player {
 
     /// Waits for the server to close the socket (a `DeleteConnection`).
     pub async fn closed(ws: &mut Ws) {
-        loop {
-            match tokio::time::timeout(WAIT, ws.next()).await {
-                Err(_) => panic!("not closed within {WAIT:?}"),
-                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => return,
-                Ok(Some(Ok(other))) => panic!("expected the close, got {other:?}"),
-            }
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Err(_) => panic!("not closed within {WAIT:?}"),
+            Ok(Some(Ok(Message::Close(_))) | None | Some(Err(_))) => {}
+            Ok(Some(Ok(other))) => panic!("expected the close, got {other:?}"),
         }
     }
 }

@@ -69,8 +69,8 @@ pub struct Reply {
 
 /// The subprotocol a `$connect` answers with: [`PROTOCOL`] when offered.
 /// A 400 when subprotocols are offered without it, as on `serve`.
-pub fn chosen_protocol(offered: Option<&str>) -> Result<Option<&'static str>, Response> {
-    let (protocols, _) = protocols(offered).map_err(IntoResponse::into_response)?;
+pub fn chosen_protocol(offered: Option<&str>) -> Result<Option<&'static str>, StatusCode> {
+    let (protocols, _) = protocols(offered).map_err(|e| e.into_response().status())?;
     Ok(protocols.then_some(PROTOCOL))
 }
 
@@ -99,14 +99,15 @@ fn protocols(offered: Option<&str>) -> Result<(bool, Vec<String>), ApiError> {
 /// subprotocol), then the target (`stream`, and `user` unless the token's
 /// own), then the acquire fields of the query, then the plan. The query
 /// is the socket routes' ([`SocketQuery`]) plus `user` and `stream`. A
-/// refusal is the problem the `PUT` would answer.
+/// refusal is the status of the problem the `PUT` would answer (the
+/// upgrade's refusal carries no more).
 pub fn admit(
     state: &AppState,
     headers: &HeaderMap,
     source: Option<IpAddr>,
     query: &HashMap<String, String>,
-) -> Result<Ticket, Response> {
-    admitted(state, headers, source, query).map_err(IntoResponse::into_response)
+) -> Result<Ticket, StatusCode> {
+    admitted(state, headers, source, query).map_err(|e| e.into_response().status())
 }
 
 fn admitted(
@@ -188,10 +189,11 @@ pub async fn renew(state: &AppState, ticket: &Ticket, holder: Holder) -> Reply {
     Reply { message, close: close && !retry }
 }
 
-/// Releases the connection's lease, if it still holds it (`$disconnect`).
-pub async fn release(state: &AppState, ticket: &Ticket, holder: Holder) -> Result<(), Response> {
-    let (user, stream) = target(ticket).map_err(IntoResponse::into_response)?;
-    state.store.release_held(&user, stream, holder).await.map_err(|e| ApiError::from(e).into_response())
+/// Releases the connection's lease, if it still holds it (`$disconnect`);
+/// the error is the status a `DELETE` would have answered.
+pub async fn release(state: &AppState, ticket: &Ticket, holder: Holder) -> Result<(), StatusCode> {
+    let (user, stream) = target(ticket).map_err(|e| e.into_response().status())?;
+    state.store.release_held(&user, stream, holder).await.map_err(|e| ApiError::from(e).into_response().status())
 }
 
 /// The refusal message for a problem answer, as `serve`'s sockets word it.
@@ -236,7 +238,7 @@ mod tests {
     fn the_protocol_is_chosen_when_offered_and_required_among_others() {
         assert_eq!(chosen_protocol(None).unwrap(), None);
         assert_eq!(chosen_protocol(Some("streamcap.v1, streamcap.bearer.abc")).unwrap(), Some(PROTOCOL));
-        assert_eq!(chosen_protocol(Some("chat")).unwrap_err().status(), StatusCode::BAD_REQUEST);
+        assert_eq!(chosen_protocol(Some("chat")).unwrap_err(), StatusCode::BAD_REQUEST);
         assert_eq!(protocols(Some("streamcap.v1,streamcap.bearer.t1")).unwrap(), (true, vec!["t1".to_owned()]));
     }
 }

@@ -149,7 +149,7 @@ impl Gateway {
                 (ticket.user.clone(), json!({ TICKET: text }))
             }
             Err(refusal) => {
-                let status = refusal.status().as_u16();
+                let status = refusal.as_u16();
                 tracing::debug!(status, "a WebSocket connect is refused");
                 ("refused".to_owned(), json!({ REFUSAL: status }))
             }
@@ -185,10 +185,10 @@ impl Gateway {
             }
             Some("DISCONNECT") => {
                 if let Some(ticket) = ticket
-                    && let Err(answer) = gateway::release(&self.state, &ticket, holder).await
+                    && let Err(status) = gateway::release(&self.state, &ticket, holder).await
                 {
                     tracing::warn!(
-                        status = answer.status().as_u16(),
+                        status = status.as_u16(),
                         "releasing a connection's lease failed; it expires on its own"
                     );
                 }
@@ -212,7 +212,7 @@ impl Gateway {
         match gateway::chosen_protocol(offered) {
             Ok(Some(protocol)) => json!({ "statusCode": 200, "headers": { "Sec-WebSocket-Protocol": protocol } }),
             Ok(None) => json!({ "statusCode": 200 }),
-            Err(refusal) => json!({ "statusCode": refusal.status().as_u16() }),
+            Err(refusal) => json!({ "statusCode": refusal.as_u16() }),
         }
     }
 
