@@ -1,6 +1,9 @@
 //! streamcap on AWS Lambda: the router of [`http::app`], edge and all,
-//! served through the Lambda Runtime API by `lambda_http`, for API Gateway
-//! HTTP API events (payload format 2.0) and function URLs.
+//! served through the Lambda Runtime API, for API Gateway HTTP API events
+//! (payload format 2.0, converted by `lambda_http`) and function URLs; and
+//! WebSocket-held leases for the events of an API Gateway WebSocket API
+//! and its `$connect` authorizer (`socket`), which one function serves
+//! beside the HTTP API. Each event is told apart by its fields.
 //!
 //! This module owns what differs from `serve`, and nothing else:
 //!
@@ -19,8 +22,13 @@
 //! - The peer address of a request, for the limit on failed
 //!   authentication, is the event's `requestContext.http.sourceIp`.
 //!
-//! It builds no response of its own: every answer, error or not, is the
-//! router's. A refusal at start is one line on stderr, reported to the
+//! - Leases held by WebSocket connections live `socket_lease_ttl`, and
+//!   losses of such leases are posted to their connections through the
+//!   `@connections` API at the endpoint `STREAMCAP_WEBSOCKET_ENDPOINT`
+//!   names (`push`), before the invocation that decided them answers.
+//!
+//! It builds no HTTP response of its own: every answer, error or not, is
+//! the router's. A refusal at start is one line on stderr, reported to the
 //! Runtime API as an init error, and a non-zero exit before any event is
 //! taken.
 
@@ -35,14 +43,19 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, Uri, header};
 use axum::response::Response;
-use lambda_http::request::RequestContext;
+use lambda_http::lambda_runtime::{self, LambdaEvent};
+use lambda_http::request::{LambdaRequest, RequestContext};
 use lambda_http::{RequestExt, Service};
+use serde_json::Value;
 use tower::ServiceExt;
 
 use crate::clock::SystemClock;
 use crate::config::{self, Config, Invocation};
 use crate::http::{self, AppState};
 use crate::store::{OpenFailure, Store, StoreKind};
+
+mod push;
+mod socket;
 
 /// The stores a function may use. Both are shared by every instance, and
 /// both expire state by themselves (Redis key expiry, DynamoDB's TTL
@@ -153,6 +166,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         on_store_error = config.policy.on_store_error.name(),
         default_limit = config.policy.default_limit.get(),
         lease_ttl = config.policy.lease_ttl.as_secs(),
+        socket_lease_ttl = config.socket_lease_ttl.as_secs(),
         on_limit = config.policy.on_limit.name(),
         plans = config.policy.plans.len(),
         rules = config.policy.rules.len(),
@@ -177,7 +191,41 @@ pub async fn run(config: Config) -> Result<(), String> {
             rate.tidy();
         }
     });
-    let served = lambda_http::run(handler(http::app(state))).await;
+    let pusher = push::Pusher::from_env().await;
+    if !pusher.is_configured() {
+        tracing::warn!(
+            "{} is not set: WebSocket connections are not told when their leases are taken; \
+             they learn at their next renewal",
+            push::ENDPOINT
+        );
+    }
+    // The same state, but leases live socket_lease_ttl: both the acquire
+    // and its answer's `ttl_seconds` read the policy's TTL.
+    let mut sockets = state.clone();
+    sockets.policy = Arc::new(crate::policy::Policy { lease_ttl: config.socket_lease_ttl, ..(*state.policy).clone() });
+    let gateway = Arc::new(socket::Gateway { state: sockets, pusher });
+    let losses = gateway.clone();
+    http::push_to_gateway(move |holder, message| losses.pusher.lost(holder, message));
+    let routed = lambda_http::Adapter::from(handler(http::app(state)));
+    let served = lambda_runtime::run(tower::service_fn(move |event: LambdaEvent<Value>| {
+        let (gateway, mut routed) = (gateway.clone(), routed.clone());
+        async move {
+            let LambdaEvent { payload, context } = event;
+            match socket::kind(&payload) {
+                socket::Kind::Authorizer | socket::Kind::WebSocket => gateway.handle(payload).await,
+                socket::Kind::Http => {
+                    let request: LambdaRequest =
+                        serde_json::from_value(payload).map_err(|e| format!("not an API Gateway event: {e}"))?;
+                    let Ok(response) = routed.call(LambdaEvent::new(request, context)).await;
+                    // A take-over through the HTTP API tells the
+                    // connections that held the taken leases.
+                    gateway.pusher.flush().await;
+                    serde_json::to_value(response).map_err(|e| format!("the response: {e}"))
+                }
+            }
+        }
+    }))
+    .await;
     tidy.abort();
     let closed = store.close().await;
     served.map_err(|e| format!("the Lambda Runtime API failed: {e}"))?;
@@ -196,7 +244,7 @@ fn handler(
     Response = Response,
     Error = Infallible,
     Future: Future<Output = Result<Response, Infallible>> + Send,
-> {
+> + Clone {
     tower::service_fn(move |mut req: lambda_http::Request| {
         let (stage, source) = match req.request_context_ref() {
             Some(RequestContext::ApiGatewayV2(context)) => {

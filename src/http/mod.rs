@@ -36,6 +36,7 @@ mod demo;
 pub mod dto;
 mod edge;
 mod extract;
+pub mod gateway;
 mod handlers;
 mod notice;
 mod openapi;
@@ -45,7 +46,7 @@ mod respond;
 mod socket;
 mod source;
 
-pub use notice::InstanceId;
+pub use notice::{GATEWAY, InstanceId, push_to_gateway};
 
 use crate::policy::Protection;
 use handlers::*;
