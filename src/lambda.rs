@@ -1,6 +1,9 @@
 //! streamcap on AWS Lambda: the router of [`http::app`], edge and all,
-//! served through the Lambda Runtime API by `lambda_http`, for API Gateway
-//! HTTP API events (payload format 2.0) and function URLs.
+//! served through the Lambda Runtime API, for API Gateway HTTP API events
+//! (payload format 2.0, converted by `lambda_http`) and function URLs; and
+//! WebSocket-held leases for the events of an API Gateway WebSocket API
+//! and its `$connect` authorizer (`socket`), which one function serves
+//! beside the HTTP API. Each event is told apart by its fields.
 //!
 //! This module owns what differs from `serve`, and nothing else:
 //!
@@ -19,8 +22,13 @@
 //! - The peer address of a request, for the limit on failed
 //!   authentication, is the event's `requestContext.http.sourceIp`.
 //!
-//! It builds no response of its own: every answer, error or not, is the
-//! router's. A refusal at start is one line on stderr, reported to the
+//! - Leases held by WebSocket connections live `socket_lease_ttl`, and
+//!   losses of such leases are posted to their connections through the
+//!   `@connections` API at the endpoint `STREAMCAP_WEBSOCKET_ENDPOINT`
+//!   names (`push`), before the invocation that decided them answers.
+//!
+//! It builds no HTTP response of its own: every answer, error or not, is
+//! the router's. A refusal at start is one line on stderr, reported to the
 //! Runtime API as an init error, and a non-zero exit before any event is
 //! taken.
 
@@ -35,14 +43,19 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, Uri, header};
 use axum::response::Response;
-use lambda_http::request::RequestContext;
+use lambda_http::lambda_runtime::{self, LambdaEvent};
+use lambda_http::request::{LambdaRequest, RequestContext};
 use lambda_http::{RequestExt, Service};
+use serde_json::Value;
 use tower::ServiceExt;
 
-use crate::clock::SystemClock;
 use crate::config::{self, Config, Invocation};
 use crate::http::{self, AppState};
+use crate::server;
 use crate::store::{OpenFailure, Store, StoreKind};
+
+mod push;
+mod socket;
 
 /// The stores a function may use. Both are shared by every instance, and
 /// both expire state by themselves (Redis key expiry, DynamoDB's TTL
@@ -117,20 +130,30 @@ fn check(config: &Config) -> Result<(), String> {
 /// Opens the store and serves invocations until the Runtime API fails.
 /// A store that cannot be opened is reported as an init error.
 pub async fn run(config: Config) -> Result<(), String> {
-    if config.auth.is_open() {
-        tracing::warn!(
-            "!!! INSECURE: serving WITHOUT AUTHENTICATION on Lambda (STREAMCAP_INSECURE_NO_AUTH=true). \
-             Anyone who can reach the function's API can acquire, release or revoke any user's streams."
-        );
-    }
     if let Some(addr) = &config.metrics_listen {
         tracing::warn!(%addr, "STREAMCAP_METRICS_LISTEN is ignored on Lambda: a function listens on nothing");
     }
-    let store = match Store::open(&config.store, Arc::new(SystemClock)).await {
+    let store = open(&config).await?;
+    let mut state = server::state(store.clone(), &config, server::Host::Lambda);
+    // One instance's counters, reached through a load balancer that picks
+    // instances at random, would mislead; and the API is public.
+    state.expose_metrics = false;
+    let tidy = http::tidy(&state);
+    let gateway = gateway(&state, &config).await;
+    let served = serve(state, gateway).await;
+    tidy.abort();
+    server::close(&store, served.map_err(|e| format!("the Lambda Runtime API failed: {e}")))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The store, or the init error reported to the Runtime API: a missing
+/// table is a configuration error; an unreachable store may heal, and
+/// Lambda will try a new instance.
+async fn open(config: &Config) -> Result<Store, String> {
+    let store = match server::open(config).await {
         Ok(store) => store,
         Err(e) => {
-            // A missing table is a configuration error; an unreachable
-            // store may heal, and Lambda will try a new instance.
             let kind = match e {
                 OpenFailure::Misconfigured(_) => "Runtime.ConfigInvalid",
                 OpenFailure::Failed(_) => "Runtime.InitError",
@@ -148,40 +171,53 @@ pub async fn run(config: Config) -> Result<(), String> {
         report_init_error("Runtime.ConfigInvalid", &e);
         return Err(e);
     }
-    tracing::info!(
-        store = config.store.kind.name(),
-        on_store_error = config.policy.on_store_error.name(),
-        default_limit = config.policy.default_limit.get(),
-        lease_ttl = config.policy.lease_ttl.as_secs(),
-        on_limit = config.policy.on_limit.name(),
-        plans = config.policy.plans.len(),
-        rules = config.policy.rules.len(),
-        plan_rules = config.policy.plan_rules.len(),
-        enforce = config.policy.enforce,
-        "serving Lambda invocations"
-    );
-    if !config.policy.enforce {
-        tracing::warn!("shadow mode: limits are reported (would_deny) but not enforced");
+    Ok(store)
+}
+
+/// The WebSocket side: the same state with leases that live
+/// `socket_lease_ttl`, and the pusher that tells connections of losses.
+async fn gateway(state: &AppState, config: &Config) -> Arc<socket::Gateway> {
+    let pusher = push::Pusher::from_env().await;
+    if !pusher.is_configured() {
+        tracing::warn!(
+            "{} is not set: WebSocket connections are not told when their leases are taken; \
+             they learn at their next renewal",
+            push::ENDPOINT
+        );
     }
-    let mut state = AppState::new(store.clone(), config.policy, config.auth, config.protection);
-    // One instance's counters, reached through a load balancer that picks
-    // instances at random, would mislead; and the API is public.
-    state.expose_metrics = false;
-    // Idle rate-limit buckets are forgotten once a minute, as under `serve`
-    // (a frozen instance catches up when it thaws).
-    let rate = state.rate.clone();
-    let tidy = tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            every.tick().await;
-            rate.tidy();
+    // The same state, but leases live socket_lease_ttl: both the acquire
+    // and its answer's `ttl_seconds` read the policy's TTL.
+    let mut sockets = state.clone();
+    sockets.policy = Arc::new(crate::policy::Policy { lease_ttl: config.socket_lease_ttl, ..(*state.policy).clone() });
+    let gateway = Arc::new(socket::Gateway { state: sockets, pusher });
+    let losses = gateway.clone();
+    http::push_to_gateway(move |holder, message| losses.pusher.lost(holder, message));
+    gateway
+}
+
+/// Takes invocations until the Runtime API fails: WebSocket events to the
+/// gateway, the rest through the router.
+async fn serve(state: AppState, gateway: Arc<socket::Gateway>) -> Result<(), lambda_runtime::Error> {
+    let routed = lambda_http::Adapter::from(handler(http::app(state)));
+    lambda_runtime::run(tower::service_fn(move |event: LambdaEvent<Value>| {
+        let (gateway, mut routed) = (gateway.clone(), routed.clone());
+        async move {
+            let LambdaEvent { payload, context } = event;
+            match socket::kind(&payload) {
+                socket::Kind::Authorizer | socket::Kind::WebSocket => gateway.handle(payload).await,
+                socket::Kind::Http => {
+                    let request: LambdaRequest =
+                        serde_json::from_value(payload).map_err(|e| format!("not an API Gateway event: {e}"))?;
+                    let Ok(response) = routed.call(LambdaEvent::new(request, context)).await;
+                    // A take-over through the HTTP API tells the
+                    // connections that held the taken leases.
+                    gateway.pusher.flush().await;
+                    serde_json::to_value(response).map_err(|e| format!("the response: {e}"))
+                }
+            }
         }
-    });
-    let served = lambda_http::run(handler(http::app(state))).await;
-    tidy.abort();
-    let closed = store.close().await;
-    served.map_err(|e| format!("the Lambda Runtime API failed: {e}"))?;
-    closed.map_err(|e| format!("closing the store: {e}"))
+    }))
+    .await
 }
 
 /// `app` as a `lambda_http` service. Each request gets the API's own path,
@@ -196,7 +232,7 @@ fn handler(
     Response = Response,
     Error = Infallible,
     Future: Future<Output = Result<Response, Infallible>> + Send,
-> {
+> + Clone {
     tower::service_fn(move |mut req: lambda_http::Request| {
         let (stage, source) = match req.request_context_ref() {
             Some(RequestContext::ApiGatewayV2(context)) => {

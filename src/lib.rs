@@ -8,7 +8,7 @@
 //! # Layout
 //!
 //! Dependencies point one way: `http → store → limiter`, with `config`
-//! building the pieces and `main.rs` wiring them.
+//! building the pieces and [`server`] wiring them for both binaries.
 //!
 //! - [`limiter`]: the decision rules as pure functions of (state, op, now).
 //!   No I/O.
@@ -24,6 +24,8 @@
 //! - [`config`]: flags, environment and TOML file, merged and validated once.
 //! - [`metrics`]: Prometheus names and the recorder; labels never carry ids.
 //! - [`telemetry`]: log format and optional OTLP trace export.
+//! - [`server`]: the server's life, once for both binaries: store, state,
+//!   start line, warnings, serving and closing.
 //! - [`shutdown`]: the SIGTERM/SIGINT future that starts a graceful stop.
 //! - `lambda` (cargo feature `lambda`): the same router on AWS Lambda, for
 //!   the `streamcap-lambda` binary.
@@ -37,6 +39,7 @@ pub mod lambda;
 pub mod limiter;
 pub mod metrics;
 pub mod policy;
+pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

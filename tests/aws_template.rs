@@ -7,8 +7,11 @@
 //!   the table's key and TTL attribute, the function's runtime, architecture
 //!   and package path, IAM limited to the five item operations on the table,
 //!   every `STREAMCAP_*` variable a real setting of the binary with the
-//!   binary's defaults, and `STREAMCAP_INSECURE_NO_AUTH` unset unless asked
-//!   for.
+//!   binary's defaults, `STREAMCAP_INSECURE_NO_AUTH` unset unless asked
+//!   for; and the WebSocket API: its three routes and authorizer on the
+//!   function, its stage, the permission to invoke, `ManageConnections` on
+//!   this API's stage alone, the endpoint the function posts to, and the
+//!   `wss://` URL.
 //!
 //! SAM templates use CloudFormation's short-form tags (`!Ref`, `!If`), which
 //! general YAML crates either reject or drop. `yaml` below reads the subset
@@ -33,6 +36,16 @@ const TABLE_ACTIONS: [&str; 5] =
 
 /// What the function may do besides: write its own logs.
 const LOG_ACTIONS: [&str; 2] = ["logs:CreateLogStream", "logs:PutLogEvents"];
+
+/// And post to and close the WebSocket API's connections.
+const CONNECTION_ACTIONS: [&str; 1] = ["execute-api:ManageConnections"];
+
+/// The stage of the WebSocket API, which the endpoint, the IAM resource and
+/// the URL name.
+const WEBSOCKET_STAGE: &str = "live";
+
+/// The variables streamcap-lambda reads that `serve` has no use for.
+const LAMBDA_ONLY: [&str; 1] = ["STREAMCAP_WEBSOCKET_ENDPOINT"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -184,10 +197,19 @@ fn the_function_may_use_only_the_five_item_operations_on_its_table_and_its_logs(
             }
         }
     }
-    let expected: BTreeSet<&str> = TABLE_ACTIONS.iter().chain(&LOG_ACTIONS).copied().collect();
+    let expected: BTreeSet<&str> =
+        TABLE_ACTIONS.iter().chain(&LOG_ACTIONS).chain(&CONNECTION_ACTIONS).copied().collect();
     let actual: BTreeSet<&str> = granted.keys().map(String::as_str).collect();
     assert_eq!(actual, expected, "the function's role grants other actions than streamcap needs");
+    let (api, _) = only(&t, "AWS::ApiGatewayV2::Api");
     for (action, on) in &granted {
+        if action.starts_with("execute-api:") {
+            let connections = format!(
+                "arn:${{AWS::Partition}}:execute-api:${{AWS::Region}}:${{AWS::AccountId}}:${{{api}}}/{WEBSOCKET_STAGE}/*/@connections/*"
+            );
+            assert_eq!(on, &vec![tagged("!Sub", &connections)], "{action} must apply to {api}'s connections only");
+            continue;
+        }
         let target = if action.starts_with("dynamodb:") { table } else { log_group };
         assert_eq!(on, &vec![tagged("!GetAtt", &format!("{target}.Arn"))], "{action} must apply to {target} only");
     }
@@ -202,6 +224,9 @@ fn every_streamcap_variable_is_a_setting_of_the_binary_and_defaults_to_its_defau
     let parameters = t.at(&["Parameters"]);
     for (name, value) in env.entries() {
         assert!(name.starts_with("STREAMCAP_"), "{name}: the function reads only STREAMCAP_* settings");
+        if LAMBDA_ONLY.contains(&name.as_str()) {
+            continue;
+        }
         let Some(default) = help.get(name) else {
             panic!("{name} is not a variable that `streamcap serve --help` names; a misspelt name is ignored")
         };
@@ -224,7 +249,11 @@ fn every_streamcap_variable_is_a_setting_of_the_binary_and_defaults_to_its_defau
 /// is: with it, the function would refuse to start unless given API keys
 /// or told to run without authentication. `jwt` is what a player-facing API
 /// uses, and `sam deploy --guided` asks for its key next.
-const DELIBERATE_DEFAULTS: [(&str, &str); 1] = [("STREAMCAP_AUTH_MODE", "jwt")];
+///
+/// The binary's socket lease TTL is the heartbeat TTL's; on Lambda a
+/// socket that is released when it closes can live longer, and each
+/// renewal is billed: 900 s is the TTL docs/aws.md recommends and prices.
+const DELIBERATE_DEFAULTS: [(&str, &str); 2] = [("STREAMCAP_AUTH_MODE", "jwt"), ("STREAMCAP_SOCKET_LEASE_TTL", "900")];
 
 #[test]
 fn insecure_no_auth_is_set_only_when_its_parameter_says_true() {
@@ -264,6 +293,62 @@ fn the_http_api_sends_every_request_to_the_function_in_payload_format_2() {
     assert_eq!(props.at(&["PayloadFormatVersion"]).str(), "2.0");
     // Without a path and a method, SAM makes the API's default route.
     assert!(props.get("Path").is_none() && props.get("Method").is_none(), "every route goes to streamcap's router");
+}
+
+#[test]
+fn the_websocket_api_sends_its_three_routes_and_its_authorizer_to_the_function() {
+    let t = template();
+    let (api, body) = only(&t, "AWS::ApiGatewayV2::Api");
+    let (function, _) = only(&t, "AWS::Serverless::Function");
+    assert_eq!(body.at(&["Properties", "ProtocolType"]).str(), "WEBSOCKET");
+    let invoke = format!(
+        "arn:${{AWS::Partition}}:apigateway:${{AWS::Region}}:lambda:path/2015-03-31/functions/${{{function}.Arn}}/invocations"
+    );
+    let (integration, body) = only(&t, "AWS::ApiGatewayV2::Integration");
+    let props = body.at(&["Properties"]);
+    assert_eq!(props.at(&["ApiId"]), &tagged("!Ref", api));
+    assert_eq!(props.at(&["IntegrationType"]).str(), "AWS_PROXY");
+    assert_eq!(props.at(&["IntegrationUri"]), &tagged("!Sub", &invoke));
+    let (authorizer, body) = only(&t, "AWS::ApiGatewayV2::Authorizer");
+    let props = body.at(&["Properties"]);
+    assert_eq!(props.at(&["AuthorizerType"]).str(), "REQUEST");
+    assert_eq!(props.at(&["AuthorizerUri"]), &tagged("!Sub", &invoke));
+    assert!(props.get("IdentitySource").is_none(), "a connect without a credential must reach streamcap, for its 401");
+
+    let mut routes: BTreeMap<String, &Yaml> = BTreeMap::new();
+    for (_, route) in resources(&t, "AWS::ApiGatewayV2::Route") {
+        let props = route.at(&["Properties"]);
+        assert_eq!(props.at(&["ApiId"]), &tagged("!Ref", api));
+        assert_eq!(props.at(&["Target"]), &tagged("!Sub", &format!("integrations/${{{integration}}}")));
+        routes.insert(props.at(&["RouteKey"]).str().to_owned(), props);
+    }
+    let keys: Vec<&str> = routes.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["$connect", "$default", "$disconnect"]);
+    // The authorizer admits the connect and hands its ticket to the rest.
+    assert_eq!(routes["$connect"].at(&["AuthorizationType"]).str(), "CUSTOM");
+    assert_eq!(routes["$connect"].at(&["AuthorizerId"]), &tagged("!Ref", authorizer));
+
+    let (_, stage) = only(&t, "AWS::ApiGatewayV2::Stage");
+    let (deployment, body) = only(&t, "AWS::ApiGatewayV2::Deployment");
+    assert_eq!(stage.at(&["Properties", "StageName"]).str(), WEBSOCKET_STAGE);
+    assert_eq!(stage.at(&["Properties", "DeploymentId"]), &tagged("!Ref", deployment));
+    // A deployment made before the routes would deploy none of them.
+    let Yaml::Seq(after) = body.at(&["DependsOn"]) else { panic!("the deployment must wait for the routes") };
+    assert_eq!(after.len(), 3, "{after:?}");
+
+    let (_, permission) = only(&t, "AWS::Lambda::Permission");
+    let props = permission.at(&["Properties"]);
+    assert_eq!(props.at(&["FunctionName"]), &tagged("!Ref", function));
+    assert_eq!(props.at(&["Principal"]).str(), "apigateway.amazonaws.com");
+    assert_eq!(props.at(&["Action"]).str(), "lambda:InvokeFunction");
+    let source = format!("arn:${{AWS::Partition}}:execute-api:${{AWS::Region}}:${{AWS::AccountId}}:${{{api}}}/*");
+    assert_eq!(props.at(&["SourceArn"]), &tagged("!Sub", &source), "only this API may invoke");
+
+    let (_, function) = only(&t, "AWS::Serverless::Function");
+    let env = function.at(&["Properties", "Environment", "Variables"]);
+    let host = format!("${{{api}}}.execute-api.${{AWS::Region}}.${{AWS::URLSuffix}}/{WEBSOCKET_STAGE}");
+    assert_eq!(env.at(&["STREAMCAP_WEBSOCKET_ENDPOINT"]), &tagged("!Sub", &format!("https://{host}")));
+    assert_eq!(t.at(&["Outputs", "WebSocketUrl", "Value"]), &tagged("!Sub", &format!("wss://{host}")));
 }
 
 #[test]

@@ -23,6 +23,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use runtime_api::{Outcome, RuntimeApi};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const JWT_SECRET: &str = "a-lambda-test-hs256-secret-of-32-bytes-or-more";
 const SERVICE_KEY: &str = "svc-key-made-up-by-the-lambda-test";
@@ -287,14 +288,19 @@ fn command(api: Option<&RuntimeApi>, env: &[(String, String)]) -> Command {
 
 /// A running function process, killed by PID on drop.
 struct Function {
-    api: RuntimeApi,
+    api: Arc<RuntimeApi>,
     child: Child,
     log: Arc<Mutex<String>>,
 }
 
 impl Function {
     async fn start(deployment: &Deployment) -> Function {
-        let api = RuntimeApi::start().await;
+        Self::start_on(Arc::new(RuntimeApi::start().await), deployment)
+    }
+
+    /// The function on a Runtime API that something else (a WebSocket
+    /// API) also invokes it through.
+    fn start_on(api: Arc<RuntimeApi>, deployment: &Deployment) -> Function {
         let (child, log) = spawn(&mut command(Some(&api), &deployment.env));
         Function { api, child, log }
     }
@@ -726,4 +732,306 @@ async fn a_missing_table_is_reported_as_a_configuration_error() {
     let reported = api.init_errors();
     assert_eq!(reported.len(), 1, "{reported:?}");
     assert_eq!(reported[0].error_type.as_deref(), Some("Runtime.ConfigInvalid"), "{reported:?}");
+}
+
+#[path = "common/gateway.rs"]
+mod gateway;
+
+/// A player's WebSocket through the API Gateway WebSocket front.
+mod player {
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{Value, json};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    use tokio_tungstenite::tungstenite::{self, Message};
+
+    use crate::common::ws::WAIT;
+    pub use crate::common::ws::Ws;
+
+    /// Connects with `query` and the subprotocols `protocols`: the socket,
+    /// and the subprotocol chosen; or the status that refused the upgrade.
+    pub async fn connect(url: &str, query: &str, protocols: &str) -> Result<(Ws, Option<String>), u16> {
+        let mut req = format!("{url}?{query}").into_client_request().unwrap();
+        if !protocols.is_empty() {
+            req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_str(protocols).unwrap());
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, res)) => {
+                let chosen = res.headers().get("sec-websocket-protocol").map(|v| v.to_str().unwrap().to_owned());
+                Ok((ws, chosen))
+            }
+            Err(tungstenite::Error::Http(res)) => Err(res.status().as_u16()),
+            Err(e) => panic!("{url}?{query}: {e}"),
+        }
+    }
+
+    /// A browser's subprotocols: `streamcap.v1` and the bearer token.
+    pub fn bearer(token: &str) -> String {
+        format!("streamcap.v1, streamcap.bearer.{token}")
+    }
+
+    pub async fn send(ws: &mut Ws, kind: &str) {
+        ws.send(Message::text(json!({ "type": kind }).to_string())).await.unwrap();
+    }
+
+    /// Sends `kind` and reads the answer, which must be of type `answer`.
+    pub async fn ask(ws: &mut Ws, kind: &str, answer: &str) -> Value {
+        send(ws, kind).await;
+        crate::common::ws::expect(ws, answer).await
+    }
+
+    /// Waits for the server to close the socket (a `DeleteConnection`).
+    pub async fn closed(ws: &mut Ws) {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Err(_) => panic!("not closed within {WAIT:?}"),
+            Ok(Some(Ok(Message::Close(_))) | None | Some(Err(_))) => {}
+            Ok(Some(Ok(other))) => panic!("expected the close, got {other:?}"),
+        }
+    }
+}
+
+/// The function behind both an HTTP API and a WebSocket API, on the store
+/// `deployment` names: one Runtime API feeds it both kinds of events.
+struct Stack {
+    f: Function,
+    ws: gateway::WebSocketApi,
+    /// The store and the files the function uses, alive as long as it.
+    _deployment: Deployment,
+}
+
+impl Stack {
+    async fn start(deployment: Deployment) -> Stack {
+        let api = Arc::new(RuntimeApi::start().await);
+        let invoker = api.clone();
+        let invoke: gateway::Invoke = Arc::new(move |event| {
+            let answer = invoker.invoke(event);
+            Box::pin(async move {
+                match answer.await {
+                    Ok(Outcome::Response(value)) => Ok(value),
+                    Ok(Outcome::Error { body, .. }) => Err(body),
+                    Err(_) => Err(json!({ "errorMessage": "the emulator dropped the invocation" })),
+                }
+            })
+        });
+        let ws = gateway::WebSocketApi::start(invoke).await;
+        let deployment = deployment
+            .with("STREAMCAP_WEBSOCKET_ENDPOINT", &ws.endpoint())
+            // The SDK signs the @connections calls; the front takes any signature.
+            .with("AWS_ACCESS_KEY_ID", "streamcaptest")
+            .with("AWS_SECRET_ACCESS_KEY", "streamcaptest")
+            .with("AWS_EC2_METADATA_DISABLED", "true");
+        Stack { f: Function::start_on(api, &deployment), ws, _deployment: deployment }
+    }
+
+    /// The streams of `user` that the store holds live, through the HTTP API.
+    async fn live(&mut self, user: &str) -> Vec<String> {
+        let r = self.f.call(Http::get(&format!("/v1/users/{user}/streams")).bearer(SERVICE_KEY)).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        ids(&r.json()["active_streams"]).into_iter().map(str::to_owned).collect()
+    }
+
+    /// Waits until the front has invoked `$disconnect` `n` times in all.
+    /// Whatever the test asks the function next is queued after them.
+    async fn disconnects(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.ws.counts().invocations.get("$disconnect").copied().unwrap_or(0) < n {
+            assert!(Instant::now() < deadline, "no $disconnect: {:?}", self.ws.counts());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The TTL of connection-held leases in these tests: short, so that a
+/// lease outlives it only by being renewed, and a lost `$disconnect`
+/// expires within the test.
+const SOCKET_TTL: u64 = 3;
+
+/// Socket-held leases through an API Gateway WebSocket API, end to end:
+/// refusals at the connect, grant and refusal, renewal past the TTL, a
+/// take-over from the HTTP API pushed to the socket, a `$disconnect` that
+/// releases, a stale one that does not, and a lost one that expires.
+async fn socket_held_leases(deployment: Deployment) {
+    let deployment = with_auth(deployment)
+        .with("STREAMCAP_DEFAULT_LIMIT", "2")
+        .with("STREAMCAP_SOCKET_LEASE_TTL", &SOCKET_TTL.to_string());
+    let mut s = Stack::start(deployment).await;
+    let url = s.ws.url();
+    let alice = token("alice", JWT_SECRET);
+    let me = player::bearer(&alice);
+
+    // A bad token, no credential, another user's stream, a bad id and a
+    // foreign subprotocol refuse the upgrade with the `PUT`'s status.
+    let forged = player::bearer(&token("alice", "another-secret-that-is-32-bytes-long!!"));
+    assert_eq!(player::connect(&url, "stream=tv", &forged).await.err(), Some(401), "{}", s.f.log());
+    assert_eq!(player::connect(&url, "stream=tv", "streamcap.v1").await.err(), Some(401));
+    assert_eq!(player::connect(&url, "stream=tv&user=bob", &me).await.err(), Some(403));
+    assert_eq!(player::connect(&url, "stream=bad%20id", &me).await.err(), Some(400));
+    assert_eq!(player::connect(&url, "stream=tv", "chat").await.err(), Some(400));
+    assert_eq!(player::connect(&url, "stream=tv&colour=red", &me).await.err(), Some(400));
+
+    // Granted: `start` answers with the `PUT`'s body, for the socket TTL;
+    // the subprotocol chosen is streamcap.v1, never the bearer one.
+    let (mut tv, chosen) = player::connect(&url, "stream=tv&device_id=tv-1", &me).await.unwrap();
+    assert_eq!(chosen.as_deref(), Some("streamcap.v1"));
+    let granted = player::ask(&mut tv, "start", "granted").await;
+    assert_eq!((granted["user_id"].as_str(), granted["stream_id"].as_str()), (Some("alice"), Some("tv")), "{granted}");
+    assert_eq!(granted["ttl_seconds"], SOCKET_TTL);
+    assert_eq!(granted["device_id"], "tv-1");
+
+    // Renewed over the socket past its TTL: the lease lives on.
+    let renewals = SOCKET_TTL * 2;
+    for _ in 0..renewals {
+        tokio::time::sleep(Duration::from_millis(SOCKET_TTL * 1000 / 3)).await;
+        let renewed = player::ask(&mut tv, "renew", "renewed").await;
+        assert_eq!(renewed["active_streams"], 1, "{renewed}");
+    }
+    assert_eq!(s.live("alice").await, ["tv"]);
+    // Anything else is an error, and the socket stays open.
+    let error = player::ask(&mut tv, "dance", "error").await;
+    assert_eq!(error["status"], 400, "{error}");
+
+    // A service's connect acts for any user; the account is then full, and
+    // the next stream is refused and closed.
+    let service = format!("Bearer {SERVICE_KEY}");
+    let mut req = format!("{url}?stream=phone&user=alice").into_client_request().unwrap();
+    req.headers_mut().insert("authorization", service.parse().unwrap());
+    let (mut phone, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(player::ask(&mut phone, "start", "granted").await["active_streams"], 2);
+    let (mut laptop, _) = player::connect(&url, "stream=laptop", &me).await.unwrap();
+    let refused = player::ask(&mut laptop, "start", "refused").await;
+    assert_eq!(refused["status"], 409, "{refused}");
+    assert_eq!(refused["limit"], 2, "{refused}");
+    player::closed(&mut laptop).await;
+
+    // A take-over through the HTTP API is pushed to the socket at once.
+    let r =
+        s.f.call(Http::put("/v1/users/alice/streams/laptop").bearer(&alice).json(json!({ "evict": ["phone"] }))).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let revoked = common::ws::expect(&mut phone, "revoked").await;
+    assert_eq!(
+        (revoked["reason"].as_str(), revoked["by_stream_id"].as_str()),
+        (Some("evicted_by_new_stream"), Some("laptop"))
+    );
+    player::closed(&mut phone).await;
+    let mut seen = 3; // laptop's refusal, phone's revocation: two deletes; and the tv's close to come
+    s.disconnects(seen - 1).await;
+
+    // Closing the socket releases its lease.
+    common::ws::stop(tv).await;
+    s.disconnects(seen).await;
+    assert_eq!(s.live("alice").await, ["laptop"]);
+
+    // A new connection for the same stream takes the lease over from the
+    // old one (as a player does at API Gateway's two-hour limit), and the
+    // old one's late $disconnect does not release it.
+    let (mut old, _) = player::connect(&url, "stream=tv", &me).await.unwrap();
+    let first = player::ask(&mut old, "start", "granted").await;
+    let (mut new, _) = player::connect(&url, "stream=tv", &me).await.unwrap();
+    let second = player::ask(&mut new, "start", "granted").await;
+    assert_eq!(second["started_at"], first["started_at"], "the same lease: {second}");
+    let replaced = common::ws::expect(&mut old, "revoked").await;
+    assert_eq!((replaced["reason"].as_str(), replaced["by_stream_id"].as_str()), (Some("replaced"), Some("tv")));
+    player::closed(&mut old).await;
+    seen += 1;
+    s.disconnects(seen).await;
+    assert_eq!(s.live("alice").await, ["laptop", "tv"]);
+    player::ask(&mut new, "renew", "renewed").await;
+
+    // A $disconnect that never comes: the lease expires at its TTL.
+    s.ws.lose_disconnects(true);
+    common::ws::stop(new).await;
+    assert_eq!(s.live("alice").await, ["laptop", "tv"]);
+    tokio::time::sleep(Duration::from_secs(SOCKET_TTL + 1)).await;
+    assert_eq!(s.live("alice").await, ["laptop"]);
+    assert_eq!(s.ws.counts().invocations.get("$disconnect").copied(), Some(seen));
+    s.ws.lose_disconnects(false);
+
+    // What one viewer's socket costs, counted at the front: a connection
+    // with its start, three renewals and its close.
+    let before = s.ws.counts();
+    let (mut viewer, _) = player::connect(&url, "stream=counted", &me).await.unwrap();
+    player::ask(&mut viewer, "start", "granted").await;
+    for _ in 0..3 {
+        player::ask(&mut viewer, "renew", "renewed").await;
+    }
+    common::ws::stop(viewer).await;
+    s.disconnects(seen + 1).await;
+    let after = s.ws.counts();
+    let delta = |route: &str| after.invocations.get(route).unwrap_or(&0) - before.invocations.get(route).unwrap_or(&0);
+    let counted = [delta("authorizer"), delta("$connect"), delta("$default"), delta("$disconnect")];
+    let messages = (after.messages_in - before.messages_in, after.messages_out - before.messages_out);
+    assert_eq!(counted, [1, 1, 4, 1], "invocations: authorizer, $connect, $default, $disconnect");
+    assert_eq!(messages, (4, 4), "messages in and out");
+    let per_renewal = (1, 1, 1);
+    let per_connection = (counted.iter().sum::<u64>() - 3, messages.0 - 3, messages.1 - 3);
+    eprintln!(
+        "counted: a renewal is {} invocation, {} message in and {} out; a connection adds {} invocations, \
+         {} message in and {} out",
+        per_renewal.0, per_renewal.1, per_renewal.2, per_connection.0, per_connection.1, per_connection.2
+    );
+
+    let log = s.f.log();
+    assert!(!log.contains("panicked") && !log.contains("posting to a WebSocket connection failed"), "{log}");
+    for secret in [JWT_SECRET, SERVICE_KEY, alice.as_str()] {
+        assert!(!log.contains(secret), "a secret reached the log:\n{log}");
+    }
+}
+
+/// The JavaScript client in its lambda-websocket mode, its node tests
+/// (clients/js/test-lambda/) against the function behind the WebSocket
+/// front, on Redis.
+#[tokio::test]
+async fn the_js_client_holds_leases_in_lambda_socket_mode() {
+    let limit = 2;
+    let deployment = with_auth(redis())
+        .with("STREAMCAP_DEFAULT_LIMIT", &limit.to_string())
+        .with("STREAMCAP_SOCKET_LEASE_TTL", &SOCKET_TTL.to_string());
+    let s = Stack::start(deployment).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut node = Command::new("node");
+    let version =
+        Command::new("node").arg("--version").output().expect("node is not installed; ./scripts/test installs it");
+    let major: u32 = String::from_utf8_lossy(&version.stdout)
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    if major < 22 {
+        node.arg("--experimental-websocket");
+    }
+    node.args([
+        "--test",
+        "--test-reporter=tap",
+        "--test-timeout=120000",
+        "clients/js/test-lambda/lambda-socket.test.js",
+    ])
+    .current_dir(root)
+    .env("STREAMCAP_LAMBDA_SOCKET_URL", s.ws.url())
+    .env("STREAMCAP_LAMBDA_JWT_SECRET", JWT_SECRET)
+    .env("STREAMCAP_LAMBDA_SOCKET_TTL", SOCKET_TTL.to_string())
+    .env("STREAMCAP_LAMBDA_LIMIT", limit.to_string());
+    // The front and the emulator run on this test's runtime meanwhile.
+    let out = tokio::task::spawn_blocking(move || node.output().expect("run node")).await.unwrap();
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the JS client's lambda tests failed ({}); TAP above; the function's log:\n{}",
+        out.status,
+        s.f.log()
+    );
+}
+
+#[tokio::test]
+async fn on_redis_socket_held_leases() {
+    socket_held_leases(redis()).await;
+}
+
+#[cfg(feature = "dynamodb")]
+#[tokio::test]
+async fn on_dynamodb_socket_held_leases() {
+    socket_held_leases(dynamodb()).await;
 }

@@ -2,7 +2,12 @@
 // The reference with examples is docs/players.md.
 
 /** How the client holds the lease. */
-export type Mode = 'heartbeat' | 'websocket';
+/**
+ * `heartbeat`: a PUT every ttl/3. `websocket`: a socket to `streamcap serve`, which renews while it is open.
+ * `lambda-websocket`: a socket to an API Gateway WebSocket API in front of streamcap-lambda (`socketUrl`), which
+ * the client starts with `start` and renews with `renew` every ttl/3.
+ */
+export type Mode = 'heartbeat' | 'websocket' | 'lambda-websocket';
 
 /**
  * - `idle`: never started.
@@ -45,6 +50,11 @@ export interface WebSocketLike {
   onclose: ((event: any) => void) | null;
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   onerror: ((event: any) => void) | null;
+  /** Set and used in `lambda-websocket` mode only, where the client speaks first. */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  onopen?: ((event: any) => void) | null;
+  /** Used in `lambda-websocket` mode only. */
+  send?(data: string): void;
   close(code?: number, reason?: string): void;
 }
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
@@ -52,7 +62,7 @@ export type WebSocketConstructor = new (url: string, protocols?: string | string
 export interface StreamcapOptions {
   /**
    * Where streamcap answers, such as `https://streamcap.example.com` (a path prefix is kept).
-   * Optional in a browser page, where it defaults to the page's origin.
+   * Optional in a browser page, where it defaults to the page's origin. Not used in `lambda-websocket` mode.
    */
   baseUrl?: string;
   /** The user whose stream this is. Omit it to use the `/v1/me` routes, which take the user from the token. */
@@ -78,6 +88,16 @@ export interface StreamcapOptions {
   plan?: string;
   /** Default `'heartbeat'`. */
   mode?: Mode;
+  /**
+   * `lambda-websocket` only, and required there: the WebSocket API's `wss://` URL (the stack's `WebSocketUrl`).
+   * The stream, the user and the labels go in its query; `baseUrl` is not used.
+   */
+  socketUrl?: string;
+  /**
+   * `lambda-websocket` only: how long a connection is used before a new one takes the lease over, ahead of API
+   * Gateway's 2-hour limit. Default 6900000 (115 minutes).
+   */
+  maxConnectionMs?: number;
   /**
    * What to do when the page is hidden (`visibilitychange`): `'release'` (default) releases the lease at once and
    * acquires it again when the page is visible; `'keep'` holds it (for background audio or picture-in-picture).

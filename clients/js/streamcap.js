@@ -24,6 +24,8 @@ const DEFAULTS = {
   initialRetryDelayMs: 500,
   maxRetryDelayMs: 30_000,
   requestTimeoutMs: 15_000,
+  // API Gateway closes a WebSocket after 2 hours; the client moves to a new one 5 minutes before.
+  maxConnectionMs: 115 * 60_000,
 };
 
 /** How long stop() waits for an acquire in flight to answer before it releases. */
@@ -60,13 +62,20 @@ export class StreamcapClient extends EventTarget {
     super();
     const o = { ...DEFAULTS, ...options };
     if (o.mode === undefined) o.mode = 'heartbeat';
-    if (o.mode !== 'heartbeat' && o.mode !== 'websocket') {
-      throw new TypeError(`mode must be 'heartbeat' or 'websocket', got ${String(o.mode)}`);
+    if (o.mode !== 'heartbeat' && o.mode !== 'websocket' && o.mode !== 'lambda-websocket') {
+      throw new TypeError(`mode must be 'heartbeat', 'websocket' or 'lambda-websocket', got ${String(o.mode)}`);
     }
-    if (o.baseUrl === undefined && globalThis.location?.origin) o.baseUrl = globalThis.location.origin;
-    if (typeof o.baseUrl !== 'string') throw new TypeError('baseUrl is required outside a browser page');
-    const base = new URL(o.baseUrl, globalThis.location?.href);
-    o.baseUrl = base.href.replace(/\/+$/, '');
+    if (o.mode === 'lambda-websocket') {
+      // An API Gateway WebSocket API has one URL; the stream and user go in its query.
+      if (typeof o.socketUrl !== 'string') throw new TypeError("socketUrl (the WebSocket API's wss:// URL) is required in lambda-websocket mode");
+      o.socketUrl = new URL(o.socketUrl, globalThis.location?.href).href;
+      if (!(o.maxConnectionMs > 0)) throw new TypeError('maxConnectionMs must be a positive number of milliseconds');
+    } else {
+      if (o.baseUrl === undefined && globalThis.location?.origin) o.baseUrl = globalThis.location.origin;
+      if (typeof o.baseUrl !== 'string') throw new TypeError('baseUrl is required outside a browser page');
+      const base = new URL(o.baseUrl, globalThis.location?.href);
+      o.baseUrl = base.href.replace(/\/+$/, '');
+    }
     checkId('streamId', o.streamId);
     if (o.userId !== undefined) checkId('userId', o.userId);
     // Rules match on these, so they take the id alphabet, as the server checks.
@@ -84,7 +93,7 @@ export class StreamcapClient extends EventTarget {
       throw new TypeError('no fetch implementation: pass the fetch option');
     }
     this.#WebSocket = o.WebSocket ?? globalThis.WebSocket;
-    if (o.mode === 'websocket' && typeof this.#WebSocket !== 'function') {
+    if (o.mode !== 'heartbeat' && typeof this.#WebSocket !== 'function') {
       throw new TypeError(
         'no WebSocket implementation: pass the WebSocket option (Node 20 has a global one only with --experimental-websocket)',
       );
@@ -500,9 +509,12 @@ class SocketRun {
     if (this.#ended) return {};
     const protocols = ['streamcap.v1'];
     if (token) protocols.push(`streamcap.bearer.${token}`);
+    // On API Gateway (lambda-websocket), the client speaks first and renews: `start`, then `renew` every ttl/3.
+    const lambda = h.opts.mode === 'lambda-websocket';
+    const url = lambda ? gatewayUrl(h.opts, this.#evict) : socketUrl(h.opts, this.#evict);
     let ws;
     try {
-      ws = new h.WebSocket(socketUrl(h.opts, this.#evict), protocols);
+      ws = new h.WebSocket(url, protocols);
     } catch (error) {
       // A token with characters a subprotocol cannot carry, or a bad URL: retrying cannot help.
       const detail = { phase: first ? 'acquire' : 'renew', status: null, problem: null, cause: error, retryInMs: null };
@@ -518,9 +530,42 @@ class SocketRun {
       let outcome = null;
       let watchdog = null;
       let lease = null;
+      let renewals = null;
+      let rotation = null;
       const finish = (value) => {
         clearTimeout(watchdog);
+        clearInterval(renewals);
+        clearTimeout(rotation);
         resolve({ granted, ...value });
+      };
+      const say = (type) => {
+        try {
+          ws.send(JSON.stringify({ type }));
+        } catch {
+          // Closing: its close handler reports it.
+        }
+      };
+      // Before API Gateway's 2-hour limit, a new socket takes the lease over (a renewal that replaces the holder):
+      // the old socket is then told `replaced`, which is expected, and closed by the server.
+      const rotate = () => {
+        let next;
+        try {
+          next = new h.WebSocket(url, protocols);
+        } catch {
+          return;
+        }
+        next.onopen = () => {
+          if (this.#ended) return next.close(1000, 'stop');
+          const old = ws;
+          old.onmessage = old.onclose = old.onerror = null;
+          ws = this.#ws = next;
+          attach();
+          say('start');
+        };
+        next.onerror = () => {
+          // The old socket still holds the lease: try again in a minute.
+          rotation = setTimeout(rotate, 60_000);
+        };
       };
       // The server speaks every ttl/3; a full TTL of silence means the connection is dead even if no close came.
       const arm = () => {
@@ -539,7 +584,7 @@ class SocketRun {
           finish({ error: { phase: phase(), status: null, problem: null, cause, retryInMs: null }, retryAfterMs: null });
         }, ttl * 1000);
       };
-      ws.onmessage = (event) => {
+      const onmessage = (event) => {
         if (this.#ended || typeof event.data !== 'string') return;
         let msg;
         try {
@@ -549,10 +594,17 @@ class SocketRun {
         }
         const { type, ...fields } = msg;
         if (type === 'granted') {
+          const again = granted;
           lease = this.#lease = fields;
           const wasFirst = first && !granted;
           granted = true;
           arm();
+          if (lambda && !again) {
+            renewals = setInterval(() => say('renew'), renewInterval(lease));
+            rotation = setTimeout(rotate, h.opts.maxConnectionMs);
+          } else if (lambda) {
+            rotation = setTimeout(rotate, h.opts.maxConnectionMs);
+          }
           h.granted(this, lease, wasFirst);
         } else if (type === 'renewed') {
           lease = this.#lease = { ...lease, ...fields };
@@ -589,17 +641,22 @@ class SocketRun {
         const cause = new Error(`the socket closed with code ${code}${reason ? `: ${reason}` : ''}`);
         finish({ error: { phase: phase(), status: null, problem: null, cause, retryInMs: null }, retryAfterMs: null });
       };
-      ws.onclose = (event) => closed(event.code, event.reason);
-      // Browsers follow an error with a close (1006), but node 20's WebSocket may not, when the connection is
-      // refused: an error ends the socket here.
-      ws.onerror = () => {
-        closed(1006, 'the connection failed');
-        try {
-          ws.close();
-        } catch {
-          // Not closable in its state: it is gone.
-        }
+      const attach = () => {
+        ws.onmessage = onmessage;
+        ws.onclose = (event) => closed(event.code, event.reason);
+        // Browsers follow an error with a close (1006), but node 20's WebSocket may not, when the connection is
+        // refused: an error ends the socket here.
+        ws.onerror = () => {
+          closed(1006, 'the connection failed');
+          try {
+            ws.close();
+          } catch {
+            // Not closable in its state: it is gone.
+          }
+        };
       };
+      attach();
+      if (lambda) ws.onopen = () => say('start');
     });
   }
 }
@@ -625,6 +682,16 @@ function labels(o) {
 function leaseUrl(o, suffix) {
   const owner = o.userId === undefined ? '/v1/me' : `/v1/users/${encodeURIComponent(o.userId)}`;
   return `${o.baseUrl}${owner}/streams/${encodeURIComponent(o.streamId)}${suffix}`;
+}
+
+/** The URL of an API Gateway WebSocket API: its one URL, with the stream, the user and the labels in the query. */
+function gatewayUrl(o, evict) {
+  const url = new URL(o.socketUrl);
+  url.searchParams.set('stream', o.streamId);
+  if (o.userId !== undefined) url.searchParams.set('user', o.userId);
+  for (const [k, v] of Object.entries(labels(o))) url.searchParams.set(k, v);
+  if (evict.length) url.searchParams.set('evict', evict.join(','));
+  return url.href;
 }
 
 function socketUrl(o, evict) {

@@ -45,6 +45,9 @@ pub struct Config {
     pub demo: bool,
     /// Serve the support console at `/console`.
     pub console: bool,
+    /// The TTL of leases held by API Gateway WebSocket connections, which
+    /// renew over the socket and are released when it closes.
+    pub socket_lease_ttl: Ttl,
 }
 
 /// A configuration error, as one line for an operator.
@@ -168,6 +171,7 @@ fn build(s: Settings) -> Result<Config, ConfigError> {
         protection: s.protection.into(),
         demo: s.demo,
         console: s.console,
+        socket_lease_ttl: s.socket_lease_ttl.unwrap_or(s.lease_ttl),
     })
 }
 

@@ -111,6 +111,10 @@ pub(super) struct Settings {
     #[arg(long, env = "STREAMCAP_LEASE_TTL", value_name = "SECONDS", value_parser = flag::<Ttl>, display_order = 7)]
     #[serde(deserialize_with = "key")]
     pub lease_ttl: Ttl,
+    /// Seconds a lease held by an API Gateway WebSocket connection lives without a renewal (streamcap-lambda), 1..=86400 [default: --lease-ttl]
+    #[arg(long, env = "STREAMCAP_SOCKET_LEASE_TTL", value_name = "SECONDS", value_parser = flag::<Ttl>)]
+    #[serde(deserialize_with = "key_option")]
+    pub socket_lease_ttl: Option<Ttl>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "STREAMCAP_LOG_FORMAT", value_name = "FORMAT", value_parser = flag::<LogFormat>)]
     #[serde(deserialize_with = "key")]
@@ -331,6 +335,7 @@ impl Default for Settings {
             on_store_error: OnStoreError::Deny,
             limits: LimitSettings::default(),
             lease_ttl: Ttl::from_secs(60).expect("in range"),
+            socket_lease_ttl: None,
             log_format: LogFormat::Text,
             metrics_listen: None,
             demo: false,
@@ -546,6 +551,11 @@ fn flag<T: Spelling>(s: &str) -> Result<T, String> {
 /// Reads a file key (a serde `deserialize_with`).
 fn key<'de, D: Deserializer<'de>, T: Spelling>(d: D) -> Result<T, D::Error> {
     T::check(T::Raw::deserialize(d)?).map_err(D::Error::custom)
+}
+
+/// Reads a file key whose default is another setting's value.
+fn key_option<'de, D: Deserializer<'de>, T: Spelling>(d: D) -> Result<Option<T>, D::Error> {
+    key(d).map(Some)
 }
 
 /// Reads a table whose keys the operator names, such as `limits.plans`.

@@ -387,8 +387,9 @@ fn the_defaults_shown_in_help_are_the_built_in_defaults() {
             continue;
         };
         let flag = format!("--{}", arg.get_long().unwrap());
-        if flag == "--jwt-algorithms" {
-            // "what the keys allow" describes the default; it is not a value.
+        if flag == "--jwt-algorithms" || flag == "--socket-lease-ttl" {
+            // "what the keys allow" and "--lease-ttl" describe the default;
+            // they are not values (the socket TTL's has a test of its own).
             continue;
         }
         assert_eq!(settings_of(&["serve", &flag, value]).unwrap(), Settings::default(), "{flag} {value}");
@@ -751,4 +752,19 @@ fn cors_allowed_origins_come_as_a_list_and_are_checked_as_browsers_spell_origins
         let e = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap_err().to_string();
         assert!(e.contains("protection.cors_allowed_origins") && e.contains(needle), "{bad}: {e}");
     }
+}
+
+#[test]
+fn the_socket_lease_ttl_defaults_to_the_lease_ttl_and_is_set_like_any_setting() {
+    assert_eq!(parse(&["serve", "--lease-ttl", "45"]).unwrap().socket_lease_ttl.as_secs(), 45);
+    let c = parse(&["serve", "--lease-ttl", "45", "--socket-lease-ttl", "900"]).unwrap();
+    assert_eq!((c.policy.lease_ttl.as_secs(), c.socket_lease_ttl.as_secs()), (45, 900));
+    let f = file("socket_lease_ttl = 600\n");
+    let c = parse(&["serve", "--config", f.path().to_str().unwrap()]).unwrap();
+    assert_eq!((c.policy.lease_ttl.as_secs(), c.socket_lease_ttl.as_secs()), (60, 600));
+    let e = parse(&["serve", "--socket-lease-ttl", "0"]).err().unwrap().to_string();
+    assert!(e.contains("--socket-lease-ttl"), "{e}");
+    let f = file("socket_lease_ttl = 0\n");
+    let e = parse(&["serve", "--config", f.path().to_str().unwrap()]).err().unwrap().to_string();
+    assert!(e.contains("socket_lease_ttl"), "{e}");
 }

@@ -36,6 +36,7 @@ mod demo;
 pub mod dto;
 mod edge;
 mod extract;
+pub mod gateway;
 mod handlers;
 mod notice;
 mod openapi;
@@ -45,7 +46,7 @@ mod respond;
 mod socket;
 mod source;
 
-pub use notice::InstanceId;
+pub use notice::{GATEWAY, InstanceId, push_to_gateway};
 
 use crate::policy::Protection;
 use handlers::*;
@@ -138,15 +139,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Idle rate-limit buckets are forgotten once a minute.
-    let rate = state.rate.clone();
-    let tidy = tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            every.tick().await;
-            rate.tidy();
-        }
-    });
+    let tidy = tidy(&state);
     // Notices from other instances about this one's sockets, before any
     // socket opens. Without them, a socket learns of a loss decided
     // elsewhere at its next renewal.
@@ -182,6 +175,19 @@ pub async fn serve(
         notices.abort();
     }
     served
+}
+
+/// Forgets idle rate-limit buckets once a minute, until the task is
+/// aborted. A frozen Lambda instance catches up when it thaws.
+pub fn tidy(state: &AppState) -> tokio::task::JoinHandle<()> {
+    let rate = state.rate.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            rate.tidy();
+        }
+    })
 }
 
 /// Every route, with its documentation: the router and the OpenAPI

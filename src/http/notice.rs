@@ -9,14 +9,49 @@
 //! been made where it lives. Notices are best effort: one that is lost
 //! leaves the socket to learn at its next renewal, within ttl/3. Nothing
 //! here decides: a notice only tells what a decision already did.
+//!
+//! A lease held by an API Gateway WebSocket connection (streamcap-lambda)
+//! has the holder `apigw~<connection>` ([`GATEWAY`]): its notice is the
+//! `revoked` message itself, handed to the pusher that
+//! [`push_to_gateway`] installed, which posts it to the connection.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
 use crate::limiter::{Holder, StreamId, UserId};
 use crate::metrics;
 use crate::store::{Store, Subscription};
+
+use super::dto::{RevokedMessage, SocketMessage};
+
+/// The "instance" of the holder tokens of API Gateway WebSocket
+/// connections: `apigw~<connection>`.
+pub const GATEWAY: &str = "apigw";
+
+/// Where the losses of connection-held leases go: the holder, and the
+/// `revoked` message for it.
+type GatewayPush = Box<dyn Fn(&Holder, String) + Send + Sync>;
+
+static GATEWAY_PUSH: OnceLock<GatewayPush> = OnceLock::new();
+
+/// Installs the pusher of connection-held leases' losses (once per
+/// process: streamcap-lambda's). Without one they are dropped, and the
+/// connection learns at its next renewal.
+pub fn push_to_gateway(push: impl Fn(&Holder, String) + Send + Sync + 'static) {
+    let _ = GATEWAY_PUSH.set(Box::new(push));
+}
+
+/// The `revoked` message a socket gets for `loss` of `stream`.
+pub(super) fn revoked_message(stream: &StreamId, loss: &Loss) -> String {
+    let (reason, by) = match loss {
+        Loss::Evicted(by) => ("evicted_by_new_stream", Some(by.as_str().to_owned())),
+        Loss::Revoked => ("revoked", None),
+        Loss::Replaced => ("replaced", Some(stream.as_str().to_owned())),
+    };
+    let revoked = RevokedMessage { reason: reason.to_owned(), by_stream_id: by };
+    serde_json::to_string(&SocketMessage::Revoked(revoked)).expect("messages serialize")
+}
 
 /// Why a socket lost its lease to someone else.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,6 +136,13 @@ pub(super) struct Notice {
 /// sockets itself) or a store that carries no messages.
 pub(super) fn send(store: &Store, me: &InstanceId, user: &UserId, stream: &StreamId, holder: &Holder, loss: &Loss) {
     let Some((to, _)) = holder.as_str().rsplit_once('~') else { return };
+    if to == GATEWAY {
+        match GATEWAY_PUSH.get() {
+            Some(push) => push(holder, revoked_message(stream, loss)),
+            None => metrics::push("dropped"),
+        }
+        return;
+    }
     if to == me.as_str() || !store.carries_messages() {
         return;
     }

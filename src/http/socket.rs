@@ -501,7 +501,7 @@ impl Offer {
 
 /// The `Authorization` value a socket authenticates with: the header's, or
 /// `Bearer <token>` from the one bearer subprotocol. Never both.
-fn credential(headers: &HeaderMap, bearers: Vec<String>) -> Result<Option<HeaderValue>, ApiError> {
+pub(super) fn credential(headers: &HeaderMap, bearers: Vec<String>) -> Result<Option<HeaderValue>, ApiError> {
     let header = headers.get(header::AUTHORIZATION);
     match (header, bearers.as_slice()) {
         (None, []) => Ok(None),
@@ -568,9 +568,9 @@ async fn connect(state: &AppState, admitted: Result<(UserId, Acquire), ApiError>
 }
 
 /// A refusal as the socket tells it: a message, then a close.
-struct Refusal {
-    message: String,
-    code: u16,
+pub(super) struct Refusal {
+    pub(super) message: String,
+    pub(super) code: u16,
     /// The close frame's reason: the problem's slug.
     reason: String,
 }
@@ -578,7 +578,7 @@ struct Refusal {
 /// The refusal that stands for a refusing answer of the `PUT`: 409 is
 /// `refused`, 410 `revoked` and any other `error`, each closed with 4000
 /// plus the status.
-async fn refusal(answer: Response) -> Refusal {
+pub(super) async fn refusal(answer: Response) -> Refusal {
     let status = answer.status();
     let retry_after = answer.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let mut fields: Map<String, Value> = serde_json::from_str(&body_text(answer).await).unwrap_or_default();
@@ -609,13 +609,13 @@ async fn refusal(answer: Response) -> Refusal {
     Refusal { message: tagged(kind, &Value::Object(fields).to_string()), code, reason: slug }
 }
 
-async fn body_text(answer: Response) -> String {
+pub(super) async fn body_text(answer: Response) -> String {
     let bytes = axum::body::to_bytes(answer.into_body(), 1 << 20).await.unwrap_or_default();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// `{"type":"<kind>", ...}`: the JSON object `body` with `type` in front.
-fn tagged(kind: &str, body: &str) -> String {
+pub(super) fn tagged(kind: &str, body: &str) -> String {
     let rest = body.trim().strip_prefix('{').unwrap_or("}");
     let comma = if rest.trim_start().starts_with('}') { "" } else { "," };
     format!("{{\"type\":\"{kind}\"{comma}{rest}")
