@@ -2,7 +2,7 @@
 //! of instances and Lambda functions.
 //!
 //! Each decision runs the shared read-decide-write loop
-//! ([`super::optimistic`]): a strongly consistent `GetItem`, then
+//! (`super::optimistic`): a strongly consistent `GetItem`, then
 //! [`limiter::apply`] on the decoded state with this instance's clock, then
 //! a `PutItem` (or a `DeleteItem`, when nothing is left) conditioned on the
 //! version that was read. So the rules stay in `limiter`, and DynamoDB's
