@@ -4,8 +4,9 @@
 //! A backend's one job is to run [`limiter::apply`](crate::limiter::apply)
 //! atomically per user and keep what it returns. Backends never make
 //! decisions of their own and never read policy: limits, TTLs and the
-//! on-limit behaviour arrive resolved inside each [`Op`]. The one policy fact a store keeps is a user's override, as
-//! data; the rules decide what it means.
+//! on-limit behaviour arrive resolved inside each [`Op`]. The one policy
+//! fact a store keeps is a user's override, as data; the rules decide what
+//! it means.
 
 use std::future::Future;
 use std::path::PathBuf;
