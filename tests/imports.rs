@@ -79,9 +79,9 @@ fn children(files: &BTreeMap<ModPath, syn::File>, module: &ModPath) -> BTreeSet<
 }
 
 fn is_test_only(attrs: &[syn::Attribute]) -> bool {
-    attrs.iter().any(|a| {
-        a.path().is_ident("cfg") && a.meta.require_list().is_ok_and(|l| l.tokens.to_string().contains("test"))
-    })
+    attrs
+        .iter()
+        .any(|a| a.path().is_ident("cfg") && a.meta.require_list().is_ok_and(|l| l.tokens.to_string().contains("test")))
 }
 
 /// The paths a file names, as written, outside test-only code.
@@ -179,7 +179,8 @@ fn dependencies() -> BTreeMap<(ModPath, String, String), Evidence> {
             if !children(&parsed, &parent).contains(to) {
                 continue; // an item of the parent, not a sibling module
             }
-            out.entry((parent, from.clone(), to.clone())).or_insert_with(|| (names[module].clone(), written.join("::")));
+            out.entry((parent, from.clone(), to.clone()))
+                .or_insert_with(|| (names[module].clone(), written.join("::")));
         }
     }
     out
@@ -263,7 +264,9 @@ fn the_check_sees_the_dependencies_it_must() {
     // Guards the parser: if these known one-way dependencies went unseen,
     // an empty cycle list would prove nothing.
     let deps = dependencies();
-    for (parent, from, to) in [(vec!["http"], "handlers", "access"), (vec![], "http", "store"), (vec![], "store", "limiter")] {
+    for (parent, from, to) in
+        [(vec!["http"], "handlers", "access"), (vec![], "http", "store"), (vec![], "store", "limiter")]
+    {
         let parent: ModPath = parent.into_iter().map(String::from).collect();
         assert!(
             deps.contains_key(&(parent.clone(), from.to_string(), to.to_string())),

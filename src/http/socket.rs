@@ -36,9 +36,9 @@ use tracing::Instrument;
 
 use super::AppState;
 use super::access::{Whose, authenticate};
+use super::acquire::{acquire_lease, acquire_request, acquired};
 use super::cors;
 use super::dto::{RenewedMessage, RevokedMessage, SocketMessage, SocketQuery, rfc3339};
-use super::handlers::{acquire_lease, acquire_request, acquired};
 use super::notice::{self, InstanceId, Loss, Notice};
 use super::problem::{ApiError, TYPE_BASE};
 use super::respond;
