@@ -17,7 +17,7 @@
 //! newer socket took it over, on this instance or any other, since its
 //! release frees the lease only while its token is the lease's holder. A
 //! loss decided on another instance reaches the socket as a notice.
-
+//!
 //! This module speaks the protocol: its subprotocols, close codes and
 //! messages, which the API Gateway front (`gateway`) speaks too. `registry`
 //! keeps which socket owns which lease; `connection` lives one socket's
@@ -38,11 +38,11 @@ pub(super) use registry::Sockets;
 
 /// The subprotocol streamcap speaks; the server chooses it whenever the
 /// client offers it.
-pub const PROTOCOL: &str = "streamcap.v1";
+pub(super) const PROTOCOL: &str = "streamcap.v1";
 
 /// A browser's credential: the subprotocol `streamcap.bearer.<token>`,
 /// offered next to [`PROTOCOL`] and never chosen, so never echoed.
-pub const BEARER_PROTOCOL: &str = "streamcap.bearer.";
+pub(super) const BEARER_PROTOCOL: &str = "streamcap.bearer.";
 
 /// The close codes a socket ends with. A refusal closes with 4000 plus the
 /// status the `PUT` would have answered.
@@ -83,7 +83,7 @@ pub(super) fn credential(headers: &HeaderMap, bearers: Vec<String>) -> Result<Op
 /// A refusal as the socket tells it: a message, then a close.
 pub(super) struct Refusal {
     pub(super) message: String,
-    pub(super) code: u16,
+    code: u16,
     /// The close frame's reason: the problem's slug.
     reason: String,
 }
