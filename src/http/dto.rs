@@ -7,62 +7,70 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::limiter::{Grant, Label, Lease, LimitSource, StreamId, Timestamp, Tombstone, Ttl, UserId};
 
-/// `PUT /v1/users/{user_id}/streams/{stream_id}` body. Every field is
-/// optional and an empty body is the same as `{}`. Unknown fields are a 400.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AcquireBody {
-    /// Free text, at most 128 characters; kept with the lease.
-    #[schema(max_length = 128, example = "living-room-tv")]
-    pub device_id: Option<String>,
-    /// Free text, at most 128 characters; kept with the lease.
-    #[schema(max_length = 128, example = "movie-42")]
-    pub content_id: Option<String>,
-    /// What kind of device plays the stream, for the rules' scopes: 1-128
-    /// of `[A-Za-z0-9._~:@-]`. Kept with the lease.
-    #[schema(max_length = 128, example = "tv")]
-    pub device_class: Option<String>,
-    /// What kind of content the stream plays, for the rules' scopes: 1-128
-    /// of `[A-Za-z0-9._~:@-]`. Kept with the lease.
-    #[schema(max_length = 128, example = "live")]
-    pub content_kind: Option<String>,
-    /// The user's plan, which selects the limit, the rules and the on-limit policy. Only
-    /// service callers may set it; a token's plan claim always wins.
-    #[schema(example = "premium")]
-    pub plan: Option<String>,
-    /// Take-over: revoke these live streams of the same user to make room,
-    /// all or nothing. Ids that are not the user's live streams are ignored.
-    pub evict: Option<Vec<String>>,
+/// Declares a struct whose first fields are the stream's fields that an
+/// acquire's `PUT` body and a socket's query share, so that each field and
+/// its documentation have one home. `$attr` is how the struct's derive
+/// spells a field's OpenAPI attribute (`schema` for a body, `param` for a
+/// query); the fields that differ follow the shared ones.
+///
+/// A macro rather than a `#[serde(flatten)]`-ed struct: serde does not
+/// support `deny_unknown_fields` together with `flatten`, so unknown fields
+/// would no longer be a 400, and utoipa would describe the body as an
+/// `allOf` of two schemas rather than one object.
+macro_rules! with_stream_fields {
+    ($(#[$meta:meta])* pub struct $name:ident { $attr:ident; $($rest:tt)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            /// Free text, at most 128 characters; kept with the lease.
+            #[$attr(max_length = 128, example = "living-room-tv")]
+            pub device_id: Option<String>,
+            /// Free text, at most 128 characters; kept with the lease.
+            #[$attr(max_length = 128, example = "movie-42")]
+            pub content_id: Option<String>,
+            /// What kind of device plays the stream, for the rules' scopes: 1-128
+            /// of `[A-Za-z0-9._~:@-]`. Kept with the lease.
+            #[$attr(max_length = 128, example = "tv")]
+            pub device_class: Option<String>,
+            /// What kind of content the stream plays, for the rules' scopes: 1-128
+            /// of `[A-Za-z0-9._~:@-]`. Kept with the lease.
+            #[$attr(max_length = 128, example = "live")]
+            pub content_kind: Option<String>,
+            /// The user's plan, which selects the limit, the rules and the on-limit policy. Only
+            /// service callers may set it; a token's plan claim always wins.
+            #[$attr(example = "premium")]
+            pub plan: Option<String>,
+            $($rest)*
+        }
+    };
 }
 
-/// The query of the WebSocket routes: the `PUT` body's fields, with the
-/// same meaning and validation. Unknown parameters are a 400, as unknown
-/// body fields are.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct SocketQuery {
-    /// Free text, at most 128 characters; kept with the lease.
-    #[param(max_length = 128, example = "living-room-tv")]
-    pub device_id: Option<String>,
-    /// Free text, at most 128 characters; kept with the lease.
-    #[param(max_length = 128, example = "movie-42")]
-    pub content_id: Option<String>,
-    /// What kind of device plays the stream, for the rules' scopes: 1-128
-    /// of `[A-Za-z0-9._~:@-]`.
-    #[param(max_length = 128, example = "tv")]
-    pub device_class: Option<String>,
-    /// What kind of content the stream plays, for the rules' scopes: 1-128
-    /// of `[A-Za-z0-9._~:@-]`.
-    #[param(max_length = 128, example = "live")]
-    pub content_kind: Option<String>,
-    /// The user's plan (services only; a token's plan claim always wins).
-    #[param(example = "premium")]
-    pub plan: Option<String>,
-    /// Take-over: the stream ids to revoke to make room, separated by
-    /// commas (a comma is not in the id alphabet). Empty means none.
-    #[param(example = "tv-1,laptop-1")]
-    pub evict: Option<String>,
+with_stream_fields! {
+    /// `PUT /v1/users/{user_id}/streams/{stream_id}` body. Every field is
+    /// optional and an empty body is the same as `{}`. Unknown fields are a 400.
+    #[derive(Debug, Default, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct AcquireBody {
+        schema;
+        /// Take-over: revoke these live streams of the same user to make room,
+        /// all or nothing. Ids that are not the user's live streams are ignored.
+        pub evict: Option<Vec<String>>,
+    }
+}
+
+with_stream_fields! {
+    /// The query of the WebSocket routes: the `PUT` body's fields, with the
+    /// same meaning and validation. Unknown parameters are a 400, as unknown
+    /// body fields are.
+    #[derive(Debug, Default, Deserialize, IntoParams)]
+    #[serde(deny_unknown_fields)]
+    #[into_params(parameter_in = Query)]
+    pub struct SocketQuery {
+        param;
+        /// Take-over: the stream ids to revoke to make room, separated by
+        /// commas (a comma is not in the id alphabet). Empty means none.
+        #[param(example = "tv-1,laptop-1")]
+        pub evict: Option<String>,
+    }
 }
 
 impl SocketQuery {
@@ -476,6 +484,28 @@ mod tests {
         for bad in ["", "tomorrow", "2026-11-24", "2026-11-24T05:29:50", "2026-13-01T00:00:00Z"] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
+    }
+
+    /// The socket's query and the `PUT` body declare their shared fields
+    /// once; both still take every one of them as text and refuse a field
+    /// they do not know.
+    #[test]
+    fn the_query_and_the_body_take_the_same_fields() {
+        use axum::extract::Query;
+        use axum::http::Uri;
+        let query = |q: &str| Query::<SocketQuery>::try_from_uri(&Uri::try_from(format!("/s?{q}")).unwrap());
+        let shared = "device_id=a%20b&content_id=m&device_class=tv&content_kind=live&plan=premium";
+        let Query(q) = query(&format!("{shared}&evict=x,y")).unwrap();
+        let body: AcquireBody = serde_json::from_str(
+            r#"{"device_id":"a b","content_id":"m","device_class":"tv","content_kind":"live","plan":"premium","evict":["x","y"]}"#,
+        )
+        .unwrap();
+        assert_eq!(format!("{:?}", q.into_body()), format!("{body:?}"));
+        assert_eq!(query("evict=").unwrap().0.into_body().evict, Some(Vec::new()));
+        // Digits and booleans are text too.
+        assert_eq!(query("plan=5&device_class=true").unwrap().0.plan.as_deref(), Some("5"));
+        assert!(query("limit=5").is_err(), "an unknown parameter is refused");
+        assert!(serde_json::from_str::<AcquireBody>(r#"{"limit":5}"#).is_err(), "an unknown field is refused");
     }
 
     #[test]

@@ -26,8 +26,8 @@ use serde_json::Value;
 
 use super::AppState;
 use super::access::{Whose, authenticate};
+use super::acquire::{acquire_request, acquired};
 use super::dto::{RenewedMessage, SocketMessage, SocketQuery};
-use super::handlers::{acquire_request, acquired};
 use super::problem::ApiError;
 use super::socket::{self, BEARER_PROTOCOL, PROTOCOL};
 use super::source::Source;

@@ -17,6 +17,8 @@ use serde_json::json;
 
 use super::AppState;
 use super::access::{Authed, AuthedUser, Need, Whose, admit, resolve};
+use super::acquire::{acquire_request, acquired};
+use super::audit;
 #[allow(unused_imports)] // some are named only in #[utoipa::path] attributes
 use super::dto::{
     self, AcquireBody, ActiveStream, ClockBody, LeaseBody, LimitBody, ListBody, PlanQuery, ProblemBody, ReadyBody,
@@ -25,11 +27,9 @@ use super::dto::{
 use super::extract::{IfMatch, OptionalJson, PathIds, PlanParam};
 use super::problem::{ApiError, Problem};
 use super::source::Source;
-use super::{audit, respond};
 use crate::auth::Caller;
 use crate::clock::TimeSource;
-use crate::limiter::{Acquire, Decision, Label, Limit, Override, StreamId, Timestamp, UserId};
-use crate::policy::OnStoreError;
+use crate::limiter::{Acquire, Limit, Override, StreamId, Timestamp, UserId};
 use crate::store::StoreError;
 
 /// The error answers every authenticated route shares, for the OpenAPI
@@ -509,27 +509,6 @@ async fn acquire_for(
 /// The 412 for an `If-Match` that names entity tags.
 const NO_ENTITY_TAGS: &str = "streamcap issues no entity tags: send If-Match: * to renew a lease the stream holds";
 
-/// The answer to an admitted, validated acquire, exactly as the `PUT`
-/// gives it: 201, 200, 409, 410, 503, or a degraded 201 when the policy
-/// fails open. The `PUT` and the WebSocket routes share it.
-pub(super) async fn acquired(state: &AppState, user: UserId, req: Acquire) -> Result<Response, ApiError> {
-    // A degraded grant needs the request that the store call consumes.
-    let fallback = (state.policy.on_store_error == OnStoreError::Allow).then(|| req.clone());
-    let answer = acquire_lease(state, &user, req).await;
-    respond::acquired(state, user, answer, fallback)
-}
-
-/// The store's acquire, with this instance's sockets told at once about
-/// the leases it evicted. Every acquire, from a `PUT` or a socket, goes
-/// through here.
-pub(super) async fn acquire_lease(state: &AppState, user: &UserId, req: Acquire) -> Result<Decision, StoreError> {
-    let answer = state.store.acquire(user, req).await;
-    if let Ok(Decision::Granted(grant) | Decision::Renewed(grant)) = &answer {
-        state.sockets.granted(user, grant);
-    }
-    answer
-}
-
 async fn release_for(
     state: &AppState,
     caller: &Caller,
@@ -555,50 +534,6 @@ async fn list_for(state: &AppState, caller: &Caller, whose: Whose, query: PlanQu
     Ok(axum::Json(body).into_response())
 }
 
-/// The user an acquire acts on, once the caller is admitted for it, and
-/// the acquire body validated into limiter types with the policy of the
-/// plan that applies. The `PUT` and the WebSocket routes share it, so both
-/// follow the same rules in the same order.
-pub(super) fn acquire_request(
-    state: &AppState,
-    caller: &Caller,
-    whose: Whose,
-    stream: StreamId,
-    body: AcquireBody,
-) -> Result<(UserId, Acquire), ApiError> {
-    let user = admit(state, caller, whose, Need::ActFor)?;
-    let label = |field: &str, v: Option<String>| {
-        v.map(|s| Label::new(&s).map_err(|e| ApiError::BadRequest(format!("{field} {e}")))).transpose()
-    };
-    let evict = body
-        .evict
-        .unwrap_or_default()
-        .iter()
-        .map(|s| StreamId::new(s).map_err(|e| ApiError::BadRequest(format!("evict: stream id {s:?} {e}"))))
-        .collect::<Result<Vec<_>, _>>()?;
-    let policy = resolve(state, caller, body.plan.as_deref())?;
-    let policy_named = policy.plan.is_some();
-    let req = Acquire {
-        stream_id: stream,
-        device_id: label("device_id", body.device_id)?,
-        content_id: label("content_id", body.content_id)?,
-        device_class: trait_label("device_class", body.device_class)?,
-        content_kind: trait_label("content_kind", body.content_kind)?,
-        plan: policy.plan,
-        limit: policy.limit,
-        rules: policy.rules,
-        ttl: state.policy.lease_ttl,
-        on_limit: policy.on_limit,
-        evict,
-        enforce: state.policy.enforce,
-        // A request that names no plan keeps the plan of its lease.
-        plans: if policy_named { None } else { state.plans.clone() },
-        held: false,
-        holder: None,
-    };
-    Ok((user, req))
-}
-
 /// An override's `expires_at` as given: an RFC 3339 time after `now` and
 /// at most 366 days ahead of it.
 fn override_expiry(value: &serde_json::Value, now: Timestamp) -> Result<Timestamp, ApiError> {
@@ -613,12 +548,4 @@ fn override_expiry(value: &serde_json::Value, now: Timestamp) -> Result<Timestam
         return Err(bad(&format!("{text:?} is more than 366 days ahead")));
     }
     Ok(at)
-}
-
-/// A trait that rules match on (`device_class`, `content_kind`): a label
-/// of the id alphabet, as the configured rules' values are, so that a
-/// value a rule could never match is refused rather than quietly ignored.
-fn trait_label(field: &str, value: Option<String>) -> Result<Option<Label>, ApiError> {
-    let Some(s) = value else { return Ok(None) };
-    Label::id(&s).map(Some).map_err(|e| ApiError::BadRequest(format!("{field} {e}")))
 }

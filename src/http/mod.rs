@@ -29,6 +29,7 @@ use crate::store::Store;
 use axum::http::HeaderName;
 
 mod access;
+mod acquire;
 mod audit;
 mod console;
 mod cors;
