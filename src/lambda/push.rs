@@ -17,6 +17,7 @@ use aws_sdk_apigatewaymanagement::Client;
 use aws_sdk_apigatewaymanagement::config::timeout::TimeoutConfig;
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 
+use crate::http::GATEWAY;
 use crate::limiter::Holder;
 
 /// The environment variable that holds the `@connections` endpoint, as the
@@ -72,7 +73,7 @@ impl Pusher {
     /// Queues the `revoked` message of a lease that `holder`'s connection
     /// lost, and the connection's deletion.
     pub fn lost(&self, holder: &Holder, message: String) {
-        if let Some(connection) = super::socket::connection_of(holder) {
+        if let Some(connection) = connection_of(holder) {
             self.post(&connection, message, true);
         }
     }
@@ -113,5 +114,39 @@ impl Pusher {
                 }
             }
         }
+    }
+}
+
+/// The holder token of a connection. Connection ids are base64-like, so
+/// they are carried in hex, which the id alphabet holds.
+pub fn holder_of(connection: &str) -> Option<Holder> {
+    let hex: String = connection.bytes().map(|b| format!("{b:02x}")).collect();
+    Holder::new(&format!("{GATEWAY}~{hex}")).ok()
+}
+
+/// The connection of a holder token that [`holder_of`] made.
+pub fn connection_of(holder: &Holder) -> Option<String> {
+    let hex = holder.as_str().strip_prefix(GATEWAY)?.strip_prefix('~')?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes =
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok()).collect::<Option<_>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_id_round_trips_through_its_holder_token() {
+        for id in ["L0SM9cOFvHcCIhw=", "GXLKJeHLIAMCL-A=", "a/b+c"] {
+            let holder = holder_of(id).unwrap();
+            assert!(holder.as_str().starts_with("apigw~"), "{holder:?}");
+            assert_eq!(connection_of(&holder).as_deref(), Some(id));
+        }
+        assert_eq!(connection_of(&Holder::new("web-1~3").unwrap()), None);
+        assert_eq!(connection_of(&Holder::new("apigw~abc").unwrap()), None);
     }
 }

@@ -26,9 +26,9 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::push::Pusher;
+use super::push::{Pusher, holder_of};
+use crate::http::AppState;
 use crate::http::gateway::{self, Reply, Ticket};
-use crate::http::{AppState, GATEWAY};
 use crate::limiter::Holder;
 
 /// The authorizer's context key that holds the connection's ticket.
@@ -102,24 +102,6 @@ struct Context {
 struct Identity {
     #[serde(default)]
     source_ip: Option<String>,
-}
-
-/// The holder token of a connection. Connection ids are base64-like, so
-/// they are carried in hex, which the id alphabet holds.
-pub fn holder_of(connection: &str) -> Option<Holder> {
-    let hex: String = connection.bytes().map(|b| format!("{b:02x}")).collect();
-    Holder::new(&format!("{GATEWAY}~{hex}")).ok()
-}
-
-/// The connection of a holder token that [`holder_of`] made.
-pub fn connection_of(holder: &Holder) -> Option<String> {
-    let hex = holder.as_str().strip_prefix(GATEWAY)?.strip_prefix('~')?;
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    let bytes =
-        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok()).collect::<Option<_>>()?;
-    String::from_utf8(bytes).ok()
 }
 
 impl Gateway {
@@ -265,17 +247,6 @@ fn header_map(headers: Option<&HashMap<String, String>>) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_connection_id_round_trips_through_its_holder_token() {
-        for id in ["L0SM9cOFvHcCIhw=", "GXLKJeHLIAMCL-A=", "a/b+c"] {
-            let holder = holder_of(id).unwrap();
-            assert!(holder.as_str().starts_with("apigw~"), "{holder:?}");
-            assert_eq!(connection_of(&holder).as_deref(), Some(id));
-        }
-        assert_eq!(connection_of(&Holder::new("web-1~3").unwrap()), None);
-        assert_eq!(connection_of(&Holder::new("apigw~abc").unwrap()), None);
-    }
 
     #[test]
     fn events_are_told_apart() {
