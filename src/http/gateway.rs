@@ -67,7 +67,7 @@ pub struct Reply {
     pub close: bool,
 }
 
-/// The subprotocol a `$connect` answers with: [`PROTOCOL`] when offered.
+/// The subprotocol a `$connect` answers with: `streamcap.v1` when offered.
 /// A 400 when subprotocols are offered without it, as on `serve`.
 pub fn chosen_protocol(offered: Option<&str>) -> Result<Option<&'static str>, StatusCode> {
     let (protocols, _) = protocols(offered).map_err(|e| e.into_response().status())?;
