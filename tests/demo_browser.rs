@@ -19,10 +19,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use common::Process;
+use common::{Process, browser};
 
 #[tokio::test]
 async fn the_demo_is_served_only_with_the_flag_and_outside_the_api() {
@@ -71,50 +70,12 @@ async fn the_demo_is_served_only_with_the_flag_and_outside_the_api() {
     assert!(!doc.contains("/demo"));
 }
 
-/// The Python that has selenium: the virtualenv ./scripts/test makes, or
-/// else the one on PATH.
-fn python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/python3");
-    if venv.exists() { venv } else { PathBuf::from("python3") }
-}
-
-const INSTALL: &str = "run ./scripts/test once (it installs what the tests need), or install them by hand:\n    \
-     apt-get install chromium chromium-driver\n    \
-     python3 -m venv target/tools/venv && target/tools/venv/bin/pip install selenium==4.51.0";
-
-/// Fails, saying how to install it, when a tool the browser test needs is missing.
-fn require_tools(python: &Path) {
-    for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
-        assert!(Path::new(tool).exists(), "the browser test needs {tool}; {INSTALL}");
-    }
-    let selenium = Command::new(python).args(["-c", "import selenium"]).output();
-    let found = selenium.as_ref().is_ok_and(|o| o.status.success());
-    assert!(found, "the browser test needs selenium for {}: {selenium:?}; {INSTALL}", python.display());
-}
-
 #[test]
 fn the_demo_in_headless_chromium() {
-    let python = python();
-    require_tools(&python);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/demo/browser_test.py");
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo.png");
     let _ = std::fs::remove_file(&screenshot);
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg("--binary")
-        .arg(env!("CARGO_BIN_EXE_streamcap"))
-        .arg("--screenshot")
-        .arg(&screenshot)
-        // Selenium must not look for a browser or a driver online.
-        .env("SE_OFFLINE", "true")
-        .output()
-        .expect("run tests/demo/browser_test.py");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the browser test failed ({}):\n{stdout}\n{stderr}", out.status);
-    // What it measured, in the test's output.
-    println!("{stdout}");
-    let png = std::fs::read(&screenshot).expect("the browser test wrote no screenshot");
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "not a screenshot: {} bytes", png.len());
-    println!("screenshot: {}", screenshot.display());
+    let mut cmd = browser::script("tests/demo/browser_test.py");
+    cmd.arg("--binary").arg(env!("CARGO_BIN_EXE_streamcap")).arg("--screenshot").arg(&screenshot);
+    browser::run(&mut cmd);
+    browser::screenshot(&screenshot);
 }
