@@ -43,15 +43,11 @@ const SOCKET_STREAM: &str = "phone-1";
 
 #[tokio::test]
 async fn the_console_is_served_only_with_the_flag_and_outside_the_api() {
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let get = |url: String| {
-        let client = client.clone();
-        async move { client.get(url).send().await.unwrap() }
-    };
+    let client = browser::client();
 
     let off = Process::start(&["--store", "memory"]);
     for path in ["/console", "/console/console.js"] {
-        let r = get(off.url(path)).await;
+        let r = client.get(off.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 404, "{path}");
         assert_eq!(r.headers()["content-type"], "application/problem+json", "{path}");
     }
@@ -62,12 +58,7 @@ async fn the_console_is_served_only_with_the_flag_and_outside_the_api() {
         ("/console/console.js", "text/javascript; charset=utf-8", "sessionStorage"),
         ("/console/console.css", "text/css; charset=utf-8", "#message"),
     ] {
-        let r = get(on.url(path)).await;
-        assert_eq!(r.status(), 200, "{path}");
-        let headers = r.headers().clone();
-        assert_eq!(headers["content-type"], content_type, "{path}");
-        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
-        assert_eq!(headers["cache-control"], "no-cache", "{path}");
+        let (headers, body) = browser::page_file(&client, &on, path, content_type, needle).await;
         assert_eq!(headers["x-frame-options"], "DENY", "{path}");
         assert_eq!(headers["referrer-policy"], "no-referrer", "{path}");
         assert!(!headers.contains_key("set-cookie"), "{path}");
@@ -85,8 +76,6 @@ async fn the_console_is_served_only_with_the_flag_and_outside_the_api() {
             assert!(csp.contains(directive), "{path}: {csp} lacks {directive}");
         }
         assert!(!csp.contains("unsafe"), "{path}: {csp}");
-        let body = r.text().await.unwrap();
-        assert!(body.contains(needle), "{path} lacks {needle:?}");
         if path == "/console" {
             // Every script is a file of this origin; no inline code or handler.
             assert_eq!(body.matches("<script").count(), body.matches("<script type=\"module\" src=\"console/").count());
@@ -98,16 +87,7 @@ async fn the_console_is_served_only_with_the_flag_and_outside_the_api() {
             assert!(!body.contains("style="), "{path} has an inline style");
         }
     }
-    let r = get(on.url("/console/")).await;
-    assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (308, "../console"));
-    let r = get(on.url("/console/index.html")).await;
-    assert_eq!(r.status(), 404);
-    let r = client.post(on.url("/console")).send().await.unwrap();
-    assert_eq!(r.status(), 405);
-    assert_eq!(r.headers()["content-type"], "application/problem+json");
-    let doc = get(on.url("/openapi.json")).await.text().await.unwrap();
-    assert_eq!(doc, get(off.url("/openapi.json")).await.text().await.unwrap());
-    assert!(!doc.contains("/console"));
+    browser::assert_outside_the_api(&client, &off, &on, "/console").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

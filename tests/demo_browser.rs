@@ -25,17 +25,13 @@ use common::{Process, browser};
 
 #[tokio::test]
 async fn the_demo_is_served_only_with_the_flag_and_outside_the_api() {
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let get = |url: String| {
-        let client = client.clone();
-        async move { client.get(url).send().await.unwrap() }
-    };
+    let client = browser::client();
 
     let off = Process::start(&["--store", "memory"]);
-    let r = get(off.url("/demo")).await;
+    let r = client.get(off.url("/demo")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
-    assert_eq!(get(off.url("/demo/streamcap.js")).await.status(), 404);
+    assert_eq!(client.get(off.url("/demo/streamcap.js")).send().await.unwrap().status(), 404);
 
     let on = Process::start(&["--store", "memory", "--demo"]);
     for (path, content_type, needle) in [
@@ -44,30 +40,11 @@ async fn the_demo_is_served_only_with_the_flag_and_outside_the_api() {
         ("/demo/demo.css", "text/css; charset=utf-8", "#state"),
         ("/demo/streamcap.js", "text/javascript; charset=utf-8", "export class StreamcapClient"),
     ] {
-        let r = get(on.url(path)).await;
-        assert_eq!(r.status(), 200, "{path}");
-        let headers = r.headers().clone();
-        assert_eq!(headers["content-type"], content_type, "{path}");
-        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
-        assert_eq!(headers["cache-control"], "no-cache", "{path}");
+        let (headers, _) = browser::page_file(&client, &on, path, content_type, needle).await;
         let csp = headers["content-security-policy"].to_str().unwrap();
         assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"), "{path}: {csp}");
-        let body = r.text().await.unwrap();
-        assert!(body.contains(needle), "{path} lacks {needle:?}");
     }
-    // The same page wherever its relative links resolve the same way.
-    let r = get(on.url("/demo/")).await;
-    assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (308, "../demo"));
-    // Nothing else under /demo, and only GET (and HEAD).
-    let r = get(on.url("/demo/index.html")).await;
-    assert_eq!(r.status(), 404);
-    let r = client.post(on.url("/demo")).send().await.unwrap();
-    assert_eq!(r.status(), 405);
-    assert_eq!(r.headers()["content-type"], "application/problem+json");
-    // Not part of the API: the OpenAPI document is the same with the demo on.
-    let doc = get(on.url("/openapi.json")).await.text().await.unwrap();
-    assert_eq!(doc, get(off.url("/openapi.json")).await.text().await.unwrap());
-    assert!(!doc.contains("/demo"));
+    browser::assert_outside_the_api(&client, &off, &on, "/demo").await;
 }
 
 #[test]

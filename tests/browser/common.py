@@ -49,6 +49,13 @@ def console_log(driver):
     return [f"{entry.get('level')} {entry.get('message')}" for entry in driver.get_log("browser")]
 
 
+def failure_report(driver, path):
+    """Saves a screenshot of the current tab at `path`; returns report
+    lines that say where, then the page's console log."""
+    driver.save_screenshot(path)
+    return [f"    screenshot: {path}", *(f"    console: {line}" for line in console_log(driver))]
+
+
 def wait_until(driver, what, look, ready, deadline, shows=lambda seen: f"it shows {seen}"):
     """Calls `look()` every 50 ms until `ready` holds of what it returned,
     and returns that. Past `deadline` seconds, fails with `no WHAT within

@@ -57,7 +57,7 @@ from selenium.webdriver.common.keys import Keys
 # What the browser tests share, in tests/browser/.
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "browser"))
-from common import Failure, check, chromium, console_log, wait_until  # noqa: E402
+from common import Failure, check, chromium, failure_report, wait_until  # noqa: E402
 
 # Bounds the waits for things that take milliseconds; generous, because
 # the machine may be busy. Not a measurement.
@@ -207,10 +207,7 @@ class Console:
         lines = []
         try:
             lines.append(f"--- page: {json.dumps(self.page(), indent=1)}")
-            path = os.path.join(out_dir, "console-failure.png")
-            self.driver.save_screenshot(path)
-            lines.append(f"--- screenshot: {path}")
-            lines.extend(f"    console: {line}" for line in console_log(self.driver))
+            lines.extend(failure_report(self.driver, os.path.join(out_dir, "console-failure.png")))
         except Exception as e:  # a report must not hide the failure
             lines.append(f"--- cannot report: {e}")
         return "\n".join(lines)

@@ -40,7 +40,7 @@ from selenium.webdriver.common.by import By
 # What the browser tests share, in tests/browser/.
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "browser"))
-from common import Failure, Streamcap, check, chromium, console_log, wait_until  # noqa: E402
+from common import Failure, Streamcap, check, chromium, failure_report, wait_until  # noqa: E402
 
 LIMIT = 3
 # Deadlines for things that normally take milliseconds; generous, because
@@ -118,10 +118,7 @@ class Browser:
                 page = self.page(name)
                 out.append(f"--- tab {name}: {page['text']!r} ({page['detail']})")
                 out.extend(f"    {line}" for line in page["log"])
-                path = os.path.join(screenshot_dir, f"failure-{name}.png")
-                self.driver.save_screenshot(path)
-                out.append(f"    screenshot: {path}")
-                out.extend(f"    console: {line}" for line in console_log(self.driver))
+                out.extend(failure_report(self.driver, os.path.join(screenshot_dir, f"failure-{name}.png")))
             except Exception as e:  # a report must not hide the failure
                 out.append(f"--- tab {name}: cannot report: {e}")
         return "\n".join(out)
