@@ -25,13 +25,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::Process;
 use common::redis::RedisServer;
 use common::ws;
+use common::{Process, browser};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::Message;
@@ -43,15 +43,11 @@ const SOCKET_STREAM: &str = "phone-1";
 
 #[tokio::test]
 async fn the_console_is_served_only_with_the_flag_and_outside_the_api() {
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let get = |url: String| {
-        let client = client.clone();
-        async move { client.get(url).send().await.unwrap() }
-    };
+    let client = browser::client();
 
     let off = Process::start(&["--store", "memory"]);
     for path in ["/console", "/console/console.js"] {
-        let r = get(off.url(path)).await;
+        let r = client.get(off.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 404, "{path}");
         assert_eq!(r.headers()["content-type"], "application/problem+json", "{path}");
     }
@@ -62,12 +58,7 @@ async fn the_console_is_served_only_with_the_flag_and_outside_the_api() {
         ("/console/console.js", "text/javascript; charset=utf-8", "sessionStorage"),
         ("/console/console.css", "text/css; charset=utf-8", "#message"),
     ] {
-        let r = get(on.url(path)).await;
-        assert_eq!(r.status(), 200, "{path}");
-        let headers = r.headers().clone();
-        assert_eq!(headers["content-type"], content_type, "{path}");
-        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
-        assert_eq!(headers["cache-control"], "no-cache", "{path}");
+        let (headers, body) = browser::page_file(&client, &on, path, content_type, needle).await;
         assert_eq!(headers["x-frame-options"], "DENY", "{path}");
         assert_eq!(headers["referrer-policy"], "no-referrer", "{path}");
         assert!(!headers.contains_key("set-cookie"), "{path}");
@@ -85,8 +76,6 @@ async fn the_console_is_served_only_with_the_flag_and_outside_the_api() {
             assert!(csp.contains(directive), "{path}: {csp} lacks {directive}");
         }
         assert!(!csp.contains("unsafe"), "{path}: {csp}");
-        let body = r.text().await.unwrap();
-        assert!(body.contains(needle), "{path} lacks {needle:?}");
         if path == "/console" {
             // Every script is a file of this origin; no inline code or handler.
             assert_eq!(body.matches("<script").count(), body.matches("<script type=\"module\" src=\"console/").count());
@@ -98,16 +87,7 @@ async fn the_console_is_served_only_with_the_flag_and_outside_the_api() {
             assert!(!body.contains("style="), "{path} has an inline style");
         }
     }
-    let r = get(on.url("/console/")).await;
-    assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (308, "../console"));
-    let r = get(on.url("/console/index.html")).await;
-    assert_eq!(r.status(), 404);
-    let r = client.post(on.url("/console")).send().await.unwrap();
-    assert_eq!(r.status(), 405);
-    assert_eq!(r.headers()["content-type"], "application/problem+json");
-    let doc = get(on.url("/openapi.json")).await.text().await.unwrap();
-    assert_eq!(doc, get(off.url("/openapi.json")).await.text().await.unwrap());
-    assert!(!doc.contains("/console"));
+    browser::assert_outside_the_api(&client, &off, &on, "/console").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,9 +133,6 @@ fn start(dir: &tempfile::TempDir, store: &[&str]) -> Process {
 }
 
 async fn in_the_browser(server: &Process, store: &str, mut stop: Option<&mut RedisServer>) {
-    let python = python();
-    require_tools(&python);
-
     // Two streams by heartbeats and one held by a WebSocket, oldest first.
     let client = reqwest::Client::new();
     for (stream, device, class) in [("tv-1", "living-room", "tv"), ("laptop-1", "work-laptop", "desktop")] {
@@ -195,18 +172,13 @@ async fn in_the_browser(server: &Process, store: &str, mut stop: Option<&mut Red
     let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let screenshot = target.join(format!("console-{store}.png"));
     let _ = std::fs::remove_file(&screenshot);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/browser_test.py");
-    let mut cmd = std::process::Command::new(&python);
-    cmd.arg(&script)
-        .args(["--base", &server.base, "--admin-key", ADMIN_KEY, "--service-key", SERVICE_KEY])
+    let mut cmd = browser::script("tests/console/browser_test.py");
+    cmd.args(["--base", &server.base, "--admin-key", ADMIN_KEY, "--service-key", SERVICE_KEY])
         .args(["--user", USER, "--socket-stream", SOCKET_STREAM])
         .arg("--screenshot")
         .arg(&screenshot)
         .arg("--failure-dir")
-        .arg(target)
-        // Selenium must not look for a browser or a driver online.
-        .env("SE_OFFLINE", "true");
-    // The socket is read on this runtime's other thread meanwhile.
+        .arg(target);
     if stop.is_some() {
         cmd.arg("--stop-store");
     }
@@ -250,33 +222,10 @@ async fn in_the_browser(server: &Process, store: &str, mut stop: Option<&mut Red
     assert_eq!(revoked[0]["reason"], "revoked", "{messages:?}");
     assert_eq!(code, Some(4410), "{messages:?}");
 
-    let png = std::fs::read(&screenshot).expect("the browser test wrote no screenshot");
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "not a screenshot: {} bytes", png.len());
-    println!("screenshot: {}", screenshot.display());
+    let png = browser::screenshot(&screenshot);
     if store == "sqlite" && std::env::var_os("UPDATE_DOCS_SCREENSHOTS").is_some_and(|v| v == "1") {
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/console.png");
         std::fs::write(&docs, &png).unwrap();
         println!("wrote {}", docs.display());
     }
-}
-
-/// The Python that has selenium: the virtualenv ./scripts/test makes, or
-/// else the one on PATH.
-fn python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/python3");
-    if venv.exists() { venv } else { PathBuf::from("python3") }
-}
-
-const INSTALL: &str = "run ./scripts/test once (it installs what the tests need), or install them by hand:\n    \
-     apt-get install chromium chromium-driver\n    \
-     python3 -m venv target/tools/venv && target/tools/venv/bin/pip install selenium==4.51.0";
-
-/// Fails, saying how to install it, when a tool the browser test needs is missing.
-fn require_tools(python: &Path) {
-    for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
-        assert!(Path::new(tool).exists(), "the browser test needs {tool}; {INSTALL}");
-    }
-    let selenium = std::process::Command::new(python).args(["-c", "import selenium"]).output();
-    let found = selenium.as_ref().is_ok_and(|o| o.status.success());
-    assert!(found, "the browser test needs selenium for {}: {selenium:?}; {INSTALL}", python.display());
 }

@@ -19,11 +19,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use common::ws::open_with;
-use common::{Process, Reply};
+use common::{Process, Reply, browser};
 use reqwest::Method;
 
 const PLAYER: &str = "https://player.example.com";
@@ -173,41 +170,11 @@ async fn a_socket_from_an_unlisted_origin_is_a_403_before_the_upgrade() {
     assert_eq!(list["active_streams"].as_array().unwrap().len(), 0, "the refused sockets hold nothing: {list}");
 }
 
-/// The Python that has selenium: the virtualenv ./scripts/test makes, or
-/// else the one on PATH.
-fn python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/python3");
-    if venv.exists() { venv } else { PathBuf::from("python3") }
-}
-
-const INSTALL: &str = "run ./scripts/test once (it installs what the tests need), or install them by hand:\n    \
-     apt-get install chromium chromium-driver\n    \
-     python3 -m venv target/tools/venv && target/tools/venv/bin/pip install selenium==4.51.0";
-
 #[test]
 fn a_page_of_another_origin_in_headless_chromium() {
-    let python = python();
-    for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
-        assert!(Path::new(tool).exists(), "the browser test needs {tool}; {INSTALL}");
-    }
-    let selenium = Command::new(&python).args(["-c", "import selenium"]).output();
-    let found = selenium.as_ref().is_ok_and(|o| o.status.success());
-    assert!(found, "the browser test needs selenium for {}: {selenium:?}; {INSTALL}", python.display());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(&python)
-        .arg(root.join("tests/cors/browser_test.py"))
-        .arg("--binary")
-        .arg(env!("CARGO_BIN_EXE_streamcap"))
-        .arg("--root")
-        .arg(root)
-        // Selenium must not look for a browser or a driver online.
-        .env("SE_OFFLINE", "true")
-        .output()
-        .expect("run tests/cors/browser_test.py");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the browser test failed ({}):\n{stdout}\n{stderr}", out.status);
-    println!("{stdout}");
+    let mut cmd = browser::script("tests/cors/browser_test.py");
+    cmd.arg("--binary").arg(env!("CARGO_BIN_EXE_streamcap")).arg("--root").arg(env!("CARGO_MANIFEST_DIR"));
+    let stdout = browser::run(&mut cmd);
     // Both modes, from both origins.
     assert_eq!(stdout.lines().filter(|l| l.contains("granted, renewed and released")).count(), 2, "{stdout}");
     assert_eq!(stdout.lines().filter(|l| l.contains("refused from")).count(), 2, "{stdout}");

@@ -19,24 +19,19 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use common::Process;
+use common::{Process, browser};
 
 #[tokio::test]
 async fn the_demo_is_served_only_with_the_flag_and_outside_the_api() {
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let get = |url: String| {
-        let client = client.clone();
-        async move { client.get(url).send().await.unwrap() }
-    };
+    let client = browser::client();
 
     let off = Process::start(&["--store", "memory"]);
-    let r = get(off.url("/demo")).await;
+    let r = client.get(off.url("/demo")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
-    assert_eq!(get(off.url("/demo/streamcap.js")).await.status(), 404);
+    assert_eq!(client.get(off.url("/demo/streamcap.js")).send().await.unwrap().status(), 404);
 
     let on = Process::start(&["--store", "memory", "--demo"]);
     for (path, content_type, needle) in [
@@ -45,76 +40,19 @@ async fn the_demo_is_served_only_with_the_flag_and_outside_the_api() {
         ("/demo/demo.css", "text/css; charset=utf-8", "#state"),
         ("/demo/streamcap.js", "text/javascript; charset=utf-8", "export class StreamcapClient"),
     ] {
-        let r = get(on.url(path)).await;
-        assert_eq!(r.status(), 200, "{path}");
-        let headers = r.headers().clone();
-        assert_eq!(headers["content-type"], content_type, "{path}");
-        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
-        assert_eq!(headers["cache-control"], "no-cache", "{path}");
+        let (headers, _) = browser::page_file(&client, &on, path, content_type, needle).await;
         let csp = headers["content-security-policy"].to_str().unwrap();
         assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"), "{path}: {csp}");
-        let body = r.text().await.unwrap();
-        assert!(body.contains(needle), "{path} lacks {needle:?}");
     }
-    // The same page wherever its relative links resolve the same way.
-    let r = get(on.url("/demo/")).await;
-    assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (308, "../demo"));
-    // Nothing else under /demo, and only GET (and HEAD).
-    let r = get(on.url("/demo/index.html")).await;
-    assert_eq!(r.status(), 404);
-    let r = client.post(on.url("/demo")).send().await.unwrap();
-    assert_eq!(r.status(), 405);
-    assert_eq!(r.headers()["content-type"], "application/problem+json");
-    // Not part of the API: the OpenAPI document is the same with the demo on.
-    let doc = get(on.url("/openapi.json")).await.text().await.unwrap();
-    assert_eq!(doc, get(off.url("/openapi.json")).await.text().await.unwrap());
-    assert!(!doc.contains("/demo"));
-}
-
-/// The Python that has selenium: the virtualenv ./scripts/test makes, or
-/// else the one on PATH.
-fn python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/python3");
-    if venv.exists() { venv } else { PathBuf::from("python3") }
-}
-
-const INSTALL: &str = "run ./scripts/test once (it installs what the tests need), or install them by hand:\n    \
-     apt-get install chromium chromium-driver\n    \
-     python3 -m venv target/tools/venv && target/tools/venv/bin/pip install selenium==4.51.0";
-
-/// Fails, saying how to install it, when a tool the browser test needs is missing.
-fn require_tools(python: &Path) {
-    for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
-        assert!(Path::new(tool).exists(), "the browser test needs {tool}; {INSTALL}");
-    }
-    let selenium = Command::new(python).args(["-c", "import selenium"]).output();
-    let found = selenium.as_ref().is_ok_and(|o| o.status.success());
-    assert!(found, "the browser test needs selenium for {}: {selenium:?}; {INSTALL}", python.display());
+    browser::assert_outside_the_api(&client, &off, &on, "/demo").await;
 }
 
 #[test]
 fn the_demo_in_headless_chromium() {
-    let python = python();
-    require_tools(&python);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/demo/browser_test.py");
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo.png");
     let _ = std::fs::remove_file(&screenshot);
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg("--binary")
-        .arg(env!("CARGO_BIN_EXE_streamcap"))
-        .arg("--screenshot")
-        .arg(&screenshot)
-        // Selenium must not look for a browser or a driver online.
-        .env("SE_OFFLINE", "true")
-        .output()
-        .expect("run tests/demo/browser_test.py");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the browser test failed ({}):\n{stdout}\n{stderr}", out.status);
-    // What it measured, in the test's output.
-    println!("{stdout}");
-    let png = std::fs::read(&screenshot).expect("the browser test wrote no screenshot");
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "not a screenshot: {} bytes", png.len());
-    println!("screenshot: {}", screenshot.display());
+    let mut cmd = browser::script("tests/demo/browser_test.py");
+    cmd.arg("--binary").arg(env!("CARGO_BIN_EXE_streamcap")).arg("--screenshot").arg(&screenshot);
+    browser::run(&mut cmd);
+    browser::screenshot(&screenshot);
 }

@@ -1,6 +1,7 @@
 //! The shared test harness: a streamcap server on a real socket, either
-//! in-process ([`Server`]) or as the real binary ([`Process`]), and real
-//! Redis and DynamoDB Local processes ([`redis`], [`dynamodb`]).
+//! in-process ([`Server`]) or as the real binary ([`Process`]), real
+//! Redis and DynamoDB Local processes ([`redis`], [`dynamodb`]), and the
+//! runner of the headless-Chromium tests ([`browser`]).
 #![allow(dead_code)] // each test crate uses a different part of it
 
 #[path = "../../src/store/redis/harness.rs"]
@@ -10,6 +11,7 @@ pub mod redis;
 #[path = "../../src/store/dynamodb/harness.rs"]
 pub mod dynamodb;
 
+pub mod browser;
 pub mod two_instances;
 pub mod ws;
 

@@ -51,30 +51,20 @@ import traceback
 import urllib.error
 import urllib.request
 
-from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import WebDriverWait
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+# What the browser tests share, in tests/browser/.
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "browser"))
+from common import Failure, check, chromium, failure_report, wait_until  # noqa: E402
+
 # Bounds the waits for things that take milliseconds; generous, because
 # the machine may be busy. Not a measurement.
 DEADLINE = 15.0
 PLAN = "standard"
 PLAN_LIMIT = 3
 OVERRIDE = 5
-
-
-class Failure(Exception):
-    pass
-
-
-def check(condition, message):
-    if not condition:
-        raise Failure(message)
 
 
 class Api:
@@ -122,13 +112,7 @@ class Console:
     """The console page in headless Chromium."""
 
     def __init__(self, url):
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for arg in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1360,1000",
-                    "--no-first-run", "--no-default-browser-check", "--disable-extensions"]:
-            options.add_argument(arg)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        self.driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+        self.driver = chromium("--window-size=1360,1000")
         self.driver.get(url)
         self.wait("the page to start", lambda p: p["ready"])
 
@@ -167,17 +151,7 @@ class Console:
         """)
 
     def wait(self, what, condition, deadline=DEADLINE):
-        seen = {}
-
-        def ready(_):
-            seen["page"] = self.page()
-            return condition(seen["page"])
-
-        try:
-            WebDriverWait(self.driver, deadline, poll_frequency=0.05).until(ready)
-        except TimeoutException:
-            raise Failure(f"no {what} within {deadline} s; the page shows {seen.get('page')}") from None
-        return seen["page"]
+        return wait_until(self.driver, what, self.page, condition, deadline, lambda page: f"the page shows {page}")
 
     def settled(self, before, what):
         """Waits until the page has shown the user again after `before`
@@ -233,11 +207,7 @@ class Console:
         lines = []
         try:
             lines.append(f"--- page: {json.dumps(self.page(), indent=1)}")
-            path = os.path.join(out_dir, "console-failure.png")
-            self.driver.save_screenshot(path)
-            lines.append(f"--- screenshot: {path}")
-            for entry in self.driver.get_log("browser"):
-                lines.append(f"    console: {entry.get('level')} {entry.get('message')}")
+            lines.extend(failure_report(self.driver, os.path.join(out_dir, "console-failure.png")))
         except Exception as e:  # a report must not hide the failure
             lines.append(f"--- cannot report: {e}")
         return "\n".join(lines)

@@ -29,92 +29,31 @@ import functools
 import http.server
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import traceback
-import urllib.request
 
-from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.support.ui import WebDriverWait
+# What the browser tests share, in tests/browser/.
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "browser"))
+from common import Streamcap, check, chromium, console_log, wait_until  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 DEADLINE = 15.0
 # Heartbeats every ttl/3 = 1 s, so a renewal comes quickly.
 TTL = 3
 
 
-class Failure(Exception):
-    pass
-
-
-def check(condition, message):
-    if not condition:
-        raise Failure(message)
-
-
-class Streamcap:
-    """The real binary on 127.0.0.1:0, its stderr collected."""
-
-    def __init__(self, binary, args):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMCAP_")}
-        env["RUST_LOG"] = "info"
-        cmd = [binary, "serve", "--listen", "127.0.0.1:0", "--store", "memory", "--lease-ttl", str(TTL), *args]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, env=env)
-        self.lines = []
-        self.addr = None
-        found = threading.Event()
-
-        def read():
-            for line in self.proc.stderr:
-                self.lines.append(line.rstrip("\n"))
-                m = re.search(r"\blistening addr=(\S+)", line)
-                if m and self.addr is None:
-                    self.addr = m.group(1)
-                    found.set()
-            found.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not found.wait(30) or self.addr is None:
-            self.stop()
-            raise Failure("streamcap did not log `listening addr=...`:\n" + self.log())
-        self.base = f"http://{self.addr}"
-
-    def log(self):
-        return "\n".join(self.lines)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def get(self, path):
-        with urllib.request.urlopen(f"{self.base}{path}", timeout=5) as res:
-            return res.read().decode()
-
-    def streams(self, user):
-        return [s["stream_id"] for s in json.loads(self.get(f"/v1/users/{user}/streams"))["active_streams"]]
-
-    def socket_403s(self):
-        """Requests to the socket route answered 403, from /metrics."""
-        total = 0
-        for line in self.get("/metrics").splitlines():
-            if (line.startswith("streamcap_http_request_duration_seconds_count{")
-                    and 'route="/v1/users/{user_id}/streams/{stream_id}/socket"' in line and 'status="403"' in line):
-                total += int(float(line.rsplit(" ", 1)[1]))
-        return total
+def socket_403s(server):
+    """Requests to the socket route answered 403, from /metrics."""
+    total = 0
+    for line in server.get("/metrics").splitlines():
+        if (line.startswith("streamcap_http_request_duration_seconds_count{")
+                and 'route="/v1/users/{user_id}/streams/{stream_id}/socket"' in line and 'status="403"' in line):
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
 
 
 class Pages:
@@ -143,13 +82,7 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
 
 class Browser:
     def __init__(self):
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for arg in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--no-first-run",
-                    "--no-default-browser-check", "--disable-extensions"]:
-            options.add_argument(arg)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        self.driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+        self.driver = chromium()
 
     def open(self, url):
         self.driver.get(url)
@@ -166,22 +99,14 @@ class Browser:
             *args)
 
     def wait(self, what, script, deadline=DEADLINE):
-        seen = {}
-
-        def ready(_):
-            seen["value"] = self.run(script)
-            return seen["value"]
-
-        try:
-            return WebDriverWait(self.driver, deadline, poll_frequency=0.05).until(ready)
-        except TimeoutException:
-            raise Failure(f"no {what} within {deadline} s; events: {self.events()}") from None
+        return wait_until(self.driver, what, lambda: self.run(script), bool, deadline,
+                          lambda _: f"events: {self.events()}")
 
     def events(self):
         return self.run("return window.events")
 
     def console(self):
-        return [f"{e.get('level')} {e.get('message')}" for e in self.driver.get_log("browser")]
+        return console_log(self.driver)
 
     def quit(self):
         self.driver.quit()
@@ -212,7 +137,7 @@ def listed(browser, server, page, mode, user):
 def unlisted(browser, server, page, mode, user):
     """From the unlisted origin: never active, no lease, the browser refuses."""
     browser.open(page)
-    before = server.socket_403s()
+    before = socket_403s(server)
     browser.run("window.startClient(...arguments)", server.base, mode, user, f"{mode}-tv")
     # Two failed attempts: the first, and a retry after it.
     browser.wait("two failed attempts", "return window.events.filter(e => e.type === 'error').length >= 2",
@@ -223,7 +148,7 @@ def unlisted(browser, server, page, mode, user):
           f"{mode}: the page could read a status from an unlisted origin: {events}")
     check(server.streams(user) == [], f"{mode}: streamcap holds a lease: {server.streams(user)}")
     if mode == "websocket":
-        check(server.socket_403s() >= before + 2, f"no 403 for the refused upgrades ({before} before)")
+        check(socket_403s(server) >= before + 2, f"no 403 for the refused upgrades ({before} before)")
     browser.call("stopClient")
     put = browser.call("rawPut", f"{server.base}/v1/users/{user}/streams/raw")
     check(not put.get("ok") and "TypeError" in put.get("error", ""), f"a raw fetch was not refused: {put}")
@@ -240,7 +165,8 @@ def main():
     pages = Pages(args.root)
     listed_origin = f"http://localhost:{pages.port}"
     unlisted_origin = f"http://127.0.0.1:{pages.port}"
-    server = Streamcap(args.binary, ["--cors-allowed-origins", listed_origin])
+    server = Streamcap(args.binary,
+                       ["--store", "memory", "--lease-ttl", str(TTL), "--cors-allowed-origins", listed_origin])
     browser = None
     try:
         browser = Browser()

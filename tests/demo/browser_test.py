@@ -31,22 +31,17 @@ selenium 4 (PyPI); ./scripts/test installs them.
 import argparse
 import json
 import os
-import re
-import subprocess
 import sys
-import threading
 import time
 import traceback
-import urllib.request
 
-from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+# What the browser tests share, in tests/browser/.
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "browser"))
+from common import Failure, Streamcap, check, chromium, failure_report, wait_until  # noqa: E402
+
 LIMIT = 3
 # Deadlines for things that normally take milliseconds; generous, because
 # the machine may be busy. They bound the waits; they are not what is
@@ -54,69 +49,16 @@ LIMIT = 3
 DEADLINE = 10.0
 
 
-class Failure(Exception):
-    pass
-
-
-class Server:
-    """The real binary on 127.0.0.1:0, its stderr collected."""
-
-    def __init__(self, binary, args):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMCAP_")}
-        env["RUST_LOG"] = "info"
-        cmd = [binary, "serve", "--listen", "127.0.0.1:0", "--store", "memory", "--demo",
-               "--default-limit", str(LIMIT), *args]
-        self.cmd = cmd
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, env=env)
-        self.lines = []
-        self.addr = None
-        found = threading.Event()
-
-        def read():
-            for line in self.proc.stderr:
-                self.lines.append(line.rstrip("\n"))
-                m = re.search(r"\blistening addr=(\S+)", line)
-                if m and self.addr is None:
-                    self.addr = m.group(1)
-                    found.set()
-            found.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not found.wait(30) or self.addr is None:
-            self.stop()
-            raise Failure("streamcap did not log `listening addr=...`:\n" + self.log())
-        self.base = f"http://{self.addr}"
-
-    def log(self):
-        return "\n".join(self.lines)
-
-    def stop(self):
-        """SIGTERM by PID, then wait; SIGKILL if it hangs."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def streams(self, user):
-        with urllib.request.urlopen(f"{self.base}/v1/users/{user}/streams", timeout=5) as res:
-            return [s["stream_id"] for s in json.load(res)["active_streams"]]
+def start(binary, args):
+    """The real binary with the demo, on the memory store, limit 3."""
+    return Streamcap(binary, ["--store", "memory", "--demo", "--default-limit", str(LIMIT), *args])
 
 
 class Browser:
     """Headless Chromium with one window handle per tab."""
 
     def __init__(self):
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for arg in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1000",
-                    "--no-first-run", "--no-default-browser-check", "--disable-extensions"]:
-            options.add_argument(arg)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        self.driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+        self.driver = chromium("--window-size=1200,1000")
         self.first_window = self.driver.current_window_handle
         self.tabs = {}  # name -> window handle
 
@@ -164,17 +106,7 @@ class Browser:
     def wait_for(self, name, what, check, deadline=DEADLINE):
         """Polls the tab until `check(page)` holds; returns that page."""
         self.switch(name)
-        seen = {}
-
-        def ready(_):
-            seen["page"] = self.page(name)
-            return check(seen["page"])
-
-        try:
-            WebDriverWait(self.driver, deadline, poll_frequency=0.05).until(ready)
-        except TimeoutException:
-            raise Failure(f"tab {name}: no {what} within {deadline} s; it shows {seen.get('page')}") from None
-        return seen["page"]
+        return wait_until(self.driver, f"{what} in tab {name}", lambda: self.page(name), check, deadline)
 
     def wait_state(self, name, state, deadline=DEADLINE):
         return self.wait_for(name, f"state {state!r}", lambda p: p["state"] == state, deadline)
@@ -186,22 +118,13 @@ class Browser:
                 page = self.page(name)
                 out.append(f"--- tab {name}: {page['text']!r} ({page['detail']})")
                 out.extend(f"    {line}" for line in page["log"])
-                path = os.path.join(screenshot_dir, f"failure-{name}.png")
-                self.driver.save_screenshot(path)
-                out.append(f"    screenshot: {path}")
-                for entry in self.driver.get_log("browser"):
-                    out.append(f"    console: {entry.get('level')} {entry.get('message')}")
+                out.extend(failure_report(self.driver, os.path.join(screenshot_dir, f"failure-{name}.png")))
             except Exception as e:  # a report must not hide the failure
                 out.append(f"--- tab {name}: cannot report: {e}")
         return "\n".join(out)
 
     def quit(self):
         self.driver.quit()
-
-
-def check(condition, message):
-    if not condition:
-        raise Failure(message)
 
 
 def scenario(browser, server, mode, user, screenshot):
@@ -323,7 +246,7 @@ def main():
             "heartbeat": ["--lease-ttl", str(TTL_HEARTBEAT)],
             "jwt": ["--auth-mode", "jwt", "--jwt-secret-file", secret_file],
         }.get(mode, [])
-        server = Server(args.binary, extra)
+        server = start(args.binary, extra)
         browser = None
         started = time.monotonic()
         try:
