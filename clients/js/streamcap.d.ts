@@ -136,6 +136,44 @@ export interface StreamSummary {
   content_kind?: string;
   started_at: string;
   expires_at: string;
+  /** In listings (`GET …/streams`): the plan the lease keeps. */
+  plan?: string;
+  /** In listings: when the lease was last acquired or renewed. */
+  renewed_at?: string;
+  /** In listings: whether a WebSocket holds the lease. */
+  socket?: boolean;
+}
+
+/** A stopped stream still refused with 410, as listed in `tombstones`. */
+export interface Tombstone {
+  stream_id: string;
+  /** When the stream may start again. */
+  expires_at: string;
+}
+
+/** `GET /v1/users/{user_id}/streams` and `GET /v1/me/streams`. */
+export interface Listing {
+  user_id: string;
+  /** The effective limit. */
+  limit: number;
+  active_streams: StreamSummary[];
+  tombstones: Tombstone[];
+}
+
+/** The body of `PUT /v1/users/{user_id}/limit` (an admin call). */
+export interface SetLimitBody {
+  limit: number;
+  /** RFC 3339; in the future and at most 366 days ahead. Absent or null: for good. */
+  expires_at?: string | null;
+}
+
+/** `GET` and `PUT /v1/users/{user_id}/limit`: the effective limit and where it comes from. */
+export interface UserLimit {
+  user_id: string;
+  limit: number;
+  source: 'override' | 'plan' | 'default';
+  /** When the override in force ends; absent for one that holds for good, or for no override. */
+  expires_at?: string;
 }
 
 /** 409 `stream-limit-reached`: the account is full. */
