@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use utoipa::OpenApi;
@@ -130,6 +132,22 @@ pub fn app(state: AppState) -> Router {
         // `--cors-allowed-origins` each `/v1` route has its own CORS layer
         // (`cors`), so the edge's own answers carry no CORS headers.
         .layer(ServiceBuilder::new().layer(edge).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)))
+}
+
+/// A file of a page embedded in the binary (`demo`, `console`) under the
+/// page's content security policy `csp`. `no-cache`, so that a new
+/// binary's page is seen at once; never framed; no referrer, so that a
+/// page's address never leaves it.
+fn page_file(csp: &'static str, content_type: &'static str, body: &'static str) -> Response {
+    let mut res = body.into_response();
+    let headers = res.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    res
 }
 
 /// Serves `app(state)` on `listener` until `shutdown` resolves, then lets
