@@ -1,15 +1,15 @@
 //! The time and concurrency limits at the edge, over real sockets, made
-//! deterministic by stalling a real redis-server with DEBUG SLEEP (the
+//! deterministic by pausing a real redis-server with CLIENT PAUSE (the
 //! timeout) or by a request whose body the test holds back (the
 //! concurrency limit). Each test waits for the condition it needs (Redis
-//! stalled, the slot taken), never for a fixed time. The edge's own unit
+//! paused, the slot taken), never for a fixed time. The edge's own unit
 //! tests cover the same limits on paused time.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Server;
 use common::redis::cli;
@@ -24,36 +24,26 @@ async fn stalled_server(protection: Protection) -> Server {
     Server::with_everything(StoreKind::Redis, policy, Authenticator::none(), protection).await
 }
 
-/// Blocks the store for `secs` seconds, from another thread, and returns
-/// once Redis has stopped answering.
-fn stall(s: &Server, secs: &'static str) -> std::thread::JoinHandle<String> {
+/// Holds every command to the store for `ms` milliseconds, and returns
+/// once the pause has begun: Redis answers CLIENT PAUSE only after it has
+/// started to hold other clients' commands, so no guess about how long a
+/// busy machine takes to answer is involved. The pause far outlasts the
+/// request timeout of the test, so that a slow start of the request
+/// cannot let it through.
+fn pause(s: &Server, ms: &str) -> u16 {
     let port = s.redis.as_ref().unwrap().port;
-    let t = std::thread::spawn(move || cli(port, &["DEBUG", "SLEEP", secs]));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while answers_ping(port) {
-        assert!(Instant::now() < deadline, "redis never stalled");
-    }
-    t
-}
-
-/// True when Redis answers PING within half a second. A Redis that is
-/// merely slow on a busy machine still answers in that time; one that is
-/// in DEBUG SLEEP does not.
-fn answers_ping(port: u16) -> bool {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-    c.write_all(b"PING\r\n").unwrap();
-    let mut buf = [0u8; 16];
-    matches!(c.read(&mut buf), Ok(n) if n > 0)
+    assert_eq!(cli(port, &["CLIENT", "PAUSE", ms, "ALL"]).trim(), "OK");
+    port
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_past_the_timeout_is_a_408_problem() {
     let s = stalled_server(Protection { request_timeout: Duration::from_secs(1), ..Protection::unlimited() }).await;
-    let sleeper = stall(&s, "3");
+    let port = pause(&s, "5000");
     let r = s.put("/v1/users/u/streams/a", None).await;
     r.assert_problem(408, "request-timeout");
-    sleeper.join().unwrap();
+    // A PING is held too, and answered once the pause is over.
+    assert_eq!(tokio::task::spawn_blocking(move || cli(port, &["PING"])).await.unwrap().trim(), "PONG");
     assert_eq!(s.put("/v1/users/u/streams/a", None).await.status, 201, "served again once the store answers");
 }
 

@@ -173,8 +173,6 @@ impl RedisServer {
             .args(listen)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--daemonize", "no", "--protected-mode", "no", "--loglevel", "warning"])
-            // DEBUG SLEEP lets tests stall the store on purpose.
-            .args(["--enable-debug-command", "yes"])
             .args(extra)
             .current_dir(dir.path())
             .stdout(Stdio::null())
